@@ -1,0 +1,3 @@
+from sweepctl.cli.app import main
+
+main()

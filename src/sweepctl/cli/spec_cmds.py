@@ -1,0 +1,9 @@
+"""validate, plan, presets, config."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
