@@ -66,7 +66,11 @@ def main() -> None:
     except SweepctlError as e:
         if _DEBUG or os.environ.get("SWEEPCTL_DEBUG"):
             raise
-        err_console.print(f"error: {e}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+        lines = getattr(e, "problems", None) or [str(e)]
+        for line in lines:
+            err_console.print(f"error: {line}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+        if getattr(e, "problems", None):
+            err_console.print(f"{len(lines)} problem(s); nothing was started.", style="red", markup=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -14,7 +14,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -102,7 +102,7 @@ class TrainConfig(BaseModel):
     mhc_h_res_proj: Literal["sinkhorn", "orthostochastic"] = "sinkhorn"
     ns_steps: int = Field(5, gt=0)  # Newton-Schulz steps for the orthostochastic map
     ns_eps: float = Field(1e-7, gt=0)  # added to the norm before Newton-Schulz
-    ns_coeffs: Union[NSTriple, tuple[NSTriple, ...]] = (3.0, -3.2, 1.2)  # one (a,b,c) or one per step
+    ns_coeffs: NSTriple | tuple[NSTriple, ...] = (3.0, -3.2, 1.2)  # one (a,b,c) or one per step
     mhc_residual_identity_mix: bool = False  # H_res = (1-a) I + a S with a learned a
     mhc_residual_alpha: float = Field(0.01, ge=0, le=1)  # initial a of the identity mix
     # --- value residual ---
@@ -284,7 +284,7 @@ def _eval_node(node: ast.AST, names: dict[str, Any], *, bare_words: bool) -> Any
     if isinstance(node, ast.Dict):
         return {
             _eval_node(k, names, bare_words=bare_words): _eval_node(v, names, bare_words=bare_words)
-            for k, v in zip(node.keys, node.values)  # type: ignore[arg-type]
+            for k, v in zip(node.keys, node.values, strict=False)  # type: ignore[arg-type]
         }
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         v = _eval_node(node.operand, names, bare_words=bare_words)
@@ -381,6 +381,18 @@ def parse_override(word: str, names: dict[str, Any] | None = None) -> tuple[str,
         raise ConfigError(
             f"{key}={raw}: {e.what} is not allowed in an override (values are literals; quote strings)"
         ) from None
+
+
+def format_override(key: str, value: Any) -> str:
+    """The canonical `key=value` word: Python literals (`wandb_log=False`, never `false`), and a
+    string written bare when it reads back as itself (`out_dir=/mnt/x`), else quoted."""
+    if isinstance(value, str):
+        try:
+            if parse_override(f"{key}={value}") == (key, value):
+                return f"{key}={value}"
+        except ConfigError:
+            pass
+    return f"{key}={value!r}"
 
 
 def _has_code(node: ast.AST) -> bool:
