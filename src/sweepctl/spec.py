@@ -55,7 +55,8 @@ class RunSpec(BaseModel):
     config_ref: str  # the config column as written
     config_path: Path | None  # the config file it names; None for a preset
     seed: int
-    overrides: tuple[str, ...]  # canonical `key=repr(value)` words, names from the config file inlined
+    overrides: tuple[str, ...]  # canonical `key=value` words, names from the config file inlined
+    override_words: tuple[str, ...] = ()  # the overrides as written in the CSV
     notes: str = ""
     gpus: int = 1
     config: TrainConfig
@@ -92,7 +93,7 @@ def read_sweep(csv_path: Path, *, name: str | None = None) -> Sweep:
         raise SpecError([f"{shown}:1: not UTF-8 text ({e.reason})"]) from None
 
     rows = _records(text, shown, problems)
-    if not rows:
+    if not rows or (problems and len(rows) == 1):
         if not problems:
             problems.append((1, "empty file: expected a header `run_id,config,seed,overrides,notes`"))
         raise SpecError(_format(shown, problems))
@@ -266,7 +267,7 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
         where = f" ({config_path}:{e.line})" if config_path and e.line else ""
         return None, [f"{e.message}{where}"]
     return RunSpec(run_id=run_id, line=line, row_index=row_index, config_ref=ref, config_path=config_path,
-                   seed=config.seed, overrides=tuple(canonical), notes=cells.get("notes", ""), gpus=gpus,
+                   seed=config.seed, overrides=tuple(canonical), override_words=tuple(words), notes=cells.get("notes", ""), gpus=gpus,
                    config=config), []
 
 

@@ -21,18 +21,19 @@ def validate(csv_path: Path = CSV_ARG) -> None:
 
     sweep = read_sweep(csv_path)
     for w in sweep.warnings:
-        err_console.print(w, style="yellow", markup=False, highlight=False)
+        err_console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
     table = Table(title=f"{csv_path}: {len(sweep.runs)} runs, valid", title_justify="left")
-    for col in ("config", "runs", "seeds", "layers", "variant", "max_iters"):
-        table.add_column(col, justify="right" if col in ("runs", "layers", "max_iters") else "left")
-    groups: dict[tuple, list] = {}
+    for col in ("config", "overrides", "runs", "seeds", "layers", "variant", "max_iters"):
+        table.add_column(col, justify="right" if col in ("runs", "layers", "max_iters") else "left",
+                         overflow="fold")
+    groups: dict[tuple[str, tuple[str, ...]], list] = {}
     for r in sweep.runs:
-        key = (r.config_ref, r.config.n_layer, r.config.variant, r.config.max_iters)
-        groups.setdefault(key, []).append(r)
-    for (ref, layers, variant, iters), runs in groups.items():
+        groups.setdefault((r.config_ref, r.override_words), []).append(r)
+    for (ref, overrides), runs in groups.items():
         seeds = sorted({r.seed for r in runs})
         shown = ", ".join(map(str, seeds[:6])) + (" ..." if len(seeds) > 6 else "")
-        table.add_row(ref, str(len(runs)), shown, str(layers), variant, str(iters))
+        c = runs[0].config
+        table.add_row(ref, " ".join(overrides), str(len(runs)), shown, str(c.n_layer), c.variant, str(c.max_iters))
     console.print(table)
 
 
@@ -61,7 +62,7 @@ def plan(
         typer.echo(json.dumps(p.model_dump(mode="json", exclude={"gpus_per_shard"}), indent=2))
         return
     for w in sweep.warnings:
-        err_console.print(w, style="yellow", markup=False, highlight=False)
+        err_console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
     by_id = {r.run_id: r for r in p.runs}
     for shard in p.shards:
         cvd = cuda_visible_devices(p, shard.index)
@@ -96,7 +97,7 @@ def presets() -> None:
 
     table = Table(title="built-in presets", title_justify="left")
     for col in ("name", "layers", "n_embd", "heads", "batch", "accum", "iters", "streams", "what"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name")
     for name, values in PRESETS.items():
         base = name.removesuffix("_48l")
         streams = str(values.get("hc_num_streams", 1)) if not values.get("hc_disable", True) else "-"
