@@ -652,7 +652,8 @@ def _auth_strategy(target: SSHTarget) -> Any:
                     continue
                 try:
                     key = paramiko.PKey.from_path(path)
-                except paramiko.PasswordRequiredException:
+                except (paramiko.PasswordRequiredException, TypeError):
+                    # (TypeError: what `cryptography` raises for an encrypted OpenSSH-format key.)
                     # Never prompt (commands run in scripts and watch loops); the agent may hold it.
                     pub = _public_blob(path + ".pub")
                     if pub:
@@ -776,8 +777,10 @@ class SSHTransport(Transport):
                 port=22 if t.host_key_alias else t.port,
                 username=t.user,
                 sock=sock,
-                timeout=t.connect_timeout,  # key exchange must finish within this
                 banner_timeout=t.connect_timeout,  # a port that accepts TCP but never says "SSH-2.0"
+                # Key exchange must finish within this. Longer than the banner's limit: when this
+                # one expires first paramiko only says "No existing session", not what went wrong.
+                timeout=2 * t.connect_timeout,
                 auth_timeout=DEFAULT_AUTH_TIMEOUT,  # a server that never answers an auth request
                 channel_timeout=t.connect_timeout,  # opening each command's channel
                 compress=t.compression,
@@ -875,7 +878,8 @@ class SSHTransport(Transport):
             return RemoteError(f"connection refused by {addr}", where=where,
                                hint="is the pod running, and is sshd on that port? check Port in ~/.ssh/config")
         if isinstance(e, (TimeoutError, socket.timeout)) or (
-                isinstance(e, paramiko.SSHException) and "banner" in str(e).lower()):
+                isinstance(e, paramiko.SSHException)
+                and any(w in str(e) for w in ("banner", "timed out", "No existing session"))):
             return RemoteError(f"timed out connecting to {addr} after {t.connect_timeout:g}s", where=where,
                                hint="is the pod up and reachable (VPN, firewall, ProxyJump)? "
                                     "ConnectTimeout in ~/.ssh/config sets the limit")
