@@ -33,7 +33,7 @@ def fineweb(
     repo: str = typer.Option("kjj0/fineweb10B-gpt2", "--repo", help="Hugging Face dataset repo."),
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit of the dataset repo."),
     stage: bool | None = typer.Option(None, "--stage/--no-stage", show_default=False,
-                                      help="Download to local disk first, then move [default: when the data "
+                                      help="Download to local disk first, then move \\[default: when the data "
                                       "dir is a FUSE/network mount]."),
     as_json: bool = typer.Option(False, "--json", help="Print what was found and done as JSON."),
 ) -> None:
@@ -67,7 +67,7 @@ def prepare(
     out: Path = typer.Option(..., "--out", help="Directory for the shards."),
     shard_tokens: int = typer.Option(100_000_000, "--shard-tokens", min=1, help="Tokens per train shard."),
     val_tokens: int | None = typer.Option(None, "--val-tokens", min=1, show_default=False,
-                                          help="Tokens in the val shard [default: 10%, at most one shard]."),
+                                          help="Tokens in the val shard \\[default: 10%, at most one shard]."),
     force: bool = typer.Option(False, "--force", help="Replace shards already in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the shards written as JSON."),
 ) -> None:
@@ -92,5 +92,70 @@ def prepare(
     console.print(table)
 
 
+def bootstrap(
+    ssh_dir: Path | None = typer.Option(None, "--ssh-dir", show_default=False,
+                                        help="Persisted SSH keys to copy in \\[default: /mnt/.ssh or /mnt/ssh]."),
+    train_shards: int = typer.Option(0, "--train-shards", min=0, help="FineWeb train shards to download (0: none)."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Where the FineWeb shards go."),
+    out_root: str | None = typer.Option(None, "--out-root", help="Where run directories go."),
+    venv: Path | None = typer.Option(None, "--venv", show_default=False,
+                                     help="The venv to create/use \\[default: /opt/sweepctl-venv as root, "
+                                     "else ~/.local/share/sweepctl/venv; or the project file's]."),
+    no_venv: bool = typer.Option(False, "--no-venv", help="Use the running Python; no venv."),
+    wheel: Path | None = typer.Option(None, "--wheel", exists=True, dir_okay=False, show_default=False,
+                                      help="Install this sweepctl wheel into the venv \\[default: this version]."),
+    no_apt: bool = typer.Option(False, "--no-apt", help="Never run apt-get; say what to install instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checklist as JSON."),
+) -> None:
+    """Make this pod ready for `launch`: SSH keys (authorized_keys never touched), venv, tmux, data,
+    project file. Safe to run again: a second run changes nothing."""
+    from sweepctl import bootstrap as bs
+    from sweepctl import settings as st
+    from sweepctl.errors import SweepctlError
+
+    home = Path.home()
+    volume = st.volume()
+    settings = st.load_settings(out_root=out_root, data_dir=data_dir)
+    chosen_venv = None if no_venv else (venv or (Path(settings.venv) if settings.venv else bs.default_venv(home)))
+    opts = bs.BootstrapOptions(
+        home=home, volume=volume, project_file=bs.project_file_path(volume, st.on_pod_volume()),
+        out_root=Path(settings.out_root).absolute(), data_dir=Path(settings.data_dir).absolute(),
+        ssh_dir=ssh_dir or bs.default_ssh_dir(volume), venv=chosen_venv and chosen_venv.absolute(),
+        wheel=wheel and wheel.absolute(), train_shards=train_shards, allow_apt=not no_apt, progress=not as_json)
+
+    def on_step(name: str) -> None:
+        if not as_json:
+            err_console.print(f"bootstrap: {name}", markup=False, highlight=False, style="dim")
+
+    report = bs.run_bootstrap(opts, on_step)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        render_checklist(report.to_json())
+    if report.failed:
+        first = report.failed[0]
+        raise SweepctlError(f"bootstrap incomplete: {', '.join(c.name for c in report.failed)}", hint=first.hint)
+
+
+def render_checklist(report: dict) -> None:
+    """The checklist table from a bootstrap report's JSON (local or from a pod, same shape)."""
+    table = Table(title="bootstrap", title_justify="left")
+    table.add_column("check")
+    table.add_column("state")
+    table.add_column("details", overflow="fold")
+    table.add_column("changed", overflow="fold")
+    states = {True: "[green]ok[/]", None: "[yellow]warn[/]", False: "[red]FAIL[/]"}
+    for check in report["checks"]:
+        details = check["detail"] + (f" ({check['hint']})" if check["hint"] and check["ok"] is not True else "")
+        table.add_row(check["name"], states[check["ok"]], details, "; ".join(check["changes"]) or "-")
+    console.print(table)
+    if report["changed"]:
+        n = sum(len(c["changes"]) for c in report["checks"])
+        console.print(f"{n} change(s); project file: {report['project_file']}", markup=False, highlight=False)
+    else:
+        console.print("no changes: everything was already in place", markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("bootstrap")(bootstrap)
     app.add_typer(data_app, name="data")
