@@ -321,6 +321,37 @@ def source_tree() -> Path | None:
     return None
 
 
+def build_wheel(out_dir: Path, source: Path | None = None) -> Path:
+    """This checkout as a wheel (for `--host`: the pod gets exactly the laptop's code). Built from a
+    copy, so the checkout gets no build/ or egg-info litter, and without build isolation when
+    setuptools is here, so it works offline."""
+    import importlib.util
+    import tempfile
+
+    source = source or source_tree()
+    if source is None:
+        raise SweepctlError("this sweepctl is not a source checkout, so there is no wheel to build",
+                            hint="pass --wheel PATH (e.g. from `pip wheel --no-deps sweepctl`)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sweepctl-build-") as tmp:
+        copy = Path(tmp) / "src-copy"
+        shutil.copytree(source / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (source / name).exists():
+                shutil.copy2(source / name, copy / name)
+        isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+        argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+                *isolation, "-w", tmp, str(copy)]
+        result = _run(argv, timeout=600)
+        wheels = sorted(Path(tmp).glob("sweepctl-*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise SweepctlError(f"cannot build the sweepctl wheel: {_last_line(result.stderr)}", where=str(source),
+                                hint=f"run `{shlex.join(argv)}` to see the whole error")
+        target = out_dir / wheels[0].name
+        shutil.copy2(wheels[0], target)
+    return target
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
