@@ -1,0 +1,407 @@
+"""The run directory, seen from the orchestration side: paths, atomic JSON, and a run's state.
+
+    view = read_run(Path("/mnt/pod_artifacts/outputs/fineweb10B-mhc-6l-s1337"), stale_after_s=120)
+    view.state  # pending | running | ok | failed | stale
+
+The state follows the run table in DESIGN.md. Reads are cheap on purpose — `status` reads
+thousands of run directories per refresh: summary.json and heartbeat.json are small, the runner's
+own record is small, and metrics.jsonl is only ever tailed from its end. Nothing here writes except
+`write_json_atomic`, `backup` and the lock, which the runner uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+RunState = Literal["pending", "running", "ok", "failed", "stale"]
+STATES: tuple[RunState, ...] = ("pending", "running", "ok", "failed", "stale")
+
+# The trainer's files (contract_version 1).
+STDOUT_LOG = "stdout.log"
+COMMAND = "command.sh"
+METADATA = "run_metadata.json"
+CONFIG_EFFECTIVE = "config_effective.json"
+DATASET_MANIFEST = "dataset_manifest.json"
+METRICS = "metrics.jsonl"
+HEARTBEAT = "heartbeat.json"
+CHECKPOINT = "ckpt.pt"
+SUMMARY = "summary.json"
+# The runner's files: who owns the run now (and owned it last), and the lock that proves it.
+OWNER = "runner.json"
+LOCK = ".sweepctl.lock"
+
+# A complete, finished run directory has these (stdout.log is the runner's tee of the trainer).
+COMPLETE_FILES = (STDOUT_LOG, COMMAND, METADATA, CONFIG_EFFECTIVE, DATASET_MANIFEST, METRICS, HEARTBEAT,
+                  CHECKPOINT, SUMMARY)
+# What a fresh restart moves aside; a resume keeps them (the trainer continues the metrics).
+RESTART_BACKUPS = (STDOUT_LOG, SUMMARY, METRICS, HEARTBEAT, CHECKPOINT)
+RETRY_BACKUPS = (STDOUT_LOG, SUMMARY)
+
+SWEEPS_DIR = ".sweeps"
+TAIL_BYTES = 8192  # one read from the end of metrics.jsonl covers dozens of rows
+TAIL_MAX_BYTES = 256 * 1024  # how far back to look for the last eval row of a running run
+
+HOST = socket.gethostname()
+
+
+def run_dir(out_root: str | Path, run_id: str) -> Path:
+    return Path(out_root) / run_id
+
+
+def sweeps_root(out_root: str | Path) -> Path:
+    return Path(out_root) / SWEEPS_DIR
+
+
+def sweep_dir(out_root: str | Path, name: str) -> Path:
+    return sweeps_root(out_root) / name
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Temp file in the same folder + os.replace: a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def backup_stamp(now: float | None = None) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+
+
+def backup(directory: Path, names: tuple[str, ...] | list[str], now: float | None = None) -> list[Path]:
+    """Move each existing file to `<name>.bak-<YYYYmmdd-HHMMSS>`; never overwrite an earlier backup.
+
+    Moving (not copying) keeps a multi-GB checkpoint cheap; nothing a user may want is deleted."""
+    stamp = backup_stamp(now)
+    moved = []
+    for name in names:
+        src = directory / name
+        if not src.exists():
+            continue
+        dst = directory / f"{name}.bak-{stamp}"
+        n = 1
+        while dst.exists():  # two backups within one second
+            dst = directory / f"{name}.bak-{stamp}-{n}"
+            n += 1
+        os.replace(src, dst)
+        moved.append(dst)
+    return moved
+
+
+def backups_of(directory: Path, name: str) -> list[Path]:
+    return sorted(directory.glob(f"{name}.bak-*"))
+
+
+# --- the per-run lock ----------------------------------------------------------------------------
+
+class RunLock:
+    """An flock on `<run_dir>/.sweepctl.lock`, held by the runner and inherited by its trainer child.
+
+    The kernel drops it when the last holder dies, so "the owner is alive" is a question anyone on
+    the machine can ask without trusting a pid file."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK
+        self.fd: int | None = None
+
+    def acquire(self, wait_s: float = 1.0) -> bool:
+        """Take the lock; retry for `wait_s` because a `status` probe holds it for microseconds."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.fd = fd
+                return True
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.02)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing our copy; a still-running child keeps the lock alive
+            self.fd = None
+
+
+def lock_held(directory: Path) -> bool:
+    """Whether some live process holds the run's lock (a shared probe, released at once)."""
+    try:
+        fd = os.open(directory / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's shared lock
+    return False
+
+
+def pid_alive(pid: int) -> bool:
+    """True for a live process on this machine; a zombie (killed, not yet reaped) counts as dead."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): signal 0 is the best we have
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object, or None when absent or unreadable (a half-written file from a foreign writer)."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def tail_lines(path: Path, n: int, *, block: int = TAIL_BYTES) -> list[str]:
+    """The last `n` lines of a text file, reading backwards from its end in blocks."""
+    if n <= 0:
+        return []
+    try:
+        with open(path, "rb") as f:
+            pos = f.seek(0, os.SEEK_END)
+            data = b""
+            while pos > 0 and data.count(b"\n") <= n:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[-n:]
+
+
+def follow(path: Path, *, done: Callable[[], bool], poll_s: float = 0.5, quiet_s: float = 1.0) -> Iterator[str]:
+    """Text appended to `path` from its current end, like `tail -F`: a file moved aside (a new
+    attempt's `.bak-`) is followed into its replacement. Ends once `done()` and the file is quiet."""
+    pos, ino = _size_and_inode(path)
+    quiet_since = time.monotonic()
+    while True:
+        size, new_ino = _size_and_inode(path)
+        if new_ino != ino or size < pos:
+            pos, ino = 0, new_ino  # replaced or truncated: start the new file from its beginning
+        if size > pos:
+            with open(path, "rb") as f:
+                f.seek(pos)
+                data = f.read(size - pos)
+            pos += len(data)
+            quiet_since = time.monotonic()
+            yield data.decode("utf-8", "replace")
+            continue
+        if done() and time.monotonic() - quiet_since >= quiet_s:
+            return
+        time.sleep(poll_s)
+
+
+def _size_and_inode(path: Path) -> tuple[int, int | None]:
+    try:
+        st = path.stat()
+    except OSError:
+        return 0, None
+    return st.st_size, st.st_ino
+
+
+@dataclass
+class MetricsTail:
+    """What status needs from metrics.jsonl: the newest train-loss row and the newest eval row."""
+
+    train: dict[str, Any] | None = None
+    eval: dict[str, Any] | None = None
+    previous_train: dict[str, Any] | None = None  # the train row before `train`, for the iteration rate
+
+
+def tail_metrics(path: Path) -> MetricsTail:
+    """Scan metrics.jsonl backwards until a train row and an eval row are found (bounded)."""
+    out = MetricsTail()
+    try:
+        with open(path, "rb") as f:
+            pos = f.seek(0, os.SEEK_END)
+            carry = b""
+            read = 0
+            while pos > 0 and read < TAIL_MAX_BYTES:
+                step = min(TAIL_BYTES, pos)
+                pos -= step
+                f.seek(pos)
+                chunk = f.read(step) + carry
+                read += step
+                lines = chunk.split(b"\n")
+                carry = lines[0] if pos > 0 else b""  # maybe a partial line; the next block completes it
+                for raw in reversed(lines[1:] if pos > 0 else lines):
+                    if _take(out, _json_line(raw)):
+                        return out
+    except OSError:
+        pass
+    return out
+
+
+def _take(out: MetricsTail, row: dict[str, Any] | None) -> bool:
+    """File a row (newest first); True once everything status needs is found."""
+    if row is None:
+        return False
+    if is_eval_row(row):
+        out.eval = out.eval or row
+    elif "loss" in row:
+        if out.train is None:
+            out.train = row
+        elif out.previous_train is None:
+            out.previous_train = row
+    return out.eval is not None and out.previous_train is not None
+
+
+def is_eval_row(row: dict[str, Any]) -> bool:
+    return "val" in row or "val_loss" in row
+
+
+def _json_line(raw: bytes) -> dict[str, Any] | None:
+    raw = raw.strip()
+    if not raw.startswith(b"{"):
+        return None
+    try:
+        row = json.loads(raw)
+    except ValueError:
+        return None  # the line being written right now
+    return row if isinstance(row, dict) else None
+
+
+@dataclass
+class RunView:
+    """One run directory as status and launch see it."""
+
+    run_id: str
+    directory: Path
+    state: RunState
+    summary: dict[str, Any] | None = None
+    heartbeat: dict[str, Any] | None = None
+    owner: dict[str, Any] | None = None  # runner.json: the runner's record of the current/last attempt
+    heartbeat_age_s: float | None = None
+    why: str = ""  # one phrase: why this state (shown for stale and running)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error_class(self) -> str | None:
+        if self.summary is None or self.summary.get("ok") is True:
+            return None
+        return self.summary.get("error_class") or self.summary.get("status") or "unknown"
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return (self.directory / CHECKPOINT).exists()
+
+
+def classify(*, summary: dict[str, Any] | None, heartbeat: dict[str, Any] | None, held: bool,
+             owner_started: float | None, now: float, stale_after_s: float) -> tuple[RunState, str]:
+    """The run table's state, from what is on disk and whether the lock is held. Pure.
+
+    A trainer that died while its runner still lives (the lock is held) is stale, not running:
+    its heartbeat was written in this attempt by a pid that is gone. The runner writes the summary
+    moments later and the run becomes failed."""
+    if summary is not None:
+        return ("ok", "") if summary.get("ok") is True else ("failed", "")
+    hb_pid = _int(heartbeat.get("pid")) if heartbeat else None
+    hb_ts = _float(heartbeat.get("ts")) if heartbeat else None
+    local = heartbeat is not None and heartbeat.get("host") in (None, HOST)
+    trainer_dead = local and hb_pid is not None and not pid_alive(hb_pid)
+    if held:
+        this_attempt = hb_ts is not None and (owner_started is None or hb_ts >= owner_started - 1.0)
+        if trainer_dead and this_attempt:
+            return "stale", f"trainer pid {hb_pid} is gone"
+        return "running", ""
+    if heartbeat is None:
+        return "pending", ""
+    if trainer_dead:
+        return "stale", f"trainer pid {hb_pid} is gone"
+    if hb_ts is None or now - hb_ts > stale_after_s:
+        return "stale", "heartbeat is old"
+    return "running", ""
+
+
+def read_run(directory: Path, *, stale_after_s: float, now: float | None = None, probe_lock: bool = True,
+             run_id: str | None = None) -> RunView:
+    """Read one run directory (which may not exist: a pending run)."""
+    now = time.time() if now is None else now
+    rid = run_id or directory.name
+    summary = read_json(directory / SUMMARY)
+    owner = read_json(directory / OWNER)  # small; says which shard ran it under the dynamic schedule
+    heartbeat = None
+    held = False
+    if summary is None:  # a finished run needs neither its heartbeat nor a lock probe
+        heartbeat = read_json(directory / HEARTBEAT)
+        held = probe_lock and lock_held(directory)
+    state, why = classify(summary=summary, heartbeat=heartbeat, held=held,
+                          owner_started=_float(owner.get("started")) if owner else None,
+                          now=now, stale_after_s=stale_after_s)
+    age = None
+    if heartbeat is not None and _float(heartbeat.get("ts")) is not None:
+        age = max(0.0, now - float(heartbeat["ts"]))
+    return RunView(run_id=rid, directory=directory, state=state, summary=summary, heartbeat=heartbeat,
+                   owner=owner, heartbeat_age_s=age, why=why)
+
+
+def list_run_dirs(out_root: Path) -> list[Path]:
+    """Every run directory under out_root (sorted), for a status without a sweep manifest."""
+    try:
+        entries = list(os.scandir(out_root))
+    except OSError:
+        return []
+    dirs = []
+    for e in entries:
+        if e.name.startswith(".") or not e.is_dir():
+            continue
+        p = Path(e.path)
+        if any((p / name).exists() for name in (SUMMARY, HEARTBEAT, METADATA, OWNER, STDOUT_LOG)):
+            dirs.append(p)
+    return sorted(dirs)
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
