@@ -15,12 +15,12 @@ from sweepctl.bootstrap import (
     ensure_shell_env,
     ensure_tools,
     gpu_check,
-    query_gpus,
     torch_check,
     wandb_check,
     write_project_file,
 )
 from sweepctl.data import FINEWEB_REPO, fineweb_file_names
+from sweepctl.gpus import query_gpus
 
 try:
     import tomllib
@@ -135,43 +135,31 @@ def test_only_git_missing_is_a_warning(pod, monkeypatch):
     assert check.ok is None and check.detail == "missing: git (--no-apt)"
 
 
-def fake_nvidia_smi(bin_dir: Path, output: str, code: int = 0) -> None:
-    """A stand-in for the one thing that cannot exist here: a GPU driver. It refuses any query
-    other than the --query-gpu one bootstrap is allowed to make (never the process list)."""
-    script = bin_dir / "nvidia-smi"
-    script.write_text(
-        "#!/bin/sh\n"
-        '[ "$1" = "--query-gpu=index,name,memory.total" ] && [ "$2" = "--format=csv,noheader,nounits" ] '
-        "|| { echo unexpected query >&2; exit 9; }\n"
-        f"cat <<'EOF'\n{output}EOF\nexit {code}\n")
-    script.chmod(0o755)
+def test_gpus_from_the_nvidia_smi_query(monkeypatch):
+    fake_bin = Path(__file__).parent / "fake_bin"  # the stand-in refuses any query but --query-gpu
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_NVIDIA_SMI_ROWS", ";".join(f"{i}, NVIDIA H100 80GB HBM3, 0, 1, 81559" for i in range(8)))
 
+    query = query_gpus()
+    check = gpu_check(query)
 
-def test_gpus_from_nvidia_smi_query(tmp_path, monkeypatch):
-    fake_nvidia_smi(tmp_path, "".join(f"{i}, NVIDIA H100 80GB HBM3, 81559\n" for i in range(8)))
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-
-    gpus = query_gpus()
-
-    assert gpus is not None and len(gpus) == 8
-    assert gpus[3] == {"index": 3, "name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}
-    assert gpu_check(gpus).detail == "8: 8 x NVIDIA H100 80GB HBM3 79 GiB"
+    assert check.ok is True and check.detail == "8: 8 x NVIDIA H100 80GB HBM3 80 GiB"
     # GPUs present but a CPU-only torch: the trainer would silently run on CPU, so it is a failure.
-    cpu_torch = torch_check({"torch": "2.13.0+cpu", "cuda": None, "available": False}, gpus, "python")
+    cpu_torch = torch_check({"torch": "2.13.0+cpu", "cuda": None, "available": False}, query.gpus, "python")
     assert cpu_torch.ok is False and "CPU-only build" in cpu_torch.detail
 
 
 def test_no_nvidia_smi_is_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert query_gpus() is None
-    assert gpu_check(None).ok is None
+    check = gpu_check(query_gpus())
+    assert check.ok is None and "nvidia-smi not found" in check.detail
 
 
 def test_cuda_torch_row():
-    good = torch_check({"torch": "2.5.1+cu124", "cuda": "12.4", "available": True, "devices": 8}, [{}], "py")
+    good = torch_check({"torch": "2.5.1+cu124", "cuda": "12.4", "available": True, "devices": 8}, [], "py")
     assert good.ok is True and good.detail == "torch 2.5.1+cu124, CUDA 12.4, 8 device(s) visible"
-    assert torch_check({"torch": None}, None, "/usr/bin/python3").ok is False
-    assert torch_check({"torch": "2.13.0+cpu", "cuda": None, "available": False}, None, "py").ok is None
+    assert torch_check({"torch": None}, [], "/usr/bin/python3").ok is False
+    assert torch_check({"torch": "2.13.0+cpu", "cuda": None, "available": False}, [], "py").ok is None
 
 
 def test_wandb_presence_only_and_netrc_made_private(tmp_path, monkeypatch):

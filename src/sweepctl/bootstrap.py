@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from sweepctl import __version__
 from sweepctl.errors import RemoteError, SweepctlError
+from sweepctl.gpus import Gpu, GpuQuery, query_gpus
 
 SYSTEM_TOOLS = ("tmux", "git", "rsync")
 WHEEL_MARKER = ".sweepctl-install"  # in the venv: what was installed there (wheel sha256 or version)
@@ -250,33 +251,20 @@ def ensure_tools(tools: Sequence[str] = SYSTEM_TOOLS, *, allow_apt: bool = True)
 # ---- GPUs and torch ---------------------------------------------------------------------------
 
 
-def query_gpus() -> list[dict[str, Any]] | None:
-    """GPUs from `nvidia-smi --query-gpu` (never its process list, which is empty inside
-    containers); None when there is no nvidia-smi or it fails."""
-    result = _run(["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-                  timeout=30)
-    if result.returncode != 0:
-        return None
-    gpus = []
-    for line in result.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3 and parts[0].isdigit():
-            mem = int(parts[2]) if parts[2].isdigit() else None
-            gpus.append({"index": int(parts[0]), "name": parts[1], "memory_mib": mem})
-    return gpus
-
-
-def gpu_check(gpus: list[dict[str, Any]] | None) -> Check:
-    if gpus is None:
-        return Check("GPUs", None, "no nvidia-smi: no NVIDIA driver visible", hint="fine on a laptop; on a pod, "
-                     "check the image has the NVIDIA driver mounted")
-    if not gpus:
-        return Check("GPUs", None, "nvidia-smi lists no GPU")
+def gpu_check(query: GpuQuery) -> Check:
+    """GPUs from sweepctl.gpus (`nvidia-smi --query-gpu`, never its process list, which is empty
+    inside containers)."""
+    if not query.gpus:
+        hint = "fine on a laptop; on a pod, check that the image has the NVIDIA driver mounted"
+        return Check("GPUs", None, query.problem or "nvidia-smi lists no GPU", hint=hint)
     names: dict[str, int] = {}
-    for gpu in gpus:
-        label = gpu["name"] + (f" {gpu['memory_mib'] // 1024} GiB" if gpu["memory_mib"] else "")
+    for gpu in query.gpus:
+        label = gpu.name + (f" {gpu.memory_total_mib / 1024:.0f} GiB" if gpu.memory_total_mib else "")
         names[label] = names.get(label, 0) + 1
-    return Check("GPUs", True, f"{len(gpus)}: " + ", ".join(f"{n} x {label}" for label, n in names.items()))
+    detail = f"{len(query.gpus)}: " + ", ".join(f"{n} x {label}" for label, n in names.items())
+    if query.problem:  # some lines unreadable: show the GPUs found, flag the rest
+        return Check("GPUs", None, f"{detail} ({query.problem})")
+    return Check("GPUs", True, detail)
 
 
 def probe_torch(python: str | Path) -> dict[str, Any]:
@@ -288,7 +276,7 @@ def probe_torch(python: str | Path) -> dict[str, Any]:
         return {"torch": None, "error": _last_line(result.stderr) or f"exit {result.returncode}"}
 
 
-def torch_check(info: dict[str, Any], gpus: list[dict[str, Any]] | None, python: str | Path) -> Check:
+def torch_check(info: dict[str, Any], gpus: Sequence[Gpu], python: str | Path) -> Check:
     if not info.get("torch"):
         return Check("CUDA torch", False, f"no torch in {python}", hint="bootstrap without --no-venv installs it")
     version = f"torch {info['torch']}"
@@ -655,7 +643,7 @@ def run_bootstrap(opts: BootstrapOptions, on_step: Callable[[str], None] | None 
         checks["data"] = data_check(opts.data_dir, opts.train_shards, progress=opts.progress)
         checks["disk"] = disk_check(opts.volume if on_volume else opts.data_dir)
         step("torch")
-        checks["torch"] = torch_check(torch_info.result(), gpus, python)
+        checks["torch"] = torch_check(torch_info.result(), gpus.gpus, python)
 
     order = ("gpus", "torch", "venv", "tools", "data", "disk", "wandb", "ssh", "hf", "project")
     return BootstrapReport([checks[k] for k in order if k in checks], str(opts.project_file))
