@@ -72,3 +72,13 @@ def test_mount_fstype_takes_the_longest_mount_point_and_unescapes_spaces(tmp_pat
 ])
 def test_network_filesystems(fstype, network):
     assert is_network_fs(fstype) is network
+
+
+def test_header_constants_agree_with_the_trainer_reader(tmp_path):
+    from sweepctl import data
+    from sweepctl.train import data as train_data
+
+    assert (data.SHARD_MAGIC, data.SHARD_VERSION, data.HEADER_BYTES) == (
+        train_data.MAGIC, train_data.VERSION, train_data.HEADER_BYTES)
+    write_shard(tmp_path / "s.bin", [5, 6, 7])
+    assert train_data.open_shard(tmp_path / "s.bin").tolist() == [5, 6, 7]  # what we write, it reads

@@ -95,21 +95,11 @@ def shard_problem(path: str | Path) -> str | None:
 
 
 def write_shard(path: str | Path, tokens: Any) -> int:
-    """Write `tokens` (ints < 65536) as a shard, atomically: a reader never sees half a shard."""
-    import numpy as np
+    """Write `tokens` (ints < 65536) as a shard, atomically. One writer for the whole tool: the
+    trainer's (orchestration may import from the trainer, never the other way)."""
+    from sweepctl.train.data import write_shard as trainer_write_shard
 
-    arr = np.asarray(tokens)
-    if arr.size and (arr.min() < 0 or arr.max() >= 2**16):
-        raise ValueError("token ids must fit in uint16")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = (SHARD_MAGIC, SHARD_VERSION, arr.size)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as f:
-        f.write(header.tobytes())
-        f.write(arr.astype("<u2").tobytes())
-    os.replace(tmp, path)
-    return int(arr.size)
+    return trainer_write_shard(path, tokens)
 
 
 # ---- where the data dir lives -----------------------------------------------------------------
