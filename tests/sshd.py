@@ -165,6 +165,11 @@ class SSHServer:
         """Stop our sshd by pid (never by name). Sessions already open end with their clients."""
         if self.proc is None:
             return
+        # Let per-connection sshd processes finish first (clients have just closed): once the
+        # listener is gone they would be orphans nobody here reaps.
+        deadline = time.monotonic() + 5
+        while self.proc.poll() is None and _children(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -175,6 +180,17 @@ class SSHServer:
         if self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (from /proc; empty where there is no /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # Field 4 is the ppid; split after the ")" that ends the command name.
+            if int(entry.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.parent.name))
+    return found
 
 
 @dataclass

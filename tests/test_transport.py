@@ -6,14 +6,16 @@ where it runs. Host-key, auth and connection failures are checked for their one-
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+import random
 import socket
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,13 +125,52 @@ def test_run_feeds_stdin_and_env(transport: Transport) -> None:
     assert result.stdout == "a b;$c"
 
 
-def test_run_timeout_abandons_the_command(transport: Transport) -> None:
+def unique_sleep() -> list[str]:
+    """A `sleep` argv no other process on this machine has, so the test can find it by cmdline."""
+    return ["sleep", f"{30 + random.random():.9f}"]
+
+
+def running(argv: list[str]) -> list[int]:
+    """Pids of processes whose command line is exactly `argv` (the "pod" is this machine)."""
+    wanted = "\0".join(argv).encode() + b"\0"
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (proc / "cmdline").read_bytes() == wanted:
+                    pids.append(int(proc.name))
+    return pids
+
+
+def wait_until(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + FAST_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)  # poll interval inside a deadline
+
+
+def wait_gone(argv: list[str]) -> None:
+    wait_until(lambda: not running(argv), f"{argv} still running after it was abandoned")
+
+
+def test_run_timeout_abandons_and_kills_the_command(transport: Transport) -> None:
+    sleep = unique_sleep()
     start = time.monotonic()
     with pytest.raises(RemoteError) as e:
-        transport.run(["sleep", "30"], timeout=0.5)
+        transport.run(["sh", "-c", '"$@"; echo never', "sh", *sleep], timeout=0.5)
     assert time.monotonic() - start < FAST_S
     assert "did not finish within 0.5s" in one_line(e.value)
+    wait_gone(sleep)  # the whole process group, not just the shell we started
     assert transport.run(["echo", "still usable"]).stdout == "still usable\n"
+
+
+def test_closing_a_stream_early_kills_the_command(transport: Transport) -> None:
+    sleep = unique_sleep()  # stands in for `tail -F` on a log that stopped growing
+    lines = transport.stream(["sh", "-c", 'echo first; exec "$@"', "sh", *sleep], timeout=20)
+    assert next(lines) == "first"
+    wait_until(lambda: running(sleep), "the command never started")
+    lines.close()  # what Ctrl-C during `logs -f` does
+    wait_gone(sleep)
 
 
 def test_stream_yields_lines_as_they_arrive(transport: Transport, tmp_path: Path) -> None:

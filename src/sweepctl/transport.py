@@ -735,6 +735,7 @@ class SSHTransport(Transport):
         self._jump: SSHTransport | None = None
         self.calls = 0
         self.connections = 0
+        self._killing = False
 
     @property
     def target(self) -> SSHTarget:
@@ -911,12 +912,34 @@ class SSHTransport(Transport):
 
     # -- commands ---------------------------------------------------------------------------
 
-    def _start(self, argv: Sequence[str], env: Mapping[str, str] | None) -> paramiko.Channel:
+    def _start(self, argv: Sequence[str], env: Mapping[str, str] | None) -> _RemoteCommand:
         chan = self._open_session()
         # The remote login shell parses one string; shlex.join makes it see exactly our argv.
-        chan.exec_command(shlex.join(_with_env(argv, env)))
+        # The wrapper reports the command's pid first (then execs it, so pid and exit status are
+        # the command's own): sshd will not signal a command when its channel closes, so a
+        # command we abandon (timeout, `logs -f` left with Ctrl-C) is killed by pid instead.
+        chan.exec_command(shlex.join(["sh", "-c", _PID_WRAPPER, "sh", *_with_env(argv, env)]))
         self.calls += 1
-        return chan
+        return _RemoteCommand(chan)
+
+    def _abandon(self, command: _RemoteCommand) -> None:
+        """Close the channel; if the command may still be running, kill its process group."""
+        chan = command.chan
+        transport = chan.get_transport()
+        if command.pid is None and not chan.exit_status_ready() and transport is not None and transport.is_active():
+            command.await_pid()  # stdout may have been read before the pid line on stderr arrived
+        finished = chan.exit_status_ready()
+        chan.close()
+        # Not after a lost connection (that would mean reconnecting just to clean up), and not
+        # for the kill command itself (no chain of killers if the pod is stuck).
+        if finished or command.pid is None or self._killing or transport is None or not transport.is_active():
+            return
+        self._killing = True
+        try:
+            with contextlib.suppress(RemoteError):
+                self.run(["sh", "-c", _KILL_SCRIPT, "sh", str(command.pid)], timeout=DEFAULT_CONNECT_TIMEOUT)
+        finally:
+            self._killing = False
 
     def run(self, argv: Sequence[str], timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
             stdin: StrInput = None, *, check: bool = False,
@@ -926,26 +949,27 @@ class SSHTransport(Transport):
         argv = list(argv)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            chan = self._start(argv, env)
+            command = self._start(argv, env)
         except paramiko.SSHException as e:
             raise self._lost(argv, e) from None
-        out, err = bytearray(), bytearray()
+        chan, out = command.chan, bytearray()
         try:
             if stdin is not None:
                 chan.sendall(_as_bytes(stdin))
             chan.shutdown_write()  # EOF on the remote stdin, so `cat`-like commands finish
             for stream_name, chunk in _channel_chunks(chan, deadline):
-                (out if stream_name == "out" else err).extend(chunk)
+                if stream_name == "out":
+                    out.extend(chunk)
+                else:
+                    command.feed_stderr(chunk)
             code = self._exit_status(chan)
         except _Deadline:
             raise self._timed_out(argv, timeout or 0.0) from None
         except (paramiko.SSHException, EOFError, OSError) as e:
             raise self._lost(argv, e) from None
         finally:
-            # Closing the channel is all we can do to a remote command that overran: without a
-            # pty sshd sends it no signal; it gets SIGPIPE on its next write.
-            chan.close()
-        return _checked(self, argv, Result(_exit_code(code), _decode(bytes(out)), _decode(bytes(err))), check)
+            self._abandon(command)
+        return _checked(self, argv, Result(code, _decode(bytes(out)), _decode(command.stderr)), check)
 
     def stream(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
                env: Mapping[str, str] | None = None) -> Iterator[str]:
@@ -954,15 +978,15 @@ class SSHTransport(Transport):
         argv = list(argv)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            chan = self._start(argv, env)
+            command = self._start(argv, env)
         except paramiko.SSHException as e:
             raise self._lost(argv, e) from None
-        pending, err = b"", bytearray()
+        chan, pending = command.chan, b""
         try:
             chan.shutdown_write()
             for stream_name, chunk in _channel_chunks(chan, deadline):
                 if stream_name == "err":
-                    err.extend(chunk)
+                    command.feed_stderr(chunk)
                     continue
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
@@ -976,9 +1000,9 @@ class SSHTransport(Transport):
         except (paramiko.SSHException, EOFError, OSError) as e:
             raise self._lost(argv, e) from None
         finally:
-            chan.close()
+            self._abandon(command)  # also when the caller stops reading early (GeneratorExit)
         if check and code != 0:
-            raise self._failed(argv, Result(code, "", _decode(bytes(err))))
+            raise self._failed(argv, Result(code, "", _decode(command.stderr)))
 
     def _exit_status(self, chan: paramiko.Channel) -> int:
         if not chan.exit_status_ready():
@@ -1129,6 +1153,58 @@ class SSHTransport(Transport):
 
 class _Deadline(Exception):
     pass
+
+
+_PID_MARK = b"@sweepctl-pid "
+# `$$` of this `sh -c` becomes the command's pid through `exec`; "$@" is the argv, never re-parsed.
+_PID_WRAPPER = 'printf "' + _PID_MARK.decode() + '%s\\n" "$$" >&2; exec "$@"'
+# Kill the command's process group (its children too: a shell pipeline, a `tail -F`); the group
+# is the ssh session's own, made by sshd's setsid for this one command. Just the pid when `ps`
+# is missing (minimal images).
+_KILL_SCRIPT = ('pg=$(ps -o pgid= -p "$1" 2>/dev/null | tr -d " "); '
+                'if [ -n "$pg" ] && [ "$pg" -gt 1 ]; then kill -TERM "-$pg"; else kill -TERM "$1"; fi '
+                '2>/dev/null; exit 0')
+
+
+@dataclass
+class _RemoteCommand:
+    """A command running on the pod: its channel, and its pid once the wrapper has reported it."""
+
+    chan: paramiko.Channel
+    pid: int | None = None
+    _stderr: bytearray = field(default_factory=bytearray)
+    _pid_line_done: bool = False
+
+    def feed_stderr(self, chunk: bytes) -> None:
+        self._stderr.extend(chunk)
+        if self._pid_line_done or b"\n" not in self._stderr:
+            return
+        self._pid_line_done = True
+        first, _, rest = bytes(self._stderr).partition(b"\n")
+        if first.startswith(_PID_MARK) and first[len(_PID_MARK):].isdigit():
+            self.pid = int(first[len(_PID_MARK):])
+            self._stderr = bytearray(rest)  # the marker is ours, not the command's output
+
+    @property
+    def stderr(self) -> bytes:
+        return bytes(self._stderr)
+
+    def await_pid(self, timeout: float = 2.0) -> None:
+        """Read until the pid line arrives (the wrapper's first act: one round trip at most),
+        discarding stdout, which nobody will read now."""
+        import select
+
+        deadline = time.monotonic() + timeout
+        while not self._pid_line_done and not self.chan.exit_status_ready() and not self.chan.closed:
+            if self.chan.recv_stderr_ready():
+                self.feed_stderr(self.chan.recv_stderr(65536))
+            elif self.chan.recv_ready():
+                self.chan.recv(65536)
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                select.select([self.chan], [], [], min(left, _POLL_S))
 
 
 def _channel_chunks(chan: paramiko.Channel, deadline: float | None) -> Iterator[tuple[str, bytes]]:
