@@ -1,0 +1,98 @@
+"""report.py's edge cases on small hand-written inputs (the real-run tests are in test_report.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sweepctl import report
+from sweepctl.train import diagnostics
+
+
+def test_gain_keys_match_what_the_trainer_writes() -> None:
+    assert (report.GAIN_FWD, report.GAIN_BWD) == (diagnostics.GAIN_FWD, diagnostics.GAIN_BWD)
+
+
+@pytest.mark.parametrize(("run_id", "group"), [
+    ("fineweb10B-mhc-6l-s1337", "fineweb10B-mhc-6l"),
+    ("base_seed3", "base"),
+    ("hc-seed-1338", "hc"),
+    ("mhc-6l", "mhc-6l"),  # no seed suffix: the run is its own group
+    ("run-s1337-long", "run-s1337-long"),  # only a trailing suffix is a seed
+])
+def test_strip_seed(run_id: str, group: str) -> None:
+    assert report.strip_seed(run_id) == group
+
+
+def test_stats_use_the_sample_std_and_skip_missing_values() -> None:
+    s = report.stats([1.0, None, 3.0])
+    assert (s["n"], s["mean"], s["std"], s["min"], s["max"]) == (2, 2.0, pytest.approx(2 ** 0.5), 1.0, 3.0)
+    assert report.stats([2.5])["std"] is None  # one seed has no spread to report
+    assert report.stats([None])["mean"] is None
+
+
+def _write_metrics(path: Path, rows: list[object]) -> None:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+def test_read_metrics_keeps_the_latest_attempt_and_skips_a_cut_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    _write_metrics(path, [
+        {"event": "eval", "iter": 0, "train": 5.0, "val": 5.1},
+        {"event": "train", "iter": 5, "loss": 4.9},
+        {"event": "eval", "iter": 10, "train": 4.5, "val": 4.6},
+        {"event": "train", "iter": 15, "loss": 4.4},  # never checkpointed: the resume restarts at 10
+        {"event": "train", "iter": 15, "loss": 4.3},
+        {"iter": 20, "train": 4.1, "val": 4.2},  # an older trainer: no event field, known by its keys
+        {"event": "diag", "iter": 20, "composite_gain_fwd": 1.0, "composite_gain_bwd": 1.0},
+        '{"event": "train", "iter": 25, "lo',
+    ])
+    rows, bad = report.read_metrics(path)
+    assert bad == 1
+    assert [(r["iter"], r["val"]) for r in rows["eval"]] == [(0, 5.1), (10, 4.6), (20, 4.2)]
+    assert [(r["iter"], r["loss"]) for r in rows["train"]] == [(5, 4.9), (15, 4.3)]
+    assert [r["iter"] for r in rows["diag"]] == [20]
+
+
+def _record(run_id: str, state: str, final: float | None, **series: list) -> dict:
+    return {"run_id": run_id, "group": report.strip_seed(run_id), "state": state, "final_val": final,
+            "best_val": final, "tokens_per_iter": 100,
+            "series": {"eval": [], "train": [], "gain": [], **series}}
+
+
+def _data(*records: dict) -> dict:
+    groups = {}
+    for r in records:
+        groups.setdefault(r["group"], []).append(r)
+    out = []
+    for label, members in sorted(groups.items()):
+        ok = [m for m in members if m["state"] == "ok"]
+        out.append({"label": label, "final_val": report.stats([m["final_val"] for m in ok]),
+                    "best_val": report.stats([m["best_val"] for m in ok])})
+    return {"groups": out, "runs": list(records)}
+
+
+def test_compare_needs_two_seeds_on_both_sides_to_judge_noise() -> None:
+    d = _data(_record("a-s1", "ok", 3.0), _record("a-s2", "ok", 3.2), _record("b-s1", "ok", 2.0),
+              _record("c-s1", "failed", None), _record("d-s1", "ok", 2.95), _record("d-s2", "ok", 3.05))
+    rows = {r["label"]: r for r in report.compare(d, "a")["rows"]}
+    assert [r["label"] for r in report.compare(d, "a")["rows"]] == ["b", "d", "c"]  # best first, no result last
+    assert rows["b"]["final"]["delta"] == pytest.approx(-1.1) and rows["b"]["final"]["beyond_noise"] is None
+    assert rows["c"]["final"]["delta"] is None
+    # d vs a: Δ = -0.1, SE = sqrt(0.02/2 + 0.005/2) = 0.079 -> |Δ| < 2 SE: within noise
+    assert rows["d"]["final"]["se"] == pytest.approx((0.02 / 2 + 0.005 / 2) ** 0.5)
+    assert rows["d"]["final"]["beyond_noise"] is False and rows["d"]["final"]["ranges_overlap"] is True
+
+
+def test_curve_uses_ok_runs_and_falls_back_to_unfinished_ones() -> None:
+    d = _data(_record("a-s1", "ok", 3.0, eval=[[0, 5.0, 5.0], [10, 4.0, 4.0]]),
+              _record("a-s2", "ok", 3.0, eval=[[0, 5.0, 6.0], [10, 4.0, 3.0]]),
+              _record("a-s3", "failed", None, eval=[[0, 9.0, 9.0]]),
+              _record("b-s1", "running", None, eval=[[0, 5.0, 5.5]]))
+    a = report.curve(d, "a", "eval", 2)
+    assert (a["x"], a["mean"], a["min"], a["max"], a["runs"]) == ([0, 1000], [5.5, 3.5], [5.0, 3.0], [6.0, 4.0], 2)
+    assert a["x_is_tokens"] and not a["partial"]
+    b = report.curve(d, "b", "eval", 2, tokens=False)
+    assert (b["x"], b["mean"], b["partial"], b["x_is_tokens"]) == ([0], [5.5], True, False)
