@@ -1,0 +1,201 @@
+"""PNG plots of a sweep report, drawn from `report.collect`'s JSON (never from run directories).
+
+    paths = write_plots(report.collect(out_root), Path("report/"))
+
+matplotlib is imported inside `write_plots`, and only its object API is used (Figure + the Agg
+canvas): no pyplot global state, no display needed, and `sweepctl --help` does not pay for it.
+Every figure has the same pixel size (FIGSIZE at DPI) so a report's images line up; legends sit
+outside the axes (constrained layout shrinks the axes, not the figure) so they never cover data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sweepctl import report
+from sweepctl.errors import SweepctlError
+
+FIGSIZE = (10.0, 5.5)  # inches
+DPI = 100  # -> 1000 x 550 px
+# A loss that spans at least this ratio (max / min) is drawn on a log axis, where a decade of
+# improvement late in training is as visible as the first one.
+LOG_SCALE_RATIO = 10.0
+BAND_ALPHA = 0.2
+
+# file name -> (what it shows) for the markdown report; order is the order shown
+PLOTS = {
+    "val_loss.png": "Validation loss vs tokens",
+    "train_loss.png": "Training loss vs tokens",
+    "tok_per_s.png": "Throughput per group",
+    "gain.png": "Composite residual gain (HC/mHC)",
+}
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise SweepctlError("--plots needs matplotlib, which is not installed",
+                            hint="pip install 'sweepctl[plots]' (or pip install matplotlib)") from None
+    matplotlib.use("Agg", force=False)  # harmless when pyplot is never imported; headless if it is
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    return Figure, FigureCanvasAgg, EngFormatter
+
+
+def _colors(labels: list[str]) -> dict[str, Any]:
+    """One color per group, the same in every plot (tab10, then tab20 for bigger sweeps)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
+
+
+def write_plots(data: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write every plot the data supports into out_dir; returns {file name: path} of those written
+    (gain.png only when some group logged diagnostics; nothing for a report without results)."""
+    Figure, Canvas, EngFormatter = _matplotlib()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = [g["label"] for g in data["groups"]]
+    colors = _colors(labels)
+    env = (Figure, Canvas, EngFormatter, colors)
+    written: dict[str, Path] = {}
+    sweep = f" — sweep {data['sweep']}" if data.get("sweep") else ""  # in every title
+    plans = [
+        ("val_loss.png", lambda p: _loss_plot(env, data, labels, "eval", 2, p,
+                                              (f"Validation loss{sweep}", "mean over ok seeds, band = min–max"),
+                                              "validation loss (nats/token)")),
+        ("train_loss.png", lambda p: _loss_plot(env, data, labels, "train", 1, p,
+                                                (f"Training loss{sweep}",
+                                                 "mean over ok seeds, band = min–max; each point averages its log rows"),
+                                                "training loss (nats/token)")),
+        ("tok_per_s.png", lambda p: _throughput_plot(env, data, p, sweep)),
+        ("gain.png", lambda p: _gain_plot(env, data, p, sweep)),
+    ]
+    for name, draw in plans:
+        path = out_dir / name
+        if draw(path):
+            written[name] = path
+    return written
+
+
+def _figure(env: tuple, nrows: int = 1) -> tuple[Any, Any, Any]:
+    Figure, Canvas, _, _ = env
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    Canvas(fig)
+    axes = fig.subplots(nrows, 1, sharex=True, squeeze=False)[:, 0]
+    return fig, axes, env[2]
+
+
+def _title(ax: Any, title: tuple[str, str]) -> None:
+    # on the axes, not the figure: a figure title would run into the legend column on the right
+    ax.set_title(f"{title[0]}\n{title[1]}", fontsize="medium")
+
+
+def _save(fig: Any, path: Path) -> None:
+    # no bbox_inches="tight": it would change the pixel size per figure
+    fig.savefig(path, dpi=DPI)
+
+
+def _x_axis(ax: Any, eng: Any, tokens: bool) -> None:
+    ax.set_xlabel("tokens seen" if tokens else "iteration (optimizer steps)")
+    if tokens:
+        ax.xaxis.set_major_formatter(eng(sep=""))  # 250M, 1.5G: readable token counts
+    ax.grid(True, alpha=0.3)
+
+
+def _legend(fig: Any, ax: Any) -> None:
+    # a figure legend "outside": constrained layout gives it its own column right of the axes
+    handles, names = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="outside right upper", fontsize="small", title="group")
+
+
+def _curves(data: dict[str, Any], labels: list[str], series: str, column: int) -> list[dict[str, Any]]:
+    curves = [report.curve(data, label, series, column) for label in labels]
+    if not all(c["x_is_tokens"] for c in curves if c["x"]):
+        # one x unit per figure: fall back to iterations when any group's tokens per iter is unknown
+        curves = [report.curve(data, label, series, column, tokens=False) for label in labels]
+    return [c for c in curves if c["x"]]
+
+
+def _loss_plot(env: tuple, data: dict[str, Any], labels: list[str], series: str, column: int, path: Path,
+               title: tuple[str, str], ylabel: str) -> bool:
+    curves = _curves(data, labels, series, column)
+    if not curves:
+        return False
+    fig, (ax,), eng = _figure(env)
+    colors = env[3]
+    for c in curves:
+        name = f"{c['label']} (n={c['runs']}{', unfinished' if c['partial'] else ''})"
+        style = "--" if c["partial"] else "-"
+        marker = "o" if len(c["x"]) <= 30 else None  # evals are sparse: show where they were taken
+        ax.plot(c["x"], c["mean"], style, color=colors[c["label"]], marker=marker, markersize=3, label=name)
+        if c["runs"] > 1:
+            ax.fill_between(c["x"], c["min"], c["max"], color=colors[c["label"]], alpha=BAND_ALPHA, linewidth=0)
+    lows = [v for c in curves for v in c["min"] if v > 0]
+    highs = [v for c in curves for v in c["max"]]
+    if lows and max(highs) / min(lows) >= LOG_SCALE_RATIO:
+        ax.set_yscale("log")
+    _x_axis(ax, eng, curves[0]["x_is_tokens"])
+    ax.set_ylabel(ylabel + (", log scale" if ax.get_yscale() == "log" else ""))
+    _title(ax, title)
+    _legend(fig, ax)
+    _save(fig, path)
+    return True
+
+
+def _throughput_plot(env: tuple, data: dict[str, Any], path: Path, sweep: str) -> bool:
+    groups = [g for g in data["groups"] if g["tok_per_s"]["n"]]
+    if not groups:
+        return False
+    colors = env[3]
+    fig, (ax,), eng = _figure(env)
+    ys = list(range(len(groups)))[::-1]  # first group on top
+    for y, g in zip(ys, groups, strict=True):
+        s = g["tok_per_s"]
+        ax.barh(y, s["mean"], color=colors[g["label"]], xerr=s["std"] or 0, capsize=3)
+        seeds = [r["tok_per_s"] for r in data["runs"]
+                 if r["group"] == g["label"] and r["state"] == "ok" and r["tok_per_s"] is not None]
+        ax.plot(seeds, [y] * len(seeds), "o", color="black", markersize=3)
+    ax.set_yticks(ys, [f"{g['label']} (n={g['tok_per_s']['n']})" for g in groups], fontsize="small")
+    ax.set_xlabel("throughput (tokens/s)")
+    ax.xaxis.set_major_formatter(eng(sep=""))
+    ax.grid(True, axis="x", alpha=0.3)
+    _title(ax, (f"Training throughput{sweep}", "bar = mean over ok seeds ± std, dots = individual seeds"))
+    _save(fig, path)
+    return True
+
+
+def _gain_plot(env: tuple, data: dict[str, Any], path: Path, sweep: str) -> bool:
+    labels = [g["label"] for g in data["groups"] if g["has_gain"]]
+    fwd, bwd = _curves(data, labels, "gain", 1), _curves(data, labels, "gain", 2)
+    if not fwd:
+        return False
+    colors = env[3]
+    fig, axes, eng = _figure(env, nrows=2)
+    for ax, curves, which in ((axes[0], fwd, "forward gain\n(max |row sum|)"),
+                              (axes[1], bwd, "backward gain\n(max |column sum|)")):
+        for c in curves:
+            ax.plot(c["x"], c["mean"], color=colors[c["label"]], marker="o", markersize=3,
+                    label=f"{c['label']} (n={c['runs']})")
+            if c["runs"] > 1:
+                ax.fill_between(c["x"], c["min"], c["max"], color=colors[c["label"]], alpha=BAND_ALPHA, linewidth=0)
+        ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)  # doubly stochastic maps keep exactly 1
+        values = [v for c in curves for v in c["min"] + c["max"]]
+        if values and min(values) > 0 and max(values) / min(values) >= LOG_SCALE_RATIO:
+            ax.set_yscale("log")  # an HC gain that grows geometrically with depth; 1 stays readable
+        ax.set_ylabel(which, fontsize="small")
+        ax.grid(True, alpha=0.3)
+    _x_axis(axes[1], eng, fwd[0]["x_is_tokens"])
+    _title(axes[0], (f"Composite gain of the residual mixing ∏ H_res over all sub-layers{sweep}",
+                     "1 = no amplification (doubly stochastic maps, as mHC enforces, keep it)"))
+    _legend(fig, axes[0])
+    _save(fig, path)
+    return True
+
+
+__all__ = ["DPI", "FIGSIZE", "PLOTS", "write_plots"]
