@@ -1,0 +1,274 @@
+"""report: one row per group of seeds, a ranked comparison against a baseline, plots, report.md.
+
+The command is `report.collect` (pure, over run directories) followed by `emit` (rendering only
+from the collected JSON), so a report of a remote pod is the same `emit` over the JSON that
+`sweepctl report --format json` printed there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from sweepctl.console import console, err_console
+from sweepctl.errors import SweepctlError
+
+FORMATS = ("table", "md", "csv", "json")
+REPORT_MD = "report.md"
+
+
+# --------------------------------------------------------------------------- number formatting
+
+
+def fmt_loss(s: dict[str, Any]) -> str:
+    if not s["n"]:
+        return "—"
+    return f"{s['mean']:.4f} ± {s['std']:.4f}" if s["std"] is not None else f"{s['mean']:.4f}"
+
+
+def fmt_si(v: float | None, digits: int = 3) -> str:
+    """12.3M, 850k: counts a researcher reads at a glance."""
+    if v is None:
+        return "—"
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.{digits}g}{suffix}"
+    return f"{v:.{digits}g}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def fmt_delta(d: dict[str, Any]) -> str:
+    if d["delta"] is None:
+        return "—"
+    return f"{d['delta']:+.4f} ± {d['se']:.4f}" if d["se"] is not None else f"{d['delta']:+.4f}"
+
+
+def fmt_verdict(d: dict[str, Any]) -> str:
+    if d["beyond_noise"] is None:
+        return "n/a (<2 seeds)" if d["delta"] is not None else "—"
+    return "yes" if d["beyond_noise"] else "no"
+
+
+def fmt_errors(g: dict[str, Any]) -> str:
+    return ", ".join(f"{k}×{v}" for k, v in sorted(g["error_classes"].items())) or ""
+
+
+def group_cells(g: dict[str, Any]) -> list[str]:
+    """The columns of one group row, shared by the table and the markdown."""
+    return [g["label"], g["variant"] or "—", str(g["ok"]), str(g["failed"]), str(g["pending"]),
+            fmt_loss(g["final_val"]), fmt_loss(g["best_val"]), fmt_si(g["tokens_seen"]["mean"]),
+            fmt_si(g["tok_per_s"]["mean"]), fmt_duration(g["elapsed_s"]["mean"]), fmt_errors(g)]
+
+
+GROUP_HEADERS = ["group", "variant", "ok", "failed", "pending", "final val loss", "best val loss", "tokens",
+                 "tok/s", "wall", "errors"]
+COMPARE_HEADERS = ["rank", "group", "n", "Δ final val (± SE)", "beyond noise", "ranges overlap", "Δ best val"]
+STATS_NOTE = ("Loss is mean ± sample std over ok seeds (nats/token); failed and unfinished runs are counted, "
+              "never averaged. tokens, tok/s and wall time are means over ok runs.")
+
+
+def compare_cells(rank: int, row: dict[str, Any]) -> list[str]:
+    f = row["final"]
+    overlap = "—" if f["ranges_overlap"] is None else ("yes" if f["ranges_overlap"] else "no")
+    return [str(rank), row["label"], str(row["n"]), fmt_delta(f), fmt_verdict(f), overlap, fmt_delta(row["best"])]
+
+
+# --------------------------------------------------------------------------- renderers
+
+
+def render_table(data: dict[str, Any], comparison: dict[str, Any] | None) -> None:
+    title = f"{data['sweep'] or data['out_root']}: {len(data['runs'])} runs in {len(data['groups'])} groups"
+    table = Table(title=title, title_justify="left")
+    label_width = min(40, max((len(g["label"]) for g in data["groups"]), default=5))
+    for h in GROUP_HEADERS:
+        # numbers never wrap mid-value; on a narrow terminal the label and error columns fold instead
+        table.add_column(h, justify="right" if h in ("ok", "failed", "pending", "tokens", "tok/s", "wall") else "left",
+                         no_wrap=h not in ("group", "errors"), overflow="fold",
+                         min_width=label_width if h == "group" else None)
+    for g in data["groups"]:
+        table.add_row(*group_cells(g))
+    _print_wide(table)
+    console.print(STATS_NOTE, style="dim", markup=False, highlight=False)
+    if comparison is not None:
+        ct = Table(title=f"against baseline {comparison['baseline']} (n={comparison['baseline_n']}); lower is better",
+                   title_justify="left")
+        for h in COMPARE_HEADERS:
+            ct.add_column(h, no_wrap=h != "group", overflow="fold",
+                          min_width=label_width if h == "group" else None)
+        for i, row in enumerate(comparison["rows"], 1):
+            ct.add_row(*compare_cells(i, row))
+        _print_wide(ct)
+        console.print(f"rule: {comparison['rule']}", style="dim", markup=False, highlight=False)
+    _print_failures(data)
+    for w in data["warnings"]:
+        err_console.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_wide(table: Table) -> None:
+    """A terminal folds the table to its width; a pipe or file (Rich assumes 80 columns there)
+    gets the table at its natural width, so `sweepctl report > results.txt` stays readable."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(1000), table).maximum
+    # console.print(width=) cannot exceed the console's width, hence a console of the table's size
+    Console(width=max(console.width, natural)).print(table)
+
+
+def _print_failures(data: dict[str, Any]) -> None:
+    for r in data["runs"]:
+        if r["state"] == "failed":
+            console.print(f"failed {r['run_id']}: {r['error_class']}" + (f" — {r['error']}" if r["error"] else ""),
+                          style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def render_markdown(data: dict[str, Any], comparison: dict[str, Any] | None, images: dict[str, str]) -> str:
+    """report.md; `images` maps a plot's file name to its link, relative to where report.md goes."""
+    from sweepctl.plots import PLOTS
+
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(data["generated"]))
+    lines = [f"# Sweep report: {data['sweep'] or data['out_root']}", "",
+             f"{len(data['runs'])} runs in {len(data['groups'])} groups (grouped by `{data['group_by']}`), "
+             f"read from `{data['out_root']}` at {when}. {STATS_NOTE}", "",
+             _md_row(GROUP_HEADERS), _md_row(["---"] * len(GROUP_HEADERS))]
+    lines += [_md_row(group_cells(g)) for g in data["groups"]]
+    differs = [g for g in data["groups"] if g["differs"]]
+    if differs:
+        lines += ["", "What distinguishes the groups:", ""]
+        lines += [f"- `{g['label']}`: " + ", ".join(f"{k}={v!r}" for k, v in g["differs"].items()) for g in differs]
+    if comparison is not None:
+        lines += ["", f"## Against baseline `{comparison['baseline']}` (n={comparison['baseline_n']})", "",
+                  f"Ranked by final val-loss delta (negative = better than the baseline). Rule: {comparison['rule']}.",
+                  "", _md_row(COMPARE_HEADERS), _md_row(["---"] * len(COMPARE_HEADERS))]
+        lines += [_md_row(compare_cells(i, row)) for i, row in enumerate(comparison["rows"], 1)]
+    if images:
+        lines += ["", "## Plots", ""]
+        for name, caption in PLOTS.items():
+            if name in images:
+                lines += [f"### {caption}", "", f"![{caption}]({images[name]})", ""]
+    failed = [r for r in data["runs"] if r["state"] == "failed"]
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- `{r['run_id']}`: {r['error_class']}" + (f" — {r['error']}" if r["error"] else "") for r in failed]
+    if data["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in data["warnings"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_csv(data: dict[str, Any], comparison: dict[str, Any] | None) -> str:
+    """One row per group with raw numbers (not formatted), for a spreadsheet or pandas."""
+    by_label = {r["label"]: r for r in (comparison or {}).get("rows", [])}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    stat_cols = ("final_val", "best_val", "tokens_seen", "tok_per_s", "elapsed_s")
+    header = ["group", "variant", "runs", "ok", "failed", "pending", "seeds"]
+    header += [f"{c}_{s}" for c in stat_cols for s in ("mean", "std", "n")] + ["error_classes"]
+    if comparison is not None:
+        header += ["baseline", "delta_final_val", "se_final_val", "beyond_noise"]
+    w.writerow(header)
+    for g in data["groups"]:
+        row: list[Any] = [g["label"], g["variant"] or "", len(g["run_ids"]), g["ok"], g["failed"], g["pending"],
+                          " ".join(map(str, g["seeds"]))]
+        row += [_csv(g[c][s]) for c in stat_cols for s in ("mean", "std", "n")]
+        row.append(" ".join(f"{k}={v}" for k, v in sorted(g["error_classes"].items())))
+        if comparison is not None:
+            f = by_label.get(g["label"], {}).get("final") or {}
+            row += [comparison["baseline"], _csv(f.get("delta")), _csv(f.get("se")), _csv(f.get("beyond_noise"))]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _csv(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    return repr(v) if isinstance(v, float) else v
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def emit(data: dict[str, Any], *, fmt: str = "table", plots_dir: Path | None = None,
+         baseline: str | None = None) -> None:
+    """Render collected report data: tables / md / csv / json, plots when asked."""
+    from sweepctl import report
+
+    if fmt not in FORMATS:
+        raise SweepctlError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    comparison = report.compare(data, baseline) if baseline else None
+    written: dict[str, Path] = {}
+    if plots_dir is not None:
+        from sweepctl.plots import write_plots
+
+        written = write_plots(data, plots_dir)
+    if fmt == "json":
+        out = dict(data, comparison=comparison, plots={k: str(v) for k, v in written.items()})
+        typer.echo(json.dumps(out, indent=1))
+    elif fmt == "csv":
+        typer.echo(render_csv(data, comparison), nl=False)
+    elif fmt == "md":
+        if plots_dir is None:  # no images to link: the markdown goes to stdout
+            typer.echo(render_markdown(data, comparison, {}), nl=False)
+        else:  # report.md next to its PNGs, so the relative links resolve wherever the folder goes
+            path = plots_dir / REPORT_MD
+            path.write_text(render_markdown(data, comparison, {name: name for name in written}))
+            err_console.print(f"wrote {path} and {len(written)} plot(s)", markup=False, highlight=False)
+    else:
+        render_table(data, comparison)
+        if written:
+            console.print(f"wrote {len(written)} plot(s) to {plots_dir}: {', '.join(written)}",
+                          markup=False, highlight=False)
+
+
+def report_command(
+    out_root: str | None = typer.Option(None, "--out-root", help="Where the run directories are."),
+    sweep: str | None = typer.Option(None, "--sweep", help="Only this sweep's runs (its plan's pending rows included)."),
+    group_by: str = typer.Option("seed-stripped", "--group-by",
+                                 help="seed-stripped (run_id minus -sNNNN), config (effective config minus "
+                                      "seed), or a regex whose first group names the group."),
+    fmt: str = typer.Option("table", "--format", help="table, md, csv or json."),
+    plots: Path | None = typer.Option(None, "--plots", help="Write PNG plots (and report.md with --format md) here."),
+    baseline: str | None = typer.Option(None, "--baseline", help="Group to compare every other group against."),
+) -> None:
+    """Aggregate a sweep's results: mean ± std over seeds per group, compare to a baseline, plot."""
+    from sweepctl import report
+    from sweepctl.settings import load_settings
+
+    if fmt not in FORMATS:
+        raise SweepctlError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    settings = load_settings(out_root=out_root)
+    data = report.collect(settings.out_root, sweep=sweep, group_by=group_by,
+                          stale_after_s=settings.stale_after_s)
+    if not data["runs"]:
+        raise SweepctlError("no run directories found", where=settings.out_root,
+                            hint="point --out-root at the folder that holds <run_id>/summary.json")
+    emit(data, fmt=fmt, plots_dir=plots, baseline=baseline)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_command)
