@@ -12,8 +12,9 @@ Use it from any test module (the fixtures are plain pytest fixtures; importing t
 `ssh_pod` trusts the server's host key already (what most tests want); `ssh_pod_untrusted` leaves
 known_hosts empty (host-key tests). The server runs as the current user, so remote commands run
 on this machine, see this filesystem, and can use this checkout's venv by absolute path
-(`ssh_pod.remote_bin`). Its sessions get sshd's default environment (HOME from the password
-database, a short PATH); pass `env=` to the transport, or `server_env=` to `SSHServer.start`.
+(`ssh_pod.remote_bin`, e.g. as SWEEPCTL_REMOTE_BIN). Its sessions get sshd's default environment
+(HOME from the password database, a short PATH), not the test's: pass `env=` to the transport, or
+`ssh_pod.set_server_env({...})` to give every remote command the variables a test needs.
 
 Never touches the machine's own ~/.ssh: HOME is monkeypatched, SSH_AUTH_SOCK removed, and every
 path in the client config is absolute. sshd is stopped by its pid at teardown.
@@ -234,6 +235,11 @@ class SSHPod:
         with self.config.open("a") as f:
             f.write("\n" + "\n".join(lines) + "\n")
         return alias
+
+    def set_server_env(self, env: Mapping[str, str]) -> None:
+        """Restart sshd (same port, same host key) so every remote command gets `env` (SetEnv):
+        e.g. SWEEPCTL_OUT_ROOT / SWEEPCTL_TMUX_SOCKET for a `sweepctl ... --host pod` test."""
+        self.server.start(server_env=env)
 
     def trust_host_key(self, host_key: Path | None = None) -> None:
         """Record the server's (or `host_key`'s) public key in known_hosts, as `ssh` would."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sweepctl import __version__
-from sweepctl.errors import RefusedError, RemoteError
+from sweepctl.errors import RefusedError, RemoteError, SweepctlError
 from sweepctl.remote import DEFAULT_REMOTE_BIN, check_remote_version, open_transport, remote_sweepctl
 from sweepctl.transport import LocalTransport, SSHTransport, Transport, resolve_ssh_target, system_ssh_argv
 
@@ -328,6 +328,13 @@ def test_agent_keys_are_used(ssh_pod: SSHPod, tmp_path: Path, monkeypatch: pytes
         agent.wait(timeout=10)
 
 
+def test_server_env_reaches_remote_commands(ssh_pod: SSHPod) -> None:
+    ssh_pod.set_server_env({"SWEEPCTL_OUT_ROOT": "/tmp/out root", "SWEEPCTL_TMUX_SOCKET": "/tmp/t.sock"})
+    with SSHTransport("pod") as t:
+        out = t.run(["sh", "-c", 'printf "%s|%s" "$SWEEPCTL_OUT_ROOT" "$SWEEPCTL_TMUX_SOCKET"']).stdout
+    assert out == "/tmp/out root|/tmp/t.sock"
+
+
 # -- SSH failures: one line, fast, what to do ---------------------------------------------------
 
 
@@ -490,6 +497,7 @@ case "$1" in
   touch) touch "$2" ;;
   refuse) echo "some progress output"; echo "error: run r1 is running — stop it first" >&2; exit 2 ;;
   crash) echo "Traceback (most recent call last):" >&2; echo "ZeroDivisionError: boom" >&2; exit 70 ;;
+  spec) printf 'error: s.csv:2: unknown key lr\ns.csv:3: bad seed\n' >&2; exit 1 ;;
 esac
 """)
     path.chmod(0o755)
@@ -553,6 +561,10 @@ def test_pod_errors_come_back_as_the_same_kind(ssh_pod: SSHPod, fake_remote_bin:
             remote_sweepctl(t, ["crash"], str(fake_remote_bin))
         text = one_line(crashed.value)
         assert "failed with exit code 70" in text and "ZeroDivisionError: boom" in text
+        with pytest.raises(SweepctlError) as spec:
+            remote_sweepctl(t, ["spec"], str(fake_remote_bin))
+        assert str(spec.value) == "pod: s.csv:2: unknown key lr\ns.csv:3: bad seed"  # one line per problem
+        assert spec.value.exit_code == 1
         unchecked = remote_sweepctl(t, ["refuse"], str(fake_remote_bin), check=False)
         assert (unchecked.exit_code, unchecked.stdout) == (2, "some progress output\n")
 

@@ -122,10 +122,12 @@ def remote_sweepctl(transport: Transport, args: Sequence[str], remote_bin: str =
 
 def _remote_failure(transport: Transport, argv: list[str], result: Result) -> SweepctlError:
     """The pod's own `error: ...` line, re-raised as the same kind of error; else the stderr tail."""
-    lines = [_ANSI.sub("", line).strip() for line in result.stderr.splitlines()]
-    errors = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
+    lines = [_ANSI.sub("", line).rstrip() for line in result.stderr.splitlines()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     kinds: dict[int, type[SweepctlError]] = {1: SweepctlError, 2: RefusedError, 3: RemoteError}
-    if errors and result.exit_code in kinds:
-        # Already says where and what to do (the pod's message); add which machine said it.
-        return kinds[result.exit_code](errors[-1], where=transport.host)
+    if starts and result.exit_code in kinds:
+        # The pod's message already says where and what to do; add which machine said it. It runs
+        # to the end of stderr: a spec error lists one problem per line.
+        message = "\n".join(lines[starts[-1]:]).removeprefix("error: ").strip()
+        return kinds[result.exit_code](message, where=transport.host)
     return transport._failed(argv, result)

@@ -21,6 +21,8 @@ SSH semantics, in short (each choice is commented where it is made):
   refused, whatever the flag or the config's StrictHostKeyChecking says;
 - one connection serves every call of one `SSHTransport` (and reconnects if it dropped between
   calls); `calls` counts remote command executions so tests can count round trips;
+- a command we stop waiting for (timeout, a `logs -f` stream closed early) is killed on the pod
+  with its process group: sshd itself never signals a command when its channel closes;
 - every failure is one `RemoteError` line naming the host and what to do next; no secrets.
 """
 
