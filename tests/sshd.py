@@ -1,13 +1,16 @@
 """A real OpenSSH server on loopback, and a throwaway HOME whose ~/.ssh/config reaches it as `pod`.
 
-Use it from any test module (the fixtures are plain pytest fixtures; importing them is enough):
+Use it from any test module by registering it as a plugin (importing the fixtures by name works
+too, but trips ruff's F811 on every test that takes them):
 
-    from sshd import ssh_keys, ssh_pod  # noqa: F401  (pytest fixtures)
+    pytest_plugins = ["sshd"]  # ssh_keys, ssh_pod, ssh_pod_untrusted
 
-    def test_status_over_ssh(ssh_pod):
-        # HOME is the temp home for this test: `sweepctl ... --host pod` reaches 127.0.0.1:<port>
-        # with a key from ssh_pod.home/.ssh and a known_hosts that already trusts the server.
-        result = subprocess.run(["sweepctl", "status", "--host", "pod"], env=os.environ, ...)
+    def test_status_over_ssh(ssh_pod, monkeypatch, capsys):
+        # HOME is the temp home for this test: `--host pod` reaches 127.0.0.1:<port> with a key
+        # from ssh_pod.home/.ssh and a known_hosts that already trusts the server.
+        monkeypatch.setenv("SWEEPCTL_REMOTE_BIN", ssh_pod.remote_bin)  # this checkout's sweepctl
+        ssh_pod.set_server_env({"SWEEPCTL_OUT_ROOT": str(out_root)})   # what the "pod" sees
+        result = run_cli(capsys, "status", "--host", "pod")
 
 `ssh_pod` trusts the server's host key already (what most tests want); `ssh_pod_untrusted` leaves
 known_hosts empty (host-key tests). The server runs as the current user, so remote commands run
