@@ -256,7 +256,7 @@ class Run:
     def log(self, msg: str) -> None:
         if self.master and not self.stdout_gone:
             try:
-                print(msg, flush=True)  # stdout is a pipe into stdout.log: flush every line
+                print(scrub(msg, secret_values()), flush=True)  # a pipe into stdout.log: flush every line
             except OSError:  # the reader went away: keep training, metrics.jsonl has it all
                 self.stdout_gone = True
 
@@ -320,9 +320,10 @@ class Run:
             raise Interrupted(signum)
 
     def _fail(self, error: str, error_class: str, short: str | None = None) -> None:
-        print(f"error: {short or error}", file=sys.stderr, flush=True)
+        secrets = secret_values()
+        print(scrub(f"error: {short or error}", secrets), file=sys.stderr, flush=True)
         if short:
-            print(error, file=sys.stderr, flush=True)
+            print(scrub(error, secrets), file=sys.stderr, flush=True)
         self._finish("failed", error=error, error_class=error_class)
 
     def _finish(self, status: str, error: str | None = None, error_class: str | None = None) -> None:
@@ -333,7 +334,7 @@ class Run:
             return
         cfg = self.cfg
         end = time.time()
-        tokens_per_iter = self.tokens_per_iter if cfg else None
+        tokens_per_iter = cfg.tokens_per_iter if cfg else None
         trained = self.iter_num - self.start_iter
         loop_s = end - self.t_loop if self.t_loop else None
         summary = {
@@ -540,6 +541,10 @@ class Run:
 
     # ----------------------------------------------------------------- run-directory files
 
+    def config_record(self) -> dict[str, Any]:
+        """The settings as stored in ckpt.pt: JSON types, secrets scrubbed like every file."""
+        return scrub(self.cfg.model_dump(mode="json"), secret_values())
+
     def effective_config(self) -> dict[str, Any]:
         cfg = self.cfg
         d = cfg.model_dump(mode="json")
@@ -611,7 +616,7 @@ class Run:
         ckpt = {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "iter_num": self.iter_num, "best_val_loss": self.best_val,
                 "last_eval": self.last_eval, "last_eval_iter": self.last_eval_iter,
-                "rng": ranks, "world_size": self.world_size, "config": self.cfg.model_dump(mode="json"),
+                "rng": ranks, "world_size": self.world_size, "config": self.config_record(),
                 "contract_version": CONTRACT_VERSION}
         path = self.out_dir / "ckpt.pt"
         tmp = path.with_name(f".ckpt.pt.tmp-{os.getpid()}")
@@ -621,7 +626,7 @@ class Run:
     def _load_checkpoint(self, path: Path) -> None:
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
         old = ckpt.get("config", {})
-        new = self.cfg.model_dump(mode="json")
+        new = self.config_record()
         changed = sorted(k for k in new if k not in RESUME_MAY_CHANGE and old.get(k) != new[k])
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
