@@ -1,0 +1,158 @@
+"""Acting on a launched sweep: stop its runners, rerun one run. Library functions returning data.
+
+    stop(out_root, shard=3)               # SIGINT: trainers write `interrupted`, sessions stay
+    rerun(out_root, "fineweb-mhc-6l-s1337", force=True, settings=settings)
+
+Signals go only to processes this machine can prove are sweepctl's own: a runner recorded in the
+sweep's `shard-<i>.json` that is still alive and whose command line is the sweepctl runner, or a
+trainer recorded in a run's `runner.json` whose runner is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweepctl import runs
+from sweepctl.errors import RefusedError, SweepctlError
+from sweepctl.gpus import least_busy, query_gpus
+from sweepctl.launch import find_run, latest_sweep, load_manifest
+from sweepctl.plan import cuda_visible_devices
+from sweepctl.settings import Settings
+from sweepctl.tmux import Tmux, attach_command, rerun_session
+
+
+@dataclass
+class Signalled:
+    kind: str  # runner | trainer
+    pid: int
+    session: str | None
+    run_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pid": self.pid, "session": self.session, "run_id": self.run_id}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _is_ours(pid: int, needle: str) -> bool:
+    """Guard against a recycled pid: the process must still be what we recorded."""
+    if not runs.pid_alive(pid):
+        return False
+    cmd = _cmdline(pid)
+    return needle in cmd if cmd else sys.platform != "linux"
+
+
+def stop(out_root: Path, *, sweep: str | None = None, shard: int | None = None) -> list[Signalled]:
+    """SIGINT to the runners of `sweep` (one shard, or all); each forwards it to its trainer, which
+    writes `status: interrupted`, and then starts no further row. Sessions are left for inspection."""
+    out_root = Path(out_root).expanduser().absolute()
+    name = sweep or latest_sweep(out_root)
+    if name is None:
+        raise SweepctlError(f"no launched sweep under {out_root}", hint="pass --out-root or --sweep")
+    plan, _ = load_manifest(out_root, name)
+    d = runs.sweep_dir(out_root, name)
+    sent: list[Signalled] = []
+    runner_pids: set[int] = set()
+    for state_file in sorted(d.glob("*.json")):
+        record = runs.read_json(state_file) or {}
+        pid = record.get("pid")
+        if "session" not in record or not isinstance(pid, int) or record.get("finished"):
+            continue
+        if record.get("host") not in (None, runs.HOST) or (shard is not None and record.get("shard") != shard):
+            continue
+        if shard is not None and not str(record["session"]).startswith("sweep-"):
+            continue  # --shard I means the shard's session, not a rerun that shares its index
+        if _is_ours(pid, "sweepctl"):
+            os.kill(pid, signal.SIGINT)
+            runner_pids.add(pid)
+            sent.append(Signalled("runner", pid, record["session"]))
+    # A trainer whose runner died (killed session, crashed runner) still holds its run: stop it directly.
+    for r in plan.runs:
+        directory = runs.run_dir(out_root, r.run_id)
+        owner = runs.read_json(directory / runs.OWNER)
+        if not owner or owner.get("host") not in (None, runs.HOST):
+            continue
+        if shard is not None and owner.get("shard") != shard:
+            continue
+        child, runner = owner.get("child_pid"), owner.get("runner_pid")
+        if not isinstance(child, int) or runner in runner_pids or (isinstance(runner, int) and runs.pid_alive(runner)):
+            continue
+        if (directory / runs.SUMMARY).exists() or not runs.lock_held(directory):
+            continue
+        if _is_ours(child, "sweepctl"):
+            os.kill(child, signal.SIGINT)
+            sent.append(Signalled("trainer", child, owner.get("session"), r.run_id))
+    return sent
+
+
+@dataclass
+class RerunResult:
+    run_id: str
+    sweep: str
+    session: str
+    devices: str
+    previous_state: str
+    attach: str
+
+
+def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = False, gpu: int | None = None,
+          tmux: Tmux | None = None) -> RerunResult:
+    """Run one run again in session `rerun-<run_id>`, with the command its sweep planned for it.
+
+    The old stdout.log, summary.json, metrics (and checkpoint) are moved to `.bak-<time>` by the
+    runner under the run's lock; an ok run needs force, a running one is never touched."""
+    out_root = Path(out_root).expanduser().absolute()
+    found = find_run(out_root, run_id)
+    if found is None:
+        raise SweepctlError(f"{run_id} is in no launched sweep under {out_root}", where=run_id,
+                            hint="launch its sweep first (the rerun uses the sweep's plan.json)")
+    name, plan = found
+    planned = plan.run(run_id)
+    view = runs.read_run(runs.run_dir(out_root, run_id), stale_after_s=settings.stale_after_s)
+    if view.state == "running":
+        raise RefusedError("the run is running", where=run_id, hint="stop it first: sweepctl stop")
+    if view.state == "ok" and not force:
+        raise RefusedError("the run finished ok", where=run_id,
+                           hint="pass --force to run it again (its files are kept as .bak-)")
+    devices = _rerun_devices(plan, planned.run_id, planned.gpus, planned.config.get("device"), gpu)
+    session = rerun_session(run_id)
+    launched_at = time.time()
+    sweep_dir = runs.sweep_dir(out_root, name)
+    argv = [sys.executable, "-m", "sweepctl", "runner", str(sweep_dir), "--only", run_id,
+            "--devices", devices, "--session", session, "--launched-at", repr(launched_at), "--force",
+            "--stale-after", repr(settings.stale_after_s)]
+    if planned.shard is not None:
+        argv += ["--shard", str(planned.shard)]  # recorded in run_metadata's sweep context
+    tmux = tmux or Tmux(settings.tmux_socket)
+    tmux.start(session, argv, env={"CUDA_VISIBLE_DEVICES": devices}, cwd=Path.cwd())
+    return RerunResult(run_id, name, session, devices, view.state, attach_command(session, settings.tmux_socket))
+
+
+def _rerun_devices(plan: Any, run_id: str, k: int, device: str | None, gpu: int | None) -> str:
+    if device == "cpu":
+        planned = plan.run(run_id)
+        return str(gpu) if gpu is not None else (
+            cuda_visible_devices(plan, planned.shard) if planned.shard is not None else "")
+    visible = query_gpus().gpus
+    if gpu is not None:
+        wanted = list(range(gpu, gpu + k))
+        missing = [i for i in wanted if i not in {g.index for g in visible}]
+        if missing:
+            raise SweepctlError(f"--gpu {gpu}: GPU(s) {', '.join(map(str, missing))} not visible "
+                                f"({len(visible)} visible)", where=run_id, hint="see `sweepctl status` for the GPUs")
+        return ",".join(map(str, wanted))
+    if len(visible) < k:
+        raise SweepctlError(f"the run needs {k} GPU(s) and {len(visible)} are visible", where=run_id,
+                            hint="run it where GPUs are, or set device='cpu' in its row")
+    return ",".join(map(str, least_busy(visible, k)))

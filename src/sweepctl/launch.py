@@ -1,0 +1,400 @@
+"""`sweepctl launch`, as a library: validate, pre-flight, apply the run table, write the manifest,
+start one tmux session per shard — and return at once.
+
+    preview = prepare(Path("sweeps/fineweb.csv"), LaunchOptions(shards=8), load_settings())
+    result = execute(preview)          # raises RefusedError (exit 2) before writing anything
+
+`prepare` only reads (the CSV, the run directories, nvidia-smi, the disk), so `--dry-run` is
+`prepare` plus printing. `execute` refuses up front — failed runs in the way, a pre-flight
+failure, every needed tmux session still busy — and only then writes `.sweeps/<name>/` and
+starts sessions. The runners re-check every row under its lock; launch's table is the plan, the
+lock is the guarantee.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweepctl import __version__, runs
+from sweepctl.errors import RefusedError, SweepctlError
+from sweepctl.gpus import GpuQuery, query_gpus
+from sweepctl.plan import Plan, Schedule, cuda_visible_devices, make_plan
+from sweepctl.runner import DEFAULT_STALL_AFTER_S
+from sweepctl.settings import Settings
+from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
+from sweepctl.tmux import Tmux, attach_command, shard_session, tmux_version
+
+MIN_FREE_BYTES = 1 << 30  # checkpoints of a 48-layer model are hundreds of MB each
+PLAN_FILE, LAUNCH_FILE, LAUNCH_HISTORY = "plan.json", "launch.json", "launches.jsonl"
+
+
+@dataclass
+class LaunchOptions:
+    shards: int
+    schedule: Schedule = "static"
+    gpus_per_shard: int = 1
+    name: str | None = None
+    no_wandb: bool = False
+    dry_run: bool = False
+    force: bool = False
+    retry_failed: bool = False
+    skip_failed: bool = False
+    fail_fast: bool = False
+    max_retries: int = 0
+    stall_after_s: float | None = DEFAULT_STALL_AFTER_S
+    run_timeout_s: float | None = None
+
+
+@dataclass
+class Check:
+    """One pre-flight line: what was checked, whether it passed, and what was found."""
+
+    what: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+@dataclass
+class RowDecision:
+    run_id: str
+    state: runs.RunState
+    action: str  # run | resume | restart | retry | skip
+    detail: str = ""
+
+
+@dataclass
+class LaunchPreview:
+    sweep: Sweep
+    plan: Plan
+    options: LaunchOptions
+    settings: Settings
+    out_root: Path
+    sweep_dir: Path
+    config_copies: dict[Path, Path]
+    gpus: GpuQuery
+    checks: list[Check]
+    rows: list[RowDecision]
+    shards_to_start: list[int]
+    refusals: list[str] = field(default_factory=list)  # run-table refusals: failed rows, --force on live rows
+
+    @property
+    def todo(self) -> list[RowDecision]:
+        return [r for r in self.rows if r.action != "skip"]
+
+
+@dataclass
+class StartedShard:
+    shard: int
+    session: str
+    devices: str
+    rows: int | None  # None under the dynamic schedule (rows are claimed)
+    how: str  # started | replaced
+
+
+@dataclass
+class LaunchResult:
+    preview: LaunchPreview
+    started: list[StartedShard]
+    refused_sessions: list[str]
+    attach: str
+    status_command: str
+
+
+# --- prepare (reads only) ------------------------------------------------------------------------
+
+def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> LaunchPreview:
+    sweep = read_sweep(csv_path, name=options.name)  # every row valid, or nothing starts
+    if not RUN_ID_RE.fullmatch(sweep.name):
+        raise SweepctlError(f"sweep name {sweep.name!r} is not a safe directory name",
+                            hint="pass --name with letters, digits, '.', '_', '-'")
+    if options.schedule not in ("static", "dynamic"):
+        raise SweepctlError(f"--schedule must be static or dynamic, got {options.schedule!r}")
+    if sum((options.force, options.retry_failed, options.skip_failed)) > 1:
+        raise SweepctlError("--force, --retry-failed and --skip-failed are alternatives; pass one")
+    # Absolute paths: the trainer runs in a tmux pane whose working directory is not ours to assume.
+    out_root = Path(settings.out_root).expanduser().absolute()
+    data_dir = Path(settings.data_dir).expanduser().absolute()
+    sweep_dir = runs.sweep_dir(out_root, sweep.name)
+    copies = _config_copies(sweep, sweep_dir)
+    plan = make_plan(sweep, shards=options.shards, schedule=options.schedule,
+                     gpus_per_shard=options.gpus_per_shard, out_root=out_root, data_dir=data_dir,
+                     no_wandb=options.no_wandb, config_refs={src: str(dst) for src, dst in copies.items()})
+    gpus = query_gpus()
+    checks = preflight(plan, gpus, out_root)
+    rows, refusals = apply_run_table(plan, options, out_root, settings.stale_after_s)
+    todo = {r.run_id for r in rows if r.action != "skip"}
+    if plan.schedule == "static":
+        shards = [s.index for s in plan.shards if todo.intersection(s.run_ids)]
+    else:
+        shards = list(range(min(plan.shard_count, len(todo))))
+    return LaunchPreview(sweep=sweep, plan=plan, options=options, settings=settings, out_root=out_root,
+                         sweep_dir=sweep_dir, config_copies=copies, gpus=gpus, checks=checks, rows=rows,
+                         shards_to_start=shards, refusals=refusals)
+
+
+def _config_copies(sweep: Sweep, sweep_dir: Path) -> dict[Path, Path]:
+    """Each config file -> its copy under the manifest, so a later edit cannot change a rerun."""
+    copies: dict[Path, Path] = {}
+    taken: set[str] = set()
+    for i, src in enumerate(sweep.config_files):
+        name = src.name if src.name not in taken else f"{i}-{src.name}"
+        taken.add(name)
+        copies[src] = sweep_dir / "configs" / name
+    return copies
+
+
+def all_rows_on_cpu(plan: Plan) -> bool:
+    return all(r.config.get("device") == "cpu" for r in plan.runs)
+
+
+def preflight(plan: Plan, gpus: GpuQuery, out_root: Path) -> list[Check]:
+    """GPUs vs shards, data shards, out-root, tmux: one table, every line checked."""
+    checks = []
+    visible = {g.index for g in gpus.gpus}
+    needed = sorted({d for s in plan.shards for d in s.devices})
+    missing = [d for d in needed if d not in visible]
+    seen = f"{len(visible)} visible" + (f" ({gpus.problem})" if gpus.problem else "")
+    if all_rows_on_cpu(plan):
+        checks.append(Check("GPUs", True, f"{seen}; every row runs on the CPU (device='cpu')"))
+    elif missing:
+        lonely = [s.index for s in plan.shards if any(d in missing for d in s.devices)]
+        checks.append(Check("GPUs", False,
+                            f"{seen}, {len(needed)} needed for {plan.shard_count} shard(s) x {plan.gpus_per_shard}: "
+                            f"shard(s) {', '.join(map(str, lonely))} would have no GPU (devices "
+                            f"{', '.join(map(str, missing))} missing)",
+                            hint="lower --shards / --gpus-per-shard, or set device='cpu' in the rows"))
+    else:
+        checks.append(Check("GPUs", True, f"{seen}; shards use {', '.join(map(str, needed))}"))
+    for data_dir in sorted({str(r.config.get("data_dir")) for r in plan.runs}):
+        checks.append(_data_check(Path(data_dir)))
+    checks.append(_out_root_check(out_root))
+    version = tmux_version()
+    checks.append(Check("tmux", version is not None, version or "tmux not found on PATH",
+                        hint="" if version else "install tmux (apt-get install tmux)"))
+    return checks
+
+
+def _data_check(data_dir: Path) -> Check:
+    from sweepctl.data import shard_problem
+
+    train = sorted(data_dir.glob("fineweb_train_*.bin"))
+    val = sorted(data_dir.glob("fineweb_val_*.bin"))
+    what = f"data {data_dir}"
+    if not train or not val:
+        lacking = " and ".join(s for s, found in (("train", train), ("val", val)) if not found)
+        return Check(what, False, f"no {lacking} shards (fineweb_{{train,val}}_*.bin)",
+                     hint="sweepctl data fineweb --data-dir DIR, or pass --data-dir")
+    # Headers only (12 bytes each): a truncated download is caught here, not 20 minutes into a run.
+    bad = [(p, why) for p in (*train, *val) if (why := shard_problem(p))]
+    if bad:
+        p, why = bad[0]
+        return Check(what, False, f"{len(bad)} bad shard(s), e.g. {p.name}: {why}",
+                     hint="sweepctl data fineweb re-fetches corrupt shards")
+    return Check(what, True, f"{len(train)} train + {len(val)} val shards")
+
+
+def _out_root_check(out_root: Path) -> Check:
+    existing = out_root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    what = f"out-root {out_root}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return Check(what, False, f"{existing} is not writable", hint="choose --out-root on a writable volume")
+    free = shutil.disk_usage(existing).free
+    detail = f"writable, {free / 2**30:.1f} GiB free"
+    if free < MIN_FREE_BYTES:
+        return Check(what, False, detail, hint="free some space or choose another --out-root")
+    return Check(what, True, detail)
+
+
+def apply_run_table(plan: Plan, options: LaunchOptions, out_root: Path, stale_after_s: float
+                    ) -> tuple[list[RowDecision], list[str]]:
+    """What launch will do with every row (DESIGN.md, the run table), and what makes it refuse."""
+    rows, failed, live = [], [], []
+    now = time.time()
+    for r in plan.runs:
+        view = runs.read_run(runs.run_dir(out_root, r.run_id), stale_after_s=stale_after_s, now=now)
+        s = view.state
+        if s == "ok":
+            rows.append(RowDecision(r.run_id, s, "restart", "--force") if options.force
+                        else RowDecision(r.run_id, s, "skip", "already ok"))
+        elif s == "failed":
+            err = f"{view.error_class}: {(view.summary or {}).get('error') or ''}".strip().rstrip(":")
+            if options.force:
+                rows.append(RowDecision(r.run_id, s, "restart", "--force"))
+            elif options.retry_failed:
+                how = "resume" if view.has_checkpoint and view.error_class != "nan" else "restart"
+                rows.append(RowDecision(r.run_id, s, how, f"--retry-failed ({err})"))
+            elif options.skip_failed:
+                rows.append(RowDecision(r.run_id, s, "skip", f"--skip-failed ({err})"))
+            else:
+                rows.append(RowDecision(r.run_id, s, "skip", err))
+                failed.append(f"{r.run_id} ({err})")
+        elif s == "running":
+            rows.append(RowDecision(r.run_id, s, "skip", "running; never started twice"))
+            if options.force:
+                live.append(r.run_id)
+        elif s == "stale":
+            how = "restart" if options.force or not view.has_checkpoint else "resume"
+            rows.append(RowDecision(r.run_id, s, how, view.why))
+        else:
+            rows.append(RowDecision(r.run_id, s, "run"))
+    refusals = []
+    if failed:
+        refusals.append(f"{len(failed)} failed run(s) in {out_root}: " + "; ".join(failed))
+    if live:
+        refusals.append(f"--force would restart {len(live)} running run(s): {', '.join(live)}; "
+                        "stop them first (sweepctl stop)")
+    return rows, refusals
+
+
+# --- execute (writes, starts) --------------------------------------------------------------------
+
+def refuse_if_needed(preview: LaunchPreview) -> None:
+    """Raise before anything is written: failed pre-flight checks (exit 1), run-table refusals (exit 2)."""
+    bad = [c for c in preview.checks if not c.ok]
+    if bad:
+        raise SweepctlError("pre-flight failed: " + "; ".join(f"{c.what}: {c.detail}" for c in bad),
+                            hint="; ".join(c.hint for c in bad if c.hint) or None)
+    if preview.refusals:
+        hint = ("--retry-failed runs them again (resuming from their checkpoints), --skip-failed leaves them, "
+                "--force starts every run over") if any("failed run" in r for r in preview.refusals) else None
+        raise RefusedError("launch refused: " + "; ".join(preview.refusals), hint=hint)
+
+
+def runner_argv(preview: LaunchPreview, shard: int, *, launch_id: str, launched_at: float) -> list[str]:
+    o = preview.options
+    argv = [sys.executable, "-m", "sweepctl", "runner", str(preview.sweep_dir), "--shard", str(shard),
+            "--devices", cuda_visible_devices(preview.plan, shard), "--session", shard_session(shard),
+            "--launched-at", repr(launched_at), "--max-retries", str(o.max_retries),
+            "--stale-after", repr(preview.settings.stale_after_s)]
+    if preview.plan.schedule == "dynamic":
+        argv += ["--claims", str(preview.sweep_dir / "claims" / launch_id)]
+    if o.fail_fast:
+        argv.append("--fail-fast")
+    if o.force:
+        argv.append("--force")
+    if o.retry_failed:
+        argv += ["--on-failed", "retry"]
+    if o.stall_after_s:
+        argv += ["--stall-after", repr(float(o.stall_after_s))]
+    if o.run_timeout_s:
+        argv += ["--run-timeout", repr(float(o.run_timeout_s))]
+    return argv
+
+
+def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult:
+    refuse_if_needed(preview)
+    socket = preview.settings.tmux_socket
+    attach = attach_command(shard_session(preview.shards_to_start[0] if preview.shards_to_start else 0), socket)
+    status_cmd = f"sweepctl status --out-root {preview.out_root}"
+    if not preview.shards_to_start:
+        return LaunchResult(preview, [], [], attach, status_cmd)
+    tmux = tmux or Tmux(socket)
+    busy = [s for s in preview.shards_to_start if (info := tmux.session(shard_session(s))) and info.alive]
+    free = [s for s in preview.shards_to_start if s not in busy]
+    if not free:
+        raise RefusedError(f"every shard's tmux session is still running: {', '.join(map(shard_session, busy))}",
+                           hint="a live session is never killed; wait for it or `sweepctl stop --all` first")
+    launched_at = time.time()
+    launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
+    write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=free)
+    started, refused = [], [shard_session(s) for s in busy]
+    for s in free:
+        devices = cuda_visible_devices(preview.plan, s)
+        argv = runner_argv(preview, s, launch_id=launch_id, launched_at=launched_at)
+        name = shard_session(s)
+        try:
+            how = tmux.start(name, argv, env={"CUDA_VISIBLE_DEVICES": devices}, cwd=Path.cwd())
+        except RefusedError:  # became busy since we looked
+            refused.append(name)
+            continue
+        n = len(preview.plan.shards[s].run_ids) if preview.plan.schedule == "static" else None
+        started.append(StartedShard(s, name, devices, n, how))
+    return LaunchResult(preview, started, refused, attach_command(started[0].session, socket) if started else attach,
+                        status_cmd)
+
+
+def write_manifest(preview: LaunchPreview, *, launch_id: str, launched_at: float, shards: list[int]) -> None:
+    """`.sweeps/<name>/`: CSV copy, config copies, plan.json, launch.json — what status, rerun and a
+    postmortem need after the pod is gone. A changed CSV or plan keeps the old one as `.bak-`."""
+    d = preview.sweep_dir
+    d.mkdir(parents=True, exist_ok=True)
+    csv_copy = d / preview.sweep.csv_path.name
+    _replace_keeping_old(csv_copy, preview.sweep.csv_path.read_bytes())
+    for src, dst in preview.config_copies.items():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _replace_keeping_old(dst, src.read_bytes())
+    plan_text = json.dumps(preview.plan.model_dump(mode="json"), indent=2) + "\n"
+    _replace_keeping_old(d / PLAN_FILE, plan_text.encode())
+    o = preview.options
+    record = {
+        "sweep": preview.sweep.name, "launch_id": launch_id, "ts": launched_at,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(launched_at)),
+        "host": runs.HOST, "user": os.environ.get("USER"), "sweepctl_version": __version__,
+        "csv": str(preview.sweep.csv_path.absolute()), "csv_copy": csv_copy.name,
+        "out_root": str(preview.out_root), "data_dir": str(Path(preview.settings.data_dir).absolute()),
+        "options": asdict(o), "shards_started": shards,
+        "rows": {a: sum(1 for r in preview.rows if r.action == a) for a in ("run", "resume", "restart", "skip")},
+    }
+    runs.write_json_atomic(d / LAUNCH_FILE, record)
+    with open(d / LAUNCH_HISTORY, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _replace_keeping_old(path: Path, content: bytes) -> None:
+    if path.exists():
+        if path.read_bytes() == content:
+            return
+        runs.backup(path.parent, [path.name])
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
+
+
+# --- reading a launched sweep back ---------------------------------------------------------------
+
+def latest_sweep(out_root: Path) -> str | None:
+    """The sweep launched most recently under out_root (by launch.json's time)."""
+    best: tuple[float, str] | None = None
+    for launch_file in runs.sweeps_root(out_root).glob(f"*/{LAUNCH_FILE}"):
+        record = runs.read_json(launch_file) or {}
+        ts = float(record.get("ts") or launch_file.stat().st_mtime)
+        if best is None or ts > best[0]:
+            best = (ts, launch_file.parent.name)
+    return best[1] if best else None
+
+
+def load_manifest(out_root: Path, name: str) -> tuple[Plan, dict[str, Any]]:
+    d = runs.sweep_dir(out_root, name)
+    try:
+        plan = Plan.model_validate_json((d / PLAN_FILE).read_text())
+    except FileNotFoundError:
+        raise SweepctlError(f"no sweep {name!r} under {out_root}", where=str(d),
+                            hint="see `sweepctl status` for the sweeps there") from None
+    return plan, runs.read_json(d / LAUNCH_FILE) or {}
+
+
+def find_run(out_root: Path, run_id: str) -> tuple[str, Plan] | None:
+    """The most recently launched sweep whose plan has `run_id`."""
+    found: list[tuple[float, str, Plan]] = []
+    for plan_file in runs.sweeps_root(out_root).glob(f"*/{PLAN_FILE}"):
+        try:
+            plan = Plan.model_validate_json(plan_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if any(r.run_id == run_id for r in plan.runs):
+            record = runs.read_json(plan_file.parent / LAUNCH_FILE) or {}
+            found.append((float(record.get("ts") or 0), plan_file.parent.name, plan))
+    if not found:
+        return None
+    _, name, plan = max(found, key=lambda t: t[0])
+    return name, plan

@@ -1,0 +1,197 @@
+"""The status model: every run of a sweep, every GPU, every sweep session — as one plain dict.
+
+    model = collect(Path("/mnt/pod_artifacts/outputs"), stale_after_s=120)   # what --json prints
+    console.print(render(model))                                            # what the table shows
+
+`collect` is what `sweepctl status --json` prints; a remote status runs that on the pod over SSH
+and renders the same dict here, so the table looks the same wherever the runs are. It only
+reads: summary.json (finished runs), heartbeat.json and the tail of metrics.jsonl (the others),
+nvidia-smi's --query-gpu (never its process list), and the tmux session list.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from sweepctl import runs
+from sweepctl.gpus import query_gpus
+from sweepctl.plan import Plan, cuda_visible_devices
+
+RUN_KEYS = ("run_id", "state", "shard", "iter", "max_iters", "train_loss", "val_loss", "tok_per_s", "eta_s",
+            "heartbeat_age_s", "error_class")
+
+
+def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 120.0,
+            tmux_socket: str | None = None, state: str | None = None, with_gpus: bool = True,
+            with_sessions: bool = True, now: float | None = None) -> dict[str, Any]:
+    """The whole status of `sweep` (default: the latest launched; none: every run directory)."""
+    from sweepctl.launch import latest_sweep, load_manifest
+
+    out_root = Path(out_root).expanduser().absolute()
+    now = time.time() if now is None else now
+    name = sweep or latest_sweep(out_root)
+    plan: Plan | None = None
+    if name is not None:
+        plan, _launch = load_manifest(out_root, name)
+        entries = [(r.run_id, r.shard, r.config.get("max_iters")) for r in plan.runs]
+    else:
+        entries = [(d.name, None, None) for d in runs.list_run_dirs(out_root)]
+    rows = []
+    for run_id, shard, max_iters in entries:
+        view = runs.read_run(runs.run_dir(out_root, run_id), stale_after_s=stale_after_s, now=now)
+        rows.append(run_row(view, shard=shard, max_iters=max_iters))
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in runs.STATES}
+    if state is not None:
+        rows = [r for r in rows if r["state"] == state]
+    gpus = query_gpus() if with_gpus else None
+    return {
+        "out_root": str(out_root),
+        "sweep": name,
+        "counts": counts,
+        "runs": rows,
+        "gpus": [g.to_json() for g in gpus.gpus] if gpus else [],
+        "sessions": sessions(tmux_socket, plan) if with_sessions else [],
+    }
+
+
+def run_row(view: runs.RunView, *, shard: int | None, max_iters: int | None) -> dict[str, Any]:
+    """One run as status shows it; finished runs are read from their summary alone."""
+    s, hb = view.summary, view.heartbeat or {}
+    if shard is None and view.owner is not None:
+        shard = view.owner.get("shard")  # dynamic schedule: the shard that claimed it
+    row: dict[str, Any] = dict.fromkeys(RUN_KEYS)
+    row.update(run_id=view.run_id, state=view.state, shard=shard, max_iters=max_iters,
+               heartbeat_age_s=_round(view.heartbeat_age_s, 1), error_class=view.error_class)
+    if s is not None:
+        last_eval = s.get("last_eval") or {}
+        row.update(iter=s.get("iter_num"), max_iters=s.get("max_iters") or max_iters,
+                   train_loss=_first(s.get("last_train_loss"), s.get("train_loss"), last_eval.get("train")),
+                   val_loss=_first(last_eval.get("val"), s.get("best_val_loss")),
+                   tok_per_s=s.get("tok_per_s"))
+        return row
+    if view.state == "pending":
+        return row
+    tail = runs.tail_metrics(view.directory / runs.METRICS)
+    it = hb.get("iter")
+    row.update(iter=it, max_iters=hb.get("max_iters") or max_iters)
+    if tail.train is not None:
+        row.update(train_loss=tail.train.get("loss"), tok_per_s=tail.train.get("tok_per_s"))
+    if tail.eval is not None:
+        row["val_loss"] = _first(tail.eval.get("val"), tail.eval.get("val_loss"))
+    if view.state == "running" and isinstance(it, int) and row["max_iters"]:
+        rate = _seconds_per_iter(tail)
+        if rate is not None:
+            row["eta_s"] = round(max(0, row["max_iters"] - it) * rate, 1)
+    return row
+
+
+def _seconds_per_iter(tail: runs.MetricsTail) -> float | None:
+    """From the two newest log rows; a resumed run's elapsed clock restarts, so not elapsed/iter."""
+    a, b = tail.previous_train, tail.train
+    if a is None or b is None:
+        return None
+    try:
+        di = float(b["iter"]) - float(a["iter"])
+        dt = float(b["elapsed_s"]) - float(a["elapsed_s"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return dt / di if di > 0 and dt >= 0 else None
+
+
+def sessions(socket: str | None, plan: Plan | None) -> list[dict[str, Any]]:
+    """sweep-*/rerun-* sessions on the tmux server; a shard session also names its devices."""
+    from sweepctl.tmux import SHARD_PREFIX, Tmux, tmux_version
+
+    if tmux_version() is None:
+        return []
+    try:
+        found = Tmux(socket).sessions()
+    except Exception:  # a broken server must not break status; the session list is a nicety
+        return []
+    out = []
+    for info in found:
+        entry: dict[str, Any] = info.to_json()
+        suffix = info.name.removeprefix(SHARD_PREFIX)
+        if plan is not None and info.name.startswith(SHARD_PREFIX) and suffix.isdigit() \
+                and int(suffix) < plan.shard_count:
+            entry["devices"] = cuda_visible_devices(plan, int(suffix))
+        out.append(entry)
+    return out
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
+
+
+# --- rendering (the same for a local and a remote dict) -------------------------------------------
+
+STATE_STYLE = {"ok": "green", "running": "cyan", "pending": "dim", "failed": "bold red", "stale": "yellow"}
+
+
+def render(model: dict[str, Any]) -> Any:
+    """Rich renderables for a status dict: runs, counts, GPUs, sessions."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    devices = {e["name"]: e.get("devices") for e in model.get("sessions", [])}
+    title = f"sweep {model['sweep']}" if model.get("sweep") else "run directories"
+    table = Table(title=f"{title} in {model['out_root']}", title_justify="left")
+    for col, right in (("run_id", False), ("state", False), ("shard/GPU", False), ("iter", True), ("%", True),
+                       ("train", True), ("val", True), ("tok/s", True), ("ETA", True), ("beat", True),
+                       ("error", False)):
+        table.add_column(col, justify="right" if right else "left", overflow="fold" if col == "run_id" else None)
+    for r in model["runs"]:
+        shard = r.get("shard")
+        where = "-" if shard is None else str(shard)
+        if shard is not None and devices.get(f"sweep-{shard}"):
+            where += f"/{devices[f'sweep-{shard}']}"
+        it, mx = r.get("iter"), r.get("max_iters")
+        pct = f"{100 * it / mx:.0f}" if isinstance(it, int) and mx else ""
+        table.add_row(r["run_id"], Text(r["state"], style=STATE_STYLE.get(r["state"], "")), where,
+                      "" if it is None else f"{it}/{mx or '?'}", pct, _num(r.get("train_loss")),
+                      _num(r.get("val_loss")), _int(r.get("tok_per_s")), duration(r.get("eta_s")),
+                      duration(r.get("heartbeat_age_s")), r.get("error_class") or "")
+    counts = model["counts"]
+    line = Text(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs")
+    parts: list[Any] = [table, line]
+    if model.get("gpus"):
+        g = Table(title="GPUs (nvidia-smi --query-gpu)", title_justify="left")
+        for col in ("index", "name", "util %", "memory used / total MiB"):
+            g.add_column(col)
+        for gpu in model["gpus"]:
+            g.add_row(str(gpu["index"]), gpu["name"], _int(gpu.get("utilization")),
+                      f"{_int(gpu.get('memory_used_mib'))} / {_int(gpu.get('memory_total_mib'))}")
+        parts.append(g)
+    else:
+        parts.append(Text("GPUs: none visible", style="dim"))
+    alive = [s["name"] for s in model.get("sessions", []) if s.get("alive")]
+    done = [s["name"] for s in model.get("sessions", []) if not s.get("alive")]
+    parts.append(Text(f"sessions running: {', '.join(alive) or 'none'}"
+                      + (f"; finished: {', '.join(done)}" if done else "")))
+    return Group(*parts)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else ""
+
+
+def _int(v: Any) -> str:
+    return f"{v:,.0f}" if isinstance(v, (int, float)) else ""
