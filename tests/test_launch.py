@@ -256,3 +256,22 @@ def test_logs_of_an_unknown_run(workspace: Workspace, capsys: pytest.CaptureFixt
     r = run_cli(capsys, "logs", "nope")
     assert r.code == 1 and "no stdout.log" in r.err
 
+
+
+def test_a_row_asking_for_two_gpus_runs_under_torchrun(workspace: Workspace, capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """K > 1: `torchrun --standalone --nproc_per_node=K` (DDP over gloo on the CPU here)."""
+    from sweep_helpers import TINY
+
+    ws = workspace
+    csv = ws.root / "ddp.csv"
+    overrides = TINY.replace("gradient_accumulation_steps=1", "gradient_accumulation_steps=2")
+    csv.write_text(f'run_id,config,seed,overrides,notes,gpus\npair,base,1,"{overrides}",,2\n')
+    r = run_cli(capsys, "launch", str(csv), "--shards", "1", "--gpus-per-shard", "2")
+    assert r.code == 0, r.err
+    assert "CUDA_VISIBLE_DEVICES=0,1" in r.out
+    s = wait_until(lambda: summaries(ws, ["pair"]), timeout=RUN_TIMEOUT, what="the DDP run")["pair"]
+    assert (s["ok"], s["ddp"], s["world_size"]) == (True, True, 2), s
+    owner = runs.read_json(ws.run_dir("pair") / runs.OWNER)
+    assert owner["argv"][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert json.loads((ws.run_dir("pair") / runs.METADATA).read_text())["cuda_visible_devices"] == "0,1"
