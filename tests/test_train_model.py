@@ -279,6 +279,20 @@ def test_value_residual_constrained_mix_is_convex():
     assert not torch.allclose(out(False, 0.0), out(False, 5.0), atol=1e-3)
 
 
+@pytest.mark.parametrize("variant", [["hc"], ["cvres_mhc", "mhc_residual_identity_mix=True"],
+                                     ["mhc", "mhc_h_res_proj='orthostochastic'", "hc_static_only=True"]])
+def test_forward_traces_as_one_graph_for_torch_compile(variant):
+    """No data-dependent Python control flow: dynamo captures the whole forward without a break."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = GPT(tiny(*variant))
+    idx = torch.randint(0, 64, (2, 16))
+    explained = torch._dynamo.explain(model)(idx, idx)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
 def test_newton_schulz_output_is_orthogonal_when_converged():
     x = newton_schulz(torch.eye(3) + 0.1 * torch.randn(3, 3), NS_COEFFS_SCHEDULE, 1e-7)
     torch.testing.assert_close(x @ x.T, torch.eye(3), atol=1e-2, rtol=0)

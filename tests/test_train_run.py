@@ -328,6 +328,20 @@ def test_non_finite_loss_ends_the_run_as_nan(tmp_path, data_dir):
     assert s["iter_num"] < 200
 
 
+def test_a_failing_torch_compile_falls_back_to_eager_and_says_so(tmp_path, data_dir, monkeypatch, capsys):
+    def broken_compile(model, **kwargs):
+        def compiled(*a, **k):
+            raise RuntimeError("inductor: no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    out = tmp_path / "run"
+    assert main(args(out, data_dir, "max_iters=4", "eval_interval=4", "compile_model=True")) == 0
+    printed = capsys.readouterr().out
+    assert "torch.compile failed (RuntimeError: inductor: no C++ compiler); continuing in eager mode" in printed
+    assert summary(out)["ok"] is True
+
+
 def test_wandb_is_used_only_when_asked_with_a_stable_id_and_its_files_in_the_run(tmp_path, data_dir, monkeypatch):
     calls: dict = {"log": []}
 

@@ -241,7 +241,8 @@ class Run:
         self.last_eval_iter: int | None = None
         self.t_loop: float | None = None
         self.stop_signal: int | None = None
-        self.in_loop = False
+        self.defer_signals = False  # True from the loop on: a signal stops at the next safe point
+        self.status: str | None = None
         self.heartbeat: Heartbeat | None = None
         self.wandb = None
         self.wandb_info: dict[str, Any] = {"enabled": False}
@@ -306,7 +307,7 @@ class Run:
                 self.heartbeat.stop()
             if self.wandb is not None:
                 try:
-                    self.wandb.finish(exit_code=0 if self.stop_signal is None else 1)
+                    self.wandb.finish(exit_code=0 if self.status == "completed" else 1)
                 except Exception:
                     pass
             if self.ddp and dist.is_initialized():
@@ -316,7 +317,7 @@ class Run:
         # In the loop: finish the step, checkpoint, then stop (a consistent checkpoint). Before
         # the loop there is nothing to save: stop now.
         self.stop_signal = signum
-        if not self.in_loop:
+        if not self.defer_signals:
             raise Interrupted(signum)
 
     def _fail(self, error: str, error_class: str, short: str | None = None) -> None:
@@ -328,9 +329,8 @@ class Run:
 
     def _finish(self, status: str, error: str | None = None, error_class: str | None = None) -> None:
         """summary.json: written on every ending (by rank 0), when out_dir is known."""
-        if not self.master:
-            return
-        if self.out_dir is None:
+        self.status = status
+        if not self.master or self.out_dir is None:
             return
         cfg = self.cfg
         end = time.time()
@@ -695,9 +695,10 @@ class Run:
             self.heartbeat.phase, self.heartbeat.iter = "training", self.iter_num
         self.t_loop = t_log = time.time()
         it_log = self.iter_num
-        self.in_loop = True
+        self.defer_signals = True  # and stays so: a signal after the loop must not cut the summary short
         if self.stop_signal is not None:  # arrived between setup and here
             raise Interrupted(self.stop_signal)
+        loss_sum = torch.zeros((), device=self.device)
         while True:
             it = self.iter_num
             if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.resumed_from:
@@ -706,7 +707,8 @@ class Run:
                 break
             sig = self._should_stop()
             if sig is not None:
-                self._save_checkpoint()
+                if torch.isfinite(loss_sum):  # never replace a good checkpoint with a diverged state
+                    self._save_checkpoint()
                 raise Interrupted(sig)
             lr = lr_at(it, cfg)
             for g in opt.param_groups:
@@ -742,7 +744,6 @@ class Run:
                 if not math.isfinite(loss_v):
                     raise NonFiniteLoss(f"loss is {loss_v} at iter {self.iter_num} (lr {lr:.3g}); stopping. "
                                         f"The last good checkpoint is at iter {self.last_eval_iter}")
-        self.in_loop = False
 
     def _log_progress(self, lr: float, loss: float, grad_norm: torch.Tensor | None, dt: float, iters: int) -> None:
         cfg = self.cfg
@@ -765,6 +766,9 @@ class Run:
         if self.heartbeat:
             self.heartbeat.phase = "eval"
         losses = self._evaluate()
+        if not all(math.isfinite(v) for v in losses.values()):  # before the checkpoint: keep the last good one
+            raise NonFiniteLoss(f"eval loss is not finite at iter {it} ({losses}); stopping. "
+                                f"The last good checkpoint is at iter {self.last_eval_iter}")
         self.last_eval, self.last_eval_iter = losses, it
         if math.isfinite(losses["val"]) and (self.best_val is None or losses["val"] < self.best_val):
             self.best_val = losses["val"]
