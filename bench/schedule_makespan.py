@@ -1,0 +1,135 @@
+"""Static vs dynamic schedule: how long does a sweep with uneven run lengths take on N workers?
+
+    python bench/schedule_makespan.py                 # pure simulation of both policies (instant)
+    python bench/schedule_makespan.py --real          # the runner's real claim code, sleeping workers
+    python bench/schedule_makespan.py --real --unit 0.05 --workers 4 8 --order shuffled
+
+The sweep is shaped like the reference one: 96 rows, 66 six-layer runs (1 unit each) and 30
+48-layer runs (8 units each), in CSV order — by default grouped as the reference CSV is (every
+6-layer row, then every 48-layer row, three seeds per config); `--order` tries others.
+
+Policies (as `sweepctl launch --schedule` runs them):
+  static   row i goes to worker i % N, which runs its rows in order;
+  dynamic  a free worker claims the next unclaimed row in CSV order.
+
+`--real` starts N processes: static workers walk their rows, dynamic workers claim rows with
+`sweepctl.runner.claimed_rows` (the O_CREAT|O_EXCL claim files the shard runner uses) and sleep
+length x unit seconds per row as a stand-in trainer; makespan is wall time / unit. Without it, the
+same policies are simulated exactly. Either way the table shows makespan next to the lower bound
+max(longest run, total / N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import multiprocessing as mp
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SHORT, LONG = 1.0, 8.0  # 6-layer vs 48-layer run length, in units
+
+
+def reference_sweep(order: str, seed: int) -> list[float]:
+    """Run lengths in CSV order: 22 six-layer configs x 3 seeds, then 10 48-layer configs x 3 seeds."""
+    lengths = [SHORT] * 66 + [LONG] * 30
+    if order == "interleaved":  # each 48-layer config right after its 6-layer sibling
+        lengths = []
+        shorts, longs = 66, 30
+        while shorts or longs:
+            take = min(shorts, 7)
+            lengths += [SHORT] * take
+            shorts -= take
+            if longs:
+                take = min(longs, 3)
+                lengths += [LONG] * take
+                longs -= take
+    elif order == "shuffled":
+        random.Random(seed).shuffle(lengths)
+    elif order == "long-first":  # every 48-layer row before the 6-layer rows
+        lengths.sort(reverse=True)
+    return lengths
+
+
+def lower_bound(lengths: list[float], workers: int) -> float:
+    return max(max(lengths), sum(lengths) / workers)
+
+
+def simulate_static(lengths: list[float], workers: int) -> float:
+    loads = [0.0] * workers
+    for i, length in enumerate(lengths):
+        loads[i % workers] += length
+    return max(loads)
+
+
+def simulate_dynamic(lengths: list[float], workers: int) -> float:
+    free = [(0.0, w) for w in range(workers)]  # (time the worker is free, worker index)
+    heapq.heapify(free)
+    end = 0.0
+    for length in lengths:  # the next row in CSV order goes to whoever is free first
+        t, w = heapq.heappop(free)
+        end = max(end, t + length)
+        heapq.heappush(free, (t + length, w))
+    return end
+
+
+def _worker(schedule: str, worker: int, workers: int, lengths: list[float], unit: float, claims: str,
+            ready: Any) -> None:
+    from sweepctl.runner import claimed_rows
+
+    ids = [f"row{i:03d}" for i in range(len(lengths))]
+    ready.wait()  # every worker is up before the clock starts
+    mine = ids[worker::workers] if schedule == "static" else claimed_rows(ids, Path(claims), worker)
+    for run_id in mine:
+        time.sleep(lengths[int(run_id[3:])] * unit)  # the stand-in trainer
+
+
+def measure(schedule: str, lengths: list[float], workers: int, unit: float) -> float:
+    import sweepctl.runner  # noqa: F401 (imported once here, inherited by the forked workers)
+
+    ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
+    ready = ctx.Barrier(workers + 1)
+    with tempfile.TemporaryDirectory() as claims:
+        procs = [ctx.Process(target=_worker, args=(schedule, w, workers, lengths, unit, claims, ready))
+                 for w in range(workers)]
+        for p in procs:
+            p.start()
+        ready.wait()
+        t0 = time.perf_counter()
+        for p in procs:
+            p.join()
+        return (time.perf_counter() - t0) / unit
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="worker counts (shards)")
+    ap.add_argument("--order", choices=("grouped", "interleaved", "shuffled", "long-first"), default="grouped",
+                    help="CSV order of the 6-layer and 48-layer rows")
+    ap.add_argument("--seed", type=int, default=0, help="for --order shuffled")
+    ap.add_argument("--real", action="store_true", help="run worker processes with the runner's claim code")
+    ap.add_argument("--unit", type=float, default=0.02, help="seconds per unit with --real")
+    args = ap.parse_args()
+
+    lengths = reference_sweep(args.order, args.seed)
+    how = f"real claims, sleeping workers, 1 unit = {args.unit:g} s" if args.real else "simulated"
+    print(f"{len(lengths)} rows ({lengths.count(SHORT)} x {SHORT:g} unit, {lengths.count(LONG)} x {LONG:g} units, "
+          f"total {sum(lengths):g} units), order {args.order}, {how}")
+    header = f"{'workers':>7}  {'lower bound':>11}  {'static':>8}  {'/bound':>6}  {'dynamic':>8}  {'/bound':>6}"
+    print(header)
+    print("-" * len(header))
+    for n in args.workers:
+        bound = lower_bound(lengths, n)
+        if args.real:
+            static, dynamic = measure("static", lengths, n, args.unit), measure("dynamic", lengths, n, args.unit)
+        else:
+            static, dynamic = simulate_static(lengths, n), simulate_dynamic(lengths, n)
+        print(f"{n:>7}  {bound:>11.2f}  {static:>8.2f}  {static / bound:>6.2f}  {dynamic:>8.2f}  {dynamic / bound:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
