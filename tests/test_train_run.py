@@ -328,6 +328,17 @@ def test_non_finite_loss_ends_the_run_as_nan(tmp_path, data_dir):
     assert s["iter_num"] < 200
 
 
+@pytest.mark.parametrize(("knob", "a", "b"), [("batch_size", 4, 2), ("gradient_accumulation_steps", 1, 2),
+                                             ("eval_iters", 2, 3)])
+def test_loop_knobs_change_the_run(tmp_path, data_dir, knob, a, b):
+    results = []
+    for value in (a, b):
+        out = tmp_path / f"{knob}-{value}"
+        assert main(args(out, data_dir, "max_iters=2", "eval_interval=2", "log_interval=1", f"{knob}={value}")) == 0
+        results.append((rows(out, "train")[-1]["loss"], rows(out, "eval")[-1]["val"], summary(out)["tokens_per_iter"]))
+    assert results[0] != results[1]
+
+
 def test_a_failing_torch_compile_falls_back_to_eager_and_says_so(tmp_path, data_dir, monkeypatch, capsys):
     def broken_compile(model, **kwargs):
         def compiled(*a, **k):
@@ -372,6 +383,8 @@ def test_wandb_is_used_only_when_asked_with_a_stable_id_and_its_files_in_the_run
     logged = {k for _, row in calls["log"] for k in row}
     assert {"train/loss", "val/loss", "layers/rms_0", "mhc/amax"} <= logged and "layers/cosine_0" not in logged
     assert summary(out)["wandb"]["enabled"] is True
+    # the first (fresh) run's records were set aside by the second fresh start, not deleted
+    assert len(list(out.glob("metrics.jsonl.bak-*"))) == 1 and len(list(out.glob("summary.json.bak-*"))) == 1
 
 
 def test_ddp_under_torchrun_with_mhc(tmp_path, data_dir):

@@ -463,7 +463,10 @@ class Run:
         for name in names:
             p = self.out_dir / name
             if p.exists():
-                os.replace(p, p.with_name(f"{name}.bak-{stamp}"))
+                target, n = p.with_name(f"{name}.bak-{stamp}"), 1
+                while target.exists():  # two attempts in one second: keep both
+                    target, n = p.with_name(f"{name}.bak-{stamp}-{n}"), n + 1
+                os.replace(p, target)
 
     def _setup_data(self) -> None:
         cfg = self.cfg
