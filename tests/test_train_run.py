@@ -280,6 +280,7 @@ def test_corrupted_shard_fails_naming_the_file(tmp_path, data_dir):
     assert s["ok"] is False and s["status"] == "failed" and s["error_class"] == "exception"
     assert str(victim) in s["error"] and "truncated" in s["error"]
     assert str(victim) in (tmp_path / "log").read_text()
+    assert (out / "command.sh").exists() and (out / "config_effective.json").exists()  # reproducible anyway
 
 
 @pytest.mark.parametrize(("header", "message"), [((1, 1, 10), "magic number mismatch"),

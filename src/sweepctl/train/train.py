@@ -9,8 +9,19 @@ key=value is a Python literal checked against TrainConfig. The run_id is the las
 out_dir. Optional env SWEEPCTL_RUN_CONTEXT: JSON {"sweep": {name, row_index, shard_index,
 shard_count, schedule}, "attempt": N} from the launcher, recorded in run_metadata.json.
 
-Files in out_dir (contract_version 1): command.sh, run_metadata.json, config_effective.json,
-dataset_manifest.json, metrics.jsonl, heartbeat.json, ckpt.pt, summary.json.
+Files in out_dir (contract_version 1; every JSON written atomically, no secret in any file):
+  command.sh             executable; reruns this run from scratch (same cwd, CUDA_VISIBLE_DEVICES, argv)
+  run_metadata.json      argv, host, versions, GPUs, package git commit, sweep/attempt from the context
+  config_effective.json  every TrainConfig field + run_id, variant, tokens_per_iter, world_size, ...
+  dataset_manifest.json  dataset, data_dir, train/val: [{path, size_bytes, num_tokens}]
+  metrics.jsonl          {"event": "train", iter, loss, lr, tok_per_s, ms_per_iter, grad_norm, elapsed_s,
+                         mem (MB)} per log_interval; {"event": "eval", iter, train, val, best_val} per eval;
+                         {"event": "resume", iter}: later rows supersede a killed attempt's rows
+  heartbeat.json         ts, iter, max_iters, pid, host, phase; every heartbeat_interval_s from a thread
+  ckpt.pt                model, optimizer, scaler, iter_num, every rank's RNG states, config; each eval
+                         and on SIGTERM/SIGINT
+  summary.json           ok, status (completed|failed|interrupted), error + error_class
+                         (exception|oom|nan|signal) when not ok, times, iterations, tokens, losses, memory
 
 Exit codes: 0 completed; 1 failed (exception, oom, nan, bad data); 2 bad command line or config
 (including a DDP world size that does not divide gradient_accumulation_steps); 128+N interrupted
@@ -392,6 +403,7 @@ class Run:
         resuming = cfg.resume and ckpt_path.exists()
         if self.master:
             self._set_aside_old_outputs(resuming)
+            self._write_start_files()  # now, so that a run failing on its data is still reproducible
         self._setup_data()
         torch.manual_seed(cfg.seed + self.rank)
         if self.device.type == "cuda":
@@ -406,7 +418,7 @@ class Run:
         elif cfg.resume:
             self.log(f"resume=True but there is no {ckpt_path}: starting from scratch")
         if self.master:
-            self._write_start_files()
+            self._write_start_files()  # again, with the parameter count and the resume point
         n = self.raw_model.num_params()
         self.log(f"run {self.out_dir.name} | variant {cfg.variant} | device {self.device} {self.dtype} | "
                  f"world_size {self.world_size}")
