@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sweepctl.train.config import NS_COEFFS_SCHEDULE, TrainConfig, resolve_config
+from sweepctl.train.diagnostics import GAIN_FWD, residual_diagnostics
 from sweepctl.train.hyper import (
     ManifoldHyperConnection,
-    amax_gain,
     newton_schulz,
     orthostochastic,
     project_h_res,
@@ -101,7 +101,7 @@ def test_projections_batch_over_layers():
     assert h.shape == (4, 4, 4)
     per_layer = [c.mappings(torch.zeros(1, 1, 4, 32))[2][0, 0] for c in model.connections()]
     torch.testing.assert_close(h, torch.stack(per_layer).detach(), atol=1e-6, rtol=0)
-    assert amax_gain(h) == pytest.approx(1.0, abs=1e-3)  # doubly stochastic: no amplification
+    assert residual_diagnostics(h)[GAIN_FWD] == pytest.approx(1.0, abs=1e-3)  # doubly stochastic: no amplification
 
 
 @pytest.mark.parametrize("variant", [["hc"], ["mhc"], ["mhc", "mhc_h_res_proj='orthostochastic'"]])

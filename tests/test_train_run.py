@@ -109,6 +109,10 @@ def test_each_variant_trains_and_val_loss_falls(tmp_path, data_dir, variant):
     s = summary(out)
     assert s["ok"] is True and s["status"] == "completed"
     assert s["best_val_loss"] == min(r["val"] for r in evals)
+    diag = rows(out, "diag")  # residual-map diagnostics at each eval, for HC/mHC only
+    assert [r["iter"] for r in diag] == ([] if variant == ["base"] else [0, 20, 40])
+    if "mhc" in variant[0]:
+        assert all(abs(r["composite_gain_fwd"] - 1) < 0.05 and r["h_res_layers"] == 4 for r in diag)
 
 
 # --------------------------------------------------------------------------- the run directory

@@ -289,21 +289,10 @@ def static_h_res(connections: Sequence[nn.Module], cfg: TrainConfig) -> torch.Te
     return h
 
 
-def amax_gain(h_res: torch.Tensor) -> float:
-    """mHC's Amax gain magnitude: max absolute row sum of the composite H_res over all layers
-    (1 for doubly stochastic maps; growth means the residual signal is amplified with depth)."""
-    with torch.no_grad():
-        comp = torch.eye(h_res.shape[-1], device=h_res.device, dtype=torch.float32)
-        for h in h_res.float():
-            comp = h @ comp
-        return float(comp.abs().sum(-1).max())
-
-
 __all__ = [
     "HyperConnection",
     "ManifoldHyperConnection",
     "PlainResidual",
-    "amax_gain",
     "identity_mix",
     "make_connection",
     "newton_schulz",

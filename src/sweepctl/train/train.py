@@ -16,7 +16,9 @@ Files in out_dir (contract_version 1; every JSON written atomically, no secret i
   dataset_manifest.json  dataset, data_dir, train/val: [{path, size_bytes, num_tokens}]
   metrics.jsonl          {"event": "train", iter, loss, lr, tok_per_s, ms_per_iter, grad_norm, elapsed_s,
                          mem (MB)} per log_interval; {"event": "eval", iter, train, val, best_val} per eval;
-                         {"event": "resume", iter}: later rows supersede a killed attempt's rows
+                         {"event": "diag", iter, composite_gain_fwd, ...} per eval for HC/mHC (see
+                         diagnostics.py); {"event": "resume", iter}: later rows supersede a killed
+                         attempt's rows
   heartbeat.json         ts, iter, max_iters, pid, host, phase; every heartbeat_interval_s from a thread
   ckpt.pt                model, optimizer, scaler, iter_num, every rank's RNG states, config; each eval
                          and on SIGTERM/SIGINT
@@ -55,7 +57,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sweepctl.train.config import ConfigError, TrainConfig, parse_override, read_config_file, resolve_config
 from sweepctl.train.data import ShardError, TokenWindows, find_shards, shard_manifest, train_rng, val_rng
-from sweepctl.train.hyper import amax_gain
+from sweepctl.train.diagnostics import GAIN_FWD, residual_diagnostics, static_residual_matrices
 from sweepctl.train.model import GPT
 
 CONTRACT_VERSION = 1
@@ -792,14 +794,22 @@ class Run:
         if self.master:
             self._append_metrics({"event": "eval", "iter": it, "train": finite_or_none(losses["train"]),
                                   "val": finite_or_none(losses["val"]), "best_val": finite_or_none(self.best_val)})
-            self._log_wandb_eval(it, losses)
+            diag = self._residual_diagnostics()
+            if diag is not None:
+                self._append_metrics({"event": "diag", "iter": it, **diag})
+            self._log_wandb_eval(it, losses, diag)
         if self.heartbeat:
             self.heartbeat.phase = "checkpoint"
         self._save_checkpoint()
         if self.heartbeat:
             self.heartbeat.phase = "training"
 
-    def _log_wandb_eval(self, it: int, losses: dict[str, float]) -> None:
+    def _residual_diagnostics(self) -> dict[str, Any] | None:
+        """HC/mHC: stats of the static residual maps and their composite gain (None when plain)."""
+        h_res = static_residual_matrices(self.raw_model.connections(), self.cfg)
+        return residual_diagnostics(h_res) if h_res is not None else None
+
+    def _log_wandb_eval(self, it: int, losses: dict[str, float], diag: dict[str, Any] | None) -> None:
         if self.wandb is None:
             return
         cfg = self.cfg
@@ -815,8 +825,8 @@ class Run:
                     row[f"layers/rms_{i}"] = r
                 if cfg.wandb_log_layer_cosine:
                     row[f"layers/cosine_{i}"] = c
-        if cfg.wandb_log_amax and cfg.mhc:
-            row["mhc/amax"] = amax_gain(self.raw_model.h_res_static().detach())
+        if cfg.wandb_log_amax and diag is not None:
+            row["mhc/amax"] = diag[GAIN_FWD]
         self.wandb.log(row, step=it)
 
 
