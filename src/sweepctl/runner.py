@@ -56,10 +56,6 @@ class RunnerOptions:
     kill_grace_s: float = 30.0  # after SIGTERM, how long the trainer gets to write its summary
     stale_after_s: float = 120.0
 
-    @property
-    def label(self) -> str:
-        return self.session
-
 
 @dataclass
 class Outcome:
@@ -137,7 +133,7 @@ class ShardRunner:
 
     def say(self, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        self.emit(f"[sweepctl {self.o.label} {stamp}] {message}\n".encode())
+        self.emit(f"[sweepctl {self.o.session} {stamp}] {message}\n".encode())
 
     # signals ---------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -189,7 +185,7 @@ class ShardRunner:
         counts = {k: sum(1 for o in self.outcomes if o.result == k)
                   for k in ("ok", "failed", "interrupted", "skipped")}
         stopped = " (stopped)" if self.stop_signal is not None else ""
-        line = (f"{self.o.label} done{stopped}: {counts['ok']} ok, {counts['failed']} failed, "
+        line = (f"{self.o.session} done{stopped}: {counts['ok']} ok, {counts['failed']} failed, "
                 f"{counts['interrupted']} interrupted, {counts['skipped']} skipped in {time.time() - start:.0f} s")
         failed = [o.run_id for o in self.outcomes if o.result == "failed"]
         if failed:
@@ -321,7 +317,11 @@ class ShardRunner:
         tee.join(timeout=10)  # a grandchild may hold the pipe open; its output is not worth a hang
         log.close()
         self.child = None
-        return self._finish(planned, directory, started, rc, reason)
+        result = self._finish(planned, directory, started, rc, reason)
+        # the runner's record of how the attempt ended, next to the trainer's own summary
+        runs.write_json_atomic(directory / runs.OWNER, {**owner, "ended": time.time(), "exit_code": rc,
+                                                        "result": result, "ended_by": reason})
+        return result
 
     def _tee(self, child: subprocess.Popen[bytes], log: BinaryIO) -> None:
         assert child.stdout is not None
