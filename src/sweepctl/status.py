@@ -11,6 +11,7 @@ nvidia-smi's --query-gpu (never its process list), and the tmux session list.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
     else:
         entries = [(d.name, None, None) for d in runs.list_run_dirs(out_root)]
     rows = []
+    root = os.fspath(out_root)
     for run_id, shard, max_iters in entries:
-        view = runs.read_run(runs.run_dir(out_root, run_id), stale_after_s=stale_after_s, now=now)
+        view = runs.read_run(Path(root, run_id), stale_after_s=stale_after_s, now=now, run_id=run_id)
         rows.append(run_row(view, shard=shard, max_iters=max_iters))
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in runs.STATES}
     if state is not None:
@@ -73,7 +75,7 @@ def run_row(view: runs.RunView, *, shard: int | None, max_iters: int | None) -> 
         return row
     if view.state == "pending":
         return row
-    tail = runs.tail_metrics(view.directory / runs.METRICS)
+    tail = runs.tail_metrics(os.path.join(view.directory, runs.METRICS))
     it = hb.get("iter")
     row.update(iter=it, max_iters=hb.get("max_iters") or max_iters)
     if tail.train is not None:
