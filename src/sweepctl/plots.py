@@ -46,6 +46,14 @@ def _matplotlib() -> Any:
     return Figure, FigureCanvasAgg, EngFormatter
 
 
+# Marker shapes cycle with the groups, so two curves that coincide are still told apart.
+MARKERS = "osD^vPX<>"
+
+
+def _marker(labels: list[str], label: str) -> str:
+    return MARKERS[labels.index(label) % len(MARKERS)] if label in labels else "o"
+
+
 def _colors(labels: list[str]) -> dict[str, Any]:
     """One color per group, the same in every plot (tab10, then tab20 for bigger sweeps)."""
     import matplotlib
@@ -132,8 +140,8 @@ def _loss_plot(env: tuple, data: dict[str, Any], labels: list[str], series: str,
     for c in curves:
         name = f"{c['label']} (n={c['runs']}{', unfinished' if c['partial'] else ''})"
         style = "--" if c["partial"] else "-"
-        marker = "o" if len(c["x"]) <= 30 else None  # evals are sparse: show where they were taken
-        ax.plot(c["x"], c["mean"], style, color=colors[c["label"]], marker=marker, markersize=3, label=name)
+        marker = _marker(labels, c["label"]) if len(c["x"]) <= 30 else None  # sparse evals: show where they were
+        ax.plot(c["x"], c["mean"], style, color=colors[c["label"]], marker=marker, markersize=4, label=name)
         if c["runs"] > 1:
             ax.fill_between(c["x"], c["min"], c["max"], color=colors[c["label"]], alpha=BAND_ALPHA, linewidth=0)
     lows = [v for c in curves for v in c["min"] if v > 0]
@@ -171,6 +179,7 @@ def _throughput_plot(env: tuple, data: dict[str, Any], path: Path, sweep: str) -
 
 
 def _gain_plot(env: tuple, data: dict[str, Any], path: Path, sweep: str) -> bool:
+    every = [g["label"] for g in data["groups"]]  # markers follow the group's place in every plot
     labels = [g["label"] for g in data["groups"] if g["has_gain"]]
     fwd, bwd = _curves(data, labels, "gain", 1), _curves(data, labels, "gain", 2)
     if not fwd:
@@ -180,7 +189,7 @@ def _gain_plot(env: tuple, data: dict[str, Any], path: Path, sweep: str) -> bool
     for ax, curves, which in ((axes[0], fwd, "forward gain\n(max |row sum|)"),
                               (axes[1], bwd, "backward gain\n(max |column sum|)")):
         for c in curves:
-            ax.plot(c["x"], c["mean"], color=colors[c["label"]], marker="o", markersize=3,
+            ax.plot(c["x"], c["mean"], color=colors[c["label"]], marker=_marker(every, c["label"]), markersize=4,
                     label=f"{c['label']} (n={c['runs']})")
             if c["runs"] > 1:
                 ax.fill_between(c["x"], c["min"], c["max"], color=colors[c["label"]], alpha=BAND_ALPHA, linewidth=0)
