@@ -18,7 +18,8 @@ import torch
 
 from sweepctl.train.config import TrainConfig
 from sweepctl.train.data import ShardError, TokenWindows, find_shards, open_shard, val_rng, write_shard
-from sweepctl.train.train import Heartbeat, main, wandb_run_id
+from sweepctl.train.rundir import Heartbeat, wandb_run_id
+from sweepctl.train.train import main
 
 torch.set_num_threads(1)  # tiny models on a shared 2-core machine: no OpenMP spin-waiting
 

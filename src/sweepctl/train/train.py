@@ -32,18 +32,14 @@ by signal N (130 SIGINT, 143 SIGTERM), after saving a checkpoint when possible.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import platform
-import re
 import shlex
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 import traceback
 from contextlib import nullcontext
@@ -59,14 +55,21 @@ from sweepctl.train.config import ConfigError, TrainConfig, parse_override, read
 from sweepctl.train.data import ShardError, TokenWindows, find_shards, shard_manifest, train_rng, val_rng
 from sweepctl.train.diagnostics import GAIN_FWD, residual_diagnostics, static_residual_matrices
 from sweepctl.train.model import GPT
+from sweepctl.train.rundir import (
+    CONTRACT_VERSION,
+    RUN_KIND,
+    Heartbeat,
+    git_info,
+    package_version,
+    scrub,
+    secret_values,
+    wandb_run_id,
+    write_json,
+    write_text_atomic,
+)
 
-CONTRACT_VERSION = 1
-RUN_KIND = "sweepctl.train"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
-# Env vars whose values must never reach a file; plus any *_KEY/_TOKEN/_SECRET/_PASSWORD variable.
-SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
-SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD)$", re.IGNORECASE)
 # Settings that may differ between a checkpoint and the run resuming it: where and how long it
 # runs and logs, not what it computes.
 RESUME_MAY_CHANGE = {
@@ -93,36 +96,6 @@ class Interrupted(BaseException):
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def secret_values() -> list[str]:
-    vals = {v for k, v in os.environ.items() if (k in SECRET_ENV or SECRET_NAME.search(k)) and len(v) >= 6}
-    return sorted(vals, key=len, reverse=True)
-
-
-def scrub(obj: Any, secrets: list[str]) -> Any:
-    """obj with every occurrence of a secret value in any string replaced by <redacted>."""
-    if isinstance(obj, str):
-        for s in secrets:
-            obj = obj.replace(s, "<redacted>")
-        return obj
-    if isinstance(obj, dict):
-        return {scrub(k, secrets): scrub(v, secrets) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [scrub(v, secrets) for v in obj]
-    return obj
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic (temp + os.replace) and scrubbed: a reader never sees half a file or a secret."""
-    text = json.dumps(scrub(obj, secret_values()), indent=2, default=str, allow_nan=False) + "\n"
-    write_text_atomic(path, text)
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -153,34 +126,6 @@ def peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
 
 
-def git_info() -> dict[str, Any] | None:
-    """Commit and dirtiness of the checkout the package runs from (None when not a git checkout)."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=5, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit, "dirty": bool(status.strip())}
-
-
-def package_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("sweepctl")
-    except PackageNotFoundError:
-        return None
-
-
-def wandb_run_id(run_id: str) -> str:
-    """Stable per run_id, so a resumed run continues the same W&B run; W&B ids allow [\\w-]."""
-    safe = re.sub(r"[^A-Za-z0-9_-]", "-", run_id)[:40]
-    return f"{safe}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}"
-
-
 def guess_out_dir(config: str, overrides: list[str]) -> Path | None:
     """out_dir when the config itself is invalid: from an override, else from the config file."""
     for word in reversed(overrides):
@@ -194,43 +139,6 @@ def guess_out_dir(config: str, overrides: list[str]) -> Path | None:
     except (ConfigError, OSError):
         return None
     return Path(v) if isinstance(v, str) else None
-
-
-class Heartbeat:
-    """heartbeat.json every `interval` seconds from a daemon thread, so a slow step (or a long
-    compile) still beats; the runner reads it to tell running from stale."""
-
-    def __init__(self, path: Path, interval: float, max_iters: int):
-        self.path, self.interval, self.max_iters = path, interval, max_iters
-        self.iter, self.phase = 0, "starting"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
-
-    def start(self) -> None:
-        self.beat()
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-            except OSError:
-                pass  # a full disk must not kill the thread; the next beat retries
-
-    def beat(self) -> None:
-        write_json(self.path, {"ts": time.time(), "iter": self.iter, "max_iters": self.max_iters,
-                               "pid": os.getpid(), "host": socket.gethostname(), "phase": self.phase})
-
-    def stop(self, phase: str = "ended") -> None:
-        """Stop the thread and write a last beat (the run's final iteration and phase)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        self.phase = phase
-        try:
-            self.beat()
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------- the run
