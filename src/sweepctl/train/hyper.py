@@ -220,9 +220,10 @@ class ManifoldHyperConnection(nn.Module):
     H_res has no effect and no gradient. Each sub-layer therefore mainly reads one stream
     (H_pre = sigmoid(+-2): 0.88 on stream k mod n, 0.12 elsewhere) and writes a little more into it
     (H_post = 2 sigmoid(1) = 1.46 there, 1 elsewhere), so the streams differ after the first
-    sub-layer and every later H_res gets a gradient at step 0. The first sub-layer's H_res always
-    acts on identical copies (the embedding), so it never has an effect — a property of the
-    architecture, not of the init.
+    sub-layer and every later H_res gets a gradient at step 0. Two H_res never have an effect, by
+    the architecture rather than the init: the first sub-layer's acts on identical copies of the
+    embedding, and the last one's output is summed over streams, which a doubly stochastic map
+    preserves (their gradients are zero up to projection rounding).
     """
 
     def __init__(self, cfg: TrainConfig, index: int):
