@@ -12,7 +12,7 @@ from rich.table import Table
 
 from sweepctl.console import console, err_console
 
-CSV_ARG = typer.Argument(..., help="Sweep CSV: run_id,config,seed,overrides,notes[,gpus].", show_default=False)
+CSV_ARG = typer.Argument(..., metavar="CSV", help="Sweep CSV: run_id,config,seed,overrides,notes[,gpus].", show_default=False)
 
 
 def validate(csv_path: Path = CSV_ARG) -> None:

@@ -15,7 +15,7 @@ import typer
 
 def train(
     ctx: typer.Context,
-    config: str = typer.Argument(..., help="A preset (see `sweepctl presets`) or a config file (.py or .toml)."),
+    config: str = typer.Argument(..., metavar="CONFIG", help="A preset (see `sweepctl presets`) or a config file (.py or .toml)."),
 ) -> None:
     """Run the trainer: CONFIG then key=value overrides, e.g. `sweepctl train mhc out_dir=out/x max_iters=100`."""
     argv = [sys.executable, "-m", "sweepctl.train", config, *ctx.args]
