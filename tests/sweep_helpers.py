@@ -29,16 +29,24 @@ SETTINGS_ENV = ("SWEEPCTL_OUT_ROOT", "SWEEPCTL_DATA_DIR", "FINEWEB10B_LOCAL_DIR"
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float = 60.0, what: str = "condition",
-               interval: float = 0.05) -> Any:
-    """Poll until `predicate()` is truthy; fail with `what` at the deadline (no fixed sleeps)."""
+               interval: float = 0.05, explain: Callable[[], str] | None = None) -> Any:
+    """Poll until `predicate()` is truthy; fail with `what` (and `explain()`) at the deadline. No fixed sleeps."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}" + (f"\n{explain()}" if explain else ""))
         time.sleep(interval)
+
+
+def panes(socket: str) -> str:
+    """Every sweep session's pane text, to explain a test that timed out."""
+    from sweepctl.tmux import Tmux
+
+    t = Tmux(socket)
+    return "\n".join(f"--- {s.name} (alive={s.alive})\n" + "\n".join(t.capture(s.name, 60)) for s in t.sessions())
 
 
 def gpu_row(index: int, util: float = 0, used: float = 10, total: float = 81559, name: str = "NVIDIA H100 80GB HBM3"

@@ -13,13 +13,18 @@ import time
 import pytest
 
 from cli import run_cli
-from sweep_helpers import Workspace, wait_until
+from sweep_helpers import Workspace, panes, wait_until
 from sweepctl import runs, status
 from sweepctl.tmux import Tmux
 
 pytest_plugins = ["sweep_fixtures"]
 
 RUN_TIMEOUT = 240  # seconds for a handful of tiny runs on a busy 2-core machine
+
+
+def wait_for(predicate, what: str, timeout: float = RUN_TIMEOUT):
+    """wait_until, with every pane's text in the failure message (what the runners said)."""
+    return wait_until(predicate, timeout=timeout, what=what, explain=lambda: panes(os.environ["SWEEPCTL_TMUX_SOCKET"]))
 
 
 def summaries(ws: Workspace, ids: list[str]) -> dict[str, dict] | None:
@@ -53,7 +58,7 @@ def test_six_rows_over_two_shards_complete_and_a_relaunch_skips_them(
     assert f"attach: tmux -S {tmux_socket} attach -t sweep-0" in r.out
     assert f"status: sweepctl status --out-root {ws.out_root}" in r.out
 
-    done = wait_until(lambda: summaries(ws, ids), timeout=RUN_TIMEOUT, what="all six summaries")
+    done = wait_for(lambda: summaries(ws, ids), "all six summaries")
     for i, run_id in enumerate(ids):
         d = ws.run_dir(run_id)
         assert done[run_id]["ok"] is True, done[run_id]
@@ -108,7 +113,7 @@ def test_kill_9_shows_failed_or_stale_never_running_and_retry_failed_resumes(
             return owner["child_pid"]
         return None
 
-    trainer = wait_until(training, timeout=RUN_TIMEOUT, what="the trainer to checkpoint and train on")
+    trainer = wait_for(training, "the trainer to checkpoint and train on")
     assert states(ws)["victim"] == "running"
     os.kill(trainer, signal.SIGKILL)  # our own child process, by pid
     # kill() returns before the kernel has torn the process down; from then on it must never read as running
@@ -133,8 +138,8 @@ def test_kill_9_shows_failed_or_stale_never_running_and_retry_failed_resumes(
     r = run_cli(capsys, "launch", str(csv), "--shards", "1", "--retry-failed")
     assert r.code == 0, r.err
     assert "1 resume" in r.out and "replaced sweep-0" in r.out
-    done = wait_until(lambda: (s := runs.read_json(d / runs.SUMMARY)) and s.get("ok") is not False and s,
-                      timeout=RUN_TIMEOUT, what="the resumed run to finish")
+    done = wait_for(lambda: (s := runs.read_json(d / runs.SUMMARY)) and s.get("ok") is not False and s,
+                    "the resumed run to finish")
     assert done["ok"] is True and done["iter_num"] == 1500
     assert done["resumed_from_iter"] is not None and done["resumed_from_iter"] >= 0
     owner = runs.read_json(d / runs.OWNER)
@@ -150,7 +155,7 @@ def test_rerun_needs_force_for_an_ok_run_and_keeps_bak_copies(
     csv = ws.csv([("again", "")])
     assert run_cli(capsys, "launch", str(csv), "--shards", "1").code == 0
     d = ws.run_dir("again")
-    first = wait_until(lambda: summaries(ws, ["again"]), timeout=RUN_TIMEOUT, what="the first run")["again"]
+    first = wait_for(lambda: summaries(ws, ["again"]), "the first run")["again"]
     assert first["ok"] is True
 
     r = run_cli(capsys, "rerun", "again")
@@ -166,7 +171,7 @@ def test_rerun_needs_force_for_an_ok_run_and_keeps_bak_copies(
         owner = runs.read_json(d / runs.OWNER) or {}
         return s if s and owner.get("attempt") == 2 and s.get("start_time", 0) > first["start_time"] else None
 
-    again = wait_until(second_done, timeout=RUN_TIMEOUT, what="the rerun to finish")
+    again = wait_for(second_done, "the rerun to finish")
     assert again["ok"] is True
     for name in (runs.STDOUT_LOG, runs.SUMMARY, runs.METRICS):
         baks = runs.backups_of(d, name)
@@ -185,7 +190,7 @@ def test_dynamic_schedule_runs_every_row_once(workspace: Workspace, capsys: pyte
     r = run_cli(capsys, "launch", str(csv), "--shards", "2", "--schedule", "dynamic")
     assert r.code == 0, r.err
     assert "started sweep-0: CUDA_VISIBLE_DEVICES=0, claims rows" in r.out
-    done = wait_until(lambda: summaries(ws, ids), timeout=RUN_TIMEOUT, what="all four summaries")
+    done = wait_for(lambda: summaries(ws, ids), "all four summaries")
     assert all(s["ok"] for s in done.values())
     claims = list((ws.out_root / ".sweeps" / "dyn" / "claims").glob("*/*"))
     assert sorted(p.name for p in claims) == ids
@@ -205,7 +210,7 @@ def test_a_failed_row_is_retried_and_does_not_stop_the_shard(
     csv = ws.csv([("broken", "device='cuda'"), ("fine", "")])
     r = run_cli(capsys, "launch", str(csv), "--shards", "1", "--max-retries", "1")
     assert r.code == 0, r.err
-    done = wait_until(lambda: summaries(ws, ["broken", "fine"]), timeout=RUN_TIMEOUT, what="both rows")
+    done = wait_for(lambda: summaries(ws, ["broken", "fine"]), "both rows")
     assert done["fine"]["ok"] is True
     assert (done["broken"]["ok"], done["broken"]["error_class"]) == (False, "exception")
     assert runs.read_json(ws.run_dir("broken") / runs.OWNER)["attempt"] == 2
@@ -221,8 +226,7 @@ def test_stop_interrupts_the_trainers_and_leaves_the_sessions(
                   ("next", "")])
     assert run_cli(capsys, "launch", str(csv), "--shards", "1").code == 0
     d = ws.run_dir("endless")
-    wait_until(lambda: (runs.read_json(d / runs.HEARTBEAT) or {}).get("phase") == "training",
-               timeout=RUN_TIMEOUT, what="training to start")
+    wait_for(lambda: (runs.read_json(d / runs.HEARTBEAT) or {}).get("phase") == "training", "training to start")
     r = run_cli(capsys, "stop")
     assert r.code == 1 and "--shard I or --all" in r.err
     r = run_cli(capsys, "stop", "--all")
@@ -243,7 +247,7 @@ def test_logs_follow_ends_with_the_run(workspace: Workspace, capsys: pytest.Capt
     ws = workspace
     csv = ws.csv([("short", "")])
     assert run_cli(capsys, "launch", str(csv), "--shards", "1").code == 0
-    wait_until(lambda: (ws.run_dir("short") / runs.STDOUT_LOG).exists(), timeout=RUN_TIMEOUT, what="stdout.log")
+    wait_for(lambda: (ws.run_dir("short") / runs.STDOUT_LOG).exists(), "stdout.log")
     start = time.monotonic()
     r = run_cli(capsys, "logs", "short", "-f", "-n", "1")
     assert r.code == 0, r.err
@@ -270,7 +274,7 @@ def test_a_row_asking_for_two_gpus_runs_under_torchrun(workspace: Workspace, cap
     r = run_cli(capsys, "launch", str(csv), "--shards", "1", "--gpus-per-shard", "2")
     assert r.code == 0, r.err
     assert "CUDA_VISIBLE_DEVICES=0,1" in r.out
-    s = wait_until(lambda: summaries(ws, ["pair"]), timeout=RUN_TIMEOUT, what="the DDP run")["pair"]
+    s = wait_for(lambda: summaries(ws, ["pair"]), "the DDP run")["pair"]
     assert (s["ok"], s["ddp"], s["world_size"]) == (True, True, 2), s
     owner = runs.read_json(ws.run_dir("pair") / runs.OWNER)
     assert owner["argv"][1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -148,7 +148,9 @@ def render(model: dict[str, Any]) -> Any:
     for col, right in (("run_id", False), ("state", False), ("shard/GPU", False), ("iter", True), ("%", True),
                        ("train", True), ("val", True), ("tok/s", True), ("ETA", True), ("beat", True),
                        ("error", False)):
-        table.add_column(col, justify="right" if right else "left", overflow="fold" if col == "run_id" else None)
+        # on a narrow terminal every column folds, never cuts: the run_id is what the user types next
+        table.add_column(col, justify="right" if right else "left", overflow="fold",
+                         min_width={"run_id": 16, "state": 7}.get(col))
     for r in model["runs"]:
         shard = r.get("shard")
         where = "-" if shard is None else str(shard)
