@@ -208,3 +208,20 @@ def test_dry_run_leaves_no_trace(workspace: Workspace, tmux_socket: str, capsys:
     assert r.code == 0 and "nothing written, nothing started" in r.out
     assert not workspace.out_root.exists() and no_tmux_server(tmux_socket)
     assert not Path(tmux_socket).exists()
+
+
+def test_rerun_picks_the_given_or_the_least_busy_gpus(workspace: Workspace) -> None:
+    from sweep_helpers import gpu_row
+    from sweepctl.control import _rerun_devices
+    from sweepctl.errors import SweepctlError
+
+    workspace.gpus.set([gpu_row(0, util=95), gpu_row(1, util=0, used=40000), gpu_row(2, util=0, used=10),
+                        gpu_row(3, util=60)])
+    assert _rerun_devices(None, "x", 1, "cuda", None) == "2"
+    assert _rerun_devices(None, "x", 2, None, None) == "1,2"
+    assert _rerun_devices(None, "x", 2, "cuda", 2) == "2,3"
+    with pytest.raises(SweepctlError, match="GPU\\(s\\) 4 not visible"):
+        _rerun_devices(None, "x", 2, "cuda", 3)
+    workspace.gpus.set(0)
+    with pytest.raises(SweepctlError, match="needs 1 GPU\\(s\\) and 0 are visible"):
+        _rerun_devices(None, "x", 1, "cuda", None)
