@@ -49,6 +49,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_gpus: FakeGp
     data_dir = write_tiny_data(tmp_path / "data")
     monkeypatch.setenv("SWEEPCTL_OUT_ROOT", str(out_root))
     monkeypatch.setenv("SWEEPCTL_DATA_DIR", str(data_dir))
+    # Two trainers on a 2-core machine shared with others: one thread each, or they thrash.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ws = Workspace(tmp_path, out_root, data_dir, fake_gpus)
     yield ws
     kill_tmux_server(tmux_socket)  # before reaping: a runner that hears SIGHUP ends its trainer itself
