@@ -17,7 +17,7 @@ so `launch --host` refuses exactly as `launch` on the pod would.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from sweepctl.errors import RefusedError, RemoteError, SweepctlError
 from sweepctl.transport import (
@@ -29,7 +29,8 @@ from sweepctl.transport import (
     Transport,
 )
 
-__all__ = ["DEFAULT_REMOTE_BIN", "check_remote_version", "open_transport", "remote_sweepctl"]
+__all__ = ["DEFAULT_REMOTE_BIN", "check_remote_version", "open_transport", "raise_for_result", "remote_sweepctl",
+           "stream_sweepctl"]
 
 # Where `bootstrap` installs sweepctl on a pod; equal to sweepctl.settings.DEFAULT_REMOTE_BIN (a
 # test keeps them equal) but not imported from there, so this module stays cheap to import.
@@ -104,20 +105,47 @@ def remote_sweepctl(transport: Transport, args: Sequence[str], remote_bin: str =
     the pod raised (exit 1/2/3 -> SweepctlError/RefusedError/RemoteError), else a RemoteError with
     the exit code and stderr tail; with `check=False` only a missing/mismatched binary raises.
     """
+    result = transport.run(_guarded_argv(args, remote_bin, expect_version), timeout=timeout, stdin=stdin)
+    _raise_for_guard(transport, result, remote_bin, expect_version)
+    if check and not result.ok:
+        raise _remote_failure(transport, [remote_bin, *args], result)
+    return result
+
+
+def stream_sweepctl(transport: Transport, args: Sequence[str], remote_bin: str = DEFAULT_REMOTE_BIN, *,
+                    expect_version: str | None = None, timeout: float | None = None) -> Iterator[str]:
+    """`remote_sweepctl` for a command that prints as it goes (`logs -f`): yield its stdout lines
+    as they arrive, then raise as `remote_sweepctl(check=True)` would if it failed. The version
+    check happens in the same round trip, before the command runs."""
+    result = yield from transport.stream(_guarded_argv(args, remote_bin, expect_version), timeout=timeout,
+                                         check=False)
+    _raise_for_guard(transport, result, remote_bin, expect_version)
+    if not result.ok:
+        raise _remote_failure(transport, [remote_bin, *args], result)
+
+
+def _guarded_argv(args: Sequence[str], remote_bin: str, expect_version: str | None) -> list[str]:
     if expect_version is None:
-        argv = [remote_bin, *args]
-    else:
-        argv = ["sh", "-c", _GUARD_SCRIPT, "sweepctl-guard", remote_bin, expect_version, *args]
-    result = transport.run(argv, timeout=timeout, stdin=stdin)
+        return [remote_bin, *args]
+    return ["sh", "-c", _GUARD_SCRIPT, "sweepctl-guard", remote_bin, expect_version, *args]
+
+
+def _raise_for_guard(transport: Transport, result: Result, remote_bin: str, expect_version: str | None) -> None:
+    """A missing or different-version sweepctl, as the guard (or the shell) reported it."""
     guard_line = next((line for line in result.stderr.splitlines() if line.startswith(_GUARD_MARK)), None)
     if result.exit_code in (MISSING_EXIT, 126) and (expect_version is None or guard_line):
         raise _missing(transport, remote_bin)
     if expect_version is not None and result.exit_code == _VERSION_MISMATCH_EXIT and guard_line:
         found = guard_line.removeprefix(_GUARD_MARK).strip().removeprefix("version").strip()
         raise _mismatch(transport, remote_bin, found, expect_version)
-    if check and not result.ok:
+
+
+def raise_for_result(transport: Transport, args: Sequence[str], result: Result,
+                     remote_bin: str = DEFAULT_REMOTE_BIN) -> None:
+    """For a `check=False` caller that first used the output (a refused `launch --json` still
+    prints its pre-flight table): raise what `check=True` would have raised."""
+    if not result.ok:
         raise _remote_failure(transport, [remote_bin, *args], result)
-    return result
 
 
 def _remote_failure(transport: Transport, argv: list[str], result: Result) -> SweepctlError:

@@ -359,6 +359,12 @@ def collect(out_root: str | Path, sweep: str | None = None, group_by: str = "see
     now = time.time() if now is None else now
     records = [read_run(d, planned_config=cfg, stale_after_s=stale_after_s, now=now)
                for d, cfg in _select_runs(root, sweep)]
+    return assemble(records, out_root=str(root), sweep=sweep, group_by=group_by, now=now)
+
+
+def assemble(records: list[dict[str, Any]], *, out_root: str, sweep: str | None, group_by: str,
+             now: float) -> dict[str, Any]:
+    """Group run records (from `read_run`, possibly from several pods' JSON) into the report dict."""
     labels, warnings = _group_labels(records, group_by)
     members: dict[str, list[dict[str, Any]]] = {}
     for label, rec in zip(labels, records, strict=True):
@@ -373,7 +379,7 @@ def collect(out_root: str | Path, sweep: str | None = None, group_by: str = "see
     for rec in records:
         if rec["bad_metric_lines"]:
             warnings.append(f"{rec['run_id']}: {rec['bad_metric_lines']} unreadable line(s) in metrics.jsonl")
-    return {"schema": REPORT_SCHEMA, "out_root": str(root), "sweep": sweep, "group_by": group_by,
+    return {"schema": REPORT_SCHEMA, "out_root": out_root, "sweep": sweep, "group_by": group_by,
             "generated": now, "groups": groups, "runs": records, "warnings": warnings}
 
 

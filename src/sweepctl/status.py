@@ -142,23 +142,28 @@ def render(model: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    devices = {e["name"]: e.get("devices") for e in model.get("sessions", [])}
+    # Several pods (sweepctl.hosts.merge_status): runs, GPUs and sessions carry a `host` key, and
+    # the same shard number exists once per host, so every lookup is by (host, name).
+    multi = any("host" in r for r in (*model["runs"], *model.get("gpus", []), *model.get("sessions", [])))
+    devices = {(e.get("host"), e["name"]): e.get("devices") for e in model.get("sessions", [])}
     title = f"sweep {model['sweep']}" if model.get("sweep") else "run directories"
     table = Table(title=f"{title} in {model['out_root']}", title_justify="left")
-    for col, right in (("run_id", False), ("state", False), ("shard/GPU", False), ("iter", True), ("%", True),
-                       ("train", True), ("val", True), ("tok/s", True), ("ETA", True), ("beat", True),
-                       ("error", False)):
+    columns = (("host", False),) if multi else ()
+    for col, right in (*columns, ("run_id", False), ("state", False), ("shard/GPU", False), ("iter", True),
+                       ("%", True), ("train", True), ("val", True), ("tok/s", True), ("ETA", True),
+                       ("beat", True), ("error", False)):
         # on a narrow terminal every column folds, never cuts: the run_id is what the user types next
         table.add_column(col, justify="right" if right else "left", overflow="fold",
                          min_width={"run_id": 16, "state": 7}.get(col))
     for r in model["runs"]:
         shard = r.get("shard")
         where = "-" if shard is None else str(shard)
-        if shard is not None and devices.get(f"sweep-{shard}"):
-            where += f"/{devices[f'sweep-{shard}']}"
+        if shard is not None and devices.get((r.get("host"), f"sweep-{shard}")):
+            where += f"/{devices[(r.get('host'), f'sweep-{shard}')]}"
         it, mx = r.get("iter"), r.get("max_iters")
         pct = f"{100 * it / mx:.0f}" if isinstance(it, int) and mx else ""
-        table.add_row(r["run_id"], Text(r["state"], style=STATE_STYLE.get(r["state"], "")), where,
+        table.add_row(*([r.get("host") or ""] if multi else []),
+                      r["run_id"], Text(r["state"], style=STATE_STYLE.get(r["state"], "")), where,
                       "" if it is None else f"{it}/{mx or '?'}", pct, _num(r.get("train_loss")),
                       _num(r.get("val_loss")), _int(r.get("tok_per_s")), duration(r.get("eta_s")),
                       duration(r.get("heartbeat_age_s")), r.get("error_class") or "")
@@ -167,18 +172,28 @@ def render(model: dict[str, Any]) -> Any:
     parts: list[Any] = [table, line]
     if model.get("gpus"):
         g = Table(title="GPUs (nvidia-smi --query-gpu)", title_justify="left")
-        for col in ("index", "name", "util %", "memory used / total MiB"):
+        for col in (*(["host"] if multi else []), "index", "name", "util %", "memory used / total MiB"):
             g.add_column(col)
         for gpu in model["gpus"]:
-            g.add_row(str(gpu["index"]), gpu["name"], _int(gpu.get("utilization")),
+            g.add_row(*([gpu.get("host") or ""] if multi else []), str(gpu["index"]), gpu["name"],
+                      _int(gpu.get("utilization")),
                       f"{_int(gpu.get('memory_used_mib'))} / {_int(gpu.get('memory_total_mib'))}")
         parts.append(g)
     else:
         parts.append(Text("GPUs: none visible", style="dim"))
-    alive = [s["name"] for s in model.get("sessions", []) if s.get("alive")]
-    done = [s["name"] for s in model.get("sessions", []) if not s.get("alive")]
+
+    def name(s: dict[str, Any]) -> str:
+        return f"{s['host']}:{s['name']}" if multi and s.get("host") else s["name"]
+
+    alive = [name(s) for s in model.get("sessions", []) if s.get("alive")]
+    done = [name(s) for s in model.get("sessions", []) if not s.get("alive")]
     parts.append(Text(f"sessions running: {', '.join(alive) or 'none'}"
                       + (f"; finished: {', '.join(done)}" if done else "")))
+    for h in model.get("hosts", []):  # only in a remote status: say which pods did not answer
+        if h.get("error"):
+            shown = (f" (showing its answer from {duration(h['age_s'])} ago)"
+                     if h.get("age_s") is not None else " (no runs shown for it)")
+            parts.append(Text(f"host {h['host']}: {h['error']}{shown}", style="bold red"))
     return Group(*parts)
 
 

@@ -44,7 +44,7 @@ import subprocess
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,12 +165,15 @@ class Transport(ABC):
 
     @abstractmethod
     def stream(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
-               env: Mapping[str, str] | None = None) -> Iterator[str]:
+               env: Mapping[str, str] | None = None) -> Generator[str, None, Result]:
         """Yield the command's stdout lines (without the newline) as they arrive.
 
         For `logs -f` and watch loops. Stderr is kept and reported if the command fails
         (`check`). Closing the generator early (a `break`, Ctrl-C) stops reading and abandons the
         command. `timeout` bounds the whole stream (None: until the command exits).
+        The generator's return value (`result = yield from t.stream(...)`) is the command's
+        Result (stdout empty: it was yielded), so a caller with `check=False` can map the exit
+        code and stderr itself, as `remote.stream_sweepctl` does.
         """
 
     def check_connection(self) -> None:
@@ -205,8 +208,12 @@ class Transport(ABC):
 
     def sync_dir_from(self, remote_dir: str, local_dir: str | os.PathLike[str], *,
                       include_checkpoints: bool = False,
-                      progress: ProgressCallback | None = None) -> SyncReport:
+                      progress: ProgressCallback | None = None,
+                      include: Callable[[str], bool] | None = None) -> SyncReport:
         """Make `local_dir` hold every file of `remote_dir`, copying only what changed.
+
+        `include(relpath)` narrows the copy to some files (e.g. one sweep's run directories out of
+        an out_root) while keeping the listing to one round trip for the whole tree.
 
         A file is unchanged when its size and whole-second mtime match (what rsync checks by
         default); copied files get the remote mtime so the next sync sees them as unchanged.
@@ -218,6 +225,8 @@ class Transport(ABC):
         report = SyncReport()
         todo: list[RemoteFile] = []
         for item in self.list_files(remote_dir):
+            if include is not None and not include(item.relpath):
+                continue
             if not include_checkpoints and is_checkpoint(item.relpath):
                 report.skipped_checkpoints.append(item.relpath)
                 continue
@@ -339,7 +348,7 @@ class LocalTransport(Transport):
         return _checked(self, argv, Result(proc.returncode, _decode(out), _decode(err)), check)
 
     def stream(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
-               env: Mapping[str, str] | None = None) -> Iterator[str]:
+               env: Mapping[str, str] | None = None) -> Generator[str, None, Result]:
         argv = list(argv)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -349,7 +358,7 @@ class LocalTransport(Transport):
             missing = Result(127, "", f"{argv[0]}: command not found\n")
             if check:
                 raise self._failed(argv, missing) from None
-            return
+            return missing
         deadline = None if timeout is None else time.monotonic() + timeout
         assert proc.stdout is not None and proc.stderr is not None  # both are PIPEs above
         sel = selectors.DefaultSelector()
@@ -382,8 +391,10 @@ class LocalTransport(Transport):
                 _kill_group(proc)
             proc.stdout.close()
             proc.stderr.close()
+        result = Result(proc.returncode, "", _decode(err))
         if check and proc.returncode != 0:
-            raise self._failed(argv, Result(proc.returncode, "", _decode(err)))
+            raise self._failed(argv, result)
+        return result
 
     def put(self, local: str | os.PathLike[str], remote: str) -> None:
         self._copy(Path(local), Path(remote))
@@ -974,7 +985,7 @@ class SSHTransport(Transport):
         return _checked(self, argv, Result(code, _decode(bytes(out)), _decode(command.stderr)), check)
 
     def stream(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
-               env: Mapping[str, str] | None = None) -> Iterator[str]:
+               env: Mapping[str, str] | None = None) -> Generator[str, None, Result]:
         import paramiko
 
         argv = list(argv)
@@ -1003,8 +1014,10 @@ class SSHTransport(Transport):
             raise self._lost(argv, e) from None
         finally:
             self._abandon(command)  # also when the caller stops reading early (GeneratorExit)
+        result = Result(code, "", _decode(command.stderr))
         if check and code != 0:
-            raise self._failed(argv, Result(code, "", _decode(command.stderr)))
+            raise self._failed(argv, result)
+        return result
 
     def _exit_status(self, chan: paramiko.Channel) -> int:
         if not chan.exit_status_ready():

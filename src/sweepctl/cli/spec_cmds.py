@@ -113,10 +113,21 @@ def config(
     out_root: str | None = typer.Option(None, "--out-root", help="Override out_root for this view."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Override data_dir for this view."),
     host: str | None = typer.Option(None, "--host", help="Override host for this view."),
+    as_json: bool = typer.Option(False, "--json", help="Print settings, their sources and the absolute "
+                                 "out_root/data_dir as JSON (what `launch --host` asks the pod)."),
 ) -> None:
     """Print each effective setting and where it came from (flag > env > project file > default)."""
     from sweepctl.settings import Settings, explain_settings
 
+    if as_json:
+        rows = explain_settings(out_root=out_root, data_dir=data_dir, host=host)
+        values = {name: value for name, value, _ in rows}
+        # Resolved here, where the paths are: a relative out_root means relative to this machine's
+        # working directory, which a laptop uploading files into it cannot know.
+        paths = {k: str(Path(values[k]).expanduser().absolute()) for k in ("out_root", "data_dir")}
+        typer.echo(json.dumps({"settings": values, "sources": {name: src for name, _, src in rows},
+                               "paths": paths}, indent=2))
+        return
     table = Table(title="settings (flags > environment > project file > defaults)", title_justify="left")
     for col in ("setting", "value", "from", "meaning"):
         table.add_column(col, overflow="fold")
