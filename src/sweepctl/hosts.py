@@ -150,3 +150,13 @@ def merge_status(answers: list[HostAnswer], *, host_column: bool = True) -> dict
     merged["sweep"] = ", ".join(sweeps) or None
     merged["out_root"] = ", ".join(roots) or "(no host answered)"
     return merged
+
+
+def default_shards(gpu_count: int, gpus_per_shard: int, *, where: str, problem: str | None = None) -> int:
+    """One shard per GPU (per K GPUs with --gpus-per-shard K): what `launch` uses without --shards."""
+    n = gpu_count // max(1, gpus_per_shard)
+    if n < 1:
+        seen = f"{gpu_count} GPU(s) visible" + (f" ({problem})" if problem else "")
+        raise SweepctlError(f"no shard count given and {seen}, {gpus_per_shard} per shard", where=where,
+                            hint="pass --shards N (or --host HOST=N); rows with device='cpu' need no GPU")
+    return n

@@ -764,6 +764,13 @@ class SSHTransport(Transport):
         """Open the connection now (otherwise the first call does); reuse it if it is alive."""
         self._connected()
 
+    @property
+    def connected(self) -> bool:
+        """Whether a live connection is held now: after a failed call, False means the pod could
+        not be reached (or dropped us), True that it answered and the command itself failed."""
+        transport = self._client.get_transport() if self._client is not None else None
+        return transport is not None and transport.is_active()
+
     def _connected(self) -> paramiko.SSHClient:
         if self._client is not None:
             transport = self._client.get_transport()

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from sweepctl.console import console, err_console
+from sweepctl.cli import remote_opts
+from sweepctl.console import console
 
 CSV_ARG = typer.Argument(..., help="Sweep CSV: run_id,config,seed,overrides,notes[,gpus].", show_default=False)
 OUT_ROOT = typer.Option(None, "--out-root", help="Where run directories live (default: settings).")
@@ -21,7 +21,9 @@ OUT_ROOT = typer.Option(None, "--out-root", help="Where run directories live (de
 
 def launch(
     csv_path: Path = CSV_ARG,
-    shards: int = typer.Option(..., "--shards", help="Number of shards: one tmux session sweep-<i> each."),
+    shards: int | None = typer.Option(None, "--shards", show_default=False,
+                                      help="Number of shards: one tmux session sweep-<i> each "
+                                           "\\[default: one per visible GPU / --gpus-per-shard]."),
     out_root: str | None = OUT_ROOT,
     data_dir: str | None = typer.Option(None, "--data-dir", help="FineWeb token shards (default: settings)."),
     no_wandb: bool = typer.Option(False, "--no-wandb", help="wandb_log=False for every run, whatever the rows say."),
@@ -37,73 +39,57 @@ def launch(
     stall_after: float = typer.Option(1800.0, "--stall-after",
                                       help="End a run whose iteration has not advanced for S seconds (0: never)."),
     run_timeout: float | None = typer.Option(None, "--run-timeout", help="End a run after S seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print the pre-flight, run table and sessions started as JSON."),
+    host: list[str] | None = remote_opts.LAUNCH_HOST,
+    remote_bin: str | None = remote_opts.REMOTE_BIN,
+    accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Validate, pre-flight, and start one tmux session per shard; returns at once."""
+    if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
+        from sweepctl.cli import remote_cmds
+
+        return remote_cmds.launch(pods, csv_path, shards=shards, gpus_per_shard=gpus_per_shard, name=name,
+                                  dry_run=dry_run, as_json=as_json,
+                                  forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json")))
     from sweepctl import launch as lib
+    from sweepctl.cli import run_views
+    from sweepctl.errors import RefusedError, SweepctlError
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir)
+    if shards is None:
+        from sweepctl.gpus import query_gpus
+        from sweepctl.hosts import default_shards
+
+        found = query_gpus()
+        shards = default_shards(len(found.gpus), gpus_per_shard, where="this machine", problem=found.problem)
     options = lib.LaunchOptions(shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,  # type: ignore[arg-type]
                                 name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
                                 retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
                                 max_retries=max_retries, stall_after_s=stall_after or None,
                                 run_timeout_s=run_timeout)
     preview = lib.prepare(csv_path, options, settings)
-    for w in preview.sweep.warnings:
-        err_console.print(w, style="yellow", markup=False, highlight=False)
-    _print_checks(preview.checks)
-    _print_rows(preview, detailed=dry_run)
-    if dry_run:
-        lib.refuse_if_needed(preview)
-        console.print(f"dry run: would start {_sessions_text(preview.shards_to_start)}; "
-                      "nothing written, nothing started.", highlight=False)
-        return
-    result = lib.execute(preview)
-    if not result.started:
-        console.print("nothing to start: every run is ok, running, or skipped.", highlight=False)
-        return
-    for s in result.started:
-        rows = f"{s.rows} rows" if s.rows is not None else "claims rows"
-        console.print(f"{s.how} {s.session}: CUDA_VISIBLE_DEVICES={s.devices}, {rows}", highlight=False)
-    console.print(f"attach: {result.attach}", highlight=False)
-    console.print(f"status: {result.status_command}", highlight=False)
-    if result.refused_sessions:
-        from sweepctl.errors import RefusedError
-
+    model = run_views.launch_model(preview)
+    if not as_json:
+        run_views.render_launch_preview(model, detailed=dry_run)
+    try:
+        if dry_run:
+            lib.refuse_if_needed(preview)
+            result = None
+        else:
+            result = lib.execute(preview)
+    except SweepctlError:
+        if as_json:  # the pre-flight and run table say why; the error line follows on stderr
+            typer.echo(json.dumps(model, indent=2))
+        raise
+    model = run_views.launch_model(preview, result)
+    if as_json:
+        typer.echo(json.dumps(model, indent=2))
+    else:
+        run_views.render_launch_outcome(model)
+    if result is not None and result.refused_sessions:
         raise RefusedError(f"not started, their tmux sessions are still running: {', '.join(result.refused_sessions)}",
                            hint="a live session is never killed; launch again when it has finished")
-
-
-def _sessions_text(shards: list[int]) -> str:
-    return ", ".join(f"sweep-{s}" for s in shards) or "no session"
-
-
-def _print_checks(checks: list) -> None:
-    table = Table(title="pre-flight", title_justify="left")
-    for col in ("check", "", "found"):
-        table.add_column(col, overflow="fold")
-    for c in checks:
-        table.add_row(c.what, "[green]ok[/]" if c.ok else "[bold red]FAIL[/]",
-                      c.detail + (f" — {c.hint}" if c.hint and not c.ok else ""))
-    console.print(table)
-
-
-def _print_rows(preview, *, detailed: bool) -> None:
-    from collections import Counter
-
-    actions = Counter(r.action for r in preview.rows)
-    console.print(f"{len(preview.rows)} runs: " + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())),
-                  highlight=False)
-    shown = preview.rows if detailed else [r for r in preview.rows if r.action not in ("run", "skip")
-                                          or r.state in ("failed", "running")]
-    if not shown:
-        return
-    table = Table(title="run table", title_justify="left")
-    for col in ("run_id", "state", "action", "why"):
-        table.add_column(col, overflow="fold")
-    for r in shown:
-        table.add_row(r.run_id, r.state, r.action, r.detail)
-    console.print(table)
 
 
 def status(
@@ -112,6 +98,9 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     watch: bool = typer.Option(False, "--watch", help="Redraw every 2 s until Ctrl-C."),
     state: str | None = typer.Option(None, "--state", help="Only runs in this state: pending running ok failed stale."),
+    host: list[str] | None = remote_opts.HOST,
+    remote_bin: str | None = remote_opts.REMOTE_BIN,
+    accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Every run (state, progress, losses, ETA), every GPU, every sweep session."""
     from sweepctl import status as lib
@@ -121,6 +110,11 @@ def status(
 
     if state is not None and state not in STATES:
         raise SweepctlError(f"--state must be one of {', '.join(STATES)}, got {state!r}")
+    if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
+        from sweepctl.cli import remote_cmds
+
+        return remote_cmds.status(pods, remote_opts.forwarded(exclude=("as_json", "watch")), as_json=as_json,
+                                  watch=watch)
     settings = load_settings(out_root=out_root)
 
     def model() -> dict:
@@ -146,6 +140,9 @@ def logs(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing as the run writes (ends with the run)."),
     lines: int = typer.Option(50, "-n", "--lines", help="How many of the last lines to show."),
     out_root: str | None = OUT_ROOT,
+    host: list[str] | None = remote_opts.HOST,
+    remote_bin: str | None = remote_opts.REMOTE_BIN,
+    accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Print the end of a run's stdout.log."""
     import sys
@@ -154,6 +151,10 @@ def logs(
     from sweepctl.errors import SweepctlError
     from sweepctl.settings import load_settings
 
+    if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
+        from sweepctl.cli import remote_cmds
+
+        return remote_cmds.logs(pods, run_id, remote_opts.forwarded())
     settings = load_settings(out_root=out_root)
     directory = runs.run_dir(Path(settings.out_root).expanduser().absolute(), run_id)
     path = directory / runs.STDOUT_LOG
@@ -173,25 +174,29 @@ def stop(
     all_shards: bool = typer.Option(False, "--all", help="Stop every runner of the sweep."),
     sweep: str | None = typer.Option(None, "--sweep", help="Sweep name (default: the latest launched)."),
     out_root: str | None = OUT_ROOT,
+    as_json: bool = typer.Option(False, "--json", help="Print the processes signalled as JSON."),
+    host: list[str] | None = remote_opts.HOST,
+    remote_bin: str | None = remote_opts.REMOTE_BIN,
+    accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """SIGINT to the runners: each trainer writes `interrupted`, no new row starts, sessions stay."""
     from sweepctl import control
+    from sweepctl.cli import run_views
     from sweepctl.errors import SweepctlError
     from sweepctl.settings import load_settings
 
     if (shard is None) == (not all_shards):
         raise SweepctlError("pass --shard I or --all")
+    if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
+        from sweepctl.cli import remote_cmds
+
+        return remote_cmds.stop(pods, remote_opts.forwarded(exclude=("as_json",)), shard=shard, as_json=as_json)
     settings = load_settings(out_root=out_root)
-    sent = control.stop(Path(settings.out_root), sweep=sweep, shard=shard)
-    if not sent:
-        console.print("nothing to stop: no live runner" + (f" for shard {shard}" if shard is not None else ""),
-                      highlight=False)
-        return
-    for s in sent:
-        what = f"{s.kind} pid {s.pid}" + (f" ({s.session})" if s.session else "") + (f" {s.run_id}" if s.run_id else "")
-        console.print(f"sent SIGINT to {what}", highlight=False)
-    console.print("the trainers write summary.json (interrupted) and the runners start no new row; "
-                  "sessions stay open. Relaunch with --retry-failed to resume.", highlight=False)
+    model = run_views.stop_model(control.stop(Path(settings.out_root), sweep=sweep, shard=shard), shard)
+    if as_json:
+        typer.echo(json.dumps(model, indent=2))
+    else:
+        run_views.render_stop(model)
 
 
 def rerun(
@@ -199,17 +204,28 @@ def rerun(
     force: bool = typer.Option(False, "--force", help="Needed when the run finished ok."),
     gpu: int | None = typer.Option(None, "--gpu", help="GPU index (default: the least busy)."),
     out_root: str | None = OUT_ROOT,
+    as_json: bool = typer.Option(False, "--json", help="Print the session started as JSON."),
+    host: list[str] | None = remote_opts.HOST,
+    remote_bin: str | None = remote_opts.REMOTE_BIN,
+    accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Run one run again, in tmux session rerun-<run_id>, with the settings its sweep planned."""
+    from dataclasses import asdict
+
     from sweepctl import control
+    from sweepctl.cli import run_views
     from sweepctl.settings import load_settings
 
+    if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
+        from sweepctl.cli import remote_cmds
+
+        return remote_cmds.rerun(pods, run_id, remote_opts.forwarded(exclude=("as_json",)), as_json=as_json)
     settings = load_settings(out_root=out_root)
     r = control.rerun(Path(settings.out_root), run_id, settings=settings, force=force, gpu=gpu)
-    console.print(f"started {r.session} ({r.previous_state} before): CUDA_VISIBLE_DEVICES={r.devices or '(none)'}; "
-                  "its previous files are kept as .bak-<time>", highlight=False)
-    console.print(f"attach: {r.attach}", highlight=False)
-    console.print(f"logs:   sweepctl logs {run_id} -f", highlight=False)
+    if as_json:
+        typer.echo(json.dumps(asdict(r), indent=2))
+    else:
+        run_views.render_rerun(asdict(r))
 
 
 def runner(

@@ -1,0 +1,529 @@
+"""The laptop side of `--host`, and the commands only a laptop needs: attach, pull.
+
+    laptop$ sweepctl launch sweeps/fineweb.csv --host pod-a --host pod-b=4
+    laptop$ sweepctl status --host pod-a --host pod-b --watch
+    laptop$ sweepctl attach --host pod-a 3          # ssh -t pod-a sweepctl attach sweep-3
+    laptop$ sweepctl pull --host pod-a --to results/
+
+Every pod-facing command (launch, status, logs, stop, rerun, report, bootstrap) keeps its code in
+its own module and hands over to a function here when `--host` is given (`remote_opts`). Each runs
+the same subcommand on the pod with `--json`, one SSH connection per pod, the version check in the
+same round trip, and draws the answer with the renderer the local command uses. With several pods
+the calls go out in parallel and the answers merge into one table with a host column; a pod that
+does not answer is shown as such while the others still report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sweepctl.cli import remote_opts
+from sweepctl.cli.remote_opts import Pods
+from sweepctl.console import console, err_console
+from sweepctl.errors import SweepctlError
+
+WATCH_INTERVAL_S = 2.0  # the local `status --watch` redraws every 2 s too
+UPLOAD_DIR = "upload"  # <out_root>/.sweeps/<name>/upload/ on the pod: the CSV and config files launched
+LAYOUT_FILE = "hosts.json"  # next to the upload: which rows and shards each pod of the sweep has
+
+
+# --- launch ----------------------------------------------------------------------------------------
+
+@dataclass
+class _Launched:
+    """One pod's answer to `launch --json`: its model (when it printed one) and its error."""
+
+    model: dict[str, Any] | None
+    error: SweepctlError | None
+
+
+def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: int, name: str | None,
+           dry_run: bool, as_json: bool, forwarded: list[str]) -> None:
+    """Validate on the laptop, upload each pod's rows and config files, launch there.
+
+    Several pods are rehearsed first (`launch --dry-run` on each): a refusal or a failed
+    pre-flight on any pod starts nothing anywhere."""
+    from sweepctl.hosts import split_rows
+    from sweepctl.spec import RUN_ID_RE, read_sweep
+
+    sweep = read_sweep(csv_path, name=name)  # every row valid here, or nothing is uploaded
+    if not RUN_ID_RE.fullmatch(sweep.name):
+        raise SweepctlError(f"sweep name {sweep.name!r} is not a safe directory name",
+                            hint="pass --name with letters, digits, '.', '_', '-'")
+    if not as_json:
+        for w in sweep.warnings:
+            err_console.print(w, style="yellow", markup=False, highlight=False)
+    uploads = _config_uploads(sweep)
+    text = csv_path.read_bytes().decode("utf-8-sig")
+    refs = {r.row_index: uploads[r.config_path] for r in sweep.runs if r.config_path is not None}
+    out_root_flag = _flag_value(forwarded, "--out-root")
+
+    with pods.open_all() as transports, tempfile.TemporaryDirectory(prefix="sweepctl-launch-") as tmp:
+        def survey(host: str, t: Any) -> tuple[str, int]:
+            info = pods.sweepctl_json(t, ["config", "--json", *(["--out-root", out_root_flag] if out_root_flag else [])])
+            n = pods.shards.get(host) or shards or _pod_gpu_shards(t, host, gpus_per_shard)
+            return info["paths"]["out_root"], n
+
+        surveyed = pods.each(survey, transports)
+        remote_opts.raise_if_failed(surveyed)  # nothing uploaded yet
+        out_roots = {a.host: a.value[0] for a in surveyed if a.value}
+        parts = split_rows(len(sweep.runs), [(a.host, a.value[1]) for a in surveyed if a.value])
+        by_host = {p.host: p for p in parts}
+        layout = {"sweep": sweep.name, "csv": str(csv_path.absolute()), "total_shards": sum(p.shards for p in parts),
+                  "hosts": [p.to_json() for p in parts]}
+
+        def upload(host: str, t: Any, directory: str) -> str:
+            part = by_host[host]
+            local = Path(tmp, host)
+            local.mkdir(exist_ok=True)
+            rows = None if pods.single else part.row_indices
+            (local / csv_path.name).write_text(_subset(text, rows, refs))
+            t.put(local / csv_path.name, f"{directory}/{csv_path.name}")
+            for src, rel in uploads.items():
+                t.put(src, f"{directory}/{rel}")
+            if not pods.single:
+                (local / LAYOUT_FILE).write_text(json.dumps(layout, indent=2) + "\n")
+                t.put(local / LAYOUT_FILE, f"{directory}/{LAYOUT_FILE}")
+            return f"{directory}/{csv_path.name}"
+
+        def start(host: str, t: Any, *, rehearse: bool) -> _Launched:
+            from sweepctl.remote import raise_for_result
+
+            part = by_host[host]
+            temp = None
+            if dry_run:  # a dry run writes nothing under the pod's out_root: upload to a temp dir
+                temp = t.run(["sh", "-c", 'mktemp -d "${TMPDIR:-/tmp}/sweepctl-dry-run.XXXXXX"'],
+                             check=True).stdout.strip()
+            try:
+                directory = temp or f"{out_roots[host]}/.sweeps/{sweep.name}/{UPLOAD_DIR}"
+                remote_csv = upload(host, t, directory)
+                args = ["launch", remote_csv, "--shards", str(part.shards), "--name", sweep.name, "--json",
+                        *forwarded, *(["--dry-run"] if rehearse or dry_run else [])]
+                result = pods.sweepctl(t, args, check=False)
+            finally:
+                if temp:
+                    t.run(["rm", "-rf", "--", temp])
+            try:
+                model = json.loads(result.stdout)
+            except ValueError:
+                model = None
+            try:
+                raise_for_result(t, args, result, pods.remote_bin)
+            except SweepctlError as e:
+                return _Launched(model, e)
+            return _Launched(model, None)
+
+        busy = [p.host for p in parts if p.row_indices]
+        idle = [p.host for p in parts if not p.row_indices]  # more shards than rows: nothing to send
+        active = Pods(hosts=busy, remote_bin=pods.remote_bin, accept_new_host_key=pods.accept_new_host_key)
+        rehearse = not pods.single and not dry_run
+        answers = active.each(lambda h, t: start(h, t, rehearse=rehearse), transports)
+        if rehearse and not any(a.error or (a.value and a.value.error) for a in answers):
+            answers = active.each(lambda h, t: start(h, t, rehearse=False), transports)
+
+    failures = [_as_answer(a) for a in answers]
+    if as_json:
+        if pods.single and answers[0].value and answers[0].value.model is not None:
+            typer.echo(json.dumps(answers[0].value.model, indent=2))
+        else:
+            hosts = [dict(p.to_json(), launch=(a.value.model if a.value else None),
+                          error=str(f.error) if f.error else None)
+                     for p, a, f in zip([by_host[h] for h in busy], answers, failures, strict=True)]
+            typer.echo(json.dumps({"sweep": sweep.name, "total_shards": layout["total_shards"], "hosts": hosts},
+                                  indent=2))
+    else:
+        _render_launch(pods, parts, answers, idle, dry_run=dry_run, rehearsed=rehearse)
+    remote_opts.raise_if_failed(failures)
+
+
+def _as_answer(a: remote_opts.Answer[_Launched]) -> remote_opts.Answer[Any]:
+    error = a.error or (a.value.error if a.value else None)
+    return remote_opts.Answer(a.host, value=a.value, error=error, connected=a.connected)
+
+
+def _render_launch(pods: Pods, parts: list[Any], answers: list[remote_opts.Answer[_Launched]],
+                   idle: list[str], *, dry_run: bool, rehearsed: bool) -> None:
+    from sweepctl.cli import run_views
+
+    total = sum(p.shards for p in parts)
+    by_host = {p.host: p for p in parts}
+    failed = [a for a in answers if a.error or (a.value and a.value.error)]
+    for a in answers:
+        part = by_host[a.host]
+        if not pods.single:
+            console.rule(f"{a.host}: global shards {part.first_shard}-{part.first_shard + part.shards - 1} of {total} "
+                         f"(its sweep-0..sweep-{part.shards - 1}), {len(part.row_indices)} rows", align="left")
+        model = a.value.model if a.value else None
+        if model is None:
+            continue
+        model = dict(model, warnings=[])  # the laptop printed the CSV's warnings once already
+        run_views.render_launch_preview(model, detailed=dry_run)
+        if a.value and a.value.error is None and not (rehearsed and failed):
+            first = model["started"][0]["session"] if model["started"] else "sweep-0"
+            status = f"sweepctl status {' '.join(f'--host {h}' for h in pods.hosts)}"
+            run_views.render_launch_outcome(
+                model, attach=f"sweepctl attach --host {a.host} {first.removeprefix('sweep-')}",
+                status=status, show_status=a is answers[-1], prefix="" if pods.single else f"{a.host}: ")
+    for host in idle:
+        console.print(f"{host}: no rows (more shards than rows); nothing sent", highlight=False)
+    if rehearsed and failed:
+        console.print("nothing started on any host: every pod must pass its pre-flight first.", style="red",
+                      highlight=False)
+
+
+def _config_uploads(sweep: Any) -> dict[Path, str]:
+    """Each config file the CSV names -> its path in the upload dir (`configs/<name>`), relative to
+    the uploaded CSV, which is where the pod's reader looks first."""
+    uploads: dict[Path, str] = {}
+    taken: set[str] = set()
+    for i, src in enumerate(sweep.config_files):
+        name = src.name if src.name not in taken else f"{i}-{src.name}"
+        taken.add(name)
+        uploads[src] = f"configs/{name}"
+    return uploads
+
+
+def _subset(text: str, rows: list[int] | None, refs: dict[int, str]) -> str:
+    from sweepctl.hosts import subset_csv
+
+    return subset_csv(text, rows, refs)
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def _pod_gpu_shards(t: Any, host: str, gpus_per_shard: int) -> int:
+    """The pod's GPU count (nvidia-smi --query-gpu over SSH) per --gpus-per-shard: the default."""
+    from sweepctl.gpus import QUERY_ARGV, parse_query
+    from sweepctl.hosts import default_shards
+
+    result = t.run(QUERY_ARGV, timeout=30)
+    problem = None
+    if result.exit_code == 127:
+        problem = "nvidia-smi not found"
+    elif not result.ok:
+        problem = f"nvidia-smi exited {result.exit_code}: {result.stderr_tail(1)}"
+    gpus, _bad = parse_query(result.stdout) if result.ok else ([], [])
+    return default_shards(len(gpus), gpus_per_shard, where=host, problem=problem)
+
+
+# --- status ------------------------------------------------------------------------------------
+
+def status(pods: Pods, args: list[str], *, as_json: bool, watch: bool) -> None:
+    """One `status --json` per pod (one round trip each), drawn as one table."""
+    from sweepctl import status as lib
+
+    pod_args = ["status", *args, "--json"]
+    if as_json and pods.single:  # the pod's JSON, byte for byte
+        with pods.transport(pods.hosts[0]) as t:
+            typer.echo(pods.sweepctl(t, pod_args).stdout, nl=False)
+        return
+    if as_json or not watch:
+        answers = pods.each(lambda h, t: pods.sweepctl_json(t, pod_args))
+        if pods.single:
+            remote_opts.raise_if_failed(answers)
+        model = _merge(pods, [(a, None) for a in answers])
+        if as_json:
+            typer.echo(json.dumps(model, indent=2))
+        else:
+            console.print(lib.render(model))
+        remote_opts.raise_if_failed(answers)
+        return
+    from rich.live import Live
+
+    models = watch_models(pods, pod_args)
+    with Live(lib.render(next(models)), console=console, refresh_per_second=1, screen=False) as live:
+        for model in models:
+            live.update(lib.render(model))
+
+
+def watch_models(pods: Pods, pod_args: list[str], *, interval: float = WATCH_INTERVAL_S,
+                 sleep: Any = time.sleep) -> Iterator[dict[str, Any]]:
+    """A merged status model per refresh, forever. A pod that stops answering (dropped connection,
+    rebooting) keeps its last answer on screen with the error in the footer; the next refresh
+    reconnects (SSHTransport opens a new connection when the old one died)."""
+    last: dict[str, tuple[dict[str, Any], float]] = {}
+    with pods.open_all() as transports:
+        first = True
+        while True:
+            if not first:
+                sleep(interval)
+            first = False
+            answers = pods.each(lambda h, t: pods.sweepctl_json(t, pod_args), transports)
+            now = time.monotonic()
+            shown = []
+            for a in answers:
+                if a.error is None:
+                    last[a.host] = (a.value, now)
+                    shown.append((a, None))
+                else:
+                    seen = last.get(a.host)
+                    shown.append((remote_opts.Answer(a.host, seen[0] if seen else None, a.error, a.connected),
+                                  now - seen[1] if seen else None))
+            yield _merge(pods, shown)
+
+
+def _merge(pods: Pods, answers: list[tuple[remote_opts.Answer[Any], float | None]]) -> dict[str, Any]:
+    from sweepctl.hosts import HostAnswer, merge_status
+
+    return merge_status([HostAnswer(a.host, a.value, a.describe() if a.error else None, age)
+                         for a, age in answers], host_column=not pods.single)
+
+
+# --- logs, stop, rerun -----------------------------------------------------------------------------
+
+def logs(pods: Pods, run_id: str, args: list[str]) -> None:
+    """Stream the pod's `sweepctl logs` (with -f: until the run ends or Ctrl-C, which stops the
+    remote command too). With several pods, the one that has the run's stdout.log is asked."""
+    from sweepctl import __version__
+    from sweepctl.remote import stream_sweepctl
+
+    host = pods.hosts[0]
+    if not pods.single:
+        probe = ["logs", run_id, "--lines", "0", *_probe_args(args)]
+        probes = pods.each(lambda h, t: pods.sweepctl(t, probe))
+        having = [a.host for a in probes if a.error is None]
+        if len(having) != 1:
+            why = "; ".join(f"{a.host}: {a.describe()}" for a in probes if a.error)
+            raise SweepctlError(f"{run_id} has a stdout.log on {len(having)} of {len(probes)} hosts"
+                                + (f" ({', '.join(having)})" if having else f" — {why}"),
+                                where=run_id, hint="pass the one --host that runs it (see `sweepctl status`)")
+        host = having[0]
+    with pods.transport(host) as t:
+        for line in stream_sweepctl(t, ["logs", run_id, *args], pods.remote_bin, expect_version=__version__):
+            typer.echo(line)
+
+
+def _probe_args(args: list[str]) -> list[str]:
+    """The forwarded `logs` options minus --follow and --lines N: a probe must return at once."""
+    out, words = [], iter(args)
+    for word in words:
+        if word == "--lines":
+            next(words, None)
+        elif word != "--follow":
+            out.append(word)
+    return out
+
+
+def stop(pods: Pods, args: list[str], *, shard: int | None, as_json: bool) -> None:
+    from sweepctl.cli import run_views
+
+    if shard is not None and not pods.single:
+        raise SweepctlError("--shard with several hosts is ambiguous: every pod has its own sweep-0, sweep-1, ...",
+                            hint="pass the one --host that runs the shard, or --all")
+    answers = pods.each(lambda h, t: pods.sweepctl_json(t, ["stop", *args, "--json"]))
+    if as_json:
+        out = answers[0].value if pods.single else {a.host: a.value if a.error is None else {"error": str(a.error)}
+                                                     for a in answers}
+        if out is not None:
+            typer.echo(json.dumps(out, indent=2))
+    else:
+        for a in answers:
+            if a.value is not None:
+                run_views.render_stop(a.value, prefix="" if pods.single else f"{a.host}: ")
+            elif not pods.single:
+                console.print(f"{a.host}: {a.describe()}", style="red", markup=False, highlight=False)
+    remote_opts.raise_if_failed(answers)
+
+
+def rerun(pods: Pods, run_id: str, args: list[str], *, as_json: bool) -> None:
+    from sweepctl.cli import run_views
+
+    host = pods.one("rerun")
+    with pods.transport(host) as t:
+        model = pods.sweepctl_json(t, ["rerun", run_id, *args, "--json"])
+    if as_json:
+        typer.echo(json.dumps(model, indent=2))
+        return
+    run_views.render_rerun(model, attach=f"sweepctl attach --host {host} {run_id}",
+                           logs=f"sweepctl logs {run_id} -f --host {host}")
+
+
+# --- report, bootstrap -------------------------------------------------------------------------
+
+def report(pods: Pods, args: list[str], *, fmt: str, plots: Path | None, baseline: str | None,
+           group_by: str, sweep: str | None) -> None:
+    """`report --format json` on each pod; several pods' runs are grouped again here, so seeds that
+    ran on different pods land in one group; tables, CSV, markdown and plots are made here."""
+    from sweepctl import report as lib
+    from sweepctl.cli.report_cmds import emit
+
+    pod_args = ["report", *args, "--format", "json"]
+    answers = pods.each(lambda h, t: pods.sweepctl_json(t, pod_args))
+    if pods.single:
+        remote_opts.raise_if_failed(answers)
+        emit(answers[0].value, fmt=fmt, plots_dir=plots, baseline=baseline)
+        return
+    got = [a for a in answers if a.value is not None]
+    if not got:
+        remote_opts.raise_if_failed(answers)
+    records = [dict(r, host=a.host) for a in got for r in a.value["runs"]]
+    data = lib.assemble(records, out_root=", ".join(f"{a.host}:{a.value['out_root']}" for a in got),
+                        sweep=sweep, group_by=group_by, now=max(a.value["generated"] for a in got))
+    data["warnings"] = ([f"{a.host}: {w}" for a in got for w in a.value["warnings"]] + data["warnings"]
+                        + [f"host {a.host}: {a.describe()} (its runs are missing)" for a in answers if a.error])
+    emit(data, fmt=fmt, plots_dir=plots, baseline=baseline)
+    remote_opts.raise_if_failed(answers)
+
+
+def bootstrap(pods: Pods, args: list[str], *, venv: Path | None, wheel: Path | None, python: str,
+              as_json: bool) -> None:
+    """Install this laptop's sweepctl (as a wheel) on each pod, then run its bootstrap there."""
+    from sweepctl.bootstrap import bootstrap_remote, build_wheel
+    from sweepctl.cli.pod_cmds import render_checklist
+
+    with tempfile.TemporaryDirectory(prefix="sweepctl-wheel-") as tmp:
+        built = wheel or build_wheel(Path(tmp))
+        answers = pods.each(lambda h, t: bootstrap_remote(t, built, args, venv=str(venv) if venv else None,
+                                                          python=python))
+    if as_json:
+        out = answers[0].value if pods.single else {a.host: a.value for a in answers}
+        typer.echo(json.dumps(out, indent=2))
+    failed: list[remote_opts.Answer[Any]] = []
+    for a in answers:
+        if a.value is None:
+            failed.append(a)
+            continue
+        if not as_json:
+            if not pods.single:
+                console.rule(a.host, align="left")
+            render_checklist(a.value)
+        bad = [c["name"] for c in a.value["checks"] if c["ok"] is False]
+        if bad or a.value.get("remote_error"):
+            hint = next((c["hint"] for c in a.value["checks"] if c["ok"] is False and c["hint"]), None)
+            failed.append(remote_opts.Answer(a.host, error=SweepctlError(
+                f"bootstrap incomplete: {', '.join(bad) or a.value['remote_error']}", where=a.host, hint=hint)))
+    remote_opts.raise_if_failed(failed)
+
+
+# --- attach, pull: commands of their own -----------------------------------------------------------
+
+def attach(
+    target: str = typer.Argument("0", metavar="SHARD|SESSION|RUN_ID",
+                                 help="A shard number (session sweep-N), a session name, or a run_id "
+                                      "(its rerun-<run_id> session)."),
+    host: list[str] | None = remote_opts.HOST,
+    remote_bin: str | None = remote_opts.REMOTE_BIN,
+    accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
+) -> None:
+    """Open a shard's tmux session, live (detach with Ctrl-b d). With --host: `ssh -t HOST`, then
+    the pod's own `sweepctl attach`, which knows the pod's tmux server."""
+    from sweepctl.settings import load_settings
+    from sweepctl.tmux import RERUN_PREFIX, SHARD_PREFIX, rerun_session, shard_session
+
+    if target.isdigit():
+        session = shard_session(int(target))
+    elif target.startswith((SHARD_PREFIX, RERUN_PREFIX)):
+        session = target
+    else:
+        session = rerun_session(target)
+    if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
+        from sweepctl.transport import system_ssh_argv
+
+        # paramiko cannot hand over a terminal; the system ssh client can, with the same policies.
+        argv = system_ssh_argv(pods.one("attach"), [pods.remote_bin, "attach", session],
+                               accept_new_host_key=accept_new_host_key)
+    else:
+        socket = load_settings().tmux_socket
+        argv = ["tmux", *(["-S", socket] if socket else []), "attach", "-t", session]
+    _exec(argv)
+
+
+def _exec(argv: list[str]) -> None:
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except FileNotFoundError:
+        raise SweepctlError(f"{argv[0]} is not installed here",
+                            hint="install openssh-client" if argv[0] == "ssh" else "install tmux") from None
+
+
+def pull(
+    host: list[str] | None = remote_opts.HOST,
+    to: Path | None = typer.Option(None, "--to", show_default=False,
+                                   help="Local folder \\[default: this machine's out_root, so status and report "
+                                        "read the pulled runs]. Several hosts: one subfolder per host."),
+    sweep: str | None = typer.Option(None, "--sweep", help="This sweep's runs \\[default: the latest launched]."),
+    all_runs: bool = typer.Option(False, "--all", help="Every run directory and manifest under the pod's out_root."),
+    checkpoints: bool = typer.Option(False, "--checkpoints", help="Copy checkpoints (*.pt) too; large."),
+    out_root: str | None = typer.Option(None, "--out-root", help="The pod's out_root \\[default: the pod's settings]."),
+    remote_bin: str | None = remote_opts.REMOTE_BIN,
+    accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
+) -> None:
+    """Copy a sweep's run directories and its .sweeps/<name> manifest from the pod(s), incrementally:
+    only files whose size or mtime changed; local files are never deleted."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from sweepctl.runs import SWEEPS_DIR
+    from sweepctl.settings import load_settings
+
+    pods = remote_opts.resolve(host, remote_bin, accept_new_host_key)
+    if pods is None:
+        raise SweepctlError("pull copies from a pod: pass --host HOST (or set SWEEPCTL_HOST)")
+    if all_runs and sweep:
+        raise SweepctlError("--all and --sweep are alternatives; pass one")
+    dest_root = (to or Path(load_settings().out_root)).expanduser().absolute()
+    status_args = ["status", "--json", *(["--out-root", out_root] if out_root else []),
+                   *(["--sweep", sweep] if sweep else [])]
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err_console, transient=True) as progress:
+        tasks = {h: progress.add_task(h, total=None) for h in pods.hosts}
+
+        def one(h: str, t: Any) -> tuple[Any, Path, str | None]:
+            model = pods.sweepctl_json(t, status_args)  # the pod's out_root, the sweep, its run_ids
+            dest = dest_root if pods.single else dest_root / h
+            name = model.get("sweep")
+            run_ids = {r["run_id"] for r in model["runs"]}
+            manifest = f"{SWEEPS_DIR}/{name}/"
+
+            def wanted(rel: str) -> bool:
+                return rel.split("/", 1)[0] in run_ids or (name is not None and rel.startswith(manifest))
+
+            def tick(done: int, total: int, rel: str) -> None:
+                progress.update(tasks[h], completed=done, total=total or 1, description=f"{h} {rel}"[:60])
+
+            report = t.sync_dir_from(model["out_root"], dest, include=None if all_runs else wanted,
+                                     include_checkpoints=checkpoints, progress=tick)
+            return report, dest, name
+
+        answers = pods.each(one)
+    for a in answers:
+        if a.value is None:
+            if not pods.single:
+                console.print(f"{a.host}: {a.describe()}", style="red", markup=False, highlight=False)
+            continue
+        report, dest, name = a.value
+        what = "every run" if all_runs else f"sweep {name}" if name else "every run (no sweep launched)"
+        line = (f"{a.host}: {what}: copied {len(report.copied)} file(s) ({_size(report.bytes_copied)}), "
+                f"{report.unchanged} unchanged")
+        if report.skipped_checkpoints:
+            line += f", {len(report.skipped_checkpoints)} checkpoint(s) skipped (--checkpoints copies them)"
+        console.print(f"{line} -> {dest}", markup=False, highlight=False)
+    remote_opts.raise_if_failed(answers)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(attach)
+    app.command()(pull)
+

@@ -1,0 +1,114 @@
+"""What launch, stop and rerun print, drawn from plain dicts.
+
+The local commands build the dict from the library's result and draw it; with `--json` they print
+the dict instead, which is what `--host` asks the pod for and draws here with the same functions.
+Only the "what next" hints differ (a pod's `tmux attach` is the laptop's `sweepctl attach --host`),
+so the callers pass those in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+from rich.table import Table
+
+from sweepctl.console import console, err_console
+
+
+def launch_model(preview: Any, result: Any | None = None) -> dict[str, Any]:
+    """`launch --json`: the pre-flight, the run table, and (after execute) the sessions started."""
+    return {
+        "sweep": preview.sweep.name,
+        "out_root": str(preview.out_root),
+        "sweep_dir": str(preview.sweep_dir),
+        "warnings": list(preview.sweep.warnings),
+        "checks": [asdict(c) for c in preview.checks],
+        "rows": [{"run_id": r.run_id, "state": r.state, "action": r.action, "detail": r.detail}
+                 for r in preview.rows],
+        "shard_count": preview.plan.shard_count,
+        "schedule": preview.plan.schedule,
+        "shards_to_start": list(preview.shards_to_start),
+        "dry_run": preview.options.dry_run,
+        "started": [asdict(s) for s in result.started] if result else [],
+        "refused_sessions": list(result.refused_sessions) if result else [],
+        "attach": result.attach if result else None,
+        "status_command": result.status_command if result else None,
+    }
+
+
+def render_launch_preview(model: dict[str, Any], *, detailed: bool) -> None:
+    """Warnings, the pre-flight table and the run table (all of it with --dry-run)."""
+    for w in model["warnings"]:
+        err_console.print(w, style="yellow", markup=False, highlight=False)
+    table = Table(title="pre-flight", title_justify="left")
+    for col in ("check", "", "found"):
+        table.add_column(col, overflow="fold")
+    for c in model["checks"]:
+        table.add_row(c["what"], "[green]ok[/]" if c["ok"] else "[bold red]FAIL[/]",
+                      c["detail"] + (f" — {c['hint']}" if c["hint"] and not c["ok"] else ""))
+    console.print(table)
+    rows = model["rows"]
+    actions = Counter(r["action"] for r in rows)
+    console.print(f"{len(rows)} runs: " + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())),
+                  highlight=False)
+    shown = rows if detailed else [r for r in rows if r["action"] not in ("run", "skip")
+                                   or r["state"] in ("failed", "running")]
+    if not shown:
+        return
+    table = Table(title="run table", title_justify="left")
+    for col in ("run_id", "state", "action", "why"):
+        table.add_column(col, overflow="fold")
+    for r in shown:
+        table.add_row(r["run_id"], r["state"], r["action"], r["detail"])
+    console.print(table)
+
+
+def sessions_text(shards: list[int]) -> str:
+    return ", ".join(f"sweep-{s}" for s in shards) or "no session"
+
+
+def render_launch_outcome(model: dict[str, Any], *, attach: str | None = None, status: str | None = None,
+                          show_status: bool = True, prefix: str = "") -> None:
+    """The sessions started and how to look at them; `attach`/`status` replace the pod's own hints
+    (several pods print one status line, after the last)."""
+    if model["dry_run"]:
+        console.print(f"{prefix}dry run: would start {sessions_text(model['shards_to_start'])}; "
+                      "nothing written, nothing started.", highlight=False)
+        return
+    if not model["started"]:
+        console.print(f"{prefix}nothing to start: every run is ok, running, or skipped.", highlight=False)
+        return
+    for s in model["started"]:
+        rows = f"{s['rows']} rows" if s["rows"] is not None else "claims rows"
+        console.print(f"{prefix}{s['how']} {s['session']}: CUDA_VISIBLE_DEVICES={s['devices']}, {rows}",
+                      highlight=False)
+    console.print(f"attach: {attach or model['attach']}", highlight=False)
+    if show_status:
+        console.print(f"status: {status or model['status_command']}", highlight=False)
+
+
+def stop_model(sent: list[Any], shard: int | None) -> dict[str, Any]:
+    return {"shard": shard, "sent": [s.to_json() for s in sent]}
+
+
+def render_stop(model: dict[str, Any], *, prefix: str = "") -> None:
+    if not model["sent"]:
+        console.print(f"{prefix}nothing to stop: no live runner"
+                      + (f" for shard {model['shard']}" if model["shard"] is not None else ""), highlight=False)
+        return
+    for s in model["sent"]:
+        what = (f"{s['kind']} pid {s['pid']}" + (f" ({s['session']})" if s["session"] else "")
+                + (f" {s['run_id']}" if s["run_id"] else ""))
+        console.print(f"{prefix}sent SIGINT to {what}", highlight=False)
+    console.print(f"{prefix}the trainers write summary.json (interrupted) and the runners start no new row; "
+                  "sessions stay open. Relaunch with --retry-failed to resume.", highlight=False)
+
+
+def render_rerun(model: dict[str, Any], *, attach: str | None = None, logs: str | None = None) -> None:
+    console.print(f"started {model['session']} ({model['previous_state']} before): "
+                  f"CUDA_VISIBLE_DEVICES={model['devices'] or '(none)'}; its previous files are kept as .bak-<time>",
+                  highlight=False)
+    console.print(f"attach: {attach or model['attach']}", highlight=False)
+    console.print(f"logs:   {logs or 'sweepctl logs ' + model['run_id'] + ' -f'}", highlight=False)
