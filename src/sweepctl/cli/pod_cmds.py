@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from sweepctl.cli import remote_opts
 from sweepctl.console import console, err_console
 
 data_app = typer.Typer(help="FineWeb token shards: download them, or make them from your own text.",
@@ -106,12 +107,28 @@ def bootstrap(
                                       help="Install this sweepctl wheel into the venv \\[default: this version]."),
     no_apt: bool = typer.Option(False, "--no-apt", help="Never run apt-get; say what to install instead."),
     as_json: bool = typer.Option(False, "--json", help="Print the checklist as JSON."),
+    python: str = typer.Option("python3", "--python", metavar="PATH",
+                               help="With --host: the pod's Python that creates the venv."),
+    host: list[str] | None = remote_opts.HOST,
+    remote_bin: str | None = remote_opts.REMOTE_BIN,
+    accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Make this pod ready for `launch`: SSH keys (authorized_keys never touched), venv, tmux, data,
-    project file. Safe to run again: a second run changes nothing."""
+    project file. Safe to run again: a second run changes nothing. With --host: install this
+    machine's sweepctl on the pod first, then run it there."""
     from sweepctl import bootstrap as bs
     from sweepctl import settings as st
     from sweepctl.errors import SweepctlError
+
+    if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
+        from sweepctl.cli import remote_cmds
+
+        if no_venv:
+            raise SweepctlError("--no-venv is for a bootstrap run on the pod itself",
+                                hint="with --host, sweepctl goes into a venv on the pod (--venv DIR picks it)")
+        # --venv and the wheel are the laptop's to pass (bootstrap_remote); --json is asked for there.
+        return remote_cmds.bootstrap(pods, remote_opts.forwarded(exclude=("venv", "wheel", "as_json", "python")),
+                                     venv=venv, wheel=wheel, python=python, as_json=as_json)
 
     home = Path.home()
     volume = st.volume()

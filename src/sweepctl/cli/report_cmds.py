@@ -17,6 +17,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from sweepctl.cli import remote_opts
 from sweepctl.console import console, err_console
 from sweepctl.errors import SweepctlError
 
@@ -254,6 +255,9 @@ def report_command(
     fmt: str = typer.Option("table", "--format", help="table, md, csv or json."),
     plots: Path | None = typer.Option(None, "--plots", help="Write PNG plots (and report.md with --format md) here."),
     baseline: str | None = typer.Option(None, "--baseline", help="Group to compare every other group against."),
+    host: list[str] | None = remote_opts.HOST,
+    remote_bin: str | None = remote_opts.REMOTE_BIN,
+    accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Aggregate a sweep's results: mean ± std over seeds per group, compare to a baseline, plot."""
     from sweepctl import report
@@ -261,6 +265,12 @@ def report_command(
 
     if fmt not in FORMATS:
         raise SweepctlError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
+        from sweepctl.cli import remote_cmds
+
+        # The pods collect (JSON); tables, plots and the baseline comparison are made here.
+        return remote_cmds.report(pods, remote_opts.forwarded(exclude=("fmt", "plots", "baseline")), fmt=fmt,
+                                  plots=plots, baseline=baseline, group_by=group_by, sweep=sweep)
     settings = load_settings(out_root=out_root)
     data = report.collect(settings.out_root, sweep=sweep, group_by=group_by,
                           stale_after_s=settings.stale_after_s)
