@@ -40,6 +40,11 @@ def launch(
                                       help="End a run whose iteration has not advanced for S seconds (0: never)."),
     run_timeout: float | None = typer.Option(None, "--run-timeout", help="End a run after S seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print the pre-flight, run table and sessions started as JSON."),
+    backend: str = typer.Option("tmux", "--backend",
+                                help="tmux (a session per shard on this machine) or ray (a Ray task per row)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", metavar="ADDR",
+                                           help="Ray cluster for --backend ray, HEAD_IP:6379 \\[default: RAY_ADDRESS, "
+                                                "else the cluster started on this machine]."),
     host: list[str] | None = remote_opts.LAUNCH_HOST,
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
@@ -57,6 +62,16 @@ def launch(
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir)
+    if backend != "tmux":  # Ray, not shards, places the rows: one driver session, no shard options
+        from sweepctl.cli import cluster_cmds
+
+        return cluster_cmds.launch_on_backend(
+            backend, csv_path, settings, ray_address=ray_address, as_json=as_json,
+            shard_flags={"--shards": shards is not None, "--schedule": schedule != "static",
+                         "--gpus-per-shard": gpus_per_shard != 1, "--fail-fast": fail_fast},
+            name=name, no_wandb=no_wandb, dry_run=dry_run, force=force, retry_failed=retry_failed,
+            skip_failed=skip_failed, max_retries=max_retries, stall_after_s=stall_after or None,
+            run_timeout_s=run_timeout)
     if shards is None:
         from sweepctl.gpus import query_gpus
         from sweepctl.hosts import default_shards

@@ -1,0 +1,475 @@
+"""The Ray backend: each row to run becomes a Ray task that runs the shard runner's per-row code path.
+
+    sweepctl ray up --head pod-a --worker pod-b           # a Ray cluster on the pods (ray_cluster.py)
+    sweepctl launch sweeps/fineweb.csv --backend ray --ray-address 10.0.0.5:6379
+
+`prepare` is launch's own `prepare` (CSV, plan, run table, data and out-root checks) with the GPU
+line answered by the Ray cluster instead of nvidia-smi; `execute` writes the same
+`.sweeps/<name>/` manifest and starts the driver in tmux session `sweep-ray`, then returns. The
+driver (`Driver`, hidden command `sweepctl ray-driver`) submits one task per row with
+`num_gpus=row.gpus`, `max_retries=--max-retries` and `retry_exceptions=[RowFailed]`. A task
+(`run_row_task`) runs `ShardRunner.run_row` for its row with Ray's GPU ids as
+CUDA_VISIBLE_DEVICES — the same lock, run table, trainer child, tee, summaries and `.bak-` copies as
+a shard runner — and raises `RowFailed` when the row ended failed, so Ray runs it again.
+
+Why a driver in tmux: Ray ends a driver's tasks when the driver exits, so the driver must outlive
+`launch`; in tmux it also survives the SSH session, like the shard runners.
+
+Run directories are written under the planned out_root on whichever node runs the row: put
+out_root on a volume every node mounts (or `pull` from each node). Every node needs the data.
+
+The only module that imports ray, and only inside functions: without the `ray` extra installed,
+`import_ray` raises a SweepctlError saying how to install it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+from sweepctl import launch, runs
+from sweepctl.errors import RefusedError, SweepctlError
+from sweepctl.plan import Plan, PlannedRun
+from sweepctl.runner import DEFAULT_STALL_AFTER_S, RunnerOptions, ShardRunner, load_plan
+from sweepctl.settings import Settings
+from sweepctl.spec import read_sweep
+from sweepctl.tmux import Tmux, attach_command
+
+RAY_VERSION = "2.60.0"  # the `ray` extra's pin: the driver and every node must run the same Ray
+INSTALL_HINT = f"pip install 'sweepctl[ray]' (Ray {RAY_VERSION}) here and on every node"
+DRIVER_SESSION = "sweep-ray"  # a `sweep-` name, so status lists it with the shard sessions
+DRIVER_LOG, DRIVER_STATE = "ray-driver.log", "ray-driver.json"
+TASK_LOG_DIR = "ray"  # .sweeps/<name>/ray/<launch_id>/<run_id>.log: each row's runner log
+CONNECT_TIMEOUT_S = 5.0  # ray.init retries an unreachable address for minutes; a TCP probe says so in seconds
+WAIT_POLL_S = 1.0  # how often the driver wakes to notice a stop signal
+
+
+def import_ray() -> ModuleType:
+    try:
+        import ray
+    except ImportError:
+        raise SweepctlError("the Ray backend needs Ray, which is not installed", hint=INSTALL_HINT) from None
+    return ray
+
+
+class RowFailed(Exception):
+    """A row's task raises this when the row ended failed, so Ray retries it (`retry_exceptions`)."""
+
+    def __init__(self, run_id: str, detail: str, attempt: int | None = None):
+        super().__init__(run_id, detail, attempt)
+        self.run_id, self.detail, self.attempt = run_id, detail, attempt
+
+    def __str__(self) -> str:
+        return f"{self.run_id} failed (attempt {self.attempt}): {self.detail}"
+
+
+# --- connecting ----------------------------------------------------------------------------------
+
+def default_address(address: str | None) -> str:
+    """--ray-address, else RAY_ADDRESS, else `auto` (the cluster `ray start` left on this machine)."""
+    return address or os.environ.get("RAY_ADDRESS") or "auto"
+
+
+def _probe(address: str) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # `auto` and other forms Ray resolves itself, quickly
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise SweepctlError(f"no Ray cluster answers at {address}: {e.strerror or e}", where=address,
+                            hint="start one (`sweepctl ray up --head HOST ...` or `ray start --head`) "
+                                 "or pass the head's --ray-address IP:6379") from None
+
+
+@contextlib.contextmanager
+def connected(address: str) -> Iterator[ModuleType]:
+    """Ray, connected to `address`; a process already connected (a test, a notebook) keeps its connection."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    _probe(address)
+    try:
+        ray.init(address=address, logging_level="WARNING", configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SweepctlError(f"could not connect to Ray at {address}: {str(e).splitlines()[0]}", where=address,
+                            hint="start a cluster with `sweepctl ray up` (or `ray start --head`), or pass "
+                                 "--ray-address HEAD_IP:6379") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+# --- launch: prepare (reads), execute (writes, starts the driver) --------------------------------
+
+@dataclass
+class RayLaunchOptions(launch.LaunchOptions):
+    """launch's options plus the backend's; `asdict` puts them into launch.json."""
+
+    shards: int = 1  # one plan shard: Ray, not the plan, places rows
+    backend: str = "ray"
+    ray_address: str | None = None
+
+
+def prepare(csv_path: Path, options: RayLaunchOptions, settings: Settings) -> launch.LaunchPreview:
+    """launch.prepare for a Ray cluster: the GPU pre-flight line asks the cluster, not nvidia-smi."""
+    sweep = read_sweep(csv_path, name=options.name)  # read once more below; cheap, and keeps launch.py as is
+    options.shards, options.schedule = 1, "dynamic"
+    options.gpus_per_shard = max((r.gpus for r in sweep.runs), default=1)
+    options.ray_address = default_address(options.ray_address)
+    preview = launch.prepare(csv_path, options, settings)
+    check, resolved = cluster_check(options.ray_address, preview.plan)
+    if resolved:
+        options.ray_address = resolved  # the driver connects to what we checked, not to `auto` again
+    preview.checks = [check if c.what == "GPUs" else c for c in preview.checks]
+    return preview
+
+
+def cluster_check(address: str, plan: Plan) -> tuple[launch.Check, str | None]:
+    """One pre-flight line: the cluster's GPUs against the rows'; and the cluster's GCS address.
+
+    A row asking for more GPUs than the largest node has would wait in Ray's queue forever."""
+    what = f"Ray {address}"
+    try:
+        with connected(address) as ray:
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            resolved = ray.get_runtime_context().gcs_address
+    except SweepctlError as e:
+        return launch.Check(what, False, e.message, hint=e.hint or ""), None
+    what = f"Ray {resolved}"
+    gpus = [float(n.get("Resources", {}).get("GPU", 0)) for n in nodes]
+    cpus = sum(float(n.get("Resources", {}).get("CPU", 0)) for n in nodes)
+    largest = max(gpus, default=0.0)
+    found = (f"{len(nodes)} node(s), {sum(gpus):g} GPUs (largest node {largest:g}), {cpus:g} CPUs, "
+             f"ray {ray.__version__}")
+    too_big = [r for r in plan.runs if r.gpus > largest]
+    if too_big:
+        r = max(too_big, key=lambda r: r.gpus)
+        return launch.Check(what, False, f"{found}: {len(too_big)} row(s) need more GPUs than any node has, "
+                            f"e.g. {r.run_id} asks for {r.gpus}",
+                            hint="add nodes with more GPUs, lower the rows' gpus column, or (CPU rows) start "
+                                 "Ray with --num-gpus N logical GPUs"), resolved
+    return launch.Check(what, True, f"{found}; rows ask for 1..{max(r.gpus for r in plan.runs)} each"), resolved
+
+
+@dataclass
+class RayLaunchResult:
+    preview: launch.LaunchPreview
+    how: str | None  # started | replaced | None when nothing was left to run
+    rows: int
+    address: str
+    attach: str
+    status_command: str
+
+
+def driver_argv(preview: launch.LaunchPreview, *, launch_id: str) -> list[str]:
+    o = preview.options
+    assert isinstance(o, RayLaunchOptions)
+    argv = [sys.executable, "-m", "sweepctl", "ray-driver", str(preview.sweep_dir), "--address",
+            default_address(o.ray_address), "--launch-id", launch_id, "--max-retries", str(o.max_retries),
+            "--stale-after", repr(preview.settings.stale_after_s)]
+    for flag, on in (("--force", o.force), ("--retry-failed", o.retry_failed), ("--skip-failed", o.skip_failed)):
+        if on:
+            argv.append(flag)
+    if o.stall_after_s:
+        argv += ["--stall-after", repr(float(o.stall_after_s))]
+    if o.run_timeout_s:
+        argv += ["--run-timeout", repr(float(o.run_timeout_s))]
+    return argv
+
+
+def execute(preview: launch.LaunchPreview, *, tmux: Tmux | None = None) -> RayLaunchResult:
+    """Refuse up front as launch does, then write the manifest and start the driver session."""
+    launch.refuse_if_needed(preview)
+    o = preview.options
+    assert isinstance(o, RayLaunchOptions)
+    socket_path = preview.settings.tmux_socket
+    result = RayLaunchResult(preview, None, len(preview.todo), default_address(o.ray_address),
+                             attach_command(DRIVER_SESSION, socket_path),
+                             f"sweepctl status --out-root {preview.out_root}")
+    if not preview.todo:
+        return result
+    tmux = tmux or Tmux(socket_path)
+    info = tmux.session(DRIVER_SESSION)
+    if info is not None and info.alive:
+        raise RefusedError(f"tmux session {DRIVER_SESSION} is still running a Ray driver",
+                           where=DRIVER_SESSION, hint=f"wait for it, or `sweepctl stop --all`; look: {result.attach}")
+    launched_at = time.time()
+    launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
+    launch.write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=[])
+    result.how = tmux.start(DRIVER_SESSION, driver_argv(preview, launch_id=launch_id), env={}, cwd=Path.cwd())
+    return result
+
+
+# --- the task: one row, on whichever node Ray picked ---------------------------------------------
+
+@dataclass
+class TaskPayload:
+    """What every task needs, put into Ray's object store once per launch (not once per row)."""
+
+    plan_json: str
+    sweep_dir: str
+    launch_id: str
+    files: dict[str, bytes]  # plan.json and config copies, relative to sweep_dir: for nodes that lack them
+    force: bool = False
+    retry_failed: bool = False
+    stall_after_s: float | None = DEFAULT_STALL_AFTER_S
+    run_timeout_s: float | None = None
+    stale_after_s: float = 120.0
+    kill_grace_s: float = 30.0
+
+
+def task_session(launch_id: str, run_id: str) -> str:
+    # ShardRunner logs to <sweep_dir>/<session>.log: one log per row and launch, in a folder of its own.
+    return f"{TASK_LOG_DIR}/{launch_id}/{run_id}"
+
+
+def run_row_task(payload: TaskPayload, run_id: str) -> dict[str, Any]:
+    """Run one row as a shard runner would; raise RowFailed when it ended failed (Ray retries it).
+
+    Each attempt starts a fresh run-table decision with `launched_at` = now, so a retry sees the
+    previous attempt's failed summary as older and runs again (resuming from its checkpoint when
+    there is one), and the runner keeps the previous attempt's logs as `.bak-` copies. A retry is
+    recognised by the run's runner.json naming this launch's task session: it never repeats
+    `--force` (a row that finished ok must not be redone) and always retries a failure."""
+    import ray
+
+    sweep_dir = Path(payload.sweep_dir)
+    _materialize(sweep_dir, payload.files)
+    plan = Plan.model_validate_json(payload.plan_json)
+    planned = plan.run(run_id)
+    session = task_session(payload.launch_id, run_id)
+    (sweep_dir / session).parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(planned.config["out_dir"])
+    previous = runs.read_json(directory / runs.OWNER) or {}
+    retry = previous.get("session") == session
+    devices = ",".join(str(g) for g in ray.get_gpu_ids())
+    options = RunnerOptions(
+        sweep_dir=sweep_dir, shard=None, devices=devices, session=session, only=[run_id],
+        max_retries=0,  # Ray retries (possibly on another node); the runner does one attempt per task
+        stall_after_s=payload.stall_after_s, run_timeout_s=payload.run_timeout_s,
+        on_failed="retry" if retry or payload.retry_failed else "skip", force=payload.force and not retry,
+        launched_at=time.time(), kill_grace_s=payload.kill_grace_s, stale_after_s=payload.stale_after_s)
+    with open(os.devnull, "wb") as pane:  # the driver's pane shows one line per row; the log has it all
+        runner = ShardRunner(plan, options, pane=pane)
+        try:
+            with _forwarding_signals(runner):
+                outcome = runner.run_row(planned)
+        finally:
+            runner.shard_log.close()
+    attempt = (runs.read_json(directory / runs.OWNER) or {}).get("attempt")
+    if outcome.result == "failed":
+        raise RowFailed(run_id, f"{outcome.detail} (on {runs.HOST}, CUDA_VISIBLE_DEVICES={devices})", attempt)
+    return {"run_id": run_id, "result": outcome.result, "detail": outcome.detail, "host": runs.HOST,
+            "devices": devices, "attempt": attempt}
+
+
+@contextlib.contextmanager
+def _forwarding_signals(runner: ShardRunner) -> Iterator[None]:
+    """While the row runs, SIGINT (`ray.cancel`) and SIGTERM (`ray stop`) reach the runner, which
+    passes them to the trainer: it writes an `interrupted` summary instead of dying mid-write.
+
+    Ray's worker blocks SIGINT, and a blocked signal mask survives fork and exec: unblocked here,
+    or the trainer child would never hear the stop the runner forwards to it."""
+    stopping = {signal.SIGINT, signal.SIGTERM}
+    previous = {}
+    try:
+        for sig in stopping:
+            previous[sig] = signal.signal(sig, runner._on_signal)
+    except ValueError:
+        pass  # not the main thread (an async actor): Ray's own handling applies
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _materialize(sweep_dir: Path, files: dict[str, bytes]) -> None:
+    """A node without the launch's volume still needs plan.json and the config copies the argv names."""
+    for rel, content in files.items():
+        path = sweep_dir / rel
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+
+
+def manifest_files(sweep_dir: Path, plan: Plan) -> dict[str, bytes]:
+    """plan.json and every file under configs/: what a task's trainer argv may refer to."""
+    files = {launch.PLAN_FILE: (sweep_dir / launch.PLAN_FILE).read_bytes()}
+    configs = sweep_dir / "configs"
+    if configs.is_dir():
+        for p in sorted(configs.rglob("*")):
+            if p.is_file() and ".bak-" not in p.name:
+                files[str(p.relative_to(sweep_dir))] = p.read_bytes()
+    return files
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+@dataclass
+class DriverOptions:
+    sweep_dir: Path
+    address: str
+    launch_id: str
+    max_retries: int = 0
+    force: bool = False
+    retry_failed: bool = False
+    skip_failed: bool = False
+    stall_after_s: float | None = DEFAULT_STALL_AFTER_S
+    run_timeout_s: float | None = None
+    stale_after_s: float = 120.0
+    kill_grace_s: float = 30.0
+    session: str = DRIVER_SESSION
+
+
+@dataclass
+class RowResult:
+    run_id: str
+    result: str  # ok | failed | interrupted | skipped
+    detail: str = ""
+    host: str | None = None
+    devices: str | None = None
+    attempt: int | None = None
+
+
+@dataclass
+class Driver:
+    """Submits the rows, reports each as it ends, and cancels what is left on a stop signal."""
+
+    plan: Plan
+    o: DriverOptions
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    results: list[RowResult] = field(default_factory=list)
+    stop_signal: int | None = None
+
+    def __post_init__(self) -> None:
+        self.log = open(self.o.sweep_dir / DRIVER_LOG, "a")  # noqa: SIM115 (open for the driver's life)
+        self.state_path = self.o.sweep_dir / DRIVER_STATE
+
+    def say(self, message: str) -> None:
+        """To the pane and ray-driver.log: the driver's history outlives its tmux pane."""
+        line = f"[sweepctl {self.o.session} {time.strftime('%H:%M:%S')}] {message}\n"
+        for stream in (self.out, self.log):
+            try:
+                stream.write(line)
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_signal = signum  # acted on by the wait loop: no Ray calls inside a signal handler
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def _write_state(self, **fields: Any) -> None:
+        # Shaped like a shard runner's state file, so `sweepctl stop` finds and signals the driver.
+        runs.write_json_atomic(self.state_path, {
+            "session": self.o.session, "shard": None, "pid": os.getpid(), "host": runs.HOST,
+            "address": self.o.address, "launch_id": self.o.launch_id, **fields})
+
+    def rows_to_run(self) -> list[PlannedRun]:
+        """The run table again, as launch applied it: rows finished since launch are not submitted."""
+        options = launch.LaunchOptions(shards=1, force=self.o.force, retry_failed=self.o.retry_failed,
+                                       skip_failed=self.o.skip_failed)
+        out_root = self.o.sweep_dir.parent.parent  # <out_root>/.sweeps/<name>
+        decisions, _refusals = launch.apply_run_table(self.plan, options, out_root, self.o.stale_after_s)
+        for d in decisions:
+            if d.action == "skip":
+                self.results.append(RowResult(d.run_id, "skipped", d.detail or d.state))
+        return [self.plan.run(d.run_id) for d in decisions if d.action != "skip"]
+
+    def run(self) -> int:
+        """0 when no row failed. Ray must be connected (`driver_main` does it)."""
+        import ray
+
+        start = time.time()
+        self._write_state(started=start)
+        todo = self.rows_to_run()
+        payload = TaskPayload(
+            plan_json=self.plan.model_dump_json(), sweep_dir=str(self.o.sweep_dir), launch_id=self.o.launch_id,
+            files=manifest_files(self.o.sweep_dir, self.plan), force=self.o.force,
+            retry_failed=self.o.retry_failed, stall_after_s=self.o.stall_after_s,
+            run_timeout_s=self.o.run_timeout_s, stale_after_s=self.o.stale_after_s, kill_grace_s=self.o.kill_grace_s)
+        payload_ref = ray.put(payload)
+        task = ray.remote(run_row_task)
+        pending = {}
+        for r in todo:
+            ref = task.options(num_gpus=r.gpus, max_retries=self.o.max_retries, retry_exceptions=[RowFailed],
+                               name=f"sweepctl {r.run_id}").remote(payload_ref, r.run_id)
+            pending[ref] = r.run_id
+        self.say(f"sweep {self.plan.sweep}: driver pid {os.getpid()} on Ray {self.o.address}; {len(todo)} row(s) "
+                 f"submitted, {len(self.results)} skipped; retries per row: {self.o.max_retries}; "
+                 f"row logs in {self.o.sweep_dir / TASK_LOG_DIR / self.o.launch_id}")
+        cancelled = False
+        while pending:
+            if self.stop_signal is not None and not cancelled:
+                self.say(f"signal {self.stop_signal}: cancelling {len(pending)} row(s); running trainers write "
+                         "`interrupted` summaries")
+                for ref in pending:
+                    ray.cancel(ref)  # not force: the task hears SIGINT and lets its trainer finish cleanly
+                cancelled = True
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S)
+            for ref in ready:
+                self._report(self._result(ray, ref, pending.pop(ref)))
+        counts = {k: sum(1 for r in self.results if r.result == k) for k in ("ok", "failed", "interrupted", "skipped")}
+        stopped = " (stopped)" if self.stop_signal is not None else ""
+        line = (f"{self.o.session} done{stopped}: {counts['ok']} ok, {counts['failed']} failed, "
+                f"{counts['interrupted']} interrupted, {counts['skipped']} skipped in {time.time() - start:.0f} s")
+        failed = [r.run_id for r in self.results if r.result == "failed"]
+        if failed:
+            line += f"; failed: {', '.join(failed)}"
+        self._write_state(started=start, finished=time.time(), counts=counts)
+        self.say(line)
+        self.log.close()
+        return 1 if failed else 0
+
+    def _result(self, ray: ModuleType, ref: Any, run_id: str) -> RowResult:
+        try:
+            value = ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            return RowResult(run_id, "interrupted", "cancelled")
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, RowFailed):
+                return RowResult(run_id, "failed", cause.detail, attempt=cause.attempt)
+            return RowResult(run_id, "failed", f"task error: {str(cause or e).splitlines()[0]}")
+        except ray.exceptions.RayError as e:  # worker or node died after the last retry
+            return RowResult(run_id, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return RowResult(run_id, value["result"], value.get("detail") or "", value.get("host"), value.get("devices"),
+                         value.get("attempt"))
+
+    def _report(self, r: RowResult) -> None:
+        self.results.append(r)
+        where = f" on {r.host} (CUDA_VISIBLE_DEVICES={r.devices})" if r.host else ""
+        attempt = f", attempt {r.attempt}" if r.attempt else ""
+        detail = f": {r.detail}" if r.detail and r.result != "ok" else ""
+        self.say(f"{r.run_id}: {r.result}{where}{attempt}{detail}")
+
+
+def driver_main(options: DriverOptions) -> int:
+    """Entry point of the hidden `sweepctl ray-driver` command (runs in tmux session sweep-ray)."""
+    plan = load_plan(options.sweep_dir)
+    with connected(options.address):
+        driver = Driver(plan, options)
+        driver.install_signal_handlers()
+        return driver.run()
