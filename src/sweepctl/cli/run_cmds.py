@@ -250,6 +250,7 @@ def runner(
     session: str = typer.Option(..., "--session"),
     claims: Path | None = typer.Option(None, "--claims"),
     only: list[str] | None = typer.Option(None, "--only"),
+    row_index: int | None = typer.Option(None, "--row-index", help="Run exactly this row (a Slurm array task)."),
     fail_fast: bool = typer.Option(False, "--fail-fast"),
     max_retries: int = typer.Option(0, "--max-retries"),
     stall_after: float | None = typer.Option(None, "--stall-after"),
@@ -263,6 +264,10 @@ def runner(
     """The shard runner (runs inside a tmux session started by launch or rerun)."""
     from sweepctl import runner as lib
 
+    if row_index is not None:
+        from sweepctl.slurm import run_id_of_row
+
+        only = [run_id_of_row(lib.load_plan(sweep_dir), row_index, sweep_dir)]
     options = lib.RunnerOptions(sweep_dir=sweep_dir, shard=shard, devices=devices, session=session,
                                 claims_dir=claims, only=only or None, fail_fast=fail_fast, max_retries=max_retries,
                                 stall_after_s=stall_after, run_timeout_s=run_timeout,

@@ -1,0 +1,142 @@
+"""`sweepctl export slurm`: a sweep as an sbatch job array, one array task per row.
+
+    exported = export(Path("sweeps/fineweb.csv"), SlurmOptions(concurrency=8), settings)
+    # sbatch <out_root>/.sweeps/fineweb/fineweb.sbatch
+
+The CSV is validated and planned as `launch` does, and the same `.sweeps/<name>/` manifest is
+written (plan.json, CSV and config copies, launch.json), so `status` and `report` read a Slurm
+sweep like any other. Array task I runs `sweepctl runner SWEEP_DIR --row-index I`: the shard
+runner's per-row code path (lock, run table, trainer, tee, summary, `.bak-` copies) for row I,
+on the GPUs Slurm gave it (CUDA_VISIBLE_DEVICES). The array spans every row, and a row that is
+already ok is skipped in a second, so submitting the script again finishes what is left.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweepctl import __version__, launch
+from sweepctl.errors import SpecError, SweepctlError
+from sweepctl.plan import Plan
+from sweepctl.settings import Settings
+from sweepctl.spec import read_sweep
+
+SLURM_LOG_DIR = "slurm"  # .sweeps/<name>/slurm/<job>_<task>.out; sbatch does not create it
+
+
+@dataclass
+class SlurmOptions(launch.LaunchOptions):
+    """launch's options plus the array's; `asdict` puts them into launch.json."""
+
+    shards: int = 1  # one plan shard: Slurm, not the plan, places rows
+    backend: str = "slurm"
+    gpus_per_task: int | None = None  # None: the most any row asks for
+    concurrency: int | None = None  # at most this many array tasks at once; None: Slurm's limit
+    script: str | None = None
+
+
+@dataclass
+class SlurmExport:
+    preview: launch.LaunchPreview
+    script: Path
+    rows: int
+    array: str
+    warnings: list[str]
+
+
+def array_spec(rows: int, concurrency: int | None) -> str:
+    return f"0-{rows - 1}" + (f"%{concurrency}" if concurrency else "")
+
+
+def export(csv_path: Path, options: SlurmOptions, settings: Settings, output: Path | None = None) -> SlurmExport:
+    sweep = read_sweep(csv_path, name=options.name)
+    most = max((r.gpus for r in sweep.runs), default=1)
+    k = options.gpus_per_task or most
+    problems = [f"{sweep.csv_path}:{r.line}: {r.run_id!r} asks for {r.gpus} GPUs but each array task gets "
+                f"{k}; use --gpus-per-task {r.gpus}" for r in sweep.runs if r.gpus > k]
+    if k < 1:
+        problems.insert(0, f"{sweep.csv_path}:1: --gpus-per-task must be at least 1 (got {k})")
+    if options.concurrency is not None and options.concurrency < 1:
+        problems.insert(0, f"{sweep.csv_path}:1: --concurrency must be at least 1 (got {options.concurrency})")
+    if problems:
+        raise SpecError(problems)
+    options.shards, options.schedule, options.gpus_per_shard, options.gpus_per_task = 1, "dynamic", k, k
+    preview = launch.prepare(csv_path, options, settings)
+    # The array runs on other machines: this one's GPUs and tmux say nothing about them. Data and
+    # out-root usually sit on a shared filesystem, so their checks still warn early.
+    warnings = [f"{c.what}: {c.detail}" + (f" — {c.hint}" if c.hint else "")
+                for c in preview.checks if not c.ok and c.what not in ("GPUs", "tmux")]
+    warnings += [f"{r}; the array tasks skip them" + ("" if options.retry_failed else " (--retry-failed runs them)")
+                 for r in preview.refusals if "failed run" in r]
+    script = (output or preview.sweep_dir / f"{sweep.name}.sbatch").absolute()
+    options.script = str(script)
+    launched_at = time.time()
+    launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
+    launch.write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=[])
+    (preview.sweep_dir / SLURM_LOG_DIR).mkdir(parents=True, exist_ok=True)
+    text = render(preview, options)
+    script.parent.mkdir(parents=True, exist_ok=True)
+    tmp = script.with_name(f".{script.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    os.replace(tmp, script)
+    return SlurmExport(preview, script, len(preview.plan.runs), array_spec(len(preview.plan.runs), options.concurrency),
+                       warnings)
+
+
+def runner_words(preview: launch.LaunchPreview, options: SlurmOptions) -> list[str]:
+    """The runner's fixed arguments; the per-task ones ($row, devices, time) are added in the script."""
+    words = ["-m", "sweepctl", "runner", str(preview.sweep_dir), "--max-retries", str(options.max_retries),
+             "--stale-after", repr(preview.settings.stale_after_s)]
+    if options.retry_failed:
+        words += ["--on-failed", "retry"]
+    if options.stall_after_s:
+        words += ["--stall-after", repr(float(options.stall_after_s))]
+    if options.run_timeout_s:
+        words += ["--run-timeout", repr(float(options.run_timeout_s))]
+    return words
+
+
+def render(preview: launch.LaunchPreview, options: SlurmOptions) -> str:
+    """The sbatch script. Directives are comments to bash, so `bash SCRIPT` with SLURM_ARRAY_TASK_ID
+    set runs one task here — how the tests (and a user checking a row) run it."""
+    name = preview.sweep.name
+    rows = len(preview.plan.runs)
+    logs = preview.sweep_dir / SLURM_LOG_DIR
+    q = shlex.quote
+    return f"""#!/bin/bash
+#SBATCH --job-name={q(name)}
+#SBATCH --array={array_spec(rows, options.concurrency)}
+#SBATCH --gres=gpu:{options.gpus_per_task}
+#SBATCH --output={logs}/%A_%a.out
+#
+# Sweep {name}: {rows} rows, array task I runs row I (0-based, CSV order) with the shard runner's
+# per-row code path: run lock, run table (ok rows are skipped, stale ones resumed), trainer,
+# stdout.log, summary.json. Submitting this again runs only what is not ok yet.
+# Written by `sweepctl export slurm` (sweepctl {__version__}) from {preview.sweep.csv_path.absolute()}.
+#   submit: sbatch {options.script}
+#   watch:  sweepctl status --out-root {preview.out_root} --sweep {name}
+#   one row here, without Slurm: SLURM_ARRAY_TASK_ID=0 bash {options.script}
+set -euo pipefail
+row="${{SLURM_ARRAY_TASK_ID:?set by sbatch --array: the row index to run}}"
+# The interpreter that has sweepctl; override with SWEEPCTL_PYTHON=... (e.g. sbatch --export=ALL,SWEEPCTL_PYTHON=...).
+python="${{SWEEPCTL_PYTHON:-{q(sys.executable)}}}"
+# Slurm sets CUDA_VISIBLE_DEVICES for --gres=gpu; the runner passes it on and the trainer records it.
+devices="${{CUDA_VISIBLE_DEVICES:-${{SLURM_JOB_GPUS:-}}}}"
+exec "$python" {shlex.join(runner_words(preview, options))} \\
+    --row-index "$row" --devices "$devices" --session "slurm-$row" --launched-at "$(date +%s)"
+"""
+
+
+def run_id_of_row(plan: Plan, row_index: int, sweep_dir: Path) -> str:
+    """The run of row `row_index` (0-based, CSV order): what array task $SLURM_ARRAY_TASK_ID runs."""
+    for r in plan.runs:
+        if r.row_index == row_index:
+            return r.run_id
+    raise SweepctlError(f"no row {row_index}: the sweep has rows 0-{len(plan.runs) - 1}", where=str(sweep_dir),
+                        hint="the --array range must match the plan; export the script again")

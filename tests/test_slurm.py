@@ -1,0 +1,93 @@
+"""`sweepctl export slurm`: the sbatch script is valid bash, and one array task run here, with
+SLURM_ARRAY_TASK_ID set and the #SBATCH lines read as comments, makes exactly its row's run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cli import run_cli
+from sweep_helpers import TINY, Workspace
+from sweepctl import runs
+
+pytest_plugins = ["sweep_fixtures"]
+
+
+def directives(script: Path) -> list[str]:
+    return [line.removeprefix("#SBATCH ") for line in script.read_text().splitlines() if line.startswith("#SBATCH ")]
+
+
+def run_task(script: Path, row: str | None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    if row is not None:
+        env["SLURM_ARRAY_TASK_ID"] = row
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_one_array_task_run_here_makes_exactly_its_rows_run_directory(
+        workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = workspace
+    csv = ws.csv([("a", ""), ("b", ""), ("c", "")], name="grid")
+    script = ws.root / "grid.sbatch"
+    r = run_cli(capsys, "export", "slurm", str(csv), "--concurrency", "2", "-o", str(script), "--no-wandb")
+    assert r.code == 0, r.err
+    sweep_dir = ws.out_root / ".sweeps" / "grid"
+    assert f"wrote {script}: 3 array tasks (--array=0-2%2, --gres=gpu:1); manifest in {sweep_dir}" in r.out
+    assert f"submit: sbatch {script}" in r.out
+    assert directives(script) == ["--job-name=grid", "--array=0-2%2", "--gres=gpu:1",
+                                  f"--output={sweep_dir}/slurm/%A_%a.out"]
+    assert "\nset -euo pipefail\n" in script.read_text()
+    assert os.access(script, os.X_OK) and (sweep_dir / "slurm").is_dir()  # sbatch will not create --output's folder
+    check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    # the same manifest as launch: status and report read a Slurm sweep like any other
+    assert {"grid.csv", "plan.json", "launch.json", "launches.jsonl"} <= {p.name for p in sweep_dir.iterdir()}
+    record = json.loads((sweep_dir / "launch.json").read_text())
+    assert record["options"]["backend"] == "slurm" and record["options"]["script"] == str(script)
+
+    done = run_task(script, "1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    d = ws.run_dir("b")
+    assert (runs.read_json(d / runs.SUMMARY) or {}).get("ok") is True
+    assert [f for f in runs.COMPLETE_FILES if not (d / f).exists()] == []
+    assert sorted(p.name for p in ws.out_root.iterdir()) == [".sweeps", "b"]  # no other row ran
+    meta = json.loads((d / runs.METADATA).read_text())
+    assert (meta["sweep"]["name"], meta["sweep"]["row_index"], meta["attempt"]) == ("grid", 1, 1)
+    assert "wandb_log=False" in (d / runs.COMMAND).read_text()
+    assert runs.read_json(d / runs.OWNER)["session"] == "slurm-1"
+    assert "b: ok" in (sweep_dir / "slurm-1.log").read_text()
+
+    # submitting again runs only what is not ok: this row's task now skips it
+    before = (d / runs.SUMMARY).stat().st_mtime_ns
+    again = run_task(script, "1", timeout=60)
+    assert again.returncode == 0 and "b: already ok; skipped" in again.stdout, again.stdout + again.stderr
+    assert (d / runs.SUMMARY).stat().st_mtime_ns == before
+
+    r = run_cli(capsys, "status", "--json", "--sweep", "grid")
+    assert json.loads(r.out)["counts"] == {"pending": 2, "running": 0, "ok": 1, "failed": 0, "stale": 0}
+
+
+def test_script_defaults_gpu_count_and_refusals(workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = workspace
+    csv = ws.root / "wide.csv"
+    csv.write_text(f'run_id,config,seed,overrides,notes,gpus\none,base,1,"{TINY}",,1\ntwo,base,2,"{TINY}",,2\n')
+    r = run_cli(capsys, "export", "slurm", str(csv))
+    assert r.code == 0, r.err
+    script = ws.out_root / ".sweeps" / "wide" / "wide.sbatch"  # default: next to the manifest
+    assert directives(script)[1:3] == ["--array=0-1", "--gres=gpu:2"]  # no %C without --concurrency
+    assert subprocess.run(["bash", "-n", str(script)], timeout=30).returncode == 0
+
+    r = run_cli(capsys, "export", "slurm", str(csv), "--gpus-per-task", "1")
+    assert r.code == 1
+    assert f"{csv}:3: 'two' asks for 2 GPUs but each array task gets 1; use --gpus-per-task 2" in r.err
+
+    no_id = run_task(script, None, timeout=30)
+    assert no_id.returncode != 0 and "SLURM_ARRAY_TASK_ID" in no_id.stderr
+    past_end = run_task(script, "7", timeout=60)
+    assert past_end.returncode == 1 and "no row 7: the sweep has rows 0-1" in past_end.stderr
+    assert sorted(p.name for p in ws.out_root.iterdir()) == [".sweeps"]
