@@ -78,6 +78,7 @@ def demo(
     options = launch.LaunchOptions(shards=n_shards, name=lib.DEMO_NAME, no_wandb=True, retry_failed=keep)
     preview = launch.prepare(csv_path, options, settings)
     _print_checks(preview.checks)
+    launch.refuse_if_needed(preview)  # before asking tmux anything: the pre-flight says whether it is there
     tmux = lib.ThreadCappedTmux(settings.tmux_socket, threads)
     busy = [shard_session(s) for s in preview.shards_to_start
             if (info := tmux.session(shard_session(s))) and info.alive]
