@@ -79,20 +79,21 @@ def subset_csv(text: str, rows: Iterable[int] | None = None, config_refs: Mappin
     """The sweep CSV with only `rows` (0-based data row indices; None: all) and the config column
     of row i replaced by `config_refs[i]` (the uploaded copy of a config file).
 
-    Rows are parsed as `sweepctl.spec` parses them (blank records are not rows) and each kept one
-    is written back on its original line, padded with blank lines, so line numbers still match
-    the laptop's file."""
+    Rows are parsed as `sweepctl.spec` parses them (blank records are not rows). Each kept row is
+    written back on its original line, padded with blank lines, so line numbers still match the
+    laptop's file; a row whose config column does not change is copied as it was written."""
     keep = None if rows is None else set(rows)
     refs = dict(config_refs or {})
-    reader = csv.reader(text.lstrip("\ufeff").splitlines(keepends=True), strict=True)
+    lines = text.lstrip("\ufeff").splitlines(keepends=True)
+    reader = csv.reader(lines, strict=True)
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
     written_lines, prev_end, row_index = 0, 0, -1
     config_col: int | None = None
     for fields in reader:
         start, prev_end = prev_end + 1, reader.line_num
         if not fields or all(not f.strip() for f in fields):
             continue
+        record = "".join(lines[start - 1:prev_end])
         if config_col is None:  # the header
             names = [f.strip() for f in fields]
             config_col = names.index("config") if "config" in names else -1
@@ -100,13 +101,17 @@ def subset_csv(text: str, rows: Iterable[int] | None = None, config_refs: Mappin
             row_index += 1
             if keep is not None and row_index not in keep:
                 continue
-            if row_index in refs and 0 <= config_col < len(fields):
-                fields = [*fields[:config_col], refs[row_index], *fields[config_col + 1:]]
+            new_ref = refs.get(row_index)
+            if new_ref is not None and 0 <= config_col < len(fields) and fields[config_col].strip() != new_ref:
+                rewritten = io.StringIO()
+                csv.writer(rewritten, lineterminator="\n").writerow(
+                    [*fields[:config_col], new_ref, *fields[config_col + 1:]])
+                record = rewritten.getvalue()
+        if not record.endswith("\n"):
+            record += "\n"  # the file's last line had no newline
         out.write("\n" * max(0, start - 1 - written_lines))
-        written_lines = max(written_lines, start - 1)
-        before = out.tell()
-        writer.writerow(fields)
-        written_lines += out.getvalue()[before:].count("\n")
+        written_lines = max(written_lines, start - 1) + record.count("\n")
+        out.write(record)
     return out.getvalue()
 
 

@@ -180,12 +180,10 @@ def forwarded(*, exclude: tuple[str, ...] = ()) -> list[str]:
 
     Options left at their defaults are not sent (the pod is the same version, so its defaults
     are ours); positional arguments and `exclude` are the caller's to place."""
-    import click
-
-    ctx = click.get_current_context()
+    ctx = _current_context()
     argv: list[str] = []
     for param in ctx.command.params:
-        if not isinstance(param, click.Option) or param.name in (*REMOTE_PARAMS, *exclude):
+        if param.param_type_name != "option" or param.name in (*REMOTE_PARAMS, *exclude):
             continue
         value = ctx.params.get(param.name or "")
         if value is None or value == param.default or (param.multiple and not value):
@@ -200,3 +198,13 @@ def forwarded(*, exclude: tuple[str, ...] = ()) -> list[str]:
         for item in value if param.multiple else [value]:
             argv += [long, str(item)]
     return argv
+
+
+def _current_context() -> Any:
+    """The running command's click context: Typer >= 0.2x vendors click (typer._click), older
+    Typer uses the click package; the Context and Option attributes read above are the same."""
+    try:
+        from typer._click.globals import get_current_context  # type: ignore[import-not-found]
+    except ImportError:
+        from click import get_current_context
+    return get_current_context()
