@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,12 +25,12 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from cli import run_cli  # noqa: E402
-from sweep_helpers import TINY, Workspace, panes, wait_until  # noqa: E402
+from sweep_helpers import FAKE_BIN, TINY, Workspace, kill_tmux_server, panes, wait_until  # noqa: E402
 from sweepctl import launch, ray_backend, runs, status  # noqa: E402
 from sweepctl.settings import load_settings  # noqa: E402
 from sweepctl.tmux import Tmux  # noqa: E402
 
-pytest_plugins = ["sweep_fixtures"]
+pytest_plugins = ["sweep_fixtures", "sshd"]
 
 RUN_TIMEOUT = 240  # a handful of tiny runs on a busy 2-core machine
 LOGICAL_GPUS = 4
@@ -210,6 +211,37 @@ def test_launch_backend_ray_starts_the_driver_in_tmux_and_returns(
     assert model["counts"]["ok"] == 2 and {"name": "sweep-ray", "alive": False} in model["sessions"]
     r = run_cli(capsys, "launch", str(csv), "--backend", "ray", "--ray-address", ray_address, "--no-wandb")
     assert r.code == 0 and "nothing to start" in r.out, r.out + r.err
+
+
+def test_launch_host_backend_ray_runs_the_driver_on_the_pod(
+        workspace: Workspace, ssh_pod, ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What `ray up` tells the user to type: the CSV goes to the pod, whose launch starts the driver there."""
+    ws = workspace
+    pod_out = tmp_path / "pod-out"
+    pod_socket = os.path.join(tempfile.mkdtemp(prefix="swpod", dir="/tmp"), "sock")
+    ssh_pod.set_server_env({
+        "SWEEPCTL_OUT_ROOT": str(pod_out), "SWEEPCTL_DATA_DIR": str(ws.data_dir), "SWEEPCTL_TMUX_SOCKET": pod_socket,
+        "SWEEPCTL_VOLUME": str(tmp_path / "no-volume"), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
+        "PATH": f"{FAKE_BIN}:{Path(sys.executable).parent}:/usr/bin:/bin", "FAKE_NVIDIA_SMI_ROWS": ""})
+    monkeypatch.setenv("SWEEPCTL_REMOTE_BIN", ssh_pod.remote_bin)
+    try:
+        csv = ws.csv([("p0", ""), ("p1", "")])
+        r = run_cli(capsys, "launch", str(csv), "--backend", "ray", "--ray-address", ray_address, "--host", "pod",
+                    "--no-wandb")
+        assert r.code == 0, r.out + r.err
+        assert "started sweep-ray" in r.out, r.out
+        done = wait_until(lambda: driver_done(pod_socket), timeout=RUN_TIMEOUT, what="the pod's driver to finish",
+                          explain=lambda: panes(pod_socket))
+        assert "sweep-ray done: 2 ok, 0 failed" in done
+        assert all((runs.read_json(pod_out / i / runs.SUMMARY) or {}).get("ok") for i in ("p0", "p1"))
+        assert not ws.out_root.exists()  # the laptop side wrote nothing
+
+        r = run_cli(capsys, "launch", str(csv), "--backend", "ray", "--host", "pod", "--host", "pod2")
+        assert r.code == 1 and "--backend ray runs its driver on one pod; got 2: pod, pod2" in r.err
+    finally:
+        kill_tmux_server(pod_socket)
+        shutil.rmtree(os.path.dirname(pod_socket), ignore_errors=True)
 
 
 def test_stop_cancels_the_rows_and_the_trainers_write_interrupted(

@@ -36,7 +36,8 @@ REMOTE_BIN = typer.Option(None, "--remote-bin", metavar="PATH",
 def launch_on_backend(backend: str, csv_path: Path, settings: Settings, *, ray_address: str | None,
                       as_json: bool, shard_flags: dict[str, bool], **launch_options: Any) -> None:
     """`launch --backend ray`: pre-flight against the Ray cluster, then the driver in tmux session
-    sweep-ray; returns at once. `shard_flags` are the tmux-only options the user gave: refused, not ignored."""
+    sweep-ray; returns at once. `shard_flags` are the tmux-only options the user gave: refused, not
+    ignored (`--shards 1` is accepted: a Ray plan is one shard, and `--host` sends it)."""
     from sweepctl import launch as launch_lib
     from sweepctl import ray_backend as lib
     from sweepctl.cli import run_views
@@ -72,6 +73,18 @@ def launch_on_backend(backend: str, csv_path: Path, settings: Settings, *, ray_a
     if result is not None and result.how is not None:
         console.print(f"ray:    {result.address}; each row asks Ray for its GPUs; "
                       f"driver log {preview.sweep_dir / lib.DRIVER_LOG}", highlight=False, soft_wrap=True)
+
+
+def driver_pod_shards(hosts: list[str], shards: int | None) -> int:
+    """`launch --host POD --backend ray`: the one pod that runs the driver gets the whole CSV, as
+    a plan of one shard (`--shards 1`, the only count a Ray launch accepts), and no GPU survey."""
+    from sweepctl.errors import SweepctlError
+
+    if len(hosts) > 1:
+        raise SweepctlError(f"--backend ray runs its driver on one pod; got {len(hosts)}: {', '.join(hosts)}",
+                            hint="pass the --host of a Ray node (e.g. the head from `sweepctl ray up`); Ray "
+                                 "spreads the rows over every node of its cluster")
+    return 1 if shards is None else shards
 
 
 def _ray_model(model: dict[str, Any], preview: LaunchPreview, result: RayLaunchResult | None) -> dict[str, Any]:

@@ -53,6 +53,10 @@ def launch(
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         from sweepctl.cli import remote_cmds
 
+        if backend != "tmux":  # one pod runs the driver; Ray spreads the rows over its cluster
+            from sweepctl.cli.cluster_cmds import driver_pod_shards
+
+            shards = driver_pod_shards(pods.hosts, shards)
         return remote_cmds.launch(pods, csv_path, shards=shards, gpus_per_shard=gpus_per_shard, name=name,
                                   dry_run=dry_run, as_json=as_json,
                                   forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json")))
@@ -67,7 +71,7 @@ def launch(
 
         return cluster_cmds.launch_on_backend(
             backend, csv_path, settings, ray_address=ray_address, as_json=as_json,
-            shard_flags={"--shards": shards is not None, "--schedule": schedule != "static",
+            shard_flags={"--shards": shards not in (None, 1), "--schedule": schedule != "static",
                          "--gpus-per-shard": gpus_per_shard != 1, "--fail-fast": fail_fast},
             name=name, no_wandb=no_wandb, dry_run=dry_run, force=force, retry_failed=retry_failed,
             skip_failed=skip_failed, max_retries=max_retries, stall_after_s=stall_after or None,
