@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from cli import run_cli
+from sweep_helpers import Workspace
 from sweepctl import ray_backend, ray_cluster
 from sweepctl.errors import RemoteError, SweepctlError
 from sweepctl.transport import LocalTransport
@@ -29,7 +30,7 @@ from sweepctl.transport import LocalTransport
 if TYPE_CHECKING:
     from sshd import SSHPod
 
-pytest_plugins = ["sshd"]
+pytest_plugins = ["sshd", "sweep_fixtures"]
 
 
 def free_port() -> int:
@@ -140,6 +141,33 @@ def test_ray_backend_without_ray_says_how_to_install_it(monkeypatch: pytest.Monk
     with pytest.raises(SweepctlError) as e:
         ray_backend.import_ray()
     assert "the Ray backend needs Ray" in str(e.value) and "pip install 'sweepctl[ray]'" in str(e.value)
+
+
+def test_launch_backend_ray_without_ray_refuses_with_the_install_command(
+        workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    r = run_cli(capsys, "launch", str(workspace.csv([("a", "")])), "--backend", "ray")
+    assert r.code == 1
+    assert "pre-flight failed: Ray auto: the Ray backend needs Ray, which is not installed" in r.err
+    assert "pip install 'sweepctl[ray]'" in r.err
+    assert not workspace.out_root.exists()
+
+
+def test_a_node_without_the_launch_volume_gets_the_plan_and_config_copies(tmp_path: Path) -> None:
+    """A task on a node that does not mount the driver's out_root writes what its trainer argv names."""
+    here = tmp_path / "driver" / ".sweeps" / "s"
+    (here / "configs").mkdir(parents=True)
+    (here / "plan.json").write_text('{"plan": 1}')
+    (here / "configs" / "mhc.py").write_text("n_layer = 6\n")
+    (here / "configs" / "mhc.py.bak-20260101-000000").write_text("old\n")  # a superseded copy stays home
+    files = ray_backend.manifest_files(here)
+    assert sorted(files) == ["configs/mhc.py", "plan.json"]
+    there = tmp_path / "node" / ".sweeps" / "s"
+    ray_backend._materialize(there, files)
+    assert (there / "configs" / "mhc.py").read_text() == "n_layer = 6\n" and (there / "plan.json").exists()
+    (there / "plan.json").write_text("theirs")
+    ray_backend._materialize(there, files)
+    assert (there / "plan.json").read_text() == "theirs"  # a node's own copy is never overwritten
 
 
 def test_an_address_nothing_listens_on_fails_in_seconds_not_minutes() -> None:

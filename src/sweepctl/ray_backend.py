@@ -311,7 +311,7 @@ def _materialize(sweep_dir: Path, files: dict[str, bytes]) -> None:
         os.replace(tmp, path)
 
 
-def manifest_files(sweep_dir: Path, plan: Plan) -> dict[str, bytes]:
+def manifest_files(sweep_dir: Path) -> dict[str, bytes]:
     """plan.json and every file under configs/: what a task's trainer argv may refer to."""
     files = {launch.PLAN_FILE: (sweep_dir / launch.PLAN_FILE).read_bytes()}
     configs = sweep_dir / "configs"
@@ -407,7 +407,7 @@ class Driver:
         todo = self.rows_to_run()
         payload = TaskPayload(
             plan_json=self.plan.model_dump_json(), sweep_dir=str(self.o.sweep_dir), launch_id=self.o.launch_id,
-            files=manifest_files(self.o.sweep_dir, self.plan), force=self.o.force,
+            files=manifest_files(self.o.sweep_dir), force=self.o.force,
             retry_failed=self.o.retry_failed, stall_after_s=self.o.stall_after_s,
             run_timeout_s=self.o.run_timeout_s, stale_after_s=self.o.stale_after_s, kill_grace_s=self.o.kill_grace_s)
         payload_ref = ray.put(payload)
@@ -420,17 +420,13 @@ class Driver:
         self.say(f"sweep {self.plan.sweep}: driver pid {os.getpid()} on Ray {self.o.address}; {len(todo)} row(s) "
                  f"submitted, {len(self.results)} skipped; retries per row: {self.o.max_retries}; "
                  f"row logs in {self.o.sweep_dir / TASK_LOG_DIR / self.o.launch_id}")
-        cancelled = False
-        while pending:
-            if self.stop_signal is not None and not cancelled:
-                self.say(f"signal {self.stop_signal}: cancelling {len(pending)} row(s); running trainers write "
-                         "`interrupted` summaries")
-                for ref in pending:
-                    ray.cancel(ref)  # not force: the task hears SIGINT and lets its trainer finish cleanly
-                cancelled = True
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S)
-            for ref in ready:
-                self._report(self._result(ray, ref, pending.pop(ref)))
+        try:
+            self._wait(ray, pending)
+        except BaseException as e:  # the cluster went away, a bug: the state file must not say "running"
+            self.say(f"driver failed with {len(pending)} row(s) outstanding: {type(e).__name__}: {e}")
+            self._write_state(started=start, finished=time.time(), error=f"{type(e).__name__}: {e}")
+            self.log.close()
+            raise
         counts = {k: sum(1 for r in self.results if r.result == k) for k in ("ok", "failed", "interrupted", "skipped")}
         stopped = " (stopped)" if self.stop_signal is not None else ""
         line = (f"{self.o.session} done{stopped}: {counts['ok']} ok, {counts['failed']} failed, "
@@ -442,6 +438,20 @@ class Driver:
         self.say(line)
         self.log.close()
         return 1 if failed else 0
+
+    def _wait(self, ray: ModuleType, pending: dict[Any, str]) -> None:
+        """Report rows as they end; on a stop signal, cancel every row still queued or running."""
+        cancelled = False
+        while pending:
+            if self.stop_signal is not None and not cancelled:
+                self.say(f"signal {self.stop_signal}: cancelling {len(pending)} row(s); running trainers write "
+                         "`interrupted` summaries")
+                for ref in pending:
+                    ray.cancel(ref)  # not force: the task hears SIGINT and lets its trainer finish cleanly
+                cancelled = True
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S)
+            for ref in ready:
+                self._report(self._result(ray, ref, pending.pop(ref)))
 
     def _result(self, ray: ModuleType, ref: Any, run_id: str) -> RowResult:
         try:
