@@ -107,7 +107,7 @@ def demo(
     _print_wide(status.render(model))
     console.print(f"sweep took {time.monotonic() - t_watch:.0f} s", style="dim", highlight=False, soft_wrap=True)
     _compare(layout.out_root, settings.stale_after_s)
-    _next_steps(layout, result.attach)
+    _next_steps(layout, result.attach, n_shards)
     not_ok = [r for r in model["runs"] if r["state"] != "ok"]
     if not_ok:
         first = not_ok[0]["run_id"]
@@ -227,7 +227,7 @@ def _compare(out_root: Path, stale_after_s: float) -> None:
     render_table(data, comparison)
 
 
-def _next_steps(layout: Any, attach: str) -> None:
+def _next_steps(layout: Any, attach: str, shards: int) -> None:
     from sweepctl.demo import BASELINE_GROUP
 
     prog, root = _prog(), shlex.quote(str(layout.out_root))
@@ -238,7 +238,7 @@ def _next_steps(layout: Any, attach: str) -> None:
         (f"{prog} report --out-root {root} --baseline {BASELINE_GROUP}", "mean ± std over seeds, against plain"),
         (attach, "a shard's tmux pane (detach: Ctrl-b d)"),
         (f"ls {shlex.quote(str(layout.out_root / example))}", "a run directory: logs, metrics, summary"),
-        (f"{prog} launch {shlex.quote(str(layout.csv))} --shards 2 --out-root {root} --data-dir "
+        (f"{prog} launch {shlex.quote(str(layout.csv))} --shards {shards} --out-root {root} --data-dir "
          f"{shlex.quote(str(layout.data_dir))}", "after editing the CSV: runs its new rows, skips the ok ones"),
     ]
     console.print("look further:", highlight=False, soft_wrap=True)
