@@ -82,6 +82,11 @@ def test_script_defaults_gpu_count_and_refusals(workspace: Workspace, capsys: py
     assert directives(script)[1:3] == ["--array=0-1", "--gres=gpu:2"]  # no %C without --concurrency
     assert subprocess.run(["bash", "-n", str(script)], timeout=30).returncode == 0
 
+    retrying = ws.root / "retrying.sbatch"
+    r = run_cli(capsys, "export", "slurm", str(csv), "--max-retries", "2", "--retry-failed", "-o", str(retrying))
+    assert r.code == 0, r.err
+    assert " runner " in (text := retrying.read_text()) and "--max-retries 2" in text and "--on-failed retry" in text
+
     r = run_cli(capsys, "export", "slurm", str(csv), "--gpus-per-task", "1")
     assert r.code == 1
     assert f"{csv}:3: 'two' asks for 2 GPUs but each array task gets 1; use --gpus-per-task 2" in r.err
