@@ -136,6 +136,20 @@ def test_down_stops_workers_then_head(fake_pods: tuple[str, Path, list[str]], ca
     assert log.read_text().splitlines() == ["stop | auth=unset"] * 2
 
 
+def test_ray_down_cli_runs_ray_stop_on_each_pod_over_ssh(
+        ssh_pod: SSHPod, fake_pods: tuple[str, Path, list[str]], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    remote_bin, log, _ = fake_pods
+    ssh_pod.add_host("pod2", HostName="127.0.0.1", Port=ssh_pod.port, IdentityFile=ssh_pod.identity,
+                     IdentitiesOnly="yes", UserKnownHostsFile=ssh_pod.known_hosts, HostKeyAlias=f"[127.0.0.1]:{ssh_pod.port}",
+                     BatchMode="yes")
+    ssh_pod.set_server_env({"FAKE_RAY_LOG": str(log)})
+    r = run_cli(capsys, "ray", "down", "--head", "pod", "--worker", "pod2", "--remote-bin", remote_bin)
+    assert r.code == 0, r.err
+    assert r.out.splitlines() == ["pod2: ray stopped", "pod: ray stopped"]  # workers first
+    assert log.read_text().splitlines() == ["stop | auth=unset"] * 2
+
+
 def test_ray_backend_without_ray_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when it is not installed
     with pytest.raises(SweepctlError) as e:
