@@ -38,8 +38,10 @@ def demo(
     size: str = typer.Option("default", "--size", hidden=True, help="default, or quick (for tests)."),
     timeout: float = typer.Option(3600.0, "--timeout", hidden=True, help="Give up watching after S seconds."),
 ) -> None:
-    """Run a small plain vs HC vs mHC sweep here (2 seeds, tiny models, text from Python's own
-    standard library), offline, through launch and tmux; watch it, then compare val losses."""
+    """Run a small plain vs HC vs mHC sweep here, offline, in tmux shards; watch it; compare val losses.
+
+    Two seeds per variant, tiny models, tokens of Python's own standard library; then what to look at next.
+    """
     from sweepctl import demo as lib
     from sweepctl import launch
     from sweepctl.errors import RefusedError, SweepctlError
