@@ -53,6 +53,8 @@ class Pod:
             "SWEEPCTL_DATA_DIR": str(self.data_dir),
             "SWEEPCTL_TMUX_SOCKET": self.tmux_socket,
             "SWEEPCTL_VOLUME": str(self.out_root.parent / f"{self.alias}-volume"),  # never the real /mnt
+            # sshd starts sessions in the account's real home: no ./sweepctl.toml there may count
+            "SWEEPCTL_PROJECT_FILE": str(self.out_root.parent / f"{self.alias}-sweepctl.toml"),
             "PATH": f"{FAKE_BIN}:{venv_bin}:/usr/local/bin:/usr/bin:/bin",
             "FAKE_NVIDIA_SMI_ROWS": ";".join(gpu_row(i) for i in range(self.gpus)),
             "OMP_NUM_THREADS": "1",  # two trainers on a shared 2-core machine
@@ -480,3 +482,52 @@ def test_one_sweep_over_two_pods_one_table_and_a_host_down(
     assert "row0" in r.out and "row2" in r.out and "row1" not in r.out and "2 ok" in r.out
     assert "host pod2: unreachable — connection refused by 127.0.0.1:" in r.out
     assert one_line(r).startswith("error: pod2: connection refused by 127.0.0.1:")
+
+
+# -- bootstrap over SSH -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bootstrap_over_ssh_installs_this_wheel_and_keeps_ssh_access(
+        ssh_pod, workspace: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sysconfig
+
+    from sweepctl.bootstrap import WHEEL_MARKER
+
+    pod_home, volume = workspace.root / "pod-home", workspace.root / "pod-volume"
+    (pod_home / ".ssh").mkdir(parents=True)
+    provider_keys = ssh_pod.keys.client.with_suffix(".pub").read_bytes()  # what the provider injected
+    authorized = pod_home / ".ssh" / "authorized_keys"
+    authorized.write_bytes(provider_keys)
+    (volume / ".ssh").mkdir(parents=True)  # persisted keys, with a stale authorized_keys of their own
+    (volume / ".ssh" / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n")
+    (volume / ".ssh" / "authorized_keys").write_text("ssh-ed25519 AAAAstale stale@volume\n")
+    ssh_pod.server.authorized_keys = authorized  # sshd reads the pod home's file: bootstrap must keep it
+    ssh_pod.set_server_env({
+        "HOME": str(pod_home), "SWEEPCTL_VOLUME": str(volume), "PATH": "/usr/local/bin:/usr/bin:/bin",
+        # sshd starts sessions in the account's real home, where bootstrap would write ./sweepctl.toml
+        "SWEEPCTL_PROJECT_FILE": str(volume / "sweepctl.toml"),
+        # No package index here: the deps come from this test venv, sweepctl from the uploaded wheel.
+        "PYTHONPATH": sysconfig.get_path("purelib"), "PIP_NO_INDEX": "1", "PIP_NO_DEPS": "1",
+    })
+    venv = workspace.root / "pod-venv"
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    args = ["bootstrap", "--host", "pod", "--venv", str(venv), "--python", base_python, "--no-apt",
+            "--out-root", str(volume / "outputs"), "--data-dir", str(volume / "data")]
+
+    r = run_cli(capsys, *args)
+    assert r.code == 0, r.out + r.err
+    assert "│ sweepctl wheel   │ ok " in r.out  # the row the laptop adds for the wheel it installed
+    assert (venv / WHEEL_MARKER).read_text().startswith("wheel sha256 ")
+    assert f"project file: {volume / 'sweepctl.toml'}" in r.out
+    assert authorized.read_bytes() == provider_keys  # never rewritten: nobody is locked out
+    assert (pod_home / ".ssh" / "id_ed25519").read_text().endswith("secret\n")
+    assert (venv / "bin" / "sweepctl").exists()
+
+    r = run_cli(capsys, *args)  # a second run changes nothing and uploads nothing
+    assert r.code == 0, r.out + r.err
+    assert "no changes: everything was already in place" in r.out, r.out
+    # Still reachable, and the pod's new sweepctl is this version (the remote version check passes).
+    monkeypatch.setenv("SWEEPCTL_REMOTE_BIN", str(venv / "bin" / "sweepctl"))
+    r = run_cli(capsys, "status", "--host", "pod", "--out-root", str(volume / "outputs"))
+    assert r.code == 0, r.err

@@ -47,6 +47,7 @@ SYSTEM_TOOLS = ("tmux", "git", "rsync")
 WHEEL_MARKER = ".sweepctl-install"  # in the venv: what was installed there (wheel sha256 or version)
 BASHRC_BEGIN = "# >>> sweepctl bootstrap >>>"
 BASHRC_END = "# <<< sweepctl bootstrap <<<"
+REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip entry can carry
 LOW_DISK_GB = 20  # one FineWeb train shard is 200 MB; checkpoints of big models are GBs each
 
 # Run by an interpreter that may not have sweepctl: is there a torch, and is it a CUDA build?
@@ -330,7 +331,9 @@ def build_wheel(out_dir: Path, source: Path | None = None) -> Path:
         isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
         argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
                 *isolation, "-w", tmp, str(copy)]
-        result = _run(argv, timeout=600)
+        # A fixed zip timestamp makes the same source give the same bytes, so the pod's install
+        # marker (the wheel's sha256) sees a second `bootstrap --host` as nothing to do.
+        result = _run(argv, timeout=600, env={"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH})
         wheels = sorted(Path(tmp).glob("sweepctl-*.whl"))
         if result.returncode != 0 or not wheels:
             raise SweepctlError(f"cannot build the sweepctl wheel: {_last_line(result.stderr)}", where=str(source),
