@@ -7,7 +7,9 @@ an int64 tensor — 8 bytes per token, in every process).
 
 Batches are random contiguous windows. Train windows come from a numpy Generator whose state is
 checkpointed (resume continues the exact stream); val windows come from a Generator re-seeded at
-every eval, so every eval scores the same held-out batches.
+every eval, so every eval scores the same held-out batches. `BatchPrefetcher` draws the next
+batches in a background thread (into pinned memory on CUDA, copied to the GPU with
+non_blocking=True) while the model works on the current one.
 
     from sweepctl.train.data import write_shard, TokenWindows
     write_shard("/tmp/d/fineweb_val_000000.bin", range(1000))
@@ -16,10 +18,16 @@ every eval, so every eval scores the same held-out batches.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch only where batches become tensors: write_shard users need no torch
+    import torch
 
 MAGIC = 20240520
 VERSION = 1
@@ -107,6 +115,82 @@ class TokenWindows:
                 raise ShardError(f"{self.paths[s]}: token id {int(out[row].max())} at offset about {start} "
                                  f">= vocab_size {self.vocab_size}")
         return np.ascontiguousarray(out[:, :-1]), np.ascontiguousarray(out[:, 1:])
+
+
+class BatchPrefetcher:
+    """(x, y) batches of `windows.sample(rng, batch_size)`, drawn `depth` batches ahead by a
+    background thread, as int64 tensors on `device`.
+
+    Why: drawing windows from the memmaps and copying them to the GPU is host work the GPU would
+    otherwise wait for at every micro-step. The worker fills pinned (page-locked) buffers on CUDA,
+    so the host-to-device copy is asynchronous (non_blocking=True) and overlaps with compute.
+
+    The batches are exactly those of calling `windows.sample(rng, batch_size)` in turn. The
+    worker owns `rng` while the prefetcher runs: `rng_state()` is the state after the batches
+    handed out so far — what a checkpoint must store, since the worker has already drawn ahead.
+    An error while drawing (a bad shard) is raised by the `next()` that would have returned that
+    batch. Use as a context manager, or call `close()`.
+    """
+
+    def __init__(self, windows: TokenWindows, rng: np.random.Generator, batch_size: int,
+                 device: torch.device, depth: int = 2):
+        self.windows, self.rng, self.batch_size, self.device = windows, rng, batch_size, device
+        self._state: dict[str, Any] = rng.bit_generator.state  # a copy: the generator's own moves on
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.worker = threading.Thread(target=self._work, name="batch-prefetch", daemon=True)
+        self.worker.start()
+
+    def _work(self) -> None:
+        import torch
+
+        pin = self.device.type == "cuda"
+        try:
+            while not self._stop.is_set():
+                x, y = self.windows.sample(self.rng, self.batch_size)
+                state = self.rng.bit_generator.state
+                tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+                if pin:
+                    tx, ty = tx.pin_memory(), ty.pin_memory()
+                self._put((tx, ty, state))
+        except BaseException as e:  # handed to the consumer, raised where the batch is taken
+            self._put(e)
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():  # a full queue, until the consumer takes one or closes
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (x, y), (batch_size, block_size) int64 on the device (copy still in flight on CUDA)."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        x, y, self._state = item
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def rng_state(self) -> dict[str, Any]:
+        """The train RNG state that continues with the first batch not yet handed out."""
+        return self._state
+
+    def close(self) -> None:
+        self._stop.set()
+        while self.worker.is_alive():  # unblock a worker waiting on a full queue
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self.worker.join(timeout=0.1)
+
+    def __enter__(self) -> BatchPrefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def shard_manifest(paths: list[Path]) -> list[dict]:

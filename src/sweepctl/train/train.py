@@ -52,7 +52,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sweepctl.train.config import ConfigError, TrainConfig, parse_override, read_config_file, resolve_config
-from sweepctl.train.data import ShardError, TokenWindows, find_shards, shard_manifest, train_rng, val_rng
+from sweepctl.train.data import (
+    BatchPrefetcher,
+    ShardError,
+    TokenWindows,
+    find_shards,
+    shard_manifest,
+    train_rng,
+    val_rng,
+)
 from sweepctl.train.diagnostics import GAIN_FWD, residual_diagnostics, static_residual_matrices
 from sweepctl.train.model import GPT
 from sweepctl.train.rundir import (
@@ -169,6 +177,7 @@ class Run:
         self.wandb_info: dict[str, Any] = {"enabled": False}
         self.resumed_from: int | None = None
         self.model = self.raw_model = self.optimizer = self.scaler = None
+        self.train_batches: BatchPrefetcher | None = None  # from the loop on: owns self.train_rng
         self.stdout_gone = False
 
     @property
@@ -224,6 +233,8 @@ class Run:
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
+            if self.train_batches is not None:
+                self.train_batches.close()
             if self.heartbeat is not None:
                 self.heartbeat.stop()
             if self.wandb is not None:
@@ -530,7 +541,9 @@ class Run:
 
     def _save_checkpoint(self) -> None:
         """ckpt.pt, atomically: everything a resume needs to continue bit-for-bit."""
-        rng = {"torch": torch.get_rng_state(), "data": self.train_rng.bit_generator.state,
+        # the prefetcher has drawn ahead: its state is the one after the batches actually trained on
+        data_state = self.train_batches.rng_state() if self.train_batches else self.train_rng.bit_generator.state
+        rng = {"torch": torch.get_rng_state(), "data": data_state,
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         ranks = [rng]
         if self.ddp:  # every rank's data stream differs: gather them all
@@ -578,6 +591,7 @@ class Run:
     # ----------------------------------------------------------------- the loop
 
     def _batch(self, windows: TokenWindows, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch drawn here and now (the occasional one-off; the loops use BatchPrefetcher)."""
         x, y = windows.sample(rng, self.cfg.batch_size)
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         if self.device.type == "cuda":
@@ -594,11 +608,12 @@ class Run:
         for split, windows, rng in (("train", self.train_windows, eval_train_rng),
                                     ("val", self.val_windows, val_rng(cfg.seed, self.rank))):
             total = torch.zeros((), device=self.device)
-            for _ in range(cfg.eval_iters):
-                x, y = self._batch(windows, rng)
-                with self.autocast:
-                    _, loss = self.eval_model(x, y)
-                total += loss.float()
+            with BatchPrefetcher(windows, rng, cfg.batch_size, self.device) as batches:
+                for _ in range(cfg.eval_iters):
+                    x, y = batches.next()
+                    with self.autocast:
+                        _, loss = self.eval_model(x, y)
+                    total += loss.float()
             if self.ddp:
                 dist.all_reduce(total)
                 total /= self.world_size
@@ -624,6 +639,8 @@ class Run:
         if self.stop_signal is not None:  # arrived between setup and here
             raise Interrupted(self.stop_signal)
         loss_sum = torch.zeros((), device=self.device)
+        # from here the worker thread owns self.train_rng; checkpoints read the prefetcher's state
+        self.train_batches = BatchPrefetcher(self.train_windows, self.train_rng, cfg.batch_size, self.device)
         while True:
             it = self.iter_num
             if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.resumed_from:
@@ -642,7 +659,7 @@ class Run:
             for micro in range(self.accum):
                 if self.ddp:  # all-reduce gradients only on the last micro-step
                     model.require_backward_grad_sync = micro == self.accum - 1
-                x, y = self._batch(self.train_windows, self.train_rng)
+                x, y = self.train_batches.next()
                 with self.autocast:
                     _, loss = model(x, y)
                     loss = loss / self.accum
