@@ -10,10 +10,20 @@ how `h` is read from the residual state and how `y` is written back:
 `res @ x` means x'_i = sum_j res[i, j] x_j. Each mapping is a static learned part plus, unless
 `hc_static_only`, a dynamic part computed from the current residual state.
 
-The projections (`sinkhorn`, `orthostochastic`, `project_h_res`) take any leading batch shape,
-so all sub-layers' static H_res, stacked as (2 * n_layer, n, n), are projected in one call.
-Everything here is straight-line tensor code (loops only over config constants), so
-torch.compile traces it whole.
+Speed (docs/performance.md has the figures and the reasoning):
+  * the projections (`sinkhorn`, `orthostochastic`, `project_h_res`) take any leading batch
+    shape: per token (B, T, n, n) for dynamic mappings, or all sub-layers' static logits stacked
+    as (2 * n_layer, n, n) — with hc_static_only the model projects those once per forward
+    (`static_mappings`), not inside every layer;
+  * under torch.compile the Sinkhorn is one opaque op whose forward and backward are compiled
+    once and reused by every sub-layer (`SinkhornOp`), so compile time no longer grows with 20
+    unrolled steps per sub-layer; its backward recomputes the forward instead of storing it;
+  * reading (`read_streams`) and the write-back (`mix_and_write`: res @ x + post (x) y) are single
+    expressions that inductor fuses into one kernel each; the dynamic mappings' RMSNorm is applied
+    after their matmul (`normed_projection`), as in the mHC paper, so no normalised copy of the
+    state is written.
+Everything is straight-line tensor code (loops only over config constants): torch.compile traces
+the whole model as one graph.
 
     python -c "import torch; from sweepctl.train.hyper import sinkhorn; print(sinkhorn(torch.randn(3, 4, 4), 20, 1.0).sum(-1))"
 """
@@ -21,7 +31,8 @@ torch.compile traces it whole.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -38,6 +49,8 @@ RES_INIT_LEAK = 0.05
 # writes (H_post) at init. See `ManifoldHyperConnection` for why they are not uniform.
 PRE_INIT_LOGIT = 2.0
 POST_INIT_LOGIT = 1.0
+# Added to the mean square in the dynamic mappings' RMSNorm.
+RMS_EPS = 1e-6
 
 
 # --------------------------------------------------------------------------- projections
@@ -55,7 +68,18 @@ def sinkhorn(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
 
     Computed in log space (exp(x / 0.05) overflows float32 once x > 4.4) and in float32. The last
     step normalises columns, so column sums are exact and row sums converge with `iters`.
+
+    Under torch.compile it is one opaque op (`sweepctl::sinkhorn`, see `SinkhornOp`) instead of
+    20 unrolled steps in the graph of every sub-layer: its forward and its backward are each
+    compiled once and reused by every call. Eager, it is the plain autograd of `sinkhorn_eager`.
     """
+    if torch.compiler.is_compiling() and SinkhornOp.available:
+        return torch.ops.sweepctl.sinkhorn(logits.float().contiguous(), iters, float(tau))
+    return sinkhorn_eager(logits, iters, tau)
+
+
+def sinkhorn_eager(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
+    """The log-space Sinkhorn-Knopp iteration itself (see `sinkhorn`)."""
     with _no_autocast(logits.device):
         z = logits.float() / tau  # (..., n, n)
         u = torch.zeros_like(z[..., :, 0])  # (..., n) log row scalings
@@ -64,6 +88,99 @@ def sinkhorn(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
             u = -torch.logsumexp(z + v.unsqueeze(-2), dim=-1)
             v = -torch.logsumexp(z + u.unsqueeze(-1), dim=-2)
         return torch.exp(z + u.unsqueeze(-1) + v.unsqueeze(-2))
+
+
+def sinkhorn_backward(logits: torch.Tensor, grad: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
+    """d loss / d logits of `sinkhorn_eager`, given d loss / d output, by recomputing the forward.
+
+    Only the logits are kept between forward and backward (the mHC paper recomputes its
+    Sinkhorn in the backward too): the 2 x iters scaling vectors are recomputed here, then the
+    steps are walked back. With u_k = -lse_j(z_ij + v_{k-1,j}) and v_k = -lse_i(z_ij + u_k,i),
+    the derivative of each log-sum-exp is minus its softmax, which is the row-normalised
+    exp(z + u_k + v_{k-1}) for u_k and the column-normalised exp(z + u_k + v_k) for v_k.
+    """
+    with _no_autocast(logits.device):
+        z = logits.float() / tau
+        us, vs = [], [torch.zeros_like(z[..., 0, :])]
+        for _ in range(iters):
+            us.append(-torch.logsumexp(z + vs[-1].unsqueeze(-2), dim=-1))
+            vs.append(-torch.logsumexp(z + us[-1].unsqueeze(-1), dim=-2))
+        a = grad.float() * torch.exp(z + us[-1].unsqueeze(-1) + vs[-1].unsqueeze(-2))  # dL/dP * P
+        dz = a  # through the final exp(z + u + v)
+        gu, gv = a.sum(-1), a.sum(-2)  # dL/du_K, dL/dv_K
+        for k in reversed(range(iters)):
+            # v_{k+1} = -lse_i(z + u_{k+1}): its softmax over i is the column-normalised matrix
+            t = torch.exp(z + us[k].unsqueeze(-1) + vs[k + 1].unsqueeze(-2)) * gv.unsqueeze(-2)
+            dz = dz - t
+            gu = gu - t.sum(-1)  # dL/du_{k+1}, complete
+            # u_{k+1} = -lse_j(z + v_k): its softmax over j is the row-normalised matrix
+            t = torch.exp(z + us[k].unsqueeze(-1) + vs[k].unsqueeze(-2)) * gu.unsqueeze(-1)
+            dz = dz - t
+            gv = -t.sum(-2)  # dL/dv_k: v_k feeds only u_{k+1}
+            gu = torch.zeros_like(gu)  # u_k feeds only v_k, handled next
+        return dz / tau
+
+
+class SinkhornOp:
+    """`sweepctl::sinkhorn`: Sinkhorn as one custom op, for torch.compile.
+
+    Why: traced inline, 20 log-space steps (each two log-sum-exps, ~12 graph nodes) and their
+    backward are unrolled into the graph of every sub-layer; a 6-layer dynamic mHC model then
+    compiled in 207 s on this project's CPU runner and mhc_48l would take many minutes. As an
+    opaque op the model graph holds one node per sub-layer, and the op's forward and backward
+    (`sinkhorn_eager`, `sinkhorn_backward`) are torch.compile'd once each, on (M, n, n) with M
+    (tokens x sub-layers) dynamic, and reused by every call at every depth.
+
+    `torch.compiler.nested_compile_region` would be the built-in way; in torch 2.13 its inductor
+    backward returned wrong gradients for the second call of a region (tests/test_train_speed.py
+    compares against a reference and caught it), so it is not used.
+    """
+
+    available = hasattr(torch.library, "custom_op")
+    compile_inner = True  # False: the op runs its functions eagerly (tests of the tracing alone)
+    _compiled: ClassVar[dict[str, Callable]] = {}
+
+    @classmethod
+    def run(cls, which: str, logits: torch.Tensor, *args) -> torch.Tensor:
+        if not cls.compile_inner:
+            return (sinkhorn_eager if which == "forward" else sinkhorn_backward)(logits, *args)
+        fn = cls._compiled.get(which)
+        if fn is None:
+            fn = cls._compiled[which] = torch.compile(sinkhorn_eager if which == "forward" else sinkhorn_backward,
+                                                      fullgraph=True)
+        n = logits.shape[-1]
+        flat = [t.reshape(-1, n, n) for t in (logits, *args[:-2])]  # tensors first, then iters, tau
+        for t in flat:
+            torch._dynamo.maybe_mark_dynamic(t, 0)  # one compilation for every token count
+        return fn(*flat, *args[-2:]).reshape(logits.shape)
+
+
+if SinkhornOp.available:
+    @torch.library.custom_op("sweepctl::sinkhorn", mutates_args=())
+    def _sinkhorn_op(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
+        return SinkhornOp.run("forward", logits, iters, tau)
+
+    @_sinkhorn_op.register_fake
+    def _(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
+        return torch.empty_like(logits)
+
+    @torch.library.custom_op("sweepctl::sinkhorn_backward", mutates_args=())
+    def _sinkhorn_backward_op(logits: torch.Tensor, grad: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
+        return SinkhornOp.run("backward", logits, grad.contiguous(), iters, tau)
+
+    @_sinkhorn_backward_op.register_fake
+    def _(logits: torch.Tensor, grad: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
+        return torch.empty_like(logits)
+
+    def _sinkhorn_setup_context(ctx, inputs, output) -> None:
+        logits, ctx.iters, ctx.tau = inputs
+        ctx.save_for_backward(logits)
+
+    def _sinkhorn_grad(ctx, grad: torch.Tensor):
+        (logits,) = ctx.saved_tensors
+        return torch.ops.sweepctl.sinkhorn_backward(logits, grad, ctx.iters, ctx.tau), None, None
+
+    _sinkhorn_op.register_autograd(_sinkhorn_grad, setup_context=_sinkhorn_setup_context)
 
 
 def newton_schulz(g: torch.Tensor, schedule: Sequence[tuple[float, float, float]], eps: float) -> torch.Tensor:
@@ -134,9 +251,57 @@ def initial_res_logits(cfg: TrainConfig) -> torch.Tensor:
     return cfg.sinkhorn_tau * torch.log(p0)
 
 
-def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
     """Normalise the last dim to unit RMS (no weight: the projection after it has its own scale)."""
-    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
+    return x * inv_rms(x, eps).to(x.dtype)
+
+
+def inv_rms(x: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
+    """1 / RMS of the last dim, in float32, keeping the dim: (..., 1)."""
+    return torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps)
+
+
+def normed_projection(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """rms_norm(x) @ proj computed as (x @ proj) / rms(x), in float32: (..., K) @ (K, M) -> (..., M).
+
+    The same numbers up to rounding (the norm is one scalar per row), but no normalised copy of
+    the (B, T, n*C) residual state is written and read back — the mHC paper reorders its RMSNorm
+    after the matmul for the same reason.
+    """
+    return (x @ proj).float() * inv_rms(x)
+
+
+def read_streams(pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """pre (n,) or (B, T, n) weights over streams x (B, T, n, C) -> sub-layer input (B, T, C).
+
+    Compiled, it is a sum over the n streams that inductor unrolls (n <= 8 is below its
+    unroll_reductions_threshold) and fuses with the LayerNorm that reads it; eager, one batched
+    (1 x n) @ (n x C) matmul, without materialising pre * x.
+    """
+    with _no_autocast(x.device):
+        pre, x = pre.float(), x.float()
+        if torch.compiler.is_compiling():
+            return (pre.unsqueeze(-1) * x).sum(-2)  # (B, T, C)
+        return (pre.unsqueeze(-2) @ x).squeeze(-2)  # (B, T, 1, C) -> (B, T, C)
+
+
+def mix_and_write(res: torch.Tensor, x: torch.Tensor, post: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The whole write-back in one expression: x' = res @ x + post (x) y.
+
+    res (n, n) or (B, T, n, n), streams x (B, T, n, C), post (n,) or (B, T, n), sub-layer output
+    y (B, T, C) -> (B, T, n, C) in float32; x'_i = sum_j res_ij x_j + post_i y.
+
+    Compiled, the stream sum is written as a broadcast product summed over j, which inductor turns
+    into ONE pointwise kernel: read x, y and the small maps once, write x' once (a bmm would be an
+    opaque batched GEMM of 4 x 4 matrices plus a second kernel for the outer product). Eager, the
+    (B, T, n, n, C) product would be materialised, so it is a batched matmul with the outer product
+    added by addcmul (two kernels).
+    """
+    with _no_autocast(x.device):
+        res, x, post, y = res.float(), x.float(), post.float(), y.float()
+        if torch.compiler.is_compiling():
+            return (res.unsqueeze(-1) * x.unsqueeze(-3)).sum(-2) + post.unsqueeze(-1) * y.unsqueeze(-2)
+        return torch.addcmul(res @ x, post.unsqueeze(-1), y.unsqueeze(-2))
 
 
 def mix_streams(res: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -145,24 +310,27 @@ def mix_streams(res: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return res.float() @ x.float()  # (B, T, n, C)
 
 
-def read_streams(pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """pre (n,) or (B, T, n) weights over streams x (B, T, n, C) -> sub-layer input (B, T, C)."""
-    with _no_autocast(x.device):
-        return (pre.float().unsqueeze(-2) @ x.float()).squeeze(-2)  # (B, T, 1, C) -> (B, T, C)
-
-
 def write_streams(mixed: torch.Tensor, post: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """mixed streams (B, T, n, C) + post (n,) or (B, T, n) times sub-layer output y (B, T, C)."""
     return mixed + post.float().unsqueeze(-1) * y.float().unsqueeze(-2)  # (B, T, n, C)
 
 
 # --------------------------------------------------------------------------- modules
+#
+# A connection has `read(x, maps) -> (h, ctx)` and `write(x, y, ctx) -> x'`. `maps` is what the
+# model precomputed for this sub-layer once per forward (`static_mappings`), or None. Only
+# mHC with hc_static_only has something to precompute: its (H_pre, H_post, H_res) do not depend
+# on the tokens, so all sub-layers' are projected together — one batched Sinkhorn over a
+# (2 n_layer, n, n) tensor per forward instead of one per sub-layer inside every layer's graph.
+# With dynamic mappings (the default, as in the mHC paper) H_res = P(b_res + a * f(x)) needs the
+# sub-layer's own input, so its projection is per token and per sub-layer; it is batched over
+# all B x T tokens at once.
 
 
 class PlainResidual(nn.Module):
     """x' = x + F(x): nanoGPT's residual (hc_disable=True). The state is (B, T, C)."""
 
-    def read(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    def read(self, x: torch.Tensor, maps: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         return x, ()
 
     def write(self, x: torch.Tensor, y: torch.Tensor, ctx: tuple) -> torch.Tensor:
@@ -193,10 +361,10 @@ class HyperConnection(nn.Module):
             self.dyn_gate_alpha = nn.Parameter(torch.tensor(DYNAMIC_GATE_INIT))  # s_alpha
             self.dyn_gate_beta = nn.Parameter(torch.tensor(DYNAMIC_GATE_INIT))  # s_beta
 
-    def read(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    def read(self, x: torch.Tensor, maps: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         pre, res, post = self.static_pre, self.static_res, self.static_post  # (n,), (n, n), (n,)
         if self.dynamic:
-            d = torch.tanh(rms_norm(x) @ self.dyn_proj).float()  # (B, T, n, n + 2), row i from stream i
+            d = torch.tanh(normed_projection(x, self.dyn_proj))  # (B, T, n, n + 2), row i from stream i
             pre = pre + self.dyn_gate_alpha * d[..., 0]  # (B, T, n)
             # d[..., i, 1 + j] is stream i's weight into stream j; as res[j, i] so that x' = res @ x
             res = res + self.dyn_gate_alpha * d[..., 1:self.n + 1].mT  # (B, T, n, n)
@@ -205,7 +373,7 @@ class HyperConnection(nn.Module):
 
     def write(self, x: torch.Tensor, y: torch.Tensor, ctx: tuple) -> torch.Tensor:
         res, post = ctx
-        return write_streams(mix_streams(res, x), post, y)
+        return mix_and_write(res, x, post, y)
 
 
 class ManifoldHyperConnection(nn.Module):
@@ -213,7 +381,8 @@ class ManifoldHyperConnection(nn.Module):
 
     logits = static b + (unless hc_static_only) gate * (rms_norm(flatten(x)) @ phi), with phi = 0 at
     init; H_pre = sigmoid, H_post = 2 sigmoid (non-negative), H_res = projection (doubly
-    stochastic), optionally H_res = (1 - a) I + a H_res with a learned a.
+    stochastic), optionally H_res = (1 - a) I + a H_res with a learned a. As in the paper, the
+    dynamic logits are per token, so H_res is one n x n matrix per token.
 
     Init, and why it is not symmetric: the streams start as n identical copies of the embedding.
     A doubly stochastic H_res maps identical streams to themselves, so while they stay identical
@@ -254,22 +423,29 @@ class ManifoldHyperConnection(nn.Module):
         n = self.n
         pre, post, res = self.static_pre, self.static_post, self.static_res
         if self.dynamic:
-            d = (rms_norm(x.flatten(-2)) @ self.dyn_proj).float()  # (B, T, 2n + n*n)
+            d = normed_projection(x.flatten(-2), self.dyn_proj)  # (B, T, 2n + n*n)
             pre = pre + self.dyn_gate[0] * d[..., :n]  # (B, T, n)
             post = post + self.dyn_gate[1] * d[..., n:2 * n]  # (B, T, n)
             res = res + self.dyn_gate[2] * d[..., 2 * n:].unflatten(-1, (n, n))  # (B, T, n, n)
-        h_res = project_h_res(res, self.cfg)
-        if self.identity_mix:
-            h_res = identity_mix(h_res, self.res_alpha)
-        return torch.sigmoid(pre.float()), 2.0 * torch.sigmoid(post.float()), h_res
+        return constrain(pre, post, res, self.res_alpha if self.identity_mix else None, self.cfg)
 
-    def read(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-        h_pre, h_post, h_res = self.mappings(x)
+    def read(self, x: torch.Tensor, maps: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        h_pre, h_post, h_res = maps if maps is not None else self.mappings(x)
         return read_streams(h_pre, x), (h_res, h_post)
 
     def write(self, x: torch.Tensor, y: torch.Tensor, ctx: tuple) -> torch.Tensor:
         h_res, h_post = ctx
-        return write_streams(mix_streams(h_res, x), h_post, y)
+        return mix_and_write(h_res, x, h_post, y)
+
+
+def constrain(pre: torch.Tensor, post: torch.Tensor, res: torch.Tensor, alpha: torch.Tensor | None,
+              cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mHC logits -> (H_pre, H_post, H_res) = (sigmoid, 2 sigmoid, projection [identity mix]).
+    Any leading batch shape: per token (B, T, ...), or all sub-layers stacked (L, ...)."""
+    h_res = project_h_res(res, cfg)
+    if alpha is not None:
+        h_res = identity_mix(h_res, alpha)
+    return torch.sigmoid(pre.float()), 2.0 * torch.sigmoid(post.float()), h_res
 
 
 def make_connection(cfg: TrainConfig, index: int) -> nn.Module:
@@ -281,24 +457,37 @@ def make_connection(cfg: TrainConfig, index: int) -> nn.Module:
     return HyperConnection(cfg, index)
 
 
+def static_mappings(connections: Sequence[nn.Module], cfg: TrainConfig
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All mHC sub-layers' static (H_pre (L, n), H_post (L, n), H_res (L, n, n)), L = 2 n_layer,
+    from their static logits in one batched projection (one Sinkhorn over (L, n, n))."""
+    pre = torch.stack([c.static_pre for c in connections])  # (L, n)
+    post = torch.stack([c.static_post for c in connections])  # (L, n)
+    res = torch.stack([c.static_res for c in connections])  # (L, n, n)
+    alpha = torch.stack([c.res_alpha for c in connections]) if cfg.mhc_residual_identity_mix else None  # (L,)
+    return constrain(pre, post, res, alpha, cfg)
+
+
 def static_h_res(connections: Sequence[nn.Module], cfg: TrainConfig) -> torch.Tensor:
     """All mHC sub-layers' static H_res (the b_res part), projected in one batched call: (L, n, n)."""
-    logits = torch.stack([c.static_res for c in connections])  # (L, n, n)
-    h = project_h_res(logits, cfg)
-    if cfg.mhc_residual_identity_mix:
-        h = identity_mix(h, torch.stack([c.res_alpha for c in connections]))
-    return h
+    return static_mappings(connections, cfg)[2]
 
 
 __all__ = [
     "HyperConnection",
     "ManifoldHyperConnection",
     "PlainResidual",
+    "constrain",
     "identity_mix",
+    "inv_rms",
     "make_connection",
+    "mix_and_write",
     "newton_schulz",
+    "normed_projection",
     "orthostochastic",
     "project_h_res",
+    "read_streams",
     "sinkhorn",
     "static_h_res",
+    "static_mappings",
 ]

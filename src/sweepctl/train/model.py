@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sweepctl.train.config import TrainConfig
-from sweepctl.train.hyper import make_connection, static_h_res
+from sweepctl.train.hyper import make_connection, static_h_res, static_mappings
 
 
 class LayerNorm(nn.Module):
@@ -92,12 +92,14 @@ class Block(nn.Module):
         self.res_attn = make_connection(cfg, 2 * layer)
         self.res_mlp = make_connection(cfg, 2 * layer + 1)
 
-    def forward(self, x: torch.Tensor, v1: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        # x: (B, T, C) plain, (B, T, n, C) with hyper-connections
-        h, ctx = self.res_attn.read(x)  # (B, T, C)
+    def forward(self, x: torch.Tensor, v1: torch.Tensor | None, maps_attn: tuple | None = None,
+                maps_mlp: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: (B, T, C) plain, (B, T, n, C) with hyper-connections; maps_*: the sub-layers'
+        # precomputed static mappings (GPT.static_maps), or None
+        h, ctx = self.res_attn.read(x, maps_attn)  # (B, T, C)
         y, v1 = self.attn(self.ln_1(h), v1)
         x = self.res_attn.write(x, y, ctx)
-        h, ctx = self.res_mlp.read(x)
+        h, ctx = self.res_mlp.read(x, maps_mlp)
         x = self.res_mlp.write(x, self.mlp(self.ln_2(h)), ctx)
         return x, v1
 
@@ -142,10 +144,12 @@ class GPT(nn.Module):
         pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         if self.streams:
-            x = x.unsqueeze(2).expand(B, T, self.streams, x.shape[-1])  # (B, T, n, C): n copies
+            # (B, T, n, C): n copies, materialised so that every sub-layer sees one contiguous layout
+            x = x.unsqueeze(2).expand(B, T, self.streams, x.shape[-1]).contiguous()
+        maps = self.static_maps()
         v1 = None
-        for block in self.transformer.h:
-            x, v1 = block(x, v1)
+        for i, block in enumerate(self.transformer.h):
+            x, v1 = block(x, v1, *((None, None) if maps is None else (maps[2 * i], maps[2 * i + 1])))
         if self.streams:
             x = x.sum(2)  # (B, T, C): the streams' sum; ln_f makes its scale irrelevant
         x = self.transformer.ln_f(x)
@@ -159,6 +163,15 @@ class GPT(nn.Module):
     def connections(self) -> list[nn.Module]:
         return [c for b in self.transformer.h for c in (b.res_attn, b.res_mlp)]
 
+    def static_maps(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+        """Per sub-layer (H_pre, H_post, H_res) when they do not depend on the tokens (mHC with
+        hc_static_only), all projected in one batched call, once per forward; None otherwise (the
+        connections then compute their own, per token)."""
+        if not (self.cfg.mhc and self.cfg.hc_static_only):
+            return None
+        pre, post, res = static_mappings(self.connections(), self.cfg)  # (L, n), (L, n), (L, n, n)
+        return [(pre[i], post[i], res[i]) for i in range(pre.shape[0])]
+
     def h_res_static(self) -> torch.Tensor | None:
         """(2 n_layer, n, n): every mHC sub-layer's static H_res, projected in one call; None otherwise."""
         return static_h_res(self.connections(), self.cfg) if self.cfg.mhc else None
@@ -171,11 +184,12 @@ class GPT(nn.Module):
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
         if self.streams:
-            x = x.unsqueeze(2).expand(B, T, self.streams, x.shape[-1])
+            x = x.unsqueeze(2).expand(B, T, self.streams, x.shape[-1]).contiguous()
+        maps = self.static_maps()
         rms, cos, v1 = [], [], None
-        for block in self.transformer.h:
+        for i, block in enumerate(self.transformer.h):
             before = x
-            x, v1 = block(x, v1)
+            x, v1 = block(x, v1, *((None, None) if maps is None else (maps[2 * i], maps[2 * i + 1])))
             rms.append(float(x.float().pow(2).mean().sqrt()))
             cos.append(float(F.cosine_similarity(before.float().flatten(0, -2), x.float().flatten(0, -2), dim=-1)
                              .mean()))
