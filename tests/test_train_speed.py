@@ -1,0 +1,375 @@
+"""The trainer's fast paths against a plain reference kept here: the batched, fused and hoisted
+HC/mHC code must compute what a straightforward per-layer implementation computes (float32 and
+bf16 tolerance, eager and traced by torch.compile); the static mHC maps are projected once per
+forward; the benchmark runs on CPU and prints its table or valid JSON; prefetched batches are
+the synchronous ones, in order, with a resumable RNG state."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sweepctl.train import bench, hyper
+from sweepctl.train.config import PRESETS, TrainConfig, resolve_config
+from sweepctl.train.data import BatchPrefetcher, ShardError, TokenWindows, train_rng, write_shard
+from sweepctl.train.hyper import HyperConnection, ManifoldHyperConnection, PlainResidual
+from sweepctl.train.model import GPT
+
+torch.set_num_threads(1)  # tiny models on a shared 2-core machine: no OpenMP spin-waiting
+
+TINY = ["n_layer=2", "n_embd=32", "n_head=2", "block_size=16", "vocab_size=64"]
+VARIANTS = {
+    "base": ["base"],
+    "hc": ["hc"],
+    "hc-static": ["hc", "hc_static_only=True"],
+    "mhc": ["mhc"],
+    "mhc-static": ["mhc", "hc_static_only=True"],
+    "mhc-ortho": ["mhc", "mhc_h_res_proj='orthostochastic'"],
+    "cvres-mhc-mix": ["cvres_mhc", "mhc_residual_identity_mix=True", "mhc_residual_alpha=0.3"],
+    "mhc-static-ortho-mix": ["mhc", "hc_static_only=True", "mhc_h_res_proj='orthostochastic'",
+                             "mhc_residual_identity_mix=True", "hc_num_streams=3"],
+}
+
+
+@pytest.fixture(autouse=True)
+def sinkhorn_op_eager(monkeypatch):
+    """Tests tracing with aot_eager run the Sinkhorn op's own functions eagerly: compiling them
+    with inductor again after every dynamo reset is minutes of C++ builds on a CPU runner. The
+    inductor test turns compilation back on."""
+    monkeypatch.setattr(hyper.SinkhornOp, "compile_inner", False)
+
+
+def tiny(variant: str, *extra: str) -> TrainConfig:
+    preset, *overrides = VARIANTS[variant]
+    return resolve_config(preset, [*TINY, *overrides, *extra])
+
+
+# --------------------------------------------------------------------------- the plain reference
+
+
+def ref_rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + hyper.RMS_EPS)
+
+
+def ref_sinkhorn(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
+    """Textbook Sinkhorn-Knopp, one matrix at a time: exp, then normalise rows, then columns."""
+    out = []
+    for g in logits.reshape(-1, *logits.shape[-2:]):
+        m = torch.exp((g - g.max()) / tau)  # the shift cancels in the normalisation
+        for _ in range(iters):
+            m = m / m.sum(1, keepdim=True)
+            m = m / m.sum(0, keepdim=True)
+        out.append(m)
+    return torch.stack(out).reshape(logits.shape)
+
+
+def ref_orthostochastic(logits: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    out = []
+    for g in logits.reshape(-1, *logits.shape[-2:]):
+        x = g / (torch.sqrt((g * g).sum()) + cfg.ns_eps)
+        for a, b, c in cfg.ns_schedule:
+            A = x @ x.T
+            x = a * x + (b * A + c * A @ A) @ x
+        out.append(x * x)
+    return torch.stack(out).reshape(logits.shape)
+
+
+def ref_connection(conn: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, sublayer) -> torch.Tensor:
+    """One sub-layer with its residual connection, written out from the papers' formulas."""
+    if isinstance(conn, PlainResidual):
+        return x + sublayer(x)
+    n = cfg.hc_num_streams
+    if isinstance(conn, HyperConnection):
+        pre, res, post = conn.static_pre, conn.static_res, conn.static_post
+        if conn.dynamic:
+            d = torch.tanh(ref_rms_norm(x) @ conn.dyn_proj)  # (B, T, n, n + 2): row i from stream i
+            pre = pre + conn.dyn_gate_alpha * d[..., 0]
+            res = res + conn.dyn_gate_alpha * d[..., 1:n + 1].transpose(-1, -2)
+            post = post + conn.dyn_gate_beta * d[..., n + 1]
+    else:
+        assert isinstance(conn, ManifoldHyperConnection)
+        pre, post, res = conn.static_pre, conn.static_post, conn.static_res
+        if conn.dynamic:
+            d = ref_rms_norm(x.flatten(-2)) @ conn.dyn_proj  # (B, T, 2n + n^2)
+            pre = pre + conn.dyn_gate[0] * d[..., :n]
+            post = post + conn.dyn_gate[1] * d[..., n:2 * n]
+            res = res + conn.dyn_gate[2] * d[..., 2 * n:].reshape(*d.shape[:-1], n, n)
+        pre, post = torch.sigmoid(pre), 2 * torch.sigmoid(post)
+        if cfg.mhc_h_res_proj == "sinkhorn":
+            res = ref_sinkhorn(res, cfg.sinkhorn_iters, cfg.sinkhorn_tau)
+        else:
+            res = ref_orthostochastic(res, cfg)
+        if cfg.mhc_residual_identity_mix:
+            a = conn.res_alpha.clamp(0, 1)
+            res = (1 - a) * torch.eye(n, dtype=res.dtype) + a * res
+    h = torch.einsum("...j,...jc->...c", pre, x)
+    y = sublayer(h)
+    return torch.einsum("...ij,...jc->...ic", res, x) + torch.einsum("...i,...c->...ic", post, y)
+
+
+def ref_forward(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own attention/MLP modules, every residual connection from `ref_connection`."""
+    cfg, tr = model.cfg, model.transformer
+    T = idx.shape[1]
+    x = tr.wte(idx) + tr.wpe(torch.arange(T))
+    streams = 0 if cfg.hc_disable else cfg.hc_num_streams
+    if streams:
+        x = torch.stack([x] * streams, dim=2)
+    v1 = None
+    for block in tr.h:
+        def attn(h, block=block):
+            nonlocal v1
+            y, v1 = block.attn(block.ln_1(h), v1)
+            return y
+
+        x = ref_connection(block.res_attn, cfg, x, attn)
+        x = ref_connection(block.res_mlp, cfg, x, lambda h, block=block: block.mlp(block.ln_2(h)))
+    if streams:
+        x = x.sum(2)
+    logits = model.lm_head(tr.ln_f(x))
+    return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def perturbed_model(cfg: TrainConfig) -> GPT:
+    """A model whose connections are away from their init: dynamic parts on, maps not identity."""
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".res_" in name or name.endswith("v_lambda"):
+                scale = 0.1 if name.endswith("dyn_proj") else 0.3
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 64, (2, 17), generator=g)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def grads(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_matches_reference(cfg: TrainConfig, run, atol: float, grad_rtol: float) -> None:
+    """`run(model, x, y) -> (logits, loss)` on a float32 model vs the float64 reference."""
+    model = perturbed_model(cfg)
+    ref = copy.deepcopy(model).double()
+    x, y = batch()
+    logits, loss = run(model, x, y)
+    ref_logits, ref_loss = ref_forward(ref, x, y)
+    torch.testing.assert_close(logits.double(), ref_logits, atol=atol, rtol=0)
+    torch.testing.assert_close(loss.double(), ref_loss, atol=atol, rtol=0)
+    got, want = grads(model, loss), grads(ref, ref_loss)
+    assert got.keys() == want.keys()
+    for k in want:
+        # relative to the tensor's largest entry (float32 rounding scales with it), with a floor for
+        # the gradients that are zero by design (first and last mHC H_res) and hold only rounding
+        torch.testing.assert_close(got[k].double(), want[k], atol=grad_rtol * want[k].abs().max() + 1e-7, rtol=0,
+                                   msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_eager_fast_path_matches_the_plain_reference_in_float32(variant):
+    assert_matches_reference(tiny(variant), lambda m, x, y: m(x, y), atol=2e-5, grad_rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["hc", "mhc", "mhc-static", "cvres-mhc-mix", "mhc-static-ortho-mix"])
+def test_traced_fast_path_matches_the_plain_reference(variant):
+    """Under torch.compile the streams are mixed by the broadcast-and-sum forms inductor fuses,
+    and the projections are nested regions: the same numbers. aot_eager traces exactly what
+    inductor receives (dynamo graph, AOT autograd) without compiling C++ for every variant."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    assert_matches_reference(tiny(variant), lambda m, x, y: torch.compile(m, backend="aot_eager", fullgraph=True)(x, y),
+                             atol=2e-5, grad_rtol=1e-4)
+
+
+def test_inductor_compiled_mhc_matches_the_reference_with_sinkhorn_as_one_op_per_sub_layer(monkeypatch):
+    """The real compiler once, on the smallest dynamic mHC model: same numbers, one graph, and the
+    per-token Sinkhorn as one opaque op per sub-layer (its 20 steps are not unrolled in the graph),
+    whose forward and backward are themselves compiled."""
+    import torch._dynamo
+
+    monkeypatch.setattr(hyper.SinkhornOp, "compile_inner", True)
+    torch._dynamo.reset()
+    cfg = tiny("mhc", "n_layer=1")
+    model = perturbed_model(cfg)
+    x, y = batch()
+    explained = torch._dynamo.explain(model)(x, y)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    code = explained.graphs[0].code
+    assert code.count("torch.ops.sweepctl.sinkhorn(") == 2 * cfg.n_layer and "logsumexp" not in code
+    torch._dynamo.reset()
+    assert_matches_reference(cfg, lambda m, x, y: torch.compile(m, fullgraph=True)(x, y), atol=2e-5, grad_rtol=1e-4)
+
+
+@pytest.mark.parametrize(("shape", "iters", "tau"), [((5, 4, 4), 20, 0.05), ((2, 3, 3, 3), 3, 1.0), ((4, 4), 1, 0.5)])
+def test_sinkhorn_backward_by_recomputation_matches_autograd(shape, iters, tau):
+    """The compiled op's backward walks the steps back by hand; autograd of the same loop in
+    float64 is the reference."""
+    g = torch.Generator().manual_seed(3)
+    logits = (0.05 * torch.randn(shape, generator=g)).double()
+    grad_out = torch.randn(shape, generator=g).double()
+    zz = (logits / tau).requires_grad_()  # the log-space loop of sinkhorn_eager, in float64
+    u, v = torch.zeros_like(zz[..., :, 0]), torch.zeros_like(zz[..., 0, :])
+    for _ in range(iters):
+        u = -torch.logsumexp(zz + v.unsqueeze(-2), -1)
+        v = -torch.logsumexp(zz + u.unsqueeze(-1), -2)
+    (want,) = torch.autograd.grad(torch.exp(zz + u.unsqueeze(-1) + v.unsqueeze(-2)), zz, grad_out)
+    got = hyper.sinkhorn_backward(logits.float(), grad_out.float(), iters, tau)
+    torch.testing.assert_close(got.double(), want / tau, atol=1e-6 * (1 + want.abs().max() / tau), rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["hc", "mhc", "mhc-static"])
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_bf16_autocast_matches_the_reference_within_bf16_tolerance(variant, traced):
+    """Under bf16 autocast the sub-layers and the dynamic projections run in bf16, while the
+    projections, stream mixing and the streams themselves stay float32 (hyper._no_autocast).
+    bf16 keeps 8 bits: big weight gradients average their rounding out (a few % error); a gate's
+    scalar gradient is a sum with cancellation (the implementation before the fast path was off
+    by up to 10% there too, and by as much as this one on every tensor checked here)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = perturbed_model(tiny(variant))
+    ref = copy.deepcopy(model).double()
+    x, y = batch()
+    fn = torch.compile(model, backend="aot_eager", fullgraph=True) if traced else model
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = fn(x, y)
+    ref_logits, ref_loss = ref_forward(ref, x, y)
+    assert loss.dtype == torch.float32 and abs(loss.item() - ref_loss.item()) < 1e-3
+    torch.testing.assert_close(logits.double(), ref_logits, atol=5e-2, rtol=0)
+    got, want = grads(model, loss), grads(ref, ref_loss)
+    # relative to the tensor's norm, floored at 1e-3 of the largest: some gradients are ~0 (by
+    # design, or 1e-7 against 1e-1 elsewhere) and hold only rounding, old implementation or new
+    floor = 1e-3 * max(w.norm() for w in want.values())
+    for k, w in want.items():
+        err = ((got[k].double() - w).norm() / max(w.norm(), floor)).item()
+        assert err < (0.05 if w.numel() >= 64 else 0.25), f"{k}: relative error {err:.3f}"
+
+
+def test_static_mhc_maps_are_projected_once_per_forward_for_all_sub_layers(monkeypatch):
+    calls: list[tuple[int, ...]] = []
+    real = hyper.project_h_res
+
+    def spy(logits, cfg):
+        calls.append(tuple(logits.shape))
+        return real(logits, cfg)
+
+    monkeypatch.setattr(hyper, "project_h_res", spy)
+    x, _ = batch()
+    GPT(tiny("mhc-static", "n_layer=3"))(x)
+    assert calls == [(6, 4, 4)]  # one batched projection: 2 sub-layers x 3 layers, n x n
+    calls.clear()
+    GPT(tiny("mhc", "n_layer=3"))(x)  # dynamic (the paper's): per sub-layer, batched over all tokens
+    assert calls == [(2, 16, 4, 4)] * 6
+
+
+def test_static_maps_feed_the_diagnostics_unchanged():
+    from sweepctl.train.diagnostics import static_residual_matrices
+
+    model = perturbed_model(tiny("mhc-static"))
+    h = static_residual_matrices(model.connections(), model.cfg)
+    torch.testing.assert_close(h, torch.stack([m[2] for m in model.static_maps()]))
+    torch.testing.assert_close(h.sum(-2), torch.ones(4, 4))  # columns exact after the last Sinkhorn step
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def test_bench_prints_valid_json_for_tiny_presets_on_cpu(capsys):
+    code = bench.main(["--presets", "base,hc,mhc,mhc_48l", "--iters", "1", "--warmup", "0", "--json",
+                       "--device", "cpu"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["meta"]["device"] == "cpu" and doc["meta"]["tiny"] is True and doc["meta"]["compile"] is False
+    rows = {r["preset"]: r for r in doc["results"]}
+    assert list(rows) == ["base", "hc", "mhc", "mhc_48l"]
+    for r in rows.values():
+        assert r["error"] is None and r["tok_per_s"] > 0 and r["ms_per_step"] > 0 and r["compile_first_step_s"] > 0
+        assert r["mfu"] is None and r["peak_mem_mb"] is None  # no GPU: no peak to compare with
+        assert r["tok_per_s"] == pytest.approx(r["batch_size"] * r["block_size"] * 1000 / r["ms_per_step"])
+    assert rows["base"]["vs_base"] == 1.0 and rows["mhc"]["vs_base"] == rows["mhc"]["tok_per_s"] / rows["base"]["tok_per_s"]
+    assert (rows["base"]["streams"], rows["mhc"]["streams"], rows["mhc_48l"]["n_layer"]) == (0, 4, 8)
+
+
+def test_bench_prints_a_table_last_and_rejects_unknown_presets(capsys):
+    assert bench.main(["--presets", "base,mhc", "--iters", "1", "--warmup", "0", "--set", "hc_static_only=True"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("# cpu | torch") and "eager" in lines[0] and "tiny sizes" in lines[0]
+    assert lines[1].split()[:5] == ["preset", "L", "C", "B", "tok/s"]
+    assert [ln.split()[0] for ln in lines[2:]] == ["base", "mhc"]
+    assert lines[-1].split()[-2:] == ["n/a", f"{float(lines[-1].split()[-1]):.2f}"]  # MFU n/a, vs base a ratio
+    assert bench.main(["--presets", "base,nope"]) == 2
+    assert "unknown preset(s) nope" in capsys.readouterr().err
+
+
+def test_flops_per_token_and_peak_table():
+    with torch.device("meta"):
+        model = GPT(resolve_config("base", []))
+    assert bench.flops_per_token(model) == pytest.approx(144e6, rel=0.01)  # the issue's ~144 MFLOP/token
+    assert bench.peak_flops("NVIDIA H200") == 989e12
+    assert bench.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert bench.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert bench.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert bench.peak_flops("Some Future GPU") is None
+    assert set(bench.DEFAULT_PRESETS.split(",")) <= set(PRESETS)
+
+
+# --------------------------------------------------------------------------- prefetched batches
+
+
+@pytest.fixture(scope="module")
+def windows(tmp_path_factory) -> TokenWindows:
+    d = tmp_path_factory.mktemp("shards")
+    write_shard(d / "fineweb_train_000001.bin", np.arange(5000) % 251)
+    write_shard(d / "fineweb_train_000002.bin", np.arange(3000) % 199)
+    return TokenWindows(sorted(d.glob("fineweb_train_*.bin")), block_size=32, vocab_size=256)
+
+
+def test_prefetched_batches_are_the_synchronous_ones_in_order(windows):
+    sync_rng, rng = train_rng(5, 0), train_rng(5, 0)
+    with BatchPrefetcher(windows, rng, batch_size=3, device=torch.device("cpu")) as pf:
+        for _ in range(6):
+            x, y = pf.next()
+            ex, ey = windows.sample(sync_rng, 3)
+            assert x.dtype == torch.int64 and torch.equal(x, torch.from_numpy(ex)) and torch.equal(y, torch.from_numpy(ey))
+            # the state to checkpoint is the one after the batches handed out, not after the
+            # batch the worker already drew ahead
+            assert pf.rng_state() == sync_rng.bit_generator.state
+    assert not pf.worker.is_alive()
+
+
+def test_prefetcher_state_resumes_the_same_stream(windows):
+    rng = train_rng(7, 0)
+    with BatchPrefetcher(windows, rng, batch_size=2, device=torch.device("cpu")) as pf:
+        pf.next()
+        state = pf.rng_state()
+        expected = [pf.next() for _ in range(3)]
+    resumed = train_rng(7, 0)
+    resumed.bit_generator.state = state
+    with BatchPrefetcher(windows, resumed, batch_size=2, device=torch.device("cpu")) as pf:
+        for x, y in expected:
+            gx, gy = pf.next()
+            assert torch.equal(gx, x) and torch.equal(gy, y)
+
+
+def test_prefetcher_raises_a_bad_shard_where_the_batch_is_taken(tmp_path):
+    write_shard(tmp_path / "fineweb_train_000001.bin", np.full(400, 300))  # token 300 >= vocab 256
+    bad = TokenWindows([tmp_path / "fineweb_train_000001.bin"], block_size=8, vocab_size=256)
+    with (BatchPrefetcher(bad, train_rng(0, 0), batch_size=2, device=torch.device("cpu")) as pf,
+          pytest.raises(ShardError, match=r"fineweb_train_000001\.bin: token id 300")):
+        pf.next()
+    assert not pf.worker.is_alive()
