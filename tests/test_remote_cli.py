@@ -223,17 +223,31 @@ def test_unreachable_host_and_wrong_key_fail_fast_with_one_line(
 
 
 def test_a_different_or_missing_remote_sweepctl_says_to_bootstrap(
-        pod: Pod, workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+        pod: Pod, workspace: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     old = workspace.root / "old-venv" / "bin" / "sweepctl"
     old.parent.mkdir(parents=True)
     old.write_text("#!/bin/sh\necho 'sweepctl 0.0.1'\n")
     old.chmod(0o755)
-    r = run_cli(capsys, "status", "--host", "pod", "--remote-bin", str(old))
+    monkeypatch.setenv("SWEEPCTL_HOST", "pod")  # the host can come from the environment too
+    r = run_cli(capsys, "status", "--remote-bin", str(old))
     assert r.code == 3
     assert one_line(r) == (f"error: pod: the pod has sweepctl 0.0.1, this machine has {__version__} — "
                            "run `sweepctl bootstrap --host pod` to install the same version")
     r = run_cli(capsys, "status", "--host", "pod", "--remote-bin", str(workspace.root / "nowhere" / "sweepctl"))
     assert r.code == 3 and "sweepctl is not installed at" in r.err and "sweepctl bootstrap --host pod" in r.err
+
+
+def test_a_bad_csv_is_refused_on_the_laptop_before_any_connection(
+        pod: Pod, workspace: Workspace, transports: list[SSHTransport], capsys: pytest.CaptureFixture[str]) -> None:
+    csv = workspace.root / "bad.csv"
+    csv.write_text('run_id,config,seed,overrides,notes\nr0,base,1,"n_layr=2",\nr1,nope,2,,\n')
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod", "--shards", "1")
+    assert r.code == 1
+    assert f"error: {csv}:2: overrides: unknown setting 'n_layr'" in r.err and f"error: {csv}:3: config 'nope'" in r.err
+    assert [t.connections for t in transports] == []  # validated here; the pod was never contacted
+    good = workspace.csv([("r0", "")])
+    r = run_cli(capsys, "launch", str(good), "--host", "pod", "--backend", "ray")
+    assert r.code == 1 and "--backend places rows through its own cluster" in r.err
 
 
 # -- status: one round trip, --json, --watch --------------------------------------------------------
@@ -375,11 +389,27 @@ def test_launch_status_logs_rerun_pull_report_over_ssh(
     assert "copied 2 file(s)" in r.out and (dest / "row0" / runs.CHECKPOINT).exists()
     local = run_cli(capsys, "status", "--out-root", str(dest), "--json")  # the pulled copy reads as a sweep
     assert json.loads(local.out)["counts"]["ok"] == 2
+    r = run_cli(capsys, "pull", "--host", "pod", "--to", str(ws.root / "everything"), "--all")
+    assert r.code == 0 and "pod: every run: copied" in r.out
+    assert (ws.root / "everything" / ".sweeps" / "sweep" / "upload" / "configs" / "tiny.py").exists()
 
     r = run_cli(capsys, "report", "--host", "pod", "--format", "csv")
     assert r.code == 0, r.err
     assert r.out.splitlines()[0].startswith("group,variant,runs,ok")
     assert {line.split(",")[0] for line in r.out.splitlines()[1:]} == {"row0", "row1"}
+
+
+def test_stop_over_ssh_interrupts_a_live_run(pod: Pod, workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = workspace.csv([("long", "max_iters=100000 lr_decay_iters=100000 eval_interval=1000 log_interval=50")])
+    assert run_cli(capsys, "launch", str(csv), "--host", "pod", "--shards", "1").code == 0
+    d = pod.run_dir("long")
+    wait_for(lambda: (runs.read_json(d / runs.HEARTBEAT) or {}).get("iter"), "the run to train", pod.tmux_socket)
+
+    r = run_cli(capsys, "stop", "--host", "pod", "--shard", "0")
+    assert r.code == 0, r.err
+    assert "sent SIGINT to runner pid" in r.out and "(sweep-0)" in r.out and "Relaunch with --retry-failed" in r.out
+    summary = wait_for(lambda: runs.read_json(d / runs.SUMMARY), "the interrupted summary", pod.tmux_socket)
+    assert summary["status"] == "interrupted" and summary["ok"] is False
 
 
 def test_attach_execs_ssh_into_the_pods_tmux_session(
@@ -429,6 +459,15 @@ def test_one_sweep_over_two_pods_one_table_and_a_host_down(
     ws = workspace
     csv = ws.csv([("row0", ""), ("row1", ""), ("row2", "")])
     hosts = ["--host", "pod", "--host", "pod2"]
+
+    # A failed run on pod2 makes its pre-flight refuse: then nothing starts on either pod.
+    runs.write_json_atomic(pod2.run_dir("row1") / runs.SUMMARY, {"ok": False, "error_class": "oom", "error": "OOM"})
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--host", "pod2", "--no-wandb")
+    assert r.code == 2, r.out + r.err
+    assert one_line(r).startswith("error: pod2: launch refused: 1 failed run(s)")
+    assert "nothing started on any host" in r.out
+    assert not (pod.out_root / ".sweeps" / "sweep" / "plan.json").exists() and not pod.run_dir("row0").exists()
+    shutil.rmtree(pod2.run_dir("row1"))
 
     # pod gets 1 shard by HOST=N; pod2 one per GPU (its nvidia-smi shows one): 2 shards in all.
     r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--host", "pod2", "--no-wandb")
