@@ -52,7 +52,7 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
 
     Several pods are rehearsed first (`launch --dry-run` on each): a refusal or a failed
     pre-flight on any pod starts nothing anywhere."""
-    from sweepctl.hosts import split_rows
+    from sweepctl.hosts import split_rows, subset_csv
     from sweepctl.spec import RUN_ID_RE, read_sweep
 
     if "--backend" in forwarded:
@@ -89,7 +89,7 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
             local = Path(tmp, host)
             local.mkdir(exist_ok=True)
             rows = None if pods.single else part.row_indices
-            (local / csv_path.name).write_text(_subset(text, rows, refs))
+            (local / csv_path.name).write_text(subset_csv(text, rows, refs))
             t.put(local / csv_path.name, f"{directory}/{csv_path.name}")
             for src, rel in uploads.items():
                 t.put(src, f"{directory}/{rel}")
@@ -130,7 +130,8 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
         active = Pods(hosts=busy, remote_bin=pods.remote_bin, accept_new_host_key=pods.accept_new_host_key)
         rehearse = not pods.single and not dry_run
         answers = active.each(lambda h, t: start(h, t, rehearse=rehearse), transports)
-        if rehearse and not any(a.error or (a.value and a.value.error) for a in answers):
+        stopped = rehearse and any(a.error or (a.value and a.value.error) for a in answers)
+        if rehearse and not stopped:
             answers = active.each(lambda h, t: start(h, t, rehearse=False), transports)
 
     failures = [_as_answer(a) for a in answers]
@@ -144,7 +145,7 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
             typer.echo(json.dumps({"sweep": sweep.name, "total_shards": layout["total_shards"], "hosts": hosts},
                                   indent=2))
     else:
-        _render_launch(pods, parts, answers, idle, dry_run=dry_run, rehearsed=rehearse)
+        _render_launch(pods, parts, answers, idle, dry_run=dry_run, stopped=stopped)
     remote_opts.raise_if_failed(failures)
 
 
@@ -154,12 +155,13 @@ def _as_answer(a: remote_opts.Answer[_Launched]) -> remote_opts.Answer[Any]:
 
 
 def _render_launch(pods: Pods, parts: list[Any], answers: list[remote_opts.Answer[_Launched]],
-                   idle: list[str], *, dry_run: bool, rehearsed: bool) -> None:
+                   idle: list[str], *, dry_run: bool, stopped: bool) -> None:
+    """Each pod's pre-flight and sessions under a rule naming its global shards; `stopped`: the
+    rehearsal failed somewhere, so these are dry-run answers and nothing was started."""
     from sweepctl.cli import run_views
 
     total = sum(p.shards for p in parts)
     by_host = {p.host: p for p in parts}
-    failed = [a for a in answers if a.error or (a.value and a.value.error)]
     for a in answers:
         part = by_host[a.host]
         if not pods.single:
@@ -170,7 +172,7 @@ def _render_launch(pods: Pods, parts: list[Any], answers: list[remote_opts.Answe
             continue
         model = dict(model, warnings=[])  # the laptop printed the CSV's warnings once already
         run_views.render_launch_preview(model, detailed=dry_run)
-        if a.value and a.value.error is None and not (rehearsed and failed):
+        if a.value and a.value.error is None and not stopped:
             first = model["started"][0]["session"] if model["started"] else "sweep-0"
             status = f"sweepctl status {' '.join(f'--host {h}' for h in pods.hosts)}"
             run_views.render_launch_outcome(
@@ -178,7 +180,7 @@ def _render_launch(pods: Pods, parts: list[Any], answers: list[remote_opts.Answe
                 status=status, show_status=a is answers[-1], prefix="" if pods.single else f"{a.host}: ")
     for host in idle:
         console.print(f"{host}: no rows (more shards than rows); nothing sent", highlight=False)
-    if rehearsed and failed:
+    if stopped:
         console.print("nothing started on any host: every pod must pass its pre-flight first.", style="red",
                       highlight=False)
 
@@ -193,12 +195,6 @@ def _config_uploads(sweep: Any) -> dict[Path, str]:
         taken.add(name)
         uploads[src] = f"configs/{name}"
     return uploads
-
-
-def _subset(text: str, rows: list[int] | None, refs: dict[int, str]) -> str:
-    from sweepctl.hosts import subset_csv
-
-    return subset_csv(text, rows, refs)
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
