@@ -316,6 +316,22 @@ def test_bench_prints_a_table_last_and_rejects_unknown_presets(capsys):
     assert "unknown preset(s) nope" in capsys.readouterr().err
 
 
+def test_bench_show_merges_saved_runs_into_one_table(tmp_path, capsys):
+    """bench/gpu.sh runs one preset per invocation and prints the merged table last."""
+    for name, extra in (("base", []), ("mhc", ["--set", "hc_static_only=True"])):
+        assert bench.main(["--presets", name.split()[0], "--iters", "1", "--warmup", "0", "--json", *extra]) == 0
+        (tmp_path / f"{name}.json").write_text(capsys.readouterr().out)
+    (tmp_path / "broken.json").write_text("{not json")
+    assert bench.main(["--show", str(tmp_path / "base.json"), str(tmp_path / "mhc.json"), str(tmp_path / "broken.json")]) == 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines[2:]] == ["base", "mhc"] and "hc_static_only=True" in lines[3]
+    mhc_tok_s = json.loads((tmp_path / "mhc.json").read_text())["results"][0]["tok_per_s"]
+    base_tok_s = json.loads((tmp_path / "base.json").read_text())["results"][0]["tok_per_s"]
+    assert lines[3].split()[-1] == f"{mhc_tok_s / base_tok_s:.2f}"  # the ratio across the two runs
+    assert "broken.json: not a bench JSON document" in err
+
+
 def test_flops_per_token_and_peak_table():
     with torch.device("meta"):
         model = GPT(resolve_config("base", []))

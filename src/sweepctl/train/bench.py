@@ -2,7 +2,8 @@
 
     python -m sweepctl.train.bench --presets base,hc,mhc,mhc_48l --compile --device cuda
     python -m sweepctl.train.bench --presets base,hc,mhc --no-compile --iters 5      # CPU: tiny sizes
-    python -m sweepctl.train.bench --presets mhc --set hc_static_only=True --json
+    python -m sweepctl.train.bench --presets mhc --set hc_static_only=True --json > mhc.json
+    python -m sweepctl.train.bench --show base.json mhc.json     # tables of saved runs, merged
 
 Each preset runs the trainer's own model, optimizer (fused AdamW on CUDA), autocast dtype and
 gradient clipping on random token ids already on the device, so the figure is the model's speed,
@@ -16,6 +17,8 @@ What is timed, and why that way:
     `--iters` steps between two torch.cuda.synchronize() calls. Without the synchronisation the
     host would time kernel *launches*, which overstates throughput (the issue saw up to 2x);
   * peak mem: torch.cuda.max_memory_allocated over the timed steps (CUDA only);
+  * cpu_ms_per_step (JSON only): host CPU time per step. On a CPU shared with other work it is
+    the steadier figure (wall time includes waiting for a core); on CUDA it is launch overhead;
   * MFU: (6 N + 12 L H Q T) FLOPs per token (nanoGPT's estimate: N non-embedding parameters, L
     layers, H heads of size Q, T = block_size) x tok/s over the GPU's dense bf16 peak from
     `PEAK_BF16_FLOPS` (or --peak-tflops). n/a on CPU. HC/mHC stream mixing is not in the count: it
@@ -134,11 +137,11 @@ def run_preset(preset: str, cfg: TrainConfig, device: torch.device, *, compile_m
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     for k in range(iters):
         step(1 + warmup + k)
     synchronize(device)
-    dt = time.perf_counter() - t1
+    dt, cpu_dt = time.perf_counter() - t1, time.process_time() - c1
     tokens_per_step = accum * cfg.batch_size * cfg.block_size
     tok_s = tokens_per_step * iters / dt
     fpt = flops_per_token(raw)
@@ -147,7 +150,8 @@ def run_preset(preset: str, cfg: TrainConfig, device: torch.device, *, compile_m
         "n_head": cfg.n_head, "streams": 0 if cfg.hc_disable else cfg.hc_num_streams,
         "static_only": cfg.hc_static_only, "batch_size": cfg.batch_size, "block_size": cfg.block_size,
         "accum": accum, "dtype": dtype, "params": raw.num_params(), "flops_per_token": fpt,
-        "tok_per_s": tok_s, "ms_per_step": 1000 * dt / iters, "compile_first_step_s": first,
+        "tok_per_s": tok_s, "ms_per_step": 1000 * dt / iters, "cpu_ms_per_step": 1000 * cpu_dt / iters,
+        "compile_first_step_s": first,
         "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "mfu": fpt * tok_s / peak if peak else None,
         "error": None,
@@ -208,11 +212,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's peak for MFU, if not in the table")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    p.add_argument("--show", nargs="+", metavar="FILE", default=None,
+                   help="run nothing: print the tables of earlier --json outputs (merged by compile setting)")
     return p.parse_args(argv)
+
+
+def show(paths: list[str]) -> int:
+    """One table per device and compile setting from saved --json documents: rows of several runs
+    (one preset per run, as bench/gpu.sh does) are merged and their ratios to base recomputed;
+    rows of a run with --set overrides carry them in their preset column."""
+    groups: dict[tuple, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"{path}: not a bench JSON document ({e})", file=sys.stderr)
+            continue
+        meta = doc["meta"]
+        key = (meta["device_name"], meta["compile"], meta["compile_mode"], meta["tiny"])
+        label = " ".join(meta["overrides"])  # a run with --set: its rows say so (and are not "base")
+        rows = [{**r, "preset": f"{r['preset']} {label}"} if label else r for r in doc["results"]]
+        groups.setdefault(key, (meta, []))[1].extend(rows)
+    for meta, rows in groups.values():
+        add_ratios(rows)
+        print(format_table(rows, meta))
+    return 0 if groups else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.show:
+        return show(a.show)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available here", file=sys.stderr)

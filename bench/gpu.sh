@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Trainer throughput on one GPU (issue 8's targets), in about 5 minutes; the table comes last.
+#
+#     bash bench/gpu.sh                # from the repository root, on the GPU machine
+#
+# Installs nothing: it needs a Python (PYTHON, default python3) with a CUDA torch and pydantic,
+# and imports sweepctl from this checkout's src/. Each compiled preset runs on its own, under its
+# own time limit, with a fresh inductor cache (a cold compile, what a new pod pays), so one slow or
+# failing preset still leaves the others' figures. JSON lands in $OUT (or a temp folder).
+# The presets: base, hc, mhc (dynamic, as the paper), mhc_48l at their preset batch and block,
+# bf16 autocast, fused AdamW, one micro-batch per step; then mhc with hc_static_only (the
+# hoisted, one-Sinkhorn-per-forward path) and the eager figures of base and mhc.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT_DIR=${OUT:-$(mktemp -d)}/sweepctl-bench
+mkdir -p "$OUT_DIR"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+ITERS=${ITERS:-20}
+LIMIT=${LIMIT:-110}  # seconds per compiled preset: compile (target <= 60 s) + 24 steps
+DEVICE=${DEVICE:-cuda}  # DEVICE=cpu BENCH_ARGS=--no-compile ITERS=1: a quick check of this script
+read -r -a EXTRA <<< "${BENCH_ARGS:-}"  # appended to every run (the last flag wins)
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+if ! "$PY" -c "import torch, pydantic, sweepctl.train.bench; assert '$DEVICE' == 'cpu' or torch.cuda.is_available()"; then
+    echo "error: $PY cannot import torch (with CUDA), pydantic and sweepctl.train.bench; set PYTHON=" >&2
+    exit 2
+fi
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+
+run() {  # run NAME LIMIT ARGS...: one bench invocation -> $OUT_DIR/NAME.json, progress on stderr
+    local name=$1 limit=$2
+    shift 2
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) timeout "$limit" "$PY" -m sweepctl.train.bench --device "$DEVICE" --json "$@" \
+        "${EXTRA[@]}" > "$OUT_DIR/$name.json" || echo "$name: exit $? (124: timed out after ${limit}s)" >&2
+}
+
+for preset in base hc mhc mhc_48l; do
+    run "compiled-$preset" "$LIMIT" --presets "$preset" --compile --iters "$ITERS" --warmup 3
+done
+run compiled-mhc-static "$LIMIT" --presets mhc --compile --iters "$ITERS" --warmup 3 --set hc_static_only=True
+run eager 90 --presets base,mhc --no-compile --iters 10 --warmup 2
+
+echo
+echo "JSON in $OUT_DIR"
+"$PY" -m sweepctl.train.bench --show "$OUT_DIR"/compiled-{base,hc,mhc,mhc_48l,mhc-static}.json "$OUT_DIR"/eager.json
