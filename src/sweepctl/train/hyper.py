@@ -31,6 +31,7 @@ the whole model as one graph.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -125,8 +126,8 @@ class SinkhornOp:
     """`sweepctl::sinkhorn`: Sinkhorn as one custom op, for torch.compile.
 
     Why: traced inline, 20 log-space steps (each two log-sum-exps, ~12 graph nodes) and their
-    backward are unrolled into the graph of every sub-layer; a 6-layer dynamic mHC model then
-    compiled in 207 s on this project's CPU runner and mhc_48l would take many minutes. As an
+    backward are unrolled into the graph of every sub-layer, and compile time grows with depth
+    (minutes for 6 layers on a CPU runner, docs/performance.md; mhc_48l has 96 sub-layers). As an
     opaque op the model graph holds one node per sub-layer, and the op's forward and backward
     (`sinkhorn_eager`, `sinkhorn_backward`) are torch.compile'd once each, on (M, n, n) with M
     (tokens x sub-layers) dynamic, and reused by every call at every depth.
@@ -136,7 +137,8 @@ class SinkhornOp:
     compares against a reference and caught it), so it is not used.
     """
 
-    available = hasattr(torch.library, "custom_op")
+    # SWEEPCTL_SINKHORN_OP=0: trace the steps inline instead (to compare on a GPU; slow to compile)
+    available = hasattr(torch.library, "custom_op") and os.environ.get("SWEEPCTL_SINKHORN_OP", "1") != "0"
     compile_inner = True  # False: the op runs its functions eagerly (tests of the tracing alone)
     _compiled: ClassVar[dict[str, Callable]] = {}
 
@@ -267,8 +269,13 @@ def normed_projection(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     The same numbers up to rounding (the norm is one scalar per row), but no normalised copy of
     the (B, T, n*C) residual state is written and read back — the mHC paper reorders its RMSNorm
     after the matmul for the same reason.
+
+    Float32 (TF32 on CUDA) even under autocast: the product has only 2n + n^2 (mHC) or n + 2
+    (HC) columns, so it is bound by reading the float32 state, not by FLOPs; a bf16 matmul would
+    first write and re-read a bf16 copy of the state (1.5x the traffic) and round the inputs.
     """
-    return (x @ proj).float() * inv_rms(x)
+    with _no_autocast(x.device):
+        return (x.float() @ proj.float()) * inv_rms(x)
 
 
 def read_streams(pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
