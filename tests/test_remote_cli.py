@@ -246,8 +246,9 @@ def test_a_bad_csv_is_refused_on_the_laptop_before_any_connection(
     assert f"error: {csv}:2: overrides: unknown setting 'n_layr'" in r.err and f"error: {csv}:3: config 'nope'" in r.err
     assert [t.connections for t in transports] == []  # validated here; the pod was never contacted
     good = workspace.csv([("r0", "")])
-    r = run_cli(capsys, "launch", str(good), "--host", "pod", "--backend", "ray")
-    assert r.code == 1 and "--backend places rows through its own cluster" in r.err
+    r = run_cli(capsys, "launch", str(good), "--host", "pod", "--host", "pod2", "--backend", "ray")
+    assert r.code == 1 and "--backend ray runs its driver on one pod; got 2: pod, pod2" in r.err
+    assert [t.connections for t in transports] == []
 
 
 # -- status: one round trip, --json, --watch --------------------------------------------------------

@@ -55,9 +55,6 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
     from sweepctl.hosts import split_rows, subset_csv
     from sweepctl.spec import RUN_ID_RE, read_sweep
 
-    if "--backend" in forwarded:
-        raise SweepctlError("--backend places rows through its own cluster, not over SSH to pods",
-                            hint="drop --host and point the backend at its cluster (--ray-address)")
     sweep = read_sweep(csv_path, name=name)  # every row valid here, or nothing is uploaded
     if not RUN_ID_RE.fullmatch(sweep.name):
         raise SweepctlError(f"sweep name {sweep.name!r} is not a safe directory name",
