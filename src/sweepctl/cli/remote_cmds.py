@@ -38,6 +38,13 @@ LAYOUT_FILE = "hosts.json"  # next to the upload: which rows and shards each pod
 
 # --- launch ----------------------------------------------------------------------------------------
 
+def _attach_target(session: str) -> str:
+    """`sweep-3` -> `3` (attach's shard shorthand); other sessions (`sweep-ray`) by their full name,
+    since a bare word is read as a run_id (`rerun-<run_id>`)."""
+    rest = session.removeprefix("sweep-")
+    return rest if rest.isdigit() else session
+
+
 @dataclass
 class _Launched:
     """One pod's answer to `launch --json`: its model (when it printed one) and its error."""
@@ -173,7 +180,7 @@ def _render_launch(pods: Pods, parts: list[Any], answers: list[remote_opts.Answe
             first = model["started"][0]["session"] if model["started"] else "sweep-0"
             status = f"sweepctl status {' '.join(f'--host {h}' for h in pods.hosts)}"
             run_views.render_launch_outcome(
-                model, attach=f"sweepctl attach --host {a.host} {first.removeprefix('sweep-')}",
+                model, attach=f"sweepctl attach --host {a.host} {_attach_target(first)}",
                 status=status, show_status=a is answers[-1], prefix="" if pods.single else f"{a.host}: ")
     for host in idle:
         console.print(f"{host}: no rows (more shards than rows); nothing sent", highlight=False)
