@@ -36,6 +36,7 @@ OnFailed = Literal["skip", "retry"]
 RUN_CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
 DEFAULT_STALL_AFTER_S = 1800.0  # no iteration for 30 min: hung (NCCL, a dead filesystem), not slow
 POLL_S = 0.5
+EXPLICIT_ROW_LOCK_WAIT_S = 30.0
 
 
 @dataclass
@@ -203,7 +204,10 @@ class ShardRunner:
     def run_row(self, planned: PlannedRun) -> Outcome:
         directory = Path(planned.config["out_dir"])
         lock = runs.RunLock(directory)
-        if not lock.acquire():
+        # An explicit rerun was checked "not running" just before; a lock still held then belongs to
+        # a trainer that has written its summary and is exiting (interpreter teardown can take
+        # seconds under load), so wait for it rather than skip the row the user asked for.
+        if not lock.acquire(wait_s=EXPLICIT_ROW_LOCK_WAIT_S if self.o.only else 1.0):
             self.say(f"{planned.run_id}: another process is running it; skipped")
             return Outcome(planned.run_id, "skipped", "running elsewhere")
         try:
