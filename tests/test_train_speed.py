@@ -215,9 +215,9 @@ def test_inductor_compiled_mhc_matches_the_reference_with_sinkhorn_as_one_op_per
 
 
 @pytest.mark.parametrize(("shape", "iters", "tau"), [((5, 4, 4), 20, 0.05), ((2, 3, 3, 3), 3, 1.0), ((4, 4), 1, 0.5)])
-def test_sinkhorn_backward_by_recomputation_matches_autograd(shape, iters, tau):
-    """The compiled op's backward walks the steps back by hand; autograd of the same loop in
-    float64 is the reference."""
+def test_sinkhorn_backward_from_the_saved_scalings_matches_autograd(shape, iters, tau):
+    """The compiled op's backward walks the steps back by hand from the forward's scaling
+    vectors; autograd of the same log-space loop in float64 is the reference."""
     g = torch.Generator().manual_seed(3)
     logits = (0.05 * torch.randn(shape, generator=g)).double()
     grad_out = torch.randn(shape, generator=g).double()
@@ -227,7 +227,10 @@ def test_sinkhorn_backward_by_recomputation_matches_autograd(shape, iters, tau):
         u = -torch.logsumexp(zz + v.unsqueeze(-2), -1)
         v = -torch.logsumexp(zz + u.unsqueeze(-1), -2)
     (want,) = torch.autograd.grad(torch.exp(zz + u.unsqueeze(-1) + v.unsqueeze(-2)), zz, grad_out)
-    got = hyper.sinkhorn_backward(logits.float(), grad_out.float(), iters, tau)
+    p, us, vs = hyper.sinkhorn_scalings(logits.float(), iters, tau)
+    assert us.shape == (iters, *shape[:-1]) and vs.shape == (iters + 1, *shape[:-1])
+    torch.testing.assert_close(p, hyper.sinkhorn_eager(logits.float(), iters, tau))
+    got = hyper.sinkhorn_backward(logits.float(), grad_out.float(), tau, us, vs)
     torch.testing.assert_close(got.double(), want / tau, atol=1e-6 * (1 + want.abs().max() / tau), rtol=0)
 
 

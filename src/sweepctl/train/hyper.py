@@ -17,7 +17,7 @@ Speed (docs/performance.md has the figures and the reasoning):
     (`static_mappings`), not inside every layer;
   * under torch.compile the Sinkhorn is one opaque op whose forward and backward are compiled
     once and reused by every sub-layer (`SinkhornOp`), so compile time no longer grows with 20
-    unrolled steps per sub-layer; its backward recomputes the forward instead of storing it;
+    unrolled steps per sub-layer; its backward keeps only the per-step scaling vectors;
   * reading (`read_streams`) and the write-back (`mix_and_write`: res @ x + post (x) y) are single
     expressions that inductor fuses into one kernel each; the dynamic mappings' RMSNorm is applied
     after their matmul (`normed_projection`), as in the mHC paper, so no normalised copy of the
@@ -75,7 +75,9 @@ def sinkhorn(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
     compiled once and reused by every call. Eager, it is the plain autograd of `sinkhorn_eager`.
     """
     if torch.compiler.is_compiling() and SinkhornOp.available:
-        return torch.ops.sweepctl.sinkhorn(logits.float().contiguous(), iters, float(tau))
+        n = logits.shape[-1]
+        flat = logits.float().reshape(-1, n, n).contiguous()  # (M, n, n): all tokens (or sub-layers)
+        return torch.ops.sweepctl.sinkhorn(flat, iters, float(tau))[0].view(logits.shape)
     return sinkhorn_eager(logits, iters, tau)
 
 
@@ -91,21 +93,32 @@ def sinkhorn_eager(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor
         return torch.exp(z + u.unsqueeze(-1) + v.unsqueeze(-2))
 
 
-def sinkhorn_backward(logits: torch.Tensor, grad: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
-    """d loss / d logits of `sinkhorn_eager`, given d loss / d output, by recomputing the forward.
-
-    Only the logits are kept between forward and backward (the mHC paper recomputes its
-    Sinkhorn in the backward too): the 2 x iters scaling vectors are recomputed here, then the
-    steps are walked back. With u_k = -lse_j(z_ij + v_{k-1,j}) and v_k = -lse_i(z_ij + u_k,i),
-    the derivative of each log-sum-exp is minus its softmax, which is the row-normalised
-    exp(z + u_k + v_{k-1}) for u_k and the column-normalised exp(z + u_k + v_k) for v_k.
-    """
+def sinkhorn_scalings(logits: torch.Tensor, iters: int, tau: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`sinkhorn_eager` that also returns every step's log scalings, for `sinkhorn_backward`:
+    (P (..., n, n), u (iters, ..., n), v (iters + 1, ..., n)) with v[0] = 0."""
     with _no_autocast(logits.device):
         z = logits.float() / tau
         us, vs = [], [torch.zeros_like(z[..., 0, :])]
         for _ in range(iters):
             us.append(-torch.logsumexp(z + vs[-1].unsqueeze(-2), dim=-1))
             vs.append(-torch.logsumexp(z + us[-1].unsqueeze(-1), dim=-2))
+        return torch.exp(z + us[-1].unsqueeze(-1) + vs[-1].unsqueeze(-2)), torch.stack(us), torch.stack(vs)
+
+
+def sinkhorn_backward(logits: torch.Tensor, grad: torch.Tensor, tau: float, us: torch.Tensor, vs: torch.Tensor
+                      ) -> torch.Tensor:
+    """d loss / d logits of the Sinkhorn, given d loss / d output and the forward's scalings.
+
+    With u_k = -lse_j(z_ij + v_{k-1,j}) and v_k = -lse_i(z_ij + u_k,i), the derivative of each
+    log-sum-exp is minus its softmax: the row-normalised exp(z + u_k + v_{k-1}) for u_k and the
+    column-normalised exp(z + u_k + v_k) for v_k; the steps are walked back from the last. Only
+    the (iters, ..., n) scaling vectors are kept from the forward, not the iters x n x n
+    intermediates autograd would keep.
+    """
+    with _no_autocast(logits.device):
+        z = logits.float() / tau
+        iters = us.shape[0]
         a = grad.float() * torch.exp(z + us[-1].unsqueeze(-1) + vs[-1].unsqueeze(-2))  # dL/dP * P
         dz = a  # through the final exp(z + u + v)
         gu, gv = a.sum(-1), a.sum(-2)  # dL/du_K, dL/dv_K
@@ -129,7 +142,7 @@ class SinkhornOp:
     backward are unrolled into the graph of every sub-layer, and compile time grows with depth
     (minutes for 6 layers on a CPU runner, docs/performance.md; mhc_48l has 96 sub-layers). As an
     opaque op the model graph holds one node per sub-layer, and the op's forward and backward
-    (`sinkhorn_eager`, `sinkhorn_backward`) are torch.compile'd once each, on (M, n, n) with M
+    (`sinkhorn_scalings`, `sinkhorn_backward`) are torch.compile'd once each, on (M, n, n) with M
     (tokens x sub-layers) dynamic, and reused by every call at every depth.
 
     `torch.compiler.nested_compile_region` would be the built-in way; in torch 2.13 its inductor
@@ -140,47 +153,51 @@ class SinkhornOp:
     # SWEEPCTL_SINKHORN_OP=0: trace the steps inline instead (to compare on a GPU; slow to compile)
     available = hasattr(torch.library, "custom_op") and os.environ.get("SWEEPCTL_SINKHORN_OP", "1") != "0"
     compile_inner = True  # False: the op runs its functions eagerly (tests of the tracing alone)
-    _compiled: ClassVar[dict[str, Callable]] = {}
+    _compiled: ClassVar[dict[Callable, Callable]] = {}
 
     @classmethod
-    def run(cls, which: str, logits: torch.Tensor, *args) -> torch.Tensor:
+    def call(cls, fn: Callable, args: tuple, token_dims: tuple[int | None, ...]):
+        """fn(*args), compiled once (fullgraph) unless disabled; token_dims[i] is the dim of
+        args[i] that counts the M matrices (kept dynamic: one compilation for every M)."""
         if not cls.compile_inner:
-            return (sinkhorn_eager if which == "forward" else sinkhorn_backward)(logits, *args)
-        fn = cls._compiled.get(which)
-        if fn is None:
-            fn = cls._compiled[which] = torch.compile(sinkhorn_eager if which == "forward" else sinkhorn_backward,
-                                                      fullgraph=True)
-        n = logits.shape[-1]
-        flat = [t.reshape(-1, n, n) for t in (logits, *args[:-2])]  # tensors first, then iters, tau
-        for t in flat:
-            torch._dynamo.maybe_mark_dynamic(t, 0)  # one compilation for every token count
-        return fn(*flat, *args[-2:]).reshape(logits.shape)
+            return fn(*args)
+        compiled = cls._compiled.get(fn)
+        if compiled is None:
+            compiled = cls._compiled[fn] = torch.compile(fn, fullgraph=True)
+        for t, d in zip(args, token_dims, strict=True):
+            if d is not None:
+                torch._dynamo.maybe_mark_dynamic(t, d)
+        return compiled(*args)
 
 
 if SinkhornOp.available:
     @torch.library.custom_op("sweepctl::sinkhorn", mutates_args=())
-    def _sinkhorn_op(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
-        return SinkhornOp.run("forward", logits, iters, tau)
+    def _sinkhorn_op(logits: torch.Tensor, iters: int, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(M, n, n) logits -> (P, u, v) of `sinkhorn_scalings`; u, v are kept for the backward."""
+        return SinkhornOp.call(sinkhorn_scalings, (logits, iters, tau), (0, None, None))
 
     @_sinkhorn_op.register_fake
-    def _(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
-        return torch.empty_like(logits)
+    def _(logits: torch.Tensor, iters: int, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m, n = logits.shape[0], logits.shape[-1]
+        return torch.empty_like(logits), logits.new_empty(iters, m, n), logits.new_empty(iters + 1, m, n)
 
     @torch.library.custom_op("sweepctl::sinkhorn_backward", mutates_args=())
-    def _sinkhorn_backward_op(logits: torch.Tensor, grad: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
-        return SinkhornOp.run("backward", logits, grad.contiguous(), iters, tau)
+    def _sinkhorn_backward_op(logits: torch.Tensor, grad: torch.Tensor, tau: float, us: torch.Tensor,
+                              vs: torch.Tensor) -> torch.Tensor:
+        return SinkhornOp.call(sinkhorn_backward, (logits, grad.contiguous(), tau, us, vs), (0, 0, None, 1, 1))
 
     @_sinkhorn_backward_op.register_fake
-    def _(logits: torch.Tensor, grad: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
+    def _(logits: torch.Tensor, grad: torch.Tensor, tau: float, us: torch.Tensor, vs: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(logits)
 
     def _sinkhorn_setup_context(ctx, inputs, output) -> None:
-        logits, ctx.iters, ctx.tau = inputs
-        ctx.save_for_backward(logits)
+        logits, _, ctx.tau = inputs
+        _, us, vs = output
+        ctx.save_for_backward(logits, us, vs)
 
-    def _sinkhorn_grad(ctx, grad: torch.Tensor):
-        (logits,) = ctx.saved_tensors
-        return torch.ops.sweepctl.sinkhorn_backward(logits, grad, ctx.iters, ctx.tau), None, None
+    def _sinkhorn_grad(ctx, grad: torch.Tensor, _grad_us: torch.Tensor, _grad_vs: torch.Tensor):
+        logits, us, vs = ctx.saved_tensors
+        return torch.ops.sweepctl.sinkhorn_backward(logits, grad, ctx.tau, us, vs), None, None
 
     _sinkhorn_op.register_autograd(_sinkhorn_grad, setup_context=_sinkhorn_setup_context)
 
