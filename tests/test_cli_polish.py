@@ -174,3 +174,13 @@ def test_no_color_means_no_escapes_even_on_a_forced_terminal(args: tuple[str, ..
     assert plain.returncode == forced.returncode
     assert ESC not in plain.stdout + plain.stderr
     assert plain.stdout + plain.stderr != ""
+
+
+def test_main_returns_on_success_so_it_can_run_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console script turns the return into exit 0; callers in Python (fixtures, embedding)
+    get control back instead of a SystemExit."""
+    from sweepctl.cli.app import main
+
+    for argv in (["sweepctl", "presets"], ["sweepctl"]):
+        monkeypatch.setattr(sys, "argv", argv)
+        assert main() is None

@@ -112,10 +112,13 @@ def main() -> None:
     except Exception as e:
         if isinstance(e, _click_exceptions()):
             _usage_error(e, fail)
+            return  # a bare group's help was the answer
         if _debug():
             raise
         fail(f"unexpected {type(e).__name__}: {e} — rerun with `sweepctl --debug ...` to see the traceback", 1)
-    sys.exit(code if isinstance(code, int) else 0)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
+    # success returns (the console script exits 0), so main() can be called in-process
 
 
 def _debug() -> bool:
@@ -149,7 +152,7 @@ def _usage_error(e: Exception, fail: Any) -> None:
         text = e.format_message()  # type: ignore[attr-defined]
         if text.strip():  # plain click returns the help instead of printing it
             typer.echo(text)
-        sys.exit(0)
+        return
     ctx = getattr(e, "ctx", None)
     where = f" — see `{ctx.command_path} --help`" if ctx is not None else ""
     fail(f"{e.format_message()}{where}", 1)  # type: ignore[attr-defined]
