@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,3 +173,28 @@ def test_files_the_readme_points_at_exist() -> None:
     text = readme_text()
     for rel in sorted(set(re.findall(r"\b((?:examples|bench|scripts)/[\w./-]+\.?\w*)", text))):
         assert (ROOT / rel.rstrip(".")).exists(), rel
+
+
+def python_commands() -> list[tuple[list[str], list[str], str]]:
+    """(program argv, flags used, the line) for each `python -m MODULE ...`/`python FILE.py ...` shown."""
+    found = []
+    for lang, body in code_blocks():
+        if lang not in ("bash", "sh", "console", ""):
+            continue
+        for line in body.splitlines():
+            words = shlex.split(PROMPT.sub("", line.strip()), comments=True)
+            if not words or words[0] not in ("python", "python3"):
+                continue
+            take = 3 if words[1:2] == ["-m"] else 2
+            found.append((words[1:take], [w.split("=", 1)[0] for w in words[take:] if w.startswith("-")], line))
+    return found
+
+
+@pytest.mark.parametrize(("program", "flags", "line"), python_commands(), ids=lambda v: str(v)[:50])
+def test_every_python_program_and_flag_the_readme_shows_exists(program: list[str], flags: list[str],
+                                                                line: str) -> None:
+    out = subprocess.run([sys.executable, *program, "--help"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 0, f"{line}: {out.stderr[-500:]}"
+    for f in flags:
+        assert re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", out.stdout), f"{line}: --help does not list {f}"
