@@ -6,6 +6,7 @@ the synchronous ones, in order, with a resumable RNG state."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 
@@ -314,7 +315,8 @@ def test_bench_prints_a_table_last_and_rejects_unknown_presets(capsys):
     assert lines[0].startswith("# cpu | torch") and "eager" in lines[0] and "tiny sizes" in lines[0]
     assert lines[1].split()[:5] == ["preset", "L", "C", "B", "tok/s"]
     assert [ln.split()[0] for ln in lines[2:]] == ["base", "mhc"]
-    assert lines[-1].split()[-2:] == ["n/a", f"{float(lines[-1].split()[-1]):.2f}"]  # MFU n/a, vs base a ratio
+    mfu, vs_base, grad_err = lines[-1].split()[-3:]
+    assert (mfu, grad_err) == ("n/a", "n/a") and vs_base == f"{float(vs_base):.2f}"  # eager: nothing to check
     assert bench.main(["--presets", "base,nope"]) == 2
     assert "unknown preset(s) nope" in capsys.readouterr().err
 
@@ -331,8 +333,31 @@ def test_bench_show_merges_saved_runs_into_one_table(tmp_path, capsys):
     assert [ln.split()[0] for ln in lines[2:]] == ["base", "mhc"] and "hc_static_only=True" in lines[3]
     mhc_tok_s = json.loads((tmp_path / "mhc.json").read_text())["results"][0]["tok_per_s"]
     base_tok_s = json.loads((tmp_path / "base.json").read_text())["results"][0]["tok_per_s"]
-    assert lines[3].split()[-1] == f"{mhc_tok_s / base_tok_s:.2f}"  # the ratio across the two runs
+    assert lines[3].split()[-2] == f"{mhc_tok_s / base_tok_s:.2f}"  # the ratio across the two runs
     assert "broken.json: not a bench JSON document" in err
+
+
+def test_bench_checks_the_compiled_gradients_against_an_eager_copy():
+    """What a GPU run reports as `grad err`: tiny for a faithful compile, large for a wrong one."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = perturbed_model(tiny("mhc"))
+    tokens = torch.randint(0, 64, (2, 17), generator=torch.Generator().manual_seed(0))
+    ok = bench.check_against_eager(model, torch.compile(model, backend="aot_eager"), tokens, contextlib.nullcontext())
+    assert ok["grad_err"] < 1e-5 and ok["grad_err_max"] < 1e-4 and ok["loss_diff"] < 1e-5
+
+    class Wrong(torch.nn.Module):
+        """A "compiled" model whose loss (so gradient) is off only in the mHC gates' direction."""
+
+        def forward(self, x, y):
+            logits, loss = model(x, y)
+            return logits, loss + 1e-3 * sum(c.dyn_gate.sum() for c in model.connections())
+
+    bad = bench.check_against_eager(model, Wrong(), tokens, contextlib.nullcontext())
+    assert bad["grad_err_max"] > 1e-2  # caught on the gates ...
+    assert bad["grad_err"] < bad["grad_err_max"] / 10  # ... which the global figure alone would hide
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_flops_per_token_and_peak_table():

@@ -19,6 +19,8 @@ What is timed, and why that way:
   * peak mem: torch.cuda.max_memory_allocated over the timed steps (CUDA only);
   * cpu_ms_per_step (JSON only): host CPU time per step. On a CPU shared with other work it is
     the steadier figure (wall time includes waiting for a core); on CUDA it is launch overhead;
+  * grad err (compiled runs): the compiled model's gradients on one batch against an eager
+    copy's, same autocast (`check_against_eager`) — the GPU run checks numbers as well as speed;
   * MFU: (6 N + 12 L H Q T) FLOPs per token (nanoGPT's estimate: N non-embedding parameters, L
     layers, H heads of size Q, T = block_size) x tok/s over the GPU's dense bf16 peak from
     `PEAK_BF16_FLOPS` (or --peak-tflops). n/a on CPU. HC/mHC stream mixing is not in the count: it
@@ -33,6 +35,7 @@ variants compare on this machine, not what a GPU does. The last line is the tabl
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -132,6 +135,7 @@ def run_preset(preset: str, cfg: TrainConfig, device: torch.device, *, compile_m
     step(0)
     synchronize(device)
     first = time.perf_counter() - t0
+    check = check_against_eager(raw, model, batches[0], autocast) if compile_model else {}
     for k in range(warmup):
         step(1 + k)
     synchronize(device)
@@ -154,8 +158,38 @@ def run_preset(preset: str, cfg: TrainConfig, device: torch.device, *, compile_m
         "compile_first_step_s": first,
         "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "mfu": fpt * tok_s / peak if peak else None,
+        "grad_err": check.get("grad_err"), "grad_err_max": check.get("grad_err_max"),
+        "loss_diff": check.get("loss_diff"),
         "error": None,
     }
+
+
+def check_against_eager(raw: GPT, compiled: torch.nn.Module, tokens: torch.Tensor, autocast) -> dict[str, float]:
+    """The compiled model's loss and gradients on one batch against an eager copy's, under the
+    same autocast: a GPU run checks the compiled path's numbers, not only its speed.
+
+    grad_err: |g - g_eager| / |g_eager| over all parameters at once (bf16 rounding: ~1e-2);
+    grad_err_max: the worst single tensor, each relative to its norm floored at 1e-3 of the
+    largest (tiny gate gradients hold mostly rounding: up to ~0.2 in bf16; a wrong formula is
+    O(1) or more); loss_diff: absolute.
+    """
+    eager = copy.deepcopy(raw)  # the weights after step 0; tied weights stay tied
+    out = []
+    for model, owner in ((compiled, raw), (eager, eager)):
+        owner.zero_grad(set_to_none=True)
+        with autocast:
+            _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        out.append((float(loss), [p.grad.detach().double() if p.grad is not None else torch.zeros_like(p, dtype=torch.float64)
+                                  for p in owner.parameters()]))
+    raw.zero_grad(set_to_none=True)
+    (loss_c, gc), (loss_e, ge) = out
+    diff = torch.stack([(a - b).norm() for a, b in zip(gc, ge, strict=True)])
+    norms = torch.stack([b.norm() for b in ge])
+    floor = 1e-3 * float(norms.max())
+    return {"grad_err": float(diff.norm() / norms.norm()),
+            "grad_err_max": float((diff / norms.clamp(min=floor)).max()),
+            "loss_diff": abs(loss_c - loss_e)}
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -171,15 +205,16 @@ def _fmt(v: Any, spec: str) -> str:
 
 def format_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The human table; errors on their own lines under it."""
-    head = ["preset", "L", "C", "B", "tok/s", "ms/step", "compile+1st s", "peak MB", "MFU", "vs base"]
+    head = ["preset", "L", "C", "B", "tok/s", "ms/step", "compile+1st s", "peak MB", "MFU", "vs base", "grad err"]
     body = []
     for r in rows:
         if r["error"] is not None:
-            body.append([r["preset"], "-", "-", "-", "error", "", "", "", "", ""])
+            body.append([r["preset"], "-", "-", "-", "error", "", "", "", "", "", ""])
             continue
         body.append([r["preset"], str(r["n_layer"]), str(r["n_embd"]), str(r["batch_size"]),
                      f"{r['tok_per_s']:,.0f}", _fmt(r["ms_per_step"], ".1f"), _fmt(r["compile_first_step_s"], ".1f"),
-                     _fmt(r["peak_mem_mb"], ",.0f"), _fmt(r["mfu"], ".1%"), _fmt(r["vs_base"], ".2f")])
+                     _fmt(r["peak_mem_mb"], ",.0f"), _fmt(r["mfu"], ".1%"), _fmt(r["vs_base"], ".2f"),
+                     _fmt(r.get("grad_err"), ".1e")])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = [f"# {meta['device_name']} | torch {meta['torch']} | {'compiled' if meta['compile'] else 'eager'}"
              f"{' (' + meta['compile_mode'] + ')' if meta['compile_mode'] else ''} | {meta['iters']} timed steps "
