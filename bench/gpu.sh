@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trainer throughput on one GPU (issue 8's targets), in about 5 minutes; the table comes last.
+# Trainer throughput on one GPU (issue 8's targets), in 5-9 minutes; the table comes last.
 #
 #     bash bench/gpu.sh                # from the repository root, on the GPU machine
 #
@@ -9,7 +9,8 @@
 # failing preset still leaves the others' figures. JSON lands in $OUT (or a temp folder).
 # The presets: base, hc, mhc (dynamic, as the paper), mhc_48l at their preset batch and block,
 # bf16 autocast, fused AdamW, one micro-batch per step; then mhc with hc_static_only (the
-# hoisted, one-Sinkhorn-per-forward path) and the eager figures of base and mhc. Compiled runs
+# hoisted, one-Sinkhorn-per-forward path), mhc and mhc_48l with the fused Triton Sinkhorn
+# (SWEEPCTL_SINKHORN_TRITON=1), and the eager figures of base and mhc. Compiled runs
 # also check their gradients against an eager copy on one batch ("grad err", bf16: ~1e-2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ OUT_DIR=${OUT:-$(mktemp -d)}/sweepctl-bench
 mkdir -p "$OUT_DIR"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 ITERS=${ITERS:-20}
-LIMIT=${LIMIT:-100}  # seconds per compiled preset: compile (target <= 60 s) + 24 steps; all: < 10 min
+LIMIT=${LIMIT:-75}  # seconds per compiled run: compile (target <= 60 s) + 24 steps; all 7: < 10 min
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu BENCH_ARGS=--no-compile ITERS=1: a quick check of this script
 read -r -a EXTRA <<< "${BENCH_ARGS:-}"  # appended to every run (the last flag wins)
 
@@ -40,8 +41,13 @@ for preset in base hc mhc mhc_48l; do
     run "compiled-$preset" "$LIMIT" --presets "$preset" --compile --iters "$ITERS" --warmup 3
 done
 run compiled-mhc-static "$LIMIT" --presets mhc --compile --iters "$ITERS" --warmup 3 --set hc_static_only=True
-run eager 60 --presets base,mhc --no-compile --iters 10 --warmup 2
+# the fused Triton Sinkhorn (off by default until these rows show its grad err and speed)
+for preset in mhc mhc_48l; do
+    SWEEPCTL_SINKHORN_TRITON=1 run "compiled-$preset-triton" "$LIMIT" --presets "$preset" --compile --iters "$ITERS" --warmup 3
+done
+run eager 35 --presets base,mhc --no-compile --iters 5 --warmup 1
 
 echo
 echo "JSON in $OUT_DIR"
-"$PY" -m sweepctl.train.bench --show "$OUT_DIR"/compiled-{base,hc,mhc,mhc_48l,mhc-static}.json "$OUT_DIR"/eager.json
+"$PY" -m sweepctl.train.bench --show "$OUT_DIR"/compiled-{base,hc,mhc,mhc_48l,mhc-static,mhc-triton,mhc_48l-triton}.json \
+    "$OUT_DIR"/eager.json

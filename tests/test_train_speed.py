@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -233,6 +236,45 @@ def test_sinkhorn_backward_from_the_saved_scalings_matches_autograd(shape, iters
     torch.testing.assert_close(p, hyper.sinkhorn_eager(logits.float(), iters, tau))
     got = hyper.sinkhorn_backward(logits.float(), grad_out.float(), tau, us, vs)
     torch.testing.assert_close(got.double(), want / tau, atol=1e-6 * (1 + want.abs().max() / tau), rtol=0)
+
+
+TRITON_CHECK = """
+import contextlib, torch
+from sweepctl.train import bench, hyper
+from sweepctl.train.config import resolve_config
+from sweepctl.train.model import GPT
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(4)
+for m, n, iters, tau in [(100, 4, 20, 0.05), (7, 2, 3, 1.0), (130, 8, 5, 0.5)]:
+    logits, grad = 0.1 * torch.randn(m, n, n, generator=g), torch.randn(m, n, n, generator=g)
+    assert hyper.SinkhornTriton.usable(logits)
+    got, want = hyper.SinkhornTriton.forward(logits, iters, tau), hyper.sinkhorn_scalings(logits, iters, tau)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=0)
+    torch.testing.assert_close(hyper.SinkhornTriton.backward(logits, grad, tau, *got[1:]),
+                               hyper.sinkhorn_backward(logits, grad, tau, *want[1:]), atol=2e-5, rtol=1e-5)
+torch.manual_seed(0)
+model = GPT(resolve_config("mhc", ["n_layer=2", "n_embd=32", "n_head=2", "block_size=16", "vocab_size=64"]))
+with torch.no_grad():
+    for c in model.connections():
+        c.dyn_proj.normal_(0, 0.1)
+hyper.SinkhornOp.compile_inner = False  # the op's Triton path, not inductor, must be what runs
+check = bench.check_against_eager(model, torch.compile(model, backend="aot_eager", fullgraph=True),
+                                  torch.randint(0, 64, (2, 17), generator=g), contextlib.nullcontext())
+assert check["grad_err_max"] < 1e-4 and check["loss_diff"] < 1e-5, check
+print("ok")
+"""
+
+
+def test_triton_sinkhorn_kernels_match_the_torch_functions_in_the_interpreter():
+    """The Triton forward/backward (off by default, for GPUs) run by Triton's CPU interpreter:
+    the same scalings, matrices and gradients as the torch functions (partial blocks, n = 2, 4,
+    8), and a traced mHC model through them has the eager model's gradients. Needs triton; in a
+    fresh process, because TRITON_INTERPRET must be set before anything imports triton."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "SWEEPCTL_SINKHORN_TRITON": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
 @pytest.mark.parametrize("variant", ["hc", "mhc", "mhc-static"])

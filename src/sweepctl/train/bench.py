@@ -266,7 +266,9 @@ def show(paths: list[str]) -> int:
             continue
         meta = doc["meta"]
         key = (meta["device_name"], meta["compile"], meta["compile_mode"], meta["tiny"])
-        label = " ".join(meta["overrides"])  # a run with --set: its rows say so (and are not "base")
+        # a run with --set or another Sinkhorn path (SWEEPCTL_SINKHORN_*): its rows say so
+        label = " ".join([*meta["overrides"], *([f"sinkhorn={meta['sinkhorn']}"] if meta.get("sinkhorn", "op") != "op"
+                                                and meta["compile"] else [])])
         rows = [{**r, "preset": f"{r['preset']} {label}"} if label else r for r in doc["results"]]
         groups.setdefault(key, (meta, []))[1].extend(rows)
     for meta, rows in groups.values():
@@ -299,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     peak = a.peak_tflops * 1e12 if a.peak_tflops else (peak_flops(name) if cuda else None)
+    from sweepctl.train.hyper import SinkhornOp, SinkhornTriton
+
+    sinkhorn = "triton" if SinkhornTriton.enabled else "op" if SinkhornOp.available else "inline"  # under compile
     meta = {"device": str(device), "device_name": name, "torch": torch.__version__, "compile": compile_model,
+            "sinkhorn": sinkhorn,
             "compile_mode": a.compile_mode, "iters": iters, "warmup": warmup, "accum": a.accum, "tiny": tiny,
             "threads": torch.get_num_threads(), "peak_flops": peak, "overrides": a.overrides}
     rows = []

@@ -30,6 +30,7 @@ the whole model as one graph.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -170,10 +171,123 @@ class SinkhornOp:
         return compiled(*args)
 
 
+class SinkhornTriton:
+    """The op's forward and backward as one Triton kernel each (off unless
+    SWEEPCTL_SINKHORN_TRITON=1; CUDA tensors, n a power of two <= 8).
+
+    Why: compiled by inductor, each of the 2 x iters log-sum-exp half-steps is its own small
+    kernel, launch-bound on a GPU (docs/performance.md). Here one program takes BLOCK matrices,
+    keeps each n x n matrix in registers for all steps, and writes P and the per-step scalings;
+    the backward walks the steps back in one kernel, exactly as `sinkhorn_backward`. Written and
+    checked against the torch functions with Triton's interpreter on CPU (no GPU in the session
+    that wrote it): it is off by default until a GPU run confirms its numbers and speed
+    (bench/gpu.sh runs it as an extra row, with the gradient check against eager).
+    """
+
+    enabled = os.environ.get("SWEEPCTL_SINKHORN_TRITON", "0") == "1"
+    BLOCK = 64  # matrices per program: 64 x 4 x 4 floats in registers
+
+    @classmethod
+    def usable(cls, logits: torch.Tensor) -> bool:
+        n = logits.shape[-1]
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        return cls.enabled and (logits.is_cuda or interpret) and n in (2, 4, 8) and _triton_kernels() is not None
+
+    @classmethod
+    def forward(cls, logits: torch.Tensor, iters: int, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fwd, _ = _triton_kernels()
+        m, n = logits.shape[0], logits.shape[-1]
+        z = logits.float().contiguous()
+        p = torch.empty_like(z)
+        us, vs = z.new_empty(iters, m, n), z.new_empty(iters + 1, m, n)
+        fwd[(triton_cdiv(m, cls.BLOCK),)](z, p, us, vs, m, 1.0 / tau, ITERS=iters, N=n, BLOCK=cls.BLOCK)
+        return p, us, vs
+
+    @classmethod
+    def backward(cls, logits: torch.Tensor, grad: torch.Tensor, tau: float, us: torch.Tensor, vs: torch.Tensor
+                 ) -> torch.Tensor:
+        _, bwd = _triton_kernels()
+        m, n = logits.shape[0], logits.shape[-1]
+        dz = torch.empty_like(logits, dtype=torch.float32)
+        bwd[(triton_cdiv(m, cls.BLOCK),)](logits.float().contiguous(), grad.float().contiguous(), us.contiguous(),
+                                          vs.contiguous(), dz, m, 1.0 / tau, ITERS=us.shape[0], N=n, BLOCK=cls.BLOCK)
+        return dz
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.cache
+def _triton_kernels():
+    """(forward, backward) Triton kernels, defined on first use (importing triton is slow, and
+    TRITON_INTERPRET is read when they are defined); None without triton."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None
+
+    @triton.jit
+    def fwd(Z, P, U, V, M, inv_tau, ITERS: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) matrix index
+        i = tl.arange(0, N)
+        live = rows < M
+        mat = rows[:, None, None] * (N * N) + i[None, :, None] * N + i[None, None, :]  # (BLOCK, N, N)
+        vec = rows[:, None] * N + i[None, :]  # (BLOCK, N) within one step's (M, N) slab
+        z = tl.load(Z + mat, mask=live[:, None, None], other=0.0) * inv_tau
+        v = tl.zeros((BLOCK, N), dtype=tl.float32)
+        u = tl.zeros((BLOCK, N), dtype=tl.float32)
+        tl.store(V + vec, v, mask=live[:, None])
+        for k in range(ITERS):
+            a = z + v[:, None, :]
+            mx = tl.max(a, axis=2)
+            u = -(mx + tl.log(tl.sum(tl.exp(a - mx[:, :, None]), axis=2)))
+            b = z + u[:, :, None]
+            mx = tl.max(b, axis=1)
+            v = -(mx + tl.log(tl.sum(tl.exp(b - mx[:, None, :]), axis=1)))
+            tl.store(U + k * M * N + vec, u, mask=live[:, None])
+            tl.store(V + (k + 1) * M * N + vec, v, mask=live[:, None])
+        tl.store(P + mat, tl.exp(z + u[:, :, None] + v[:, None, :]), mask=live[:, None, None])
+
+    @triton.jit
+    def bwd(Z, G, U, V, DZ, M, inv_tau, ITERS: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        i = tl.arange(0, N)
+        live = rows < M
+        mat = rows[:, None, None] * (N * N) + i[None, :, None] * N + i[None, None, :]
+        vec = rows[:, None] * N + i[None, :]
+        z = tl.load(Z + mat, mask=live[:, None, None], other=0.0) * inv_tau
+        g = tl.load(G + mat, mask=live[:, None, None], other=0.0)
+        u_last = tl.load(U + (ITERS - 1) * M * N + vec, mask=live[:, None], other=0.0)
+        v_last = tl.load(V + ITERS * M * N + vec, mask=live[:, None], other=0.0)
+        a = g * tl.exp(z + u_last[:, :, None] + v_last[:, None, :])
+        dz = a
+        gu = tl.sum(a, axis=2)
+        gv = tl.sum(a, axis=1)
+        for kk in range(ITERS):
+            k = ITERS - 1 - kk
+            u_k = tl.load(U + k * M * N + vec, mask=live[:, None], other=0.0)
+            v_k = tl.load(V + k * M * N + vec, mask=live[:, None], other=0.0)
+            v_next = tl.load(V + (k + 1) * M * N + vec, mask=live[:, None], other=0.0)
+            t = tl.exp(z + u_k[:, :, None] + v_next[:, None, :]) * gv[:, None, :]
+            dz = dz - t
+            gu = gu - tl.sum(t, axis=2)
+            t = tl.exp(z + u_k[:, :, None] + v_k[:, None, :]) * gu[:, :, None]
+            dz = dz - t
+            gv = -tl.sum(t, axis=1)
+            gu = tl.zeros((BLOCK, N), dtype=tl.float32)
+        tl.store(DZ + mat, dz * inv_tau, mask=live[:, None, None])
+
+    return fwd, bwd
+
+
 if SinkhornOp.available:
     @torch.library.custom_op("sweepctl::sinkhorn", mutates_args=())
     def _sinkhorn_op(logits: torch.Tensor, iters: int, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(M, n, n) logits -> (P, u, v) of `sinkhorn_scalings`; u, v are kept for the backward."""
+        if SinkhornTriton.usable(logits):
+            return SinkhornTriton.forward(logits, iters, tau)
         return SinkhornOp.call(sinkhorn_scalings, (logits, iters, tau), (0, None, None))
 
     @_sinkhorn_op.register_fake
@@ -184,6 +298,8 @@ if SinkhornOp.available:
     @torch.library.custom_op("sweepctl::sinkhorn_backward", mutates_args=())
     def _sinkhorn_backward_op(logits: torch.Tensor, grad: torch.Tensor, tau: float, us: torch.Tensor,
                               vs: torch.Tensor) -> torch.Tensor:
+        if SinkhornTriton.usable(logits):
+            return SinkhornTriton.backward(logits, grad, tau, us, vs)
         return SinkhornOp.call(sinkhorn_backward, (logits, grad.contiguous(), tau, us, vs), (0, 0, None, 1, 1))
 
     @_sinkhorn_backward_op.register_fake
