@@ -39,7 +39,7 @@ from typing import Any, TextIO
 from sweepctl import launch, runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.plan import Plan, PlannedRun
-from sweepctl.runner import DEFAULT_STALL_AFTER_S, RunnerOptions, ShardRunner, load_plan
+from sweepctl.runner import DEFAULT_STALL_AFTER_S, RunnerOptions, ShardRunner, end_line, load_plan
 from sweepctl.settings import Settings
 from sweepctl.spec import read_sweep
 from sweepctl.tmux import Tmux, attach_command
@@ -427,17 +427,12 @@ class Driver:
             self._write_state(started=start, finished=time.time(), error=f"{type(e).__name__}: {e}")
             self.log.close()
             raise
-        counts = {k: sum(1 for r in self.results if r.result == k) for k in ("ok", "failed", "interrupted", "skipped")}
-        stopped = " (stopped)" if self.stop_signal is not None else ""
-        line = (f"{self.o.session} done{stopped}: {counts['ok']} ok, {counts['failed']} failed, "
-                f"{counts['interrupted']} interrupted, {counts['skipped']} skipped in {time.time() - start:.0f} s")
-        failed = [r.run_id for r in self.results if r.result == "failed"]
-        if failed:
-            line += f"; failed: {', '.join(failed)}"
+        counts, line = end_line(self.o.session, self.results, stopped=self.stop_signal is not None,
+                                elapsed_s=time.time() - start)
         self._write_state(started=start, finished=time.time(), counts=counts)
         self.say(line)
         self.log.close()
-        return 1 if failed else 0
+        return 1 if counts["failed"] else 0
 
     def _wait(self, ray: ModuleType, pending: dict[Any, str]) -> None:
         """Report rows as they end; on a stop signal, cancel every row still queued or running."""

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -183,14 +183,8 @@ class ShardRunner:
             if outcome.result == "failed" and self.o.fail_fast:
                 self.say("--fail-fast: stopping this shard after a failed row")
                 break
-        counts = {k: sum(1 for o in self.outcomes if o.result == k)
-                  for k in ("ok", "failed", "interrupted", "skipped")}
-        stopped = " (stopped)" if self.stop_signal is not None else ""
-        line = (f"{self.o.session} done{stopped}: {counts['ok']} ok, {counts['failed']} failed, "
-                f"{counts['interrupted']} interrupted, {counts['skipped']} skipped in {time.time() - start:.0f} s")
-        failed = [o.run_id for o in self.outcomes if o.result == "failed"]
-        if failed:
-            line += f"; failed: {', '.join(failed)}"
+        counts, line = end_line(self.o.session, self.outcomes, stopped=self.stop_signal is not None,
+                                elapsed_s=time.time() - start)
         self._write_state(started=start, finished=time.time(), counts=counts)
         self.say(line)
         self.shard_log.close()
@@ -420,6 +414,17 @@ class ShardRunner:
             "last_eval_iter": tail.eval.get("iter") if tail.eval else None,
             "written_by": "sweepctl runner",
         })
+
+
+def end_line(session: str, outcomes: Sequence[Any], *, stopped: bool, elapsed_s: float) -> tuple[dict[str, int], str]:
+    """Counts per result and the one line a finished runner (or Ray driver) leaves in its pane."""
+    counts = {k: sum(1 for o in outcomes if o.result == k) for k in ("ok", "failed", "interrupted", "skipped")}
+    line = (f"{session} done{' (stopped)' if stopped else ''}: {counts['ok']} ok, {counts['failed']} failed, "
+            f"{counts['interrupted']} interrupted, {counts['skipped']} skipped in {elapsed_s:.0f} s")
+    failed = [o.run_id for o in outcomes if o.result == "failed"]
+    if failed:
+        line += f"; failed: {', '.join(failed)}"
+    return counts, line
 
 
 def _mtime(path: Path) -> float:
