@@ -180,7 +180,7 @@ def check_against_eager(raw: GPT, compiled: torch.nn.Module, tokens: torch.Tenso
         with autocast:
             _, loss = model(tokens[:, :-1], tokens[:, 1:])
         loss.backward()
-        out.append((float(loss), [p.grad.detach().double() if p.grad is not None else torch.zeros_like(p, dtype=torch.float64)
+        out.append((float(loss.detach()), [p.grad.detach().double() if p.grad is not None else torch.zeros_like(p, dtype=torch.float64)
                                   for p in owner.parameters()]))
     raw.zero_grad(set_to_none=True)
     (loss_c, gc), (loss_e, ge) = out
