@@ -282,13 +282,21 @@ def runner_argv(preview: LaunchPreview, shard: int, *, launch_id: str, launched_
         argv.append("--fail-fast")
     if o.force:
         argv.append("--force")
-    if o.retry_failed:
-        argv += ["--on-failed", "retry"]
-    if o.stall_after_s:
-        argv += ["--stall-after", repr(float(o.stall_after_s))]
-    if o.run_timeout_s:
-        argv += ["--run-timeout", repr(float(o.run_timeout_s))]
-    return argv
+    return argv + runner_policy_flags(retry_failed=o.retry_failed, stall_after_s=o.stall_after_s,
+                                      run_timeout_s=o.run_timeout_s)
+
+
+def runner_policy_flags(*, retry_failed: bool, stall_after_s: float | None, run_timeout_s: float | None
+                        ) -> list[str]:
+    """The hidden runner's per-row policy flags, shared by every launcher of runners (tmux, Slurm)."""
+    flags: list[str] = []
+    if retry_failed:
+        flags += ["--on-failed", "retry"]
+    if stall_after_s:
+        flags += ["--stall-after", repr(float(stall_after_s))]
+    if run_timeout_s:
+        flags += ["--run-timeout", repr(float(run_timeout_s))]
+    return flags
 
 
 def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult:

@@ -93,13 +93,9 @@ def runner_words(preview: launch.LaunchPreview, options: SlurmOptions) -> list[s
     """The runner's fixed arguments; the per-task ones ($row, devices, time) are added in the script."""
     words = ["-m", "sweepctl", "runner", str(preview.sweep_dir), "--max-retries", str(options.max_retries),
              "--stale-after", repr(preview.settings.stale_after_s)]
-    if options.retry_failed:
-        words += ["--on-failed", "retry"]
-    if options.stall_after_s:
-        words += ["--stall-after", repr(float(options.stall_after_s))]
-    if options.run_timeout_s:
-        words += ["--run-timeout", repr(float(options.run_timeout_s))]
-    return words
+    return words + launch.runner_policy_flags(retry_failed=options.retry_failed,
+                                              stall_after_s=options.stall_after_s,
+                                              run_timeout_s=options.run_timeout_s)
 
 
 def render(preview: launch.LaunchPreview, options: SlurmOptions) -> str:
