@@ -15,12 +15,12 @@ from sweepctl.bootstrap import (
     ensure_shell_env,
     ensure_tools,
     gpu_check,
-    torch_check,
     wandb_check,
     write_project_file,
 )
 from sweepctl.data import FINEWEB_REPO, fineweb_file_names
 from sweepctl.gpus import query_gpus
+from sweepctl.python_env import torch_check
 
 try:
     import tomllib

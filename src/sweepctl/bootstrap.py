@@ -4,13 +4,16 @@
     laptop$ sweepctl bootstrap --host pod --train-shards 8     # installs this laptop's wheel first
 
 Each step looks before it acts and returns a `Check` (one row of the checklist) listing what it
-changed, so a second run changes nothing and says so. The steps that touch the world:
+changed, so a second run changes nothing and says so. This module is the orchestration: it runs
+the steps in order and assembles the checklist. The steps with rules of their own live apart:
 
-- SSH: persisted keys (`/mnt/.ssh` or `/mnt/ssh`) are *copied* into a real `~/.ssh`. The provider
-  injects `authorized_keys` there; losing it locks everyone out (postmortem, failure 1), so this
-  module never writes, replaces or removes an `authorized_keys`, and a symlinked `~/.ssh` is turned
-  into a real directory holding the same files, swapped in with one atomic rename.
-- Python: a venv on fast local disk, reusing the image's CUDA torch (`--system-site-packages`).
+- SSH (`sweepctl.sshkeys`): persisted keys on the volume are *copied* into a real `~/.ssh`; an
+  `authorized_keys` is never written, replaced or removed (postmortem, failure 1).
+- Python (`sweepctl.python_env`): a venv on fast local disk, reusing the image's CUDA torch
+  (`--system-site-packages`), and the torch probe.
+
+The smaller steps stay here:
+
 - Tools: tmux, git, rsync through apt-get, only as root and only when allowed.
 - Shell: `HF_HOME` on the volume and the venv on PATH, in a marked block of `~/.bashrc`.
 - The project file (`/mnt/sweepctl.toml`): out_root, data_dir, venv, remote_bin, so later
@@ -22,206 +25,41 @@ temp dirs. W&B credentials are only ever reported present/absent, never read out
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sweepctl import __version__
+from sweepctl.checklist import Check, last_line, run_command, set_mode
 from sweepctl.errors import RemoteError, SweepctlError
-from sweepctl.gpus import Gpu, GpuQuery, query_gpus
-
-SYSTEM_TOOLS = ("tmux", "git", "rsync")
-WHEEL_MARKER = ".sweepctl-install"  # in the venv: what was installed there (wheel sha256 or version)
-BASHRC_BEGIN = "# >>> sweepctl bootstrap >>>"
-BASHRC_END = "# <<< sweepctl bootstrap <<<"
-REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip entry can carry
-LOW_DISK_GB = 20  # one FineWeb train shard is 200 MB; checkpoints of big models are GBs each
-
-# Run by an interpreter that may not have sweepctl: is there a torch, and is it a CUDA build?
-TORCH_PROBE = (
-    "import json\n"
-    "try:\n"
-    "    import torch\n"
-    "    info = {'torch': torch.__version__, 'cuda': torch.version.cuda,\n"
-    "            'available': torch.cuda.is_available(), 'devices': torch.cuda.device_count()}\n"
-    "except Exception as e:\n"
-    "    info = {'torch': None, 'error': type(e).__name__}\n"
-    "print(json.dumps(info))\n"
+from sweepctl.gpus import GpuQuery, query_gpus
+from sweepctl.python_env import (
+    TORCH_PROBE,
+    WHEEL_MARKER,
+    default_venv,
+    ensure_venv,
+    file_sha256,
+    probe_torch,
+    torch_check,
 )
 
+# Re-exported (`X as X`): the CLI reaches bootstrap through this one module, so cli.remote_cmds
+# (`bootstrap --host`) and cli.pod_cmds import these from here, though they live in the step modules.
+from sweepctl.python_env import build_wheel as build_wheel
+from sweepctl.sshkeys import default_ssh_dir as default_ssh_dir
+from sweepctl.sshkeys import ensure_ssh
 
-@dataclass
-class Check:
-    """One checklist row. ok: True fine, None worth a look (warn), False bootstrap is incomplete."""
-
-    name: str
-    ok: bool | None
-    detail: str
-    changes: list[str] = field(default_factory=list)
-    hint: str | None = None  # what to do when not ok
-
-
-def _run(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """A command with a deadline; a missing program is exit code 127, like a shell says it."""
-    try:
-        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              env=None if env is None else {**os.environ, **env})
-    except FileNotFoundError:
-        return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: command not found")
-    except subprocess.TimeoutExpired:
-        raise SweepctlError(f"`{shlex.join(argv)}` did not finish within {timeout:.0f} s",
-                            hint="run it by hand to see where it hangs") from None
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-# ---- SSH keys ---------------------------------------------------------------------------------
-
-
-def default_ssh_dir(volume: Path) -> Path | None:
-    """The persisted keys dir on the volume: `.ssh`, else `ssh`, else none."""
-    for name in (".ssh", "ssh"):
-        if (volume / name).is_dir():
-            return volume / name
-    return None
-
-
-def _exchange(a: Path, b: Path) -> None:
-    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE): at every instant each name
-    exists, so sshd never looks into a missing ~/.ssh. Falls back to two renames elsewhere."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        renameat2 = None
-    if renameat2 is not None:
-        at_fdcwd, rename_exchange = -100, 2
-        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), str(a))
-    aside = a.with_name(a.name + ".sweepctl-aside")
-    os.rename(a, aside)
-    os.rename(b, a)
-    os.rename(aside, b)
-
-
-def materialize_ssh_dir(ssh: Path) -> str | None:
-    """If `ssh` is a symlink, replace it by a real directory with a copy of everything visible
-    through it (authorized_keys included, byte for byte). The link's target is left untouched."""
-    if not ssh.is_symlink():
-        return None
-    target = os.readlink(ssh)
-    staging = ssh.with_name(f"{ssh.name}.sweepctl-new-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    if ssh.is_dir():
-        shutil.copytree(ssh, staging, symlinks=True)  # copy2: modes and mtimes kept
-    else:  # a dangling link: nothing to keep
-        staging.mkdir()
-    staging.chmod(0o700)
-    _exchange(ssh, staging)
-    staging.unlink()  # now the old symlink: removes the link only, never its target
-    return f"~/.ssh was a symlink to {target}: now a real directory with the same files"
-
-
-def _is_private_key(name: str) -> bool:
-    return name.startswith("id_") and not name.endswith(".pub")
-
-
-def _set_mode(path: Path, mode: int, changes: list[str], label: str) -> None:
-    if path.stat().st_mode & 0o777 != mode:
-        path.chmod(mode)
-        changes.append(f"chmod {mode:o} {label}")
-
-
-def _copy_private(src: Path, dest: Path, mode: int) -> None:
-    """Copy via a temp file created 0600 (whatever the umask), so a private key is never readable
-    by others, not even between the copy and a chmod; then rename into place."""
-    tmp = dest.with_name(f".{dest.name}.sweepctl-tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(src.read_bytes())
-    tmp.chmod(mode)
-    os.replace(tmp, dest)
-
-
-def merge_known_hosts(source: Path, dest: Path) -> int:
-    """Append the lines of `source` that `dest` lacks; never drops or reorders an existing line."""
-    have = dest.read_text().splitlines() if dest.exists() else []
-    seen = {line.strip() for line in have}
-    new = [line.strip() for line in source.read_text().splitlines()
-           if line.strip() and not line.lstrip().startswith("#") and line.strip() not in seen]
-    new = list(dict.fromkeys(new))  # the source may repeat itself
-    if new:
-        prefix = "" if not have or dest.read_text().endswith("\n") else "\n"
-        with dest.open("a") as f:
-            f.write(prefix + "\n".join(new) + "\n")
-    return len(new)
-
-
-def ensure_ssh(home: Path, ssh_dir: Path | None) -> Check:
-    """Copy persisted `id_*` keys, `config` and known hosts into a real ~/.ssh (700; keys 600,
-    .pub 644). Never touches authorized_keys: not copied, not written, not removed."""
-    ssh = home / ".ssh"
-    changes: list[str] = []
-    swapped = materialize_ssh_dir(ssh)
-    if swapped:
-        changes.append(swapped)
-    if not ssh.exists():
-        ssh.mkdir(mode=0o700)
-        changes.append("created ~/.ssh")
-    _set_mode(ssh, 0o700, changes, "~/.ssh")
-
-    copied = 0
-    if ssh_dir is not None and ssh_dir.resolve() != ssh.resolve():
-        for src in sorted(ssh_dir.iterdir()):
-            if not src.is_file() or not (src.name.startswith("id_") or src.name == "config"):
-                continue  # authorized_keys (and anything else) stays on the volume
-            dest = ssh / src.name
-            if dest.exists() and dest.read_bytes() == src.read_bytes():
-                continue
-            if dest.exists():
-                backup = dest.with_name(f"{dest.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-                shutil.copy2(dest, backup)
-                changes.append(f"~/.ssh/{dest.name} differed from {src}: old one kept as {backup.name}")
-            _copy_private(src, dest, 0o644 if src.name.endswith(".pub") else 0o600)
-            changes.append(f"copied {src.name} from {ssh_dir}")
-            copied += 1
-        if (ssh_dir / "known_hosts").is_file():
-            added = merge_known_hosts(ssh_dir / "known_hosts", ssh / "known_hosts")
-            if added:
-                changes.append(f"added {added} known_hosts line(s) from {ssh_dir}")
-
-    for path in sorted(ssh.iterdir()):
-        if path.is_file() and not path.is_symlink():
-            if _is_private_key(path.name) or path.name == "config":
-                _set_mode(path, 0o600, changes, f"~/.ssh/{path.name}")
-            elif path.name.startswith("id_") and path.name.endswith(".pub"):
-                _set_mode(path, 0o644, changes, f"~/.ssh/{path.name}")
-
-    keys = sorted(p.name for p in ssh.iterdir() if _is_private_key(p.name))
-    detail = f"keys: {', '.join(keys) or 'none'}"
-    detail += f"; from {ssh_dir}" if ssh_dir else "; no persisted keys dir on the volume"
-    detail += "; authorized_keys untouched" if (ssh / "authorized_keys").exists() else ""
-    return Check("SSH keys", True, detail, changes)
+SYSTEM_TOOLS = ("tmux", "git", "rsync")
+BASHRC_BEGIN = "# >>> sweepctl bootstrap >>>"
+BASHRC_END = "# <<< sweepctl bootstrap <<<"
+LOW_DISK_GB = 20  # one FineWeb train shard is 200 MB; checkpoints of big models are GBs each
 
 
 # ---- system tools -----------------------------------------------------------------------------
@@ -235,8 +73,9 @@ def ensure_tools(tools: Sequence[str] = SYSTEM_TOOLS, *, allow_apt: bool = True)
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     if missing and allow_apt and is_root and shutil.which("apt-get"):
         env = {"DEBIAN_FRONTEND": "noninteractive"}  # no prompts (tzdata) on a headless pod
-        _run(["apt-get", "update", "-q"], timeout=600, env=env)
-        result = _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], timeout=900, env=env)
+        run_command(["apt-get", "update", "-q"], timeout=600, env=env)
+        result = run_command(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+                             timeout=900, env=env)
         if result.returncode == 0:
             changes.append(f"apt-get installed {' '.join(missing)}")
         missing = [t for t in tools if shutil.which(t) is None]
@@ -249,7 +88,7 @@ def ensure_tools(tools: Sequence[str] = SYSTEM_TOOLS, *, allow_apt: bool = True)
     return Check("tmux, git, rsync", ok, f"missing: {' '.join(missing)}{why}", changes, hint=f"run: {command}")
 
 
-# ---- GPUs and torch ---------------------------------------------------------------------------
+# ---- GPUs -------------------------------------------------------------------------------------
 
 
 def gpu_check(query: GpuQuery) -> Check:
@@ -266,153 +105,6 @@ def gpu_check(query: GpuQuery) -> Check:
     if query.problem:  # some lines unreadable: show the GPUs found, flag the rest
         return Check("GPUs", None, f"{detail} ({query.problem})")
     return Check("GPUs", True, detail)
-
-
-def probe_torch(python: str | Path) -> dict[str, Any]:
-    """What torch `python` has (version, CUDA build, cuda available), without importing it here."""
-    result = _run([str(python), "-c", TORCH_PROBE], timeout=180)
-    try:
-        return json.loads(result.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"torch": None, "error": _last_line(result.stderr) or f"exit {result.returncode}"}
-
-
-def torch_check(info: dict[str, Any], gpus: Sequence[Gpu], python: str | Path) -> Check:
-    if not info.get("torch"):
-        return Check("CUDA torch", False, f"no torch in {python}", hint="bootstrap without --no-venv installs it")
-    version = f"torch {info['torch']}"
-    if info.get("available"):
-        return Check("CUDA torch", True, f"{version}, CUDA {info['cuda']}, {info['devices']} device(s) visible")
-    if gpus:
-        why = "a CPU-only build" if not info.get("cuda") else f"CUDA {info['cuda']} build, but no device available"
-        return Check("CUDA torch", False, f"{version}: {why}",
-                     hint="reuse the image's CUDA torch (a --system-site-packages venv) or install a CUDA wheel")
-    return Check("CUDA torch", None, f"{version} (CPU only; no GPU here)")
-
-
-# ---- Python environment -----------------------------------------------------------------------
-
-
-def default_venv(home: Path, euid: int | None = None) -> Path:
-    """Fast local disk, not the (network) volume: importing torch from a FUSE mount takes minutes."""
-    euid = os.geteuid() if euid is None else euid
-    return Path("/opt/sweepctl-venv") if euid == 0 else home / ".local/share/sweepctl/venv"
-
-
-def source_tree() -> Path | None:
-    """The checkout this sweepctl runs from, if it is one (an editable or in-tree run)."""
-    import sweepctl
-
-    root = Path(sweepctl.__file__).resolve().parents[2]
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file() and re.search(r'^name\s*=\s*"sweepctl"', pyproject.read_text(), re.M):
-        return root
-    return None
-
-
-def build_wheel(out_dir: Path, source: Path | None = None) -> Path:
-    """This checkout as a wheel (for `--host`: the pod gets exactly the laptop's code). Built from a
-    copy, so the checkout gets no build/ or egg-info litter, and without build isolation when
-    setuptools is here, so it works offline."""
-    import importlib.util
-    import tempfile
-
-    source = source or source_tree()
-    if source is None:
-        raise SweepctlError("this sweepctl is not a source checkout, so there is no wheel to build",
-                            hint="pass --wheel PATH (e.g. from `pip wheel --no-deps sweepctl`)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="sweepctl-build-") as tmp:
-        copy = Path(tmp) / "src-copy"
-        shutil.copytree(source / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        for name in ("pyproject.toml", "README.md", "LICENSE"):
-            if (source / name).exists():
-                shutil.copy2(source / name, copy / name)
-        isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-        argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-                *isolation, "-w", tmp, str(copy)]
-        # A fixed zip timestamp makes the same source give the same bytes, so the pod's install
-        # marker (the wheel's sha256) sees a second `bootstrap --host` as nothing to do.
-        result = _run(argv, timeout=600, env={"SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH})
-        wheels = sorted(Path(tmp).glob("sweepctl-*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise SweepctlError(f"cannot build the sweepctl wheel: {_last_line(result.stderr)}", where=str(source),
-                                hint=f"run `{shlex.join(argv)}` to see the whole error")
-        target = out_dir / wheels[0].name
-        shutil.copy2(wheels[0], target)
-    return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _installed_version(python: Path) -> str | None:
-    result = _run([str(python), "-c", "import importlib.metadata as m; print(m.version('sweepctl'))"], timeout=60)
-    return (result.stdout.strip() or None) if result.returncode == 0 else None
-
-
-def _pick_base_python(candidates: Sequence[str]) -> tuple[str, dict[str, Any]]:
-    """The first interpreter with a CUDA torch (the image's), else the first one."""
-    probes = []
-    for python in dict.fromkeys(candidates):
-        info = probe_torch(python)
-        if info.get("cuda"):
-            return python, info
-        probes.append((python, info))
-    return probes[0]
-
-
-def ensure_venv(venv: Path, *, wheel: Path | None = None, base_pythons: Sequence[str] | None = None,
-                pip_args: Sequence[str] = ()) -> Check:
-    """A venv holding this sweepctl: the given wheel (reinstalled when its sha256 changes), else
-    this version (from this checkout, else the package index). `pip_args` go to every pip call."""
-    changes: list[str] = []
-    python = venv / "bin" / "python"
-    if not python.exists():
-        candidates = base_pythons or [getattr(sys, "_base_executable", sys.executable),
-                                      *filter(None, [shutil.which("python3")])]
-        base, info = _pick_base_python(candidates)
-        system_site = bool(info.get("cuda"))
-        argv = [base, "-m", "venv", *(["--system-site-packages"] if system_site else []), str(venv)]
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        result = _run(argv, timeout=300)
-        if result.returncode != 0:
-            raise SweepctlError(f"cannot create the venv: {_last_line(result.stderr)}", where=str(venv),
-                                hint="choose another --venv (fast local disk) or check the Python install")
-        changes.append(f"created venv {venv}" + (f" with the image's torch {info['torch']}" if system_site else ""))
-
-    marker = venv / WHEEL_MARKER
-    installed = _installed_version(python)
-    if wheel is not None:
-        # A wheel is exact bytes (the laptop's build): reinstall whenever they differ, even at the
-        # same version number, which a developer's rebuilt wheel usually keeps.
-        wanted, spec = f"wheel sha256 {_sha256(wheel)}", str(wheel)
-        have = marker.read_text().strip() if marker.exists() else None
-        needed = installed is None or have != wanted
-    else:
-        # No wheel: this very version (installed from a wheel earlier, this checkout, or the index).
-        tree = source_tree()
-        wanted, spec = (f"source {tree}", str(tree)) if tree else (f"index {__version__}", f"sweepctl=={__version__}")
-        needed = installed != __version__
-    if needed:
-        # First the package with its dependencies, then the exact bytes: pip treats a wheel of an
-        # already installed version as "already satisfied" and would silently keep the old code.
-        for extra in ([], ["--no-deps", "--force-reinstall"]):
-            argv = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    *extra, *pip_args, spec]
-            result = _run(argv, timeout=1800)
-            if result.returncode != 0:
-                raise SweepctlError(f"pip could not install {spec}: {_last_line(result.stderr)}", where=str(venv),
-                                    hint=f"run `{shlex.join(argv)}` to see the whole error")
-        marker.write_text(wanted + "\n")
-        installed = _installed_version(python)
-        changes.append(f"installed sweepctl {installed} from {spec}")
-    return Check("sweepctl venv", True, f"sweepctl {installed} in {venv}", changes)
 
 
 # ---- caches, credentials, disk ----------------------------------------------------------------
@@ -459,7 +151,7 @@ def wandb_check(home: Path) -> Check:
     if not path.is_file():
         return Check("W&B credentials", None, "absent (no ~/.netrc)" + env_note,
                      hint="run `wandb login` on the pod if you want W&B logging")
-    _set_mode(path, 0o600, changes, "~/.netrc")  # other users must not read it; netrc refuses otherwise
+    set_mode(path, 0o600, changes, "~/.netrc")  # other users must not read it; netrc refuses otherwise
     try:
         present = netrc.netrc(str(path)).authenticators("api.wandb.ai") is not None
     except (netrc.NetrcParseError, OSError):
@@ -687,7 +379,7 @@ def bootstrap_remote(transport: CommandTransport, wheel: Path, bootstrap_args: S
         raise RemoteError(f"cannot run {python} on the pod (exit {probe.exit_code})", where=transport_host(transport),
                           hint="install python3 on the pod, or pass its path") from None
     venv = venv or str(default_venv(Path(pod["home"]), pod["euid"]))
-    sha = _sha256(wheel)
+    sha = file_sha256(wheel)
     marker = f"{venv}/{WHEEL_MARKER}"
     changes: list[str] = []
     current = transport.run(["cat", marker], timeout=30)
@@ -710,12 +402,12 @@ def bootstrap_remote(transport: CommandTransport, wheel: Path, bootstrap_args: S
         report = json.loads(result.stdout)
     except ValueError:
         raise RemoteError(f"remote bootstrap failed (exit {result.exit_code}): "
-                          f"{_last_line(result.stderr) or 'no output'}", where=transport_host(transport),
+                          f"{last_line(result.stderr) or 'no output'}", where=transport_host(transport),
                           hint=f"run `{venv}/bin/sweepctl bootstrap` on the pod to see the whole output") from None
     if changes:
         report["changed"] = True
         report["checks"].insert(0, asdict(Check("sweepctl wheel", True, f"{wheel.name} in {venv}", changes)))
-    report["remote_error"] = None if result.exit_code == 0 else _last_line(result.stderr)
+    report["remote_error"] = None if result.exit_code == 0 else last_line(result.stderr)
     return report
 
 
