@@ -39,7 +39,7 @@ from typing import Any, TextIO
 from sweepctl import launch, runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.plan import Plan, PlannedRun
-from sweepctl.runner import DEFAULT_STALL_AFTER_S, RunnerOptions, ShardRunner, end_line, load_plan
+from sweepctl.runner import RunnerOptions, ShardRunner, end_line, load_plan
 from sweepctl.settings import Settings
 from sweepctl.spec import read_sweep
 from sweepctl.tmux import Tmux, attach_command
@@ -174,20 +174,19 @@ class RayLaunchResult:
     status_command: str
 
 
-def driver_argv(preview: launch.LaunchPreview, *, launch_id: str) -> list[str]:
-    o = preview.options
-    assert isinstance(o, RayLaunchOptions)
-    argv = [sys.executable, "-m", "sweepctl", "ray-driver", str(preview.sweep_dir), "--address",
-            default_address(o.ray_address), "--launch-id", launch_id, "--max-retries", str(o.max_retries),
-            "--stale-after", repr(preview.settings.stale_after_s)]
-    for flag, on in (("--force", o.force), ("--retry-failed", o.retry_failed), ("--skip-failed", o.skip_failed)):
+def driver_argv(sweep_dir: Path, address: str, launch_id: str, policy: launch.LaunchOptions, *,
+                stale_after_s: float, session: str = DRIVER_SESSION, only: list[str] | None = None) -> list[str]:
+    """The hidden `sweepctl ray-driver` command: a launch's (every row) or a rerun's (`only`, its own session)."""
+    argv = [sys.executable, "-m", "sweepctl", "ray-driver", str(sweep_dir), "--address", address,
+            "--launch-id", launch_id, "--session", session, "--max-retries", str(policy.max_retries),
+            "--stale-after", repr(stale_after_s)]
+    for run_id in only or []:
+        argv += ["--only", run_id]
+    for flag, on in (("--force", policy.force), ("--skip-failed", policy.skip_failed)):
         if on:
             argv.append(flag)
-    if o.stall_after_s:
-        argv += ["--stall-after", repr(float(o.stall_after_s))]
-    if o.run_timeout_s:
-        argv += ["--run-timeout", repr(float(o.run_timeout_s))]
-    return argv
+    return argv + launch.runner_policy_flags(retry_failed=policy.retry_failed, stall_after_s=policy.stall_after_s,
+                                             run_timeout_s=policy.run_timeout_s)
 
 
 def execute(preview: launch.LaunchPreview, *, tmux: Tmux | None = None) -> RayLaunchResult:
@@ -209,7 +208,8 @@ def execute(preview: launch.LaunchPreview, *, tmux: Tmux | None = None) -> RayLa
     launched_at = time.time()
     launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
     launch.write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=[])
-    result.how = tmux.start(DRIVER_SESSION, driver_argv(preview, launch_id=launch_id), env={}, cwd=Path.cwd())
+    argv = driver_argv(preview.sweep_dir, result.address, launch_id, o, stale_after_s=preview.settings.stale_after_s)
+    result.how = tmux.start(DRIVER_SESSION, argv, env={}, cwd=Path.cwd())
     return result
 
 
@@ -220,15 +220,8 @@ class TaskPayload:
     """What every task needs, put into Ray's object store once per launch (not once per row)."""
 
     plan_json: str
-    sweep_dir: str
-    launch_id: str
     files: dict[str, bytes]  # plan.json and config copies, relative to sweep_dir: for nodes that lack them
-    force: bool = False
-    retry_failed: bool = False
-    stall_after_s: float | None = DEFAULT_STALL_AFTER_S
-    run_timeout_s: float | None = None
-    stale_after_s: float = 120.0
-    kill_grace_s: float = 30.0
+    driver: DriverOptions  # the sweep_dir, launch_id, policy and limits the driver runs under
 
 
 def task_session(launch_id: str, run_id: str) -> str:
@@ -246,11 +239,12 @@ def run_row_task(payload: TaskPayload, run_id: str) -> dict[str, Any]:
     `--force` (a row that finished ok must not be redone) and always retries a failure."""
     import ray
 
-    sweep_dir = Path(payload.sweep_dir)
+    o = payload.driver
+    sweep_dir = o.sweep_dir
     _materialize(sweep_dir, payload.files)
     plan = Plan.model_validate_json(payload.plan_json)
     planned = plan.run(run_id)
-    session = task_session(payload.launch_id, run_id)
+    session = task_session(o.launch_id, run_id)
     (sweep_dir / session).parent.mkdir(parents=True, exist_ok=True)
     directory = Path(planned.config["out_dir"])
     previous = runs.read_json(directory / runs.OWNER) or {}
@@ -259,9 +253,9 @@ def run_row_task(payload: TaskPayload, run_id: str) -> dict[str, Any]:
     options = RunnerOptions(
         sweep_dir=sweep_dir, shard=None, devices=devices, session=session, only=[run_id],
         max_retries=0,  # Ray retries (possibly on another node); the runner does one attempt per task
-        stall_after_s=payload.stall_after_s, run_timeout_s=payload.run_timeout_s,
-        on_failed="retry" if retry or payload.retry_failed else "skip", force=payload.force and not retry,
-        launched_at=time.time(), kill_grace_s=payload.kill_grace_s, stale_after_s=payload.stale_after_s)
+        stall_after_s=o.policy.stall_after_s, run_timeout_s=o.policy.run_timeout_s,
+        on_failed="retry" if retry or o.policy.retry_failed else "skip", force=o.policy.force and not retry,
+        launched_at=time.time(), kill_grace_s=o.kill_grace_s, stale_after_s=o.stale_after_s)
     with open(os.devnull, "wb") as pane:  # the driver's pane shows one line per row; the log has it all
         runner = ShardRunner(plan, options, pane=pane)
         try:
@@ -329,15 +323,19 @@ class DriverOptions:
     sweep_dir: Path
     address: str
     launch_id: str
-    max_retries: int = 0
-    force: bool = False
-    retry_failed: bool = False
-    skip_failed: bool = False
-    stall_after_s: float | None = DEFAULT_STALL_AFTER_S
-    run_timeout_s: float | None = None
+    # The launch's choices as the run table and the runner read them: force / retry_failed /
+    # skip_failed, max_retries (Ray's, per row), stall_after_s, run_timeout_s. Its tmux-only fields
+    # (shards, schedule, fail_fast) are not used.
+    policy: launch.LaunchOptions = field(default_factory=lambda: launch.LaunchOptions(shards=1))
+    only: list[str] | None = None  # these rows, not the whole plan (a rerun)
     stale_after_s: float = 120.0
     kill_grace_s: float = 30.0
     session: str = DRIVER_SESSION
+
+    @property
+    def log_name(self) -> str:
+        """ray-driver.log for a launch's driver; <session>.log for another (a rerun's), as runners do."""
+        return DRIVER_LOG if self.session == DRIVER_SESSION else f"{self.session}.log"
 
 
 @dataclass
@@ -361,8 +359,8 @@ class Driver:
     stop_signal: int | None = None
 
     def __post_init__(self) -> None:
-        self.log = open(self.o.sweep_dir / DRIVER_LOG, "a")  # noqa: SIM115 (open for the driver's life)
-        self.state_path = self.o.sweep_dir / DRIVER_STATE
+        self.log = open(self.o.sweep_dir / self.o.log_name, "a")  # noqa: SIM115 (open for the driver's life)
+        self.state_path = self.o.sweep_dir / self.o.log_name.replace(".log", ".json")
 
     def say(self, message: str) -> None:
         """To the pane and ray-driver.log: the driver's history outlives its tmux pane."""
@@ -389,10 +387,10 @@ class Driver:
 
     def rows_to_run(self) -> list[PlannedRun]:
         """The run table again, as launch applied it: rows finished since launch are not submitted."""
-        options = launch.LaunchOptions(shards=1, force=self.o.force, retry_failed=self.o.retry_failed,
-                                       skip_failed=self.o.skip_failed)
         out_root = self.o.sweep_dir.parent.parent  # <out_root>/.sweeps/<name>
-        decisions, _refusals = launch.apply_run_table(self.plan, options, out_root, self.o.stale_after_s)
+        decisions, _refusals = launch.apply_run_table(self.plan, self.o.policy, out_root, self.o.stale_after_s)
+        if self.o.only is not None:
+            decisions = [d for d in decisions if d.run_id in self.o.only]
         for d in decisions:
             if d.action == "skip":
                 self.results.append(RowResult(d.run_id, "skipped", d.detail or d.state))
@@ -405,20 +403,16 @@ class Driver:
         start = time.time()
         self._write_state(started=start)
         todo = self.rows_to_run()
-        payload = TaskPayload(
-            plan_json=self.plan.model_dump_json(), sweep_dir=str(self.o.sweep_dir), launch_id=self.o.launch_id,
-            files=manifest_files(self.o.sweep_dir), force=self.o.force,
-            retry_failed=self.o.retry_failed, stall_after_s=self.o.stall_after_s,
-            run_timeout_s=self.o.run_timeout_s, stale_after_s=self.o.stale_after_s, kill_grace_s=self.o.kill_grace_s)
+        payload = TaskPayload(self.plan.model_dump_json(), manifest_files(self.o.sweep_dir), self.o)
         payload_ref = ray.put(payload)
         task = ray.remote(run_row_task)
         pending = {}
         for r in todo:
-            ref = task.options(num_gpus=r.gpus, max_retries=self.o.max_retries, retry_exceptions=[RowFailed],
-                               name=f"sweepctl {r.run_id}").remote(payload_ref, r.run_id)
+            ref = task.options(num_gpus=r.gpus, max_retries=self.o.policy.max_retries,
+                               retry_exceptions=[RowFailed], name=f"sweepctl {r.run_id}").remote(payload_ref, r.run_id)
             pending[ref] = r.run_id
         self.say(f"sweep {self.plan.sweep}: driver pid {os.getpid()} on Ray {self.o.address}; {len(todo)} row(s) "
-                 f"submitted, {len(self.results)} skipped; retries per row: {self.o.max_retries}; "
+                 f"submitted, {len(self.results)} skipped; retries per row: {self.o.policy.max_retries}; "
                  f"row logs in {self.o.sweep_dir / TASK_LOG_DIR / self.o.launch_id}")
         try:
             self._wait(ray, pending)

@@ -105,20 +105,25 @@ def ray_driver(
     sweep_dir: Path = typer.Argument(..., help="<out_root>/.sweeps/<name>"),
     address: str = typer.Option(..., "--address"),
     launch_id: str = typer.Option(..., "--launch-id"),
+    session: str | None = typer.Option(None, "--session", help="default: sweep-ray"),
+    only: list[str] | None = typer.Option(None, "--only"),
     max_retries: int = typer.Option(0, "--max-retries"),
     force: bool = typer.Option(False, "--force"),
-    retry_failed: bool = typer.Option(False, "--retry-failed"),
+    on_failed: str = typer.Option("skip", "--on-failed"),
     skip_failed: bool = typer.Option(False, "--skip-failed"),
     stall_after: float | None = typer.Option(None, "--stall-after"),
     run_timeout: float | None = typer.Option(None, "--run-timeout"),
     stale_after: float = typer.Option(120.0, "--stale-after"),
 ) -> None:
-    """The Ray driver (runs in tmux session sweep-ray, started by `launch --backend ray`)."""
+    """The Ray driver (runs in tmux session sweep-ray, started by `launch --backend ray`, or rerun-<run_id>)."""
     from sweepctl import ray_backend as lib
+    from sweepctl.launch import LaunchOptions
 
-    options = lib.DriverOptions(sweep_dir=sweep_dir, address=address, launch_id=launch_id, max_retries=max_retries,
-                                force=force, retry_failed=retry_failed, skip_failed=skip_failed,
-                                stall_after_s=stall_after, run_timeout_s=run_timeout, stale_after_s=stale_after)
+    policy = LaunchOptions(shards=1, max_retries=max_retries, force=force, retry_failed=on_failed == "retry",
+                           skip_failed=skip_failed, stall_after_s=stall_after, run_timeout_s=run_timeout)
+    options = lib.DriverOptions(sweep_dir=sweep_dir, address=address, launch_id=launch_id, policy=policy,
+                                only=only or None, stale_after_s=stale_after,
+                                session=session or lib.DRIVER_SESSION)
     raise typer.Exit(lib.driver_main(options))
 
 
