@@ -1,4 +1,4 @@
-"""Static vs dynamic schedule: how long does a sweep with uneven run lengths take on N workers?
+"""Static vs dynamic vs longest-first: how long does a sweep with uneven run lengths take on N workers?
 
     python bench/schedule_makespan.py                 # pure simulation of both policies (instant)
     python bench/schedule_makespan.py --real          # the runner's real claim code, sleeping workers
@@ -8,15 +8,17 @@ The sweep is shaped like the reference one: 96 rows, 66 six-layer runs (1 unit e
 48-layer runs (8 units each), in CSV order — by default grouped as the reference CSV is (every
 6-layer row, then every 48-layer row, three seeds per config); `--order` tries others.
 
-Policies (as `sweepctl launch --schedule` runs them):
-  static   row i goes to worker i % N, which runs its rows in order;
-  dynamic  a free worker claims the next unclaimed row in CSV order.
+Policies:
+  static   row i goes to worker i % N, which runs its rows in order (`launch --schedule static`);
+  dynamic  a free worker claims the next unclaimed row in CSV order (the runner before LPT);
+  LPT      a free worker claims the longest unclaimed row, ties in CSV order: what
+           `launch --schedule dynamic` does now (`sweepctl.plan.claim_order`, here on run lengths).
 
-`--real` starts N processes: static workers walk their rows, dynamic workers claim rows with
-`sweepctl.runner.claimed_rows` (the O_CREAT|O_EXCL claim files the shard runner uses) and sleep
-length x unit seconds per row as a stand-in trainer; makespan is wall time / unit. Without it, the
-same policies are simulated exactly. Either way the table shows makespan next to the lower bound
-max(longest run, total / N).
+`--real` starts N processes: static workers walk their rows, dynamic and LPT workers claim rows
+with `sweepctl.runner.claimed_rows` (the O_CREAT|O_EXCL claim files the shard runner uses) in CSV
+order or in `sweepctl.plan.longest_first` order, and sleep length x unit seconds per row as a
+stand-in trainer; makespan is wall time / unit. Without it, the same policies are simulated
+exactly. Either way the table shows makespan next to the lower bound max(longest run, total / N).
 """
 
 from __future__ import annotations
@@ -66,11 +68,18 @@ def simulate_static(lengths: list[float], workers: int) -> float:
     return max(loads)
 
 
-def simulate_dynamic(lengths: list[float], workers: int) -> float:
+def lpt_order(lengths: list[float]) -> list[int]:
+    from sweepctl.plan import longest_first  # the order the shard runners claim in
+
+    return longest_first(lengths)
+
+
+def simulate_dynamic(lengths: list[float], workers: int, order: list[int] | None = None) -> float:
     free = [(0.0, w) for w in range(workers)]  # (time the worker is free, worker index)
     heapq.heapify(free)
     end = 0.0
-    for length in lengths:  # the next row in CSV order goes to whoever is free first
+    for i in order if order is not None else range(len(lengths)):  # the next row goes to whoever is free first
+        length = lengths[i]
         t, w = heapq.heappop(free)
         end = max(end, t + length)
         heapq.heappush(free, (t + length, w))
@@ -82,6 +91,8 @@ def _worker(schedule: str, worker: int, workers: int, lengths: list[float], unit
     from sweepctl.runner import claimed_rows
 
     ids = [f"row{i:03d}" for i in range(len(lengths))]
+    if schedule == "lpt":
+        ids = [ids[i] for i in lpt_order(lengths)]
     ready.wait()  # every worker is up before the clock starts
     mine = ids[worker::workers] if schedule == "static" else claimed_rows(ids, Path(claims), worker)
     for run_id in mine:
@@ -89,7 +100,9 @@ def _worker(schedule: str, worker: int, workers: int, lengths: list[float], unit
 
 
 def measure(schedule: str, lengths: list[float], workers: int, unit: float) -> float:
-    import sweepctl.runner  # noqa: F401 (imported once here, inherited by the forked workers)
+    # imported once here, inherited by the forked workers
+    import sweepctl.plan
+    import sweepctl.runner  # noqa: F401
 
     ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
     ready = ctx.Barrier(workers + 1)
@@ -119,16 +132,18 @@ def main() -> None:
     how = f"real claims, sleeping workers, 1 unit = {args.unit:g} s" if args.real else "simulated"
     print(f"{len(lengths)} rows ({lengths.count(SHORT)} x {SHORT:g} unit, {lengths.count(LONG)} x {LONG:g} units, "
           f"total {sum(lengths):g} units), order {args.order}, {how}")
-    header = f"{'workers':>7}  {'lower bound':>11}  {'static':>8}  {'/bound':>6}  {'dynamic':>8}  {'/bound':>6}"
+    policies = ("static", "dynamic", "LPT")
+    header = f"{'workers':>7}  {'lower bound':>11}" + "".join(f"  {p:>8}  {'/bound':>6}" for p in policies)
     print(header)
     print("-" * len(header))
     for n in args.workers:
         bound = lower_bound(lengths, n)
         if args.real:
-            static, dynamic = measure("static", lengths, n, args.unit), measure("dynamic", lengths, n, args.unit)
+            spans = [measure(p.lower(), lengths, n, args.unit) for p in policies]
         else:
-            static, dynamic = simulate_static(lengths, n), simulate_dynamic(lengths, n)
-        print(f"{n:>7}  {bound:>11.2f}  {static:>8.2f}  {static / bound:>6.2f}  {dynamic:>8.2f}  {dynamic / bound:>6.2f}")
+            spans = [simulate_static(lengths, n), simulate_dynamic(lengths, n),
+                     simulate_dynamic(lengths, n, lpt_order(lengths))]
+        print(f"{n:>7}  {bound:>11.2f}" + "".join(f"  {m:>8.2f}  {m / bound:>6.2f}" for m in spans))
 
 
 if __name__ == "__main__":

@@ -77,13 +77,13 @@ def fake(tmp_path: Path) -> Path:
 
 
 def make_plan(tmp_path: Path, fake: Path, modes: dict[str, str], *, schedule: str = "static", shards: int = 1,
-              gpus: int = 1) -> Plan:
+              gpus: int = 1, iters: list[int] | None = None) -> Plan:
     out = tmp_path / "out"
     planned = []
     for i, (run_id, mode) in enumerate(modes.items()):
         planned.append(PlannedRun(run_id=run_id, line=i + 2, row_index=i,
                                   shard=i % shards if schedule == "static" else None, seed=i, gpus=gpus,
-                                  config={"out_dir": str(out / run_id), "max_iters": 10},
+                                  config={"out_dir": str(out / run_id), "max_iters": iters[i] if iters else 10},
                                   argv=["python", str(fake), mode, str(out / run_id)]))
     shard_plans = [ShardPlan(index=s, devices=[s * gpus + k for k in range(gpus)],
                              run_ids=[r.run_id for r in planned if r.shard == s]) for s in range(shards)]
@@ -276,3 +276,61 @@ def test_dynamic_runners_share_the_rows(tmp_path: Path, fake: Path) -> None:
     assert [o.run_id for o in first.outcomes] == ["r0", "r1", "r2", "r3"]
     assert second.outcomes == []  # nothing left to claim
     assert os.listdir(claims) and sorted(os.listdir(claims)) == ["r0", "r1", "r2", "r3"]
+
+
+def test_dynamic_runners_claim_the_longest_rows_first(tmp_path: Path, fake: Path) -> None:
+    # Plan order is r0..r4; by estimated cost (max_iters here) it is r1, r3 (a tie: row order), r2, r0, r4.
+    plan = make_plan(tmp_path, fake, {f"r{i}": "ok" for i in range(5)}, schedule="dynamic", shards=2,
+                     iters=[10, 30, 20, 30, 10])
+    claims = tmp_path / "out" / ".sweeps" / "t" / "claims" / "L1"
+    first = ShardRunner(plan, RunnerOptions(sweep_dir=tmp_path, shard=0, devices="0", session="sweep-0",
+                                            claims_dir=claims), pane=io.BytesIO())
+    second = ShardRunner(plan, RunnerOptions(sweep_dir=tmp_path, shard=1, devices="1", session="sweep-1",
+                                             claims_dir=claims), pane=io.BytesIO())
+    walks = {0: first.rows(), 1: second.rows()}
+    taken = []  # (shard, run_id): the two runners take turns, as two GPUs that finish alike would
+    for shard in (0, 1, 0, 1, 0, 1):
+        row = next(walks[shard], None)
+        if row is not None:
+            taken.append((shard, row.run_id))
+    assert taken == [(0, "r1"), (1, "r3"), (0, "r2"), (1, "r0"), (0, "r4")]
+    assert json.loads((claims / "r3").read_text())["shard"] == 1
+    first.shard_log.close()
+    second.shard_log.close()
+    # a static shard keeps its plan order: the order matters only for who claims what first
+    static = make_plan(tmp_path, fake, {f"r{i}": "ok" for i in range(3)}, iters=[10, 30, 20])
+    runner = ShardRunner(static, RunnerOptions(sweep_dir=tmp_path, shard=0, devices="0", session="sweep-0"),
+                         pane=io.BytesIO())
+    assert [r.run_id for r in runner.rows()] == ["r0", "r1", "r2"]
+    runner.shard_log.close()
+
+
+def test_the_cost_estimate_ranks_deep_presets_above_shallow_ones_and_scales_with_tokens(tmp_path: Path) -> None:
+    from sweepctl.plan import claim_order, longest_first, run_cost
+    from sweepctl.plan import make_plan as plan_of
+    from sweepctl.spec import read_sweep
+    from sweepctl.train.config import resolve_config
+
+    def cost(preset: str, *overrides: str) -> float:
+        return run_cost(resolve_config(preset, list(overrides)).model_dump())
+
+    assert cost("base", "max_iters=10000") == 2 * cost("base")  # proportional to tokens
+    assert cost("base", "batch_size=64") == 2 * cost("base")
+    assert cost("base", "gradient_accumulation_steps=8") == 2 * cost("base")
+    for variant in ("base", "hc", "mhc"):
+        assert cost(f"{variant}_48l") > 1.3 * cost(variant)
+    assert run_cost({}) == cost("base")  # a field missing from an older plan reads as its default
+    assert longest_first([1.0, 3.0, 2.0, 3.0]) == [1, 3, 2, 0]
+    # the reference sweep's shape: every 6-layer row first in the CSV, the 48-layer rows last
+    rows = [f"s{i},{p},{i},\"device='cpu'\"," for i, p in enumerate(["base", "mhc", "mhc_48l", "hc", "base_48l"])]
+    (tmp_path / "s.csv").write_text("run_id,config,seed,overrides,notes\n" + "\n".join(rows) + "\n")
+    plan = plan_of(read_sweep(tmp_path / "s.csv"), shards=2, schedule="dynamic", out_root=tmp_path / "out")
+    assert claim_order(plan)[:2] == ["s4", "s2"]  # base_48l (batch 16 x 10000) a little above mhc_48l
+    assert claim_order(plan)[2:] == ["s0", "s1", "s3"]  # equal FLOPs: row order
+
+
+def test_planning_and_running_rows_import_no_torch() -> None:
+    code = ("import sys, sweepctl.plan, sweepctl.runner, sweepctl.cli.remote_cmds; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

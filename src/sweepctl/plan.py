@@ -3,11 +3,14 @@
 Static schedule: row i (0-based, file order) goes to shard i % N, and shard i owns devices
 [i*K .. i*K+K-1] — so N shards on an N-GPU pod use every GPU (the postmortem's sweep used one).
 Dynamic schedule: every shard claims the next unclaimed row at run time, which keeps all GPUs busy
-when run lengths differ; the plan then fixes only the devices.
+when run lengths differ; the plan then fixes only the devices. Rows are claimed longest first
+(`claim_order`: estimated training FLOPs, descending, ties in row order), so the long runs do not
+start last and leave the other GPUs idle at the end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +18,7 @@ from pydantic import BaseModel
 
 from sweepctl.errors import SpecError
 from sweepctl.spec import RunSpec, Sweep
-from sweepctl.train.config import format_override
+from sweepctl.train.config import TrainConfig, format_override
 
 Schedule = Literal["static", "dynamic"]
 TRAINER_MODULE = "sweepctl.train"
@@ -124,3 +127,36 @@ def make_plan(sweep: Sweep, *, shards: int, schedule: Schedule = "static", gpus_
 
 def cuda_visible_devices(plan: Plan, shard: int) -> str:
     return ",".join(str(d) for d in plan.shards[shard].devices)
+
+
+# --- claim order (dynamic schedule) ----------------------------------------------------------------
+
+_COST_FIELDS = ("max_iters", "batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_embd",
+                "vocab_size")
+
+
+def run_cost(config: Mapping[str, Any]) -> float:
+    """Training FLOPs of a run from its resolved settings (a plan row's `config`): tokens seen x
+    (6 N + 12 L C T) per token, N = 12 L C^2 + V C — the estimate nanoGPT's MFU uses. Torch-free.
+
+    Only the order it gives matters. It ranks the reference sweep right (a 48-layer run above a
+    6-layer one), but it underrates deep narrow models and mHC: they are bound by memory traffic
+    and kernel count, not FLOPs (~1.5x the FLOPs of a 6-layer run, ~8x its time on an H200).
+    A resumed run is costed whole."""
+    defaults = TrainConfig.model_fields
+    v = {k: config.get(k, defaults[k].default) for k in _COST_FIELDS}
+    tokens = v["max_iters"] * v["gradient_accumulation_steps"] * v["batch_size"] * v["block_size"]
+    layers, width = v["n_layer"], v["n_embd"]
+    params = 12 * layers * width * width + v["vocab_size"] * width
+    return float(tokens) * (6 * params + 12 * layers * width * v["block_size"])
+
+
+def longest_first(costs: Sequence[float]) -> list[int]:
+    """Indices by descending cost, ties by index: a stable order every runner computes alike."""
+    return sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+
+
+def claim_order(plan: Plan) -> list[str]:
+    """The run_ids in the order dynamic runners claim them: estimated cost descending (LPT), which
+    brings the sweep's end close to max(longest run, total / shards)."""
+    return [plan.runs[i].run_id for i in longest_first([run_cost(r.config) for r in plan.runs])]

@@ -3,8 +3,9 @@
     sweepctl runner /mnt/pod_artifacts/outputs/.sweeps/fineweb --shard 3 --devices 3 ...
 
 Static schedule: the rows of the plan with row % N == shard. Dynamic schedule: every runner claims
-the next unclaimed row by creating `claims/<launch>/<run_id>` with O_CREAT|O_EXCL, which the
-filesystem grants to exactly one process — no row runs twice and no GPU idles while rows remain.
+the next unclaimed row, longest first (`sweepctl.plan.claim_order`), by creating
+`claims/<launch>/<run_id>` with O_CREAT|O_EXCL, which the filesystem grants to exactly one process —
+no row runs twice and no GPU idles while rows remain.
 
 Per row: take the run's flock (inherited by the trainer, so it is held exactly as long as someone
 works on the run), decide from the run table, start the trainer (`torchrun` for K > 1 GPUs), tee
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from sweepctl import runs
-from sweepctl.plan import Plan, PlannedRun
+from sweepctl.plan import Plan, PlannedRun, claim_order
 
 OnFailed = Literal["skip", "retry"]
 RUN_CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
@@ -160,6 +161,8 @@ class ShardRunner:
             ids = list(self.o.only)
         elif self.plan.schedule == "static" and self.o.shard is not None:
             ids = [r.run_id for r in self.plan.runs_of_shard(self.o.shard)]
+        elif self.plan.schedule == "dynamic":  # every runner walks the same longest-first order, claiming
+            ids = claim_order(self.plan)
         else:
             ids = [r.run_id for r in self.plan.runs]
         if self.o.claims_dir is not None and self.o.only is None:
