@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -459,3 +460,16 @@ def test_prefetcher_raises_a_bad_shard_where_the_batch_is_taken(tmp_path):
           pytest.raises(ShardError, match=r"fineweb_train_000001\.bin: token id 300")):
         pf.next()
     assert not pf.worker.is_alive()
+
+
+def test_gpu_script_keeps_to_its_budget_and_says_what_it_skipped(tmp_path):
+    """bench/gpu.sh on lent GPU time: with the budget spent, no run starts, each row says it was
+    skipped and why, and the script fails rather than print an empty table."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "BUDGET": "0", "OUT": str(tmp_path)}
+    out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    skipped = [ln.split(":")[0] for ln in out.stderr.splitlines() if "skipped" in ln]
+    assert skipped == ["compiled-base", "compiled-hc", "compiled-mhc", "compiled-mhc_48l", "compiled-mhc-triton",
+                       "compiled-mhc_48l-triton", "compiled-mhc-static", "eager"], out.stderr
+    assert out.returncode == 1 and "no run finished" in out.stderr
+    assert not list((tmp_path / "sweepctl-bench").iterdir())
