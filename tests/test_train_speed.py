@@ -358,8 +358,8 @@ def test_bench_prints_a_table_last_and_rejects_unknown_presets(capsys):
     assert lines[0].startswith("# cpu | torch") and "eager" in lines[0] and "tiny sizes" in lines[0]
     assert lines[1].split()[:5] == ["preset", "L", "C", "B", "tok/s"]
     assert [ln.split()[0] for ln in lines[2:]] == ["base", "mhc"]
-    mfu, vs_base, grad_err = lines[-1].split()[-3:]
-    assert (mfu, grad_err) == ("n/a", "n/a") and vs_base == f"{float(vs_base):.2f}"  # eager: nothing to check
+    mfu, vs_base, grad_err, target = lines[-1].split()[-4:]
+    assert (mfu, grad_err, target) == ("n/a", "n/a", "-") and vs_base == f"{float(vs_base):.2f}"  # eager: nothing to check
     assert bench.main(["--presets", "base,nope"]) == 2
     assert "unknown preset(s) nope" in capsys.readouterr().err
 
@@ -376,7 +376,7 @@ def test_bench_show_merges_saved_runs_into_one_table(tmp_path, capsys):
     assert [ln.split()[0] for ln in lines[2:]] == ["base", "mhc"] and "hc_static_only=True" in lines[3]
     mhc_tok_s = json.loads((tmp_path / "mhc.json").read_text())["results"][0]["tok_per_s"]
     base_tok_s = json.loads((tmp_path / "base.json").read_text())["results"][0]["tok_per_s"]
-    assert lines[3].split()[-2] == f"{mhc_tok_s / base_tok_s:.2f}"  # the ratio across the two runs
+    assert lines[3].split()[-3] == f"{mhc_tok_s / base_tok_s:.2f}"  # the ratio across the two runs
     assert "broken.json: not a bench JSON document" in err
 
 
@@ -473,3 +473,25 @@ def test_gpu_script_keeps_to_its_budget_and_says_what_it_skipped(tmp_path):
                        "compiled-mhc_48l-triton", "compiled-mhc-static", "eager"], out.stderr
     assert out.returncode == 1 and "no run finished" in out.stderr
     assert not list((tmp_path / "sweepctl-bench").iterdir())
+
+
+def test_the_table_holds_each_preset_row_against_the_issues_targets():
+    """A GPU run judges itself: preset-size rows get `ok` or what they missed; tiny runs, other
+    batch sizes, --set overrides and presets without a target get `-`."""
+    meta = {"device_name": "NVIDIA H200", "torch": "2.x", "compile": True, "compile_mode": None, "iters": 20,
+            "warmup": 3, "accum": 1, "batch": None, "tiny": False, "peak_flops": 989e12, "overrides": []}
+
+    def row(preset, tok_s, compile_s=30.0):
+        return {"preset": preset, "error": None, "n_layer": 6, "n_embd": 288, "batch_size": 32, "tok_per_s": tok_s,
+                "ms_per_step": 10.0, "compile_first_step_s": compile_s, "peak_mem_mb": 1.0, "mfu": 0.4,
+                "grad_err": 1e-2}
+
+    rows = [row("base", 3.1e6), row("hc", 2.0e6), row("mhc sinkhorn=triton", 2.5e6, compile_s=75.0),
+            row("mhc_48l", 0.4e6), row("bigger", 1e5), {"preset": "mhc_48l", "error": "OOM"}]
+    bench.add_ratios(rows)
+    verdicts = [bench.target_verdict(r, meta) for r in rows]
+    assert verdicts == ["ok", "< 2.4M", "compile 75 s", "ok", "-", "error"]
+    assert bench.format_table(rows, meta).splitlines()[3].endswith("< 2.4M")
+    for other in ({"tiny": True}, {"batch": 8}, {"overrides": ["hc_static_only=True"]}, {"accum": 2}):
+        assert bench.target_verdict(rows[0], {**meta, **other}) == "-"
+    assert bench.target_verdict({**rows[1], "meta": {**meta, "overrides": ["x=1"]}}, meta) == "-"  # --show rows
