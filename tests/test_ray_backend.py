@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -176,12 +177,12 @@ def wait_for(predicate, what: str, timeout: float = RUN_TIMEOUT):
     return wait_until(predicate, timeout=timeout, what=what, explain=lambda: panes(os.environ["SWEEPCTL_TMUX_SOCKET"]))
 
 
-def driver_done(socket: str) -> str | None:
+def driver_done(socket: str, session: str = ray_backend.DRIVER_SESSION) -> str | None:
     """The driver pane's last sweepctl line once it has ended."""
-    info = Tmux(socket).session(ray_backend.DRIVER_SESSION)
+    info = Tmux(socket).session(session)
     if info is None or info.alive:
         return None
-    lines = [line for line in Tmux(socket).capture(ray_backend.DRIVER_SESSION) if "[sweepctl" in line]
+    lines = [line for line in Tmux(socket).capture(session) if "[sweepctl" in line]
     return lines[-1] if lines else None
 
 
@@ -211,6 +212,50 @@ def test_launch_backend_ray_starts_the_driver_in_tmux_and_returns(
     assert model["counts"]["ok"] == 2 and {"name": "sweep-ray", "alive": False} in model["sessions"]
     r = run_cli(capsys, "launch", str(csv), "--backend", "ray", "--ray-address", ray_address, "--no-wandb")
     assert r.code == 0 and "nothing to start" in r.out, r.out + r.err
+
+
+def test_rerun_of_a_ray_launched_run_goes_back_to_the_ray_cluster(
+        workspace: Workspace, tmux_socket: str, ray_address: str, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = workspace
+    csv = ws.csv([("again", "")])
+    assert run_cli(capsys, "launch", str(csv), "--backend", "ray", "--ray-address", ray_address).code == 0
+    wait_for(lambda: driver_done(tmux_socket), "the launch's driver to finish")
+    first = owner(ws, "again")
+    assert first["session"].startswith("ray/") and (runs.read_json(ws.run_dir("again") / runs.SUMMARY) or {})["ok"]
+
+    r = run_cli(capsys, "rerun", "again", "--force", "--gpu", "0")
+    assert r.code == 1 and "again: --gpu picks a GPU of this machine, and this run was launched on Ray" in r.err
+    assert "drop --gpu: sweepctl rerun --force again" in r.err
+
+    r = run_cli(capsys, "rerun", "again", "--force")
+    assert r.code == 0, r.out + r.err
+    assert "started rerun-again (ok before): CUDA_VISIBLE_DEVICES=assigned by Ray per row" in r.out
+    done = wait_for(lambda: driver_done(tmux_socket, "rerun-again"), "the rerun's driver to finish")
+    assert "rerun-again done: 1 ok, 0 failed, 0 interrupted, 0 skipped" in done, done
+    d = ws.run_dir("again")
+    again = owner(ws, "again")
+    # a Ray task ran it (a task session, not a tmux runner), once more, keeping the first run's files
+    assert again["session"].startswith("ray/rerun-") and again["session"] != first["session"]
+    assert again["started"] > first["ended"]
+    assert (runs.read_json(d / runs.SUMMARY) or {})["ok"] is True
+    assert len(runs.backups_of(d, runs.STDOUT_LOG)) == 1 and len(runs.backups_of(d, runs.SUMMARY)) == 1
+    sweep_dir = ws.out_root / ".sweeps" / "sweep"
+    assert f"on Ray {ray_address}; 1 row(s) submitted, 0 skipped" in (sweep_dir / "rerun-again.log").read_text()
+    assert (runs.read_json(sweep_dir / "rerun-again.json") or {})["counts"]["ok"] == 1
+    assert (runs.read_json(sweep_dir / ray_backend.DRIVER_STATE) or {})["launch_id"] != again["session"].split("/")[1]
+
+    # the cluster is gone: refused before any session starts, naming the run and what to do
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    record = json.loads((sweep_dir / "launch.json").read_text())
+    record["options"]["ray_address"] = dead
+    runs.write_json_atomic(sweep_dir / "launch.json", record)
+    r = run_cli(capsys, "rerun", "again", "--force")
+    assert r.code == 1
+    assert f"again: this run was launched on Ray, and no Ray cluster answers at {dead}" in r.err
+    assert "sweepctl rerun --force again" in r.err
+    assert driver_done(tmux_socket, "rerun-again") == done  # the finished pane was left as it was
 
 
 def test_launch_host_backend_ray_runs_the_driver_on_the_pod(

@@ -21,7 +21,7 @@ from typing import Any
 from sweepctl import runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import least_busy, query_gpus
-from sweepctl.launch import find_run, latest_sweep, load_manifest
+from sweepctl.launch import LAUNCH_FILE, find_run, latest_sweep, load_manifest
 from sweepctl.plan import cuda_visible_devices
 from sweepctl.settings import Settings
 from sweepctl.tmux import Tmux, attach_command, rerun_session
@@ -111,7 +111,9 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
     """Run one run again in session `rerun-<run_id>`, with the command its sweep planned for it.
 
     The old stdout.log, summary.json, metrics (and checkpoint) are moved to `.bak-<time>` by the
-    runner under the run's lock; an ok run needs force, a running one is never touched."""
+    runner under the run's lock; an ok run needs force, a running one is never touched. A run whose
+    sweep was launched with `--backend ray` goes back to that Ray cluster: the session runs a Ray
+    driver for this one row, and Ray picks the node and GPUs."""
     out_root = Path(out_root).expanduser().absolute()
     found = find_run(out_root, run_id)
     if found is None:
@@ -125,17 +127,25 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
     if view.state == "ok" and not force:
         raise RefusedError("the run finished ok", where=run_id,
                            hint="pass --force to run it again (its files are kept as .bak-)")
-    devices = _rerun_devices(plan, planned.run_id, planned.gpus, planned.config.get("device"), gpu)
     session = rerun_session(run_id)
-    launched_at = time.time()
     sweep_dir = runs.sweep_dir(out_root, name)
-    argv = [sys.executable, "-m", "sweepctl", "runner", str(sweep_dir), "--only", run_id,
-            "--devices", devices, "--session", session, "--launched-at", repr(launched_at), "--force",
-            "--stale-after", repr(settings.stale_after_s)]
-    if planned.shard is not None:
-        argv += ["--shard", str(planned.shard)]  # recorded in run_metadata's sweep context
+    launched = (runs.read_json(sweep_dir / LAUNCH_FILE) or {}).get("options") or {}
+    if launched.get("backend") == "ray":
+        from sweepctl import ray_backend
+
+        argv = ray_backend.rerun_driver_argv(sweep_dir, run_id, launched.get("ray_address"), session=session,
+                                             stale_after_s=settings.stale_after_s, force=force, gpu=gpu)
+        devices, env = ray_backend.RAY_DEVICES, {}
+    else:
+        devices = _rerun_devices(plan, planned.run_id, planned.gpus, planned.config.get("device"), gpu)
+        argv = [sys.executable, "-m", "sweepctl", "runner", str(sweep_dir), "--only", run_id,
+                "--devices", devices, "--session", session, "--launched-at", repr(time.time()), "--force",
+                "--stale-after", repr(settings.stale_after_s)]
+        if planned.shard is not None:
+            argv += ["--shard", str(planned.shard)]  # recorded in run_metadata's sweep context
+        env = {"CUDA_VISIBLE_DEVICES": devices}
     tmux = tmux or Tmux(settings.tmux_socket)
-    tmux.start(session, argv, env={"CUDA_VISIBLE_DEVICES": devices}, cwd=Path.cwd())
+    tmux.start(session, argv, env=env, cwd=Path.cwd())
     return RerunResult(run_id, name, session, devices, view.state, attach_command(session, settings.tmux_socket))
 
 

@@ -12,6 +12,10 @@ driver (`Driver`, hidden command `sweepctl ray-driver`) submits one task per row
 CUDA_VISIBLE_DEVICES — the same lock, run table, trainer child, tee, summaries and `.bak-` copies as
 a shard runner — and raises `RowFailed` when the row ended failed, so Ray runs it again.
 
+`sweepctl rerun RUN_ID` of a run whose sweep was launched with `--backend ray` (launch.json says so)
+starts the same driver, on the same cluster, for that one row, forced, in tmux session
+rerun-<RUN_ID> (`rerun_driver_argv`).
+
 Why a driver in tmux: Ray ends a driver's tasks when the driver exits, so the driver must outlive
 `launch`; in tmux it also survives the SSH session, like the shard runners.
 
@@ -49,6 +53,7 @@ INSTALL_HINT = f"pip install 'sweepctl[ray]' (Ray {RAY_VERSION}) here and on eve
 DRIVER_SESSION = "sweep-ray"  # a `sweep-` name, so status lists it with the shard sessions
 DRIVER_LOG, DRIVER_STATE = "ray-driver.log", "ray-driver.json"
 TASK_LOG_DIR = "ray"  # .sweeps/<name>/ray/<launch_id>/<run_id>.log: each row's runner log
+RAY_DEVICES = "assigned by Ray per row"  # what launch and rerun print for CUDA_VISIBLE_DEVICES
 CONNECT_TIMEOUT_S = 5.0  # ray.init retries an unreachable address for minutes; a TCP probe says so in seconds
 WAIT_POLL_S = 1.0  # how often the driver wakes to notice a stop signal
 
@@ -211,6 +216,32 @@ def execute(preview: launch.LaunchPreview, *, tmux: Tmux | None = None) -> RayLa
     argv = driver_argv(preview.sweep_dir, result.address, launch_id, o, stale_after_s=preview.settings.stale_after_s)
     result.how = tmux.start(DRIVER_SESSION, argv, env={}, cwd=Path.cwd())
     return result
+
+
+def rerun_driver_argv(sweep_dir: Path, run_id: str, address: str | None, *, session: str, stale_after_s: float,
+                      force: bool, gpu: int | None) -> list[str]:
+    """`sweepctl rerun RUN_ID` of a Ray-launched run: a driver for that one row, on the cluster the launch used.
+
+    control.rerun has checked the run table (not running; ok only with force), so the driver forces
+    the row, once, like a tmux rerun's runner. Checked here, before a session starts: Ray is
+    installed and the cluster still answers."""
+    address = default_address(address)
+    force_flag = " --force" if force else ""
+    if gpu is not None:
+        raise SweepctlError(f"--gpu picks a GPU of this machine, and this run was launched on Ray ({address}), "
+                            "which gives each row its GPUs", where=run_id,
+                            hint=f"drop --gpu: sweepctl rerun{force_flag} {run_id}")
+    import_ray()
+    try:
+        _probe(address)
+    except SweepctlError as e:
+        raise SweepctlError(f"this run was launched on Ray, and {e.message}", where=run_id,
+                            hint=f"start that cluster again (sweepctl ray up ...), then sweepctl rerun{force_flag} "
+                                 f"{run_id}; or launch the sweep on the cluster you have: sweepctl launch CSV "
+                                 "--backend ray --ray-address HEAD_IP:6379 --retry-failed") from None
+    launch_id = "rerun-" + time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    return driver_argv(sweep_dir, address, launch_id, launch.LaunchOptions(shards=1, force=True),
+                       stale_after_s=stale_after_s, session=session, only=[run_id])
 
 
 # --- the task: one row, on whichever node Ray picked ---------------------------------------------

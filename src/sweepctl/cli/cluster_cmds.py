@@ -89,12 +89,12 @@ def driver_pod_shards(hosts: list[str], shards: int | None) -> int:
 
 def _ray_model(model: dict[str, Any], preview: LaunchPreview, result: RayLaunchResult | None) -> dict[str, Any]:
     """launch's JSON with the driver session as the one session started (so `--host` renders it too)."""
-    from sweepctl.ray_backend import DRIVER_SESSION
+    from sweepctl.ray_backend import DRIVER_SESSION, RAY_DEVICES
 
     todo = len(preview.todo)
     model = {**model, "backend": "ray", "shards_to_start": ["ray"] if todo else []}  # sessions_text -> sweep-ray
     if result is not None:
-        started = [{"shard": None, "session": DRIVER_SESSION, "devices": "assigned by Ray per row", "rows": todo,
+        started = [{"shard": None, "session": DRIVER_SESSION, "devices": RAY_DEVICES, "rows": todo,
                     "how": result.how}] if result.how else []
         model.update(started=started, attach=result.attach, status_command=result.status_command,
                      ray_address=result.address)
