@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,7 +134,9 @@ def test_every_row_runs_once_and_overlapping_rows_get_distinct_gpus(workspace: W
         assert meta["cuda_visible_devices"] in {str(g) for g in range(LOGICAL_GPUS)}
         assert meta["sweep"]["name"] == "sweep" and meta["sweep"]["row_index"] == i
         intervals[run_id] = (rec["started"], rec["ended"], rec["cuda_visible_devices"])
-        assert "attempt 1, run (pending)" in (ws.root / "out/.sweeps/sweep/ray/t-once" / f"{run_id}.log").read_text()
+        row_log = (ws.root / "out/.sweeps/sweep/ray/t-once" / f"{run_id}.log").read_text()
+        assert "attempt 1, run (pending)" in row_log
+        assert "[sweepctl guard" not in row_log  # told `done`: the guard of a row that ended says nothing
     overlapping = [(a, b) for a, b in itertools.combinations(ids, 2)
                    if intervals[a][0] < intervals[b][1] and intervals[b][0] < intervals[a][1]]
     assert overlapping, f"no two rows ran at the same time: {intervals}"
@@ -171,6 +174,29 @@ def test_a_failing_row_is_retried_up_to_the_limit_keeping_each_attempts_logs(
     assert (runs.read_json(ws.run_dir("good") / runs.SUMMARY) or {})["ok"] is True
     assert owner(ws, "good")["attempt"] == 1 and runs.backups_of(ws.run_dir("good"), runs.STDOUT_LOG) == []
     assert "sweep-ray done: 1 ok, 1 failed, 0 interrupted, 0 skipped" in log and "failed: bad" in log
+
+
+def test_a_killed_ray_worker_takes_its_trainer_with_it(workspace: Workspace, ray_address: str) -> None:
+    """Ray gives a dead worker's GPUs to the next task at once: its trainer must not go on using them."""
+    ws = workspace
+    long = "max_iters=100000 lr_decay_iters=100000 eval_interval=50 log_interval=50"
+    driver, out = driver_for(ws, ws.csv([("orphan", long)]), ray_address, "t-kill")
+    thread = threading.Thread(target=driver.run, daemon=True)
+    thread.start()
+    d = ws.run_dir("orphan")
+    wait_for(lambda: (d / runs.METRICS).exists() and (d / runs.METRICS).stat().st_size, "the trainer to be training")
+    worker, trainer = owner(ws, "orphan")["runner_pid"], owner(ws, "orphan")["child_pid"]
+    os.kill(worker, signal.SIGKILL)  # as the OOM killer or `ray stop --force` would
+
+    wait_for(lambda: not runs.pid_alive(trainer), "the dead worker's trainer to exit", timeout=60)
+    summary = runs.read_json(d / runs.SUMMARY) or {}
+    assert summary["status"] == "interrupted", summary  # SIGTERM: the trainer wrote its own summary
+    assert not runs.lock_held(d)
+    row_log = ws.out_root / ".sweeps/sweep/ray/t-kill/orphan.log"
+    wait_for(lambda: f"trainer pid {trainer}: it exited after SIGTERM" in row_log.read_text(), "the guard's last line")
+    assert f"Ray worker {worker} died; ending its trainer pid {trainer} (orphan) with SIGTERM" in row_log.read_text()
+    thread.join(timeout=RUN_TIMEOUT)
+    assert "] orphan: failed: WorkerCrashedError" in out.getvalue(), out.getvalue()
 
 
 def wait_for(predicate, what: str, timeout: float = RUN_TIMEOUT):

@@ -32,6 +32,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-from sweepctl import launch, runs
+from sweepctl import launch, ray_guard, runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.plan import Plan, PlannedRun
 from sweepctl.runner import RunnerOptions, ShardRunner, end_line, load_plan
@@ -55,7 +56,8 @@ DRIVER_LOG, DRIVER_STATE = "ray-driver.log", "ray-driver.json"
 TASK_LOG_DIR = "ray"  # .sweeps/<name>/ray/<launch_id>/<run_id>.log: each row's runner log
 RAY_DEVICES = "assigned by Ray per row"  # what launch and rerun print for CUDA_VISIBLE_DEVICES
 CONNECT_TIMEOUT_S = 5.0  # ray.init retries an unreachable address for minutes; a TCP probe says so in seconds
-WAIT_POLL_S = 1.0  # how often the driver wakes to notice a stop signal
+WAIT_POLL_S = 1.0
+GUARD_EXIT_S = 30.0  # a guard told `done` exits at once; on a loaded node, give it time to start first  # how often the driver wakes to notice a stop signal
 
 
 def import_ray() -> ModuleType:
@@ -287,7 +289,8 @@ def run_row_task(payload: TaskPayload, run_id: str) -> dict[str, Any]:
         stall_after_s=o.policy.stall_after_s, run_timeout_s=o.policy.run_timeout_s,
         on_failed="retry" if retry or o.policy.retry_failed else "skip", force=o.policy.force and not retry,
         launched_at=time.time(), kill_grace_s=o.kill_grace_s, stale_after_s=o.stale_after_s)
-    with open(os.devnull, "wb") as pane:  # the driver's pane shows one line per row; the log has it all
+    # No pane: the driver's pane shows one line per row, and the row's log has it all.
+    with open(os.devnull, "wb") as pane, _guarded(directory, sweep_dir / f"{session}.log", o.kill_grace_s):
         runner = ShardRunner(plan, options, pane=pane)
         try:
             with _forwarding_signals(runner):
@@ -299,6 +302,30 @@ def run_row_task(payload: TaskPayload, run_id: str) -> dict[str, Any]:
         raise RowFailed(run_id, f"{outcome.detail} (on {runs.HOST}, CUDA_VISIBLE_DEVICES={devices})", attempt)
     return {"run_id": run_id, "result": outcome.result, "detail": outcome.detail, "host": runs.HOST,
             "devices": devices, "attempt": attempt}
+
+
+@contextlib.contextmanager
+def _guarded(directory: Path, log: Path, kill_grace_s: float) -> Iterator[None]:
+    """While the row runs, a `ray_guard` process ends its trainer if this worker dies (see ray_guard.py).
+
+    Its own session keeps it out of a clean-up of the worker's process group; the pipe's write end
+    is not inheritable, so only this process holds it and the trainer never does."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as pipe:
+        try:
+            with open(log, "ab") as out:
+                guard = subprocess.Popen([sys.executable, "-m", "sweepctl.ray_guard", str(directory),
+                                          str(os.getpid()), repr(kill_grace_s)],
+                                         stdin=read_end, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            os.close(read_end)  # the guard has its own copy
+        try:
+            yield
+        finally:
+            pipe.write(ray_guard.DONE)
+            pipe.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                guard.wait(timeout=GUARD_EXIT_S)  # it exits as soon as it reads `done`
 
 
 @contextlib.contextmanager
