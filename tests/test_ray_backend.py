@@ -30,7 +30,7 @@ from cli import run_cli  # noqa: E402
 from sweep_helpers import FAKE_BIN, TINY, Workspace, kill_tmux_server, panes, wait_until  # noqa: E402
 from sweepctl import launch, ray_backend, runs, status  # noqa: E402
 from sweepctl.settings import load_settings  # noqa: E402
-from sweepctl.tmux import Tmux  # noqa: E402
+from test_launch import pane_done  # noqa: E402  (the pane's last sweepctl line once it has ended)
 
 pytest_plugins = ["sweep_fixtures", "sshd"]
 
@@ -203,15 +203,6 @@ def wait_for(predicate, what: str, timeout: float = RUN_TIMEOUT):
     return wait_until(predicate, timeout=timeout, what=what, explain=lambda: panes(os.environ["SWEEPCTL_TMUX_SOCKET"]))
 
 
-def driver_done(socket: str, session: str = ray_backend.DRIVER_SESSION) -> str | None:
-    """The driver pane's last sweepctl line once it has ended."""
-    info = Tmux(socket).session(session)
-    if info is None or info.alive:
-        return None
-    lines = [line for line in Tmux(socket).capture(session) if "[sweepctl" in line]
-    return lines[-1] if lines else None
-
-
 def test_launch_backend_ray_starts_the_driver_in_tmux_and_returns(
         workspace: Workspace, tmux_socket: str, ray_address: str, capsys: pytest.CaptureFixture[str]) -> None:
     ws = workspace
@@ -223,7 +214,7 @@ def test_launch_backend_ray_starts_the_driver_in_tmux_and_returns(
     assert f"attach: tmux -S {tmux_socket} attach -t sweep-ray" in r.out
     assert f"ray:    {ray_address}" in r.out
 
-    done = wait_for(lambda: driver_done(tmux_socket), "the driver to finish")
+    done = wait_for(lambda: pane_done(tmux_socket, ray_backend.DRIVER_SESSION), "the driver to finish")
     assert "sweep-ray done: 2 ok, 0 failed, 0 interrupted, 0 skipped" in done
     for run_id in ids:
         d = ws.run_dir(run_id)
@@ -245,7 +236,7 @@ def test_rerun_of_a_ray_launched_run_goes_back_to_the_ray_cluster(
     ws = workspace
     csv = ws.csv([("again", "")])
     assert run_cli(capsys, "launch", str(csv), "--backend", "ray", "--ray-address", ray_address).code == 0
-    wait_for(lambda: driver_done(tmux_socket), "the launch's driver to finish")
+    wait_for(lambda: pane_done(tmux_socket, ray_backend.DRIVER_SESSION), "the launch's driver to finish")
     first = owner(ws, "again")
     assert first["session"].startswith("ray/") and (runs.read_json(ws.run_dir("again") / runs.SUMMARY) or {})["ok"]
 
@@ -256,7 +247,7 @@ def test_rerun_of_a_ray_launched_run_goes_back_to_the_ray_cluster(
     r = run_cli(capsys, "rerun", "again", "--force")
     assert r.code == 0, r.out + r.err
     assert "started rerun-again (ok before): CUDA_VISIBLE_DEVICES=assigned by Ray per row" in r.out
-    done = wait_for(lambda: driver_done(tmux_socket, "rerun-again"), "the rerun's driver to finish")
+    done = wait_for(lambda: pane_done(tmux_socket, "rerun-again"), "the rerun's driver to finish")
     assert "rerun-again done: 1 ok, 0 failed, 0 interrupted, 0 skipped" in done, done
     d = ws.run_dir("again")
     again = owner(ws, "again")
@@ -281,7 +272,7 @@ def test_rerun_of_a_ray_launched_run_goes_back_to_the_ray_cluster(
     assert r.code == 1
     assert f"again: this run was launched on Ray, and no Ray cluster answers at {dead}" in r.err
     assert "sweepctl rerun --force again" in r.err
-    assert driver_done(tmux_socket, "rerun-again") == done  # the finished pane was left as it was
+    assert pane_done(tmux_socket, "rerun-again") == done  # the finished pane was left as it was
 
 
 def test_launch_host_backend_ray_runs_the_driver_on_the_pod(
@@ -302,7 +293,8 @@ def test_launch_host_backend_ray_runs_the_driver_on_the_pod(
                     "--no-wandb")
         assert r.code == 0, r.out + r.err
         assert "started sweep-ray" in r.out, r.out
-        done = wait_until(lambda: driver_done(pod_socket), timeout=RUN_TIMEOUT, what="the pod's driver to finish",
+        done = wait_until(lambda: pane_done(pod_socket, ray_backend.DRIVER_SESSION), timeout=RUN_TIMEOUT,
+                          what="the pod's driver to finish",
                           explain=lambda: panes(pod_socket))
         assert "sweep-ray done: 2 ok, 0 failed" in done
         assert all((runs.read_json(pod_out / i / runs.SUMMARY) or {}).get("ok") for i in ("p0", "p1"))
@@ -330,7 +322,7 @@ def test_stop_cancels_the_rows_and_the_trainers_write_interrupted(
     r = run_cli(capsys, "stop", "--all")
     assert r.code == 0, r.err
     assert "sent SIGINT to runner pid" in r.out and "(sweep-ray)" in r.out
-    done = wait_for(lambda: driver_done(tmux_socket), "the driver to end")
+    done = wait_for(lambda: pane_done(tmux_socket, ray_backend.DRIVER_SESSION), "the driver to end")
     assert "sweep-ray done (stopped): 0 ok, 0 failed, 2 interrupted" in done
     for run_id in ("long0", "long1"):
         summary = runs.read_json(ws.run_dir(run_id) / runs.SUMMARY) or {}

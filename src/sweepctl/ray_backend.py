@@ -44,7 +44,7 @@ from typing import Any, TextIO
 from sweepctl import launch, ray_guard, runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.plan import Plan, PlannedRun
-from sweepctl.runner import RunnerOptions, ShardRunner, end_line, load_plan
+from sweepctl.runner import Outcome, RunnerOptions, ShardRunner, end_line, load_plan
 from sweepctl.settings import Settings
 from sweepctl.spec import read_sweep
 from sweepctl.tmux import Tmux, attach_command
@@ -56,8 +56,8 @@ DRIVER_LOG, DRIVER_STATE = "ray-driver.log", "ray-driver.json"
 TASK_LOG_DIR = "ray"  # .sweeps/<name>/ray/<launch_id>/<run_id>.log: each row's runner log
 RAY_DEVICES = "assigned by Ray per row"  # what launch and rerun print for CUDA_VISIBLE_DEVICES
 CONNECT_TIMEOUT_S = 5.0  # ray.init retries an unreachable address for minutes; a TCP probe says so in seconds
-WAIT_POLL_S = 1.0
-GUARD_EXIT_S = 30.0  # a guard told `done` exits at once; on a loaded node, give it time to start first  # how often the driver wakes to notice a stop signal
+WAIT_POLL_S = 1.0  # how often the driver wakes to notice a stop signal
+GUARD_EXIT_S = 30.0  # a guard told `done` exits at once; on a loaded node, give it time to start first
 
 
 def import_ray() -> ModuleType:
@@ -397,10 +397,9 @@ class DriverOptions:
 
 
 @dataclass
-class RowResult:
-    run_id: str
-    result: str  # ok | failed | interrupted | skipped
-    detail: str = ""
+class RowResult(Outcome):
+    """A row's outcome as the driver learns it from Ray: where it ran, and which attempt it was."""
+
     host: str | None = None
     devices: str | None = None
     attempt: int | None = None
