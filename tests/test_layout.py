@@ -1,0 +1,64 @@
+"""The layout's rules, checked on the source: each outside library behind one module (or one
+package), and a trainer that imports nothing from the orchestration side. docs/architecture.md
+describes them; these tests keep that page true."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "sweepctl"
+
+# library -> the only place (a module, or a package ending in /) allowed to import it
+OWNERS = {
+    "paramiko": "transport/",
+    "libtmux": "tmux.py",
+    "huggingface_hub": "data.py",
+    "tiktoken": "tokenizer.py",
+    "ray": "ray_backend.py",
+    "matplotlib": "plots.py",
+    "pydantic_settings": "settings.py",
+    "typer": "cli/",
+}
+
+
+def imports() -> list[tuple[str, int, str]]:
+    """(module path relative to src/sweepctl, line, imported name) for every absolute import,
+    including the lazy ones inside functions."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found += [(rel, node.lineno, a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.append((rel, node.lineno, node.module))
+    return found
+
+
+def test_the_source_is_found():
+    names = {name for _, _, name in imports()}
+    assert {"paramiko", "libtmux", "typer", "torch"} <= {n.split(".")[0] for n in names}
+
+
+@pytest.mark.parametrize("library", sorted(OWNERS))
+def test_each_outside_library_is_imported_in_one_place(library):
+    owner = OWNERS[library]
+    strays = [f"{rel}:{line}" for rel, line, name in imports()
+              if name.split(".")[0] == library and not (rel.startswith(owner) if owner.endswith("/") else rel == owner)]
+    assert not strays, f"{library} belongs in {owner}, also imported at {strays}"
+
+
+def test_the_trainer_imports_nothing_from_the_orchestration_side():
+    strays = [f"{rel}:{line} {name}" for rel, line, name in imports()
+              if rel.startswith("train/") and name.split(".")[0] == "sweepctl" and not name.startswith("sweepctl.train")]
+    assert not strays
+
+
+def test_only_the_entry_point_imports_the_command_line():
+    """The library under cli/ is usable without it: cli/ calls down, nothing calls up."""
+    strays = [f"{rel}:{line} {name}" for rel, line, name in imports()
+              if name.startswith("sweepctl.cli") and not rel.startswith("cli/") and rel != "__main__.py"]
+    assert not strays
