@@ -6,8 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from sweepctl.errors import SweepctlError
-from sweepctl.hosts import HostAnswer, default_shards, merge_status, parse_host, split_rows, subset_csv
+from sweepctl.errors import RefusedError, SweepctlError
+from sweepctl.hosts import (
+    HostAnswer,
+    PodRecord,
+    check_hosts,
+    default_shards,
+    layout_json,
+    merge_status,
+    parse_host,
+    place,
+    recorded_split,
+    split_rows,
+    subset_csv,
+)
 from sweepctl.plan import make_plan
 from sweepctl.spec import read_sweep
 
@@ -127,3 +139,100 @@ def test_one_host_renders_exactly_as_on_the_pod() -> None:
     assert text(merged) == text(pod)
     stale = merge_status([HostAnswer("a", pod, "unreachable — timed out", age_s=12.0)], host_column=False)
     assert "host a: unreachable — timed out (showing its answer from 12s ago)" in text(stale)
+
+
+# -- a relaunch never moves a row to another pod ---------------------------------------------------
+
+IDS = [f"r{i}" for i in range(6)]
+
+
+def _rows_by_host(placement, run_ids: list[str] = IDS) -> dict[str, list[str]]:
+    return {p.host: [run_ids[i] for i in p.row_indices] for p in placement.parts}
+
+
+def _launched(shards: list[tuple[str, int]], ts: float = 1.0, run_ids: list[str] = IDS) -> dict:
+    """The layout a first launch over `shards` leaves on its pods."""
+    return layout_json("s", "/laptop/s.csv", place(run_ids, shards, None, sweep="s"), ts=ts)
+
+
+def test_a_first_launch_places_rows_by_the_rule_and_records_each_rows_pod() -> None:
+    layout = _launched([("a", 2), ("b", 1)])
+    assert [(h["host"], h["shards"], h["row_indices"]) for h in layout["hosts"]] == [
+        ("a", 2, [0, 1, 3, 4]), ("b", 1, [2, 5])]  # split_rows' rule
+    assert layout["placed"] == {"r0": "a", "r1": "a", "r2": "b", "r3": "a", "r4": "a", "r5": "b"}
+    assert layout["total_shards"] == 3 and layout["sweep"] == "s" and layout["ts"] == 1.0
+
+
+def test_a_relaunch_keeps_every_row_on_its_pod_whatever_the_host_order_or_shard_counts() -> None:
+    layout = _launched([("a", 2), ("b", 1)])
+    recorded = recorded_split([PodRecord("a", layout), PodRecord("b", layout)], IDS)
+    assert recorded is not None and recorded.hosts == ["a", "b"] and recorded.host_args() == "--host a=2 --host b=1"
+    check_hosts("s", recorded, ["b", "a"])  # the same pods: no refusal
+    ids = [*IDS, "r6", "r7"]  # two rows appended to the CSV since
+    again = place(ids, [("b", 3), ("a", 1)], recorded, sweep="s")
+    assert _rows_by_host(again, ids) == {"b": ["r2", "r5", "r6"], "a": ["r0", "r1", "r3", "r4", "r7"]}
+    assert again.moved == [] and again.elsewhere == {}
+    # what the rule alone would have done with the new order: rows done on one pod run on the other
+    assert [ids[i] for i in split_rows(8, [("b", 3), ("a", 1)])[0].row_indices] == ["r0", "r1", "r2", "r4", "r5", "r6"]
+
+
+def test_naming_other_pods_than_the_recorded_ones_is_refused_saying_what_changed() -> None:
+    layout = _launched([("a", 2), ("b", 1)])
+    recorded = recorded_split([PodRecord("a", layout)], IDS)
+    with pytest.raises(RefusedError) as e:
+        check_hosts("s", recorded, ["a", "c"])
+    assert e.value.exit_code == 2
+    assert str(e.value).startswith("sweep s was launched on a, b at ")
+    assert "this launch names a, c: b is left out (2 rows recorded there), c is new to it." in str(e.value)
+    assert "relaunch with --host a=2 --host b=1 (the recorded pods), or add --reassign" in str(e.value)
+    for named in (["a"], ["a", "b", "c"], ["b"]):
+        with pytest.raises(RefusedError):
+            check_hosts("s", recorded, named)
+    check_hosts("s", None, ["x", "y"])  # a sweep new to every pod: any pods
+
+
+def test_reassign_moves_only_rows_that_never_started_and_only_off_idle_pods() -> None:
+    layout = _launched([("a", 2), ("b", 1)])  # a: r0 r1 r3 r4, b: r2 r5
+    a = PodRecord("a", layout, {"r0": "ok", "r1": "running", "r3": "failed", "r4": "pending"})
+    b = PodRecord("b", layout, {"r2": "stale", "r5": "pending"})
+    recorded = recorded_split([a, b], IDS)
+    # b is dropped: its pending r5 moves to a; its stale r2 (a checkpoint on b's volume) stays on b
+    moved = place(IDS, [("a", 1)], recorded, sweep="s", reassign={"a": a, "b": b})
+    assert _rows_by_host(moved) == {"a": ["r0", "r1", "r3", "r4", "r5"]}
+    assert moved.moved == [("r5", "b", "a")] and moved.elsewhere == {"b": ["r2"]}
+    assert moved.placed["r5"] == "a" and moved.placed["r2"] == "b"
+    # c is added: pending rows follow the rule over c, a (even rows to c, odd to a); started rows stay
+    spread = place(IDS, [("c", 1), ("a", 1)], recorded, sweep="s", reassign={"a": a, "b": b, "c": PodRecord("c")})
+    assert _rows_by_host(spread) == {"c": ["r4"], "a": ["r0", "r1", "r3", "r5"]}
+    assert spread.moved == [("r4", "a", "c"), ("r5", "b", "a")] and spread.elsewhere == {"b": ["r2"]}
+    # the next plain relaunch on the pods of the reassign: the same placement, nothing refused
+    after = recorded_split([PodRecord("a", layout_json("s", "x", moved, ts=2.0)), a], IDS)
+    check_hosts("s", after, ["a"])
+    assert _rows_by_host(place(IDS, [("a", 2)], after, sweep="s")) == {"a": ["r0", "r1", "r3", "r4", "r5"]}
+    check_hosts("s", after, ["a", "b"])  # b may come back: it gets its own r2 again, nothing else
+    assert _rows_by_host(place(IDS, [("a", 2), ("b", 1)], after, sweep="s")) == {
+        "a": ["r0", "r1", "r3", "r4", "r5"], "b": ["r2"]}
+    # a pod with a live runner keeps its rows: that runner would still start them
+    busy_b = PodRecord("b", layout, {"r2": "ok", "r5": "pending"}, live_sessions=["sweep-0"])
+    with pytest.raises(RefusedError, match=r"b still has live session\(s\) sweep-0, whose runners would start the "
+                                           r"1 row --reassign moves off it"):
+        place(IDS, [("a", 1)], recorded, sweep="s", reassign={"a": a, "b": busy_b})
+    with pytest.raises(RefusedError, match="r2 is recorded on b, which did not answer"):
+        place(IDS, [("a", 1)], recorded, sweep="s", reassign={"a": a})
+    # a pod the sweep never reached (its launch failed after the layout was written): nothing started there
+    never = place(IDS, [("a", 1)], recorded, sweep="s", reassign={"a": a, "b": PodRecord("b", layout)})
+    assert never.moved == [("r2", "b", "a"), ("r5", "b", "a")]
+
+
+def test_the_record_is_the_newest_layout_else_each_pods_own_plan() -> None:
+    old = _launched([("a", 1), ("b", 1)], ts=1.0)
+    new = _launched([("b", 1), ("a", 1)], ts=2.0)
+    assert recorded_split([PodRecord("a", old), PodRecord("b", new)], IDS).placed == new["placed"]
+    legacy = {k: v for k, v in old.items() if k not in ("placed", "ts")}  # hosts.json before `placed`
+    assert recorded_split([PodRecord("a", legacy)], IDS).placed == old["placed"]
+    # launched on pod a itself (no layout): a's plan is the record, so adding b is a change
+    on_a = recorded_split([PodRecord("a", None, {"r0": "ok", "r1": "pending"}), PodRecord("b")], IDS)
+    assert on_a.hosts == ["a"] and on_a.placed == {"r0": "a", "r1": "a"}
+    with pytest.raises(RefusedError, match="b is new to it"):
+        check_hosts("s", on_a, ["a", "b"])
+    assert recorded_split([PodRecord("a"), PodRecord("b")], IDS) is None

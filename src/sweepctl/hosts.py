@@ -10,19 +10,32 @@ host's own plan then puts its j-th row on local shard j % n_h, which is exactly 
 i % total minus the host's first shard — so each pod keeps its ordinary plan, manifest, run table
 and runner, and knows nothing about the other pods. The subset CSV keeps every kept row on its
 original line number, so an error on the pod points at the same line as the laptop's CSV.
+
+A relaunch never moves a row to another pod. Every pod of a launch keeps the sweep's layout
+(`.sweeps/<name>/upload/hosts.json`: each run_id's pod, and the pods with their shard counts);
+`place` puts a recorded row back on its pod, whatever the order of --host or the shard counts,
+and only rows new to the sweep follow the rule above. Naming other pods than the layout's is
+refused (`check_hosts`): the left-out pod's rows may be done or running there. `--reassign` moves
+the rows that never started (pending on their pod, and that pod has no live runner that could
+still reach them) to the pods named now; a started row stays on its pod, launched there if that
+pod is named, else left alone — so no run_id ever runs on two pods.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sweepctl.errors import SweepctlError
+from sweepctl.errors import RefusedError, SweepctlError
 
 RUN_STATES = ("pending", "running", "ok", "failed", "stale")  # the order status counts them in
+UPLOAD_DIR = "upload"  # <out_root>/.sweeps/<name>/upload/ on a pod: the CSV and config files launched there
+LAYOUT_FILE = "hosts.json"  # next to them: which pod each row of the sweep was given to (`layout_json`)
 
 
 def parse_host(arg: str) -> tuple[str, int | None]:
@@ -73,6 +86,147 @@ def split_rows(n_rows: int, shards: Iterable[tuple[str, int]]) -> list[HostPart]
     for i in range(n_rows):
         owner[i % first].row_indices.append(i)
     return parts
+
+
+# --- the recorded placement: rows never change pods behind the user's back ----------------------
+
+@dataclass
+class PodRecord:
+    """What one pod holds about a sweep before a launch: its copy of the layout (None: none), the
+    state of each row of its own plan (None: the sweep was never launched there), and its live
+    sweep-*/rerun-* sessions (a runner in one may still start any row of its plan)."""
+
+    host: str
+    layout: dict[str, Any] | None = None
+    states: dict[str, str] | None = None
+    live_sessions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recorded:
+    """The split a sweep was last launched with: its pods (in launch order, with shard counts) and
+    the pod of every run_id it ever placed."""
+
+    hosts: list[str]
+    shards: dict[str, int]
+    placed: dict[str, str]
+    when: str | None = None
+
+    def host_args(self) -> str:
+        return " ".join(f"--host {h}={self.shards[h]}" if h in self.shards else f"--host {h}" for h in self.hosts)
+
+
+def recorded_split(records: Iterable[PodRecord], run_ids: list[str]) -> Recorded | None:
+    """The newest layout any pod holds (every pod of a launch gets the same one), and for a sweep
+    launched on a pod itself, that pod's own plan; None when the sweep is new to every pod."""
+    records = list(records)
+    layouts = [r.layout for r in records if r.layout]
+    hosts: list[str] = []
+    shards: dict[str, int] = {}
+    placed: dict[str, str] = {}
+    when = None
+    if layouts:
+        newest = max(layouts, key=lambda layout: float(layout.get("ts") or 0))
+        for part in newest.get("hosts") or []:
+            hosts.append(part["host"])
+            shards[part["host"]] = int(part["shards"])
+        placed = dict(newest.get("placed") or {})
+        if not placed:  # a layout from before `placed`: its row indices, read against this CSV
+            placed = {run_ids[i]: part["host"] for part in newest.get("hosts") or []
+                      for i in part.get("row_indices") or [] if i < len(run_ids)}
+        when = newest.get("time")
+    for r in records:
+        for run_id in r.states or {}:
+            if run_id not in placed:
+                placed[run_id] = r.host
+                if r.host not in hosts:
+                    hosts.append(r.host)
+    return Recorded(hosts, shards, placed, when) if hosts or placed else None
+
+
+@dataclass
+class Placement:
+    """Where this launch puts each row: `parts` (the named pods, with global row indices), `moved`
+    (run_id, from pod, to pod) under --reassign, and `elsewhere`: rows that stay recorded on a pod
+    not named now (started there), launched nowhere this time."""
+
+    parts: list[HostPart]
+    placed: dict[str, str]
+    moved: list[tuple[str, str, str]] = field(default_factory=list)
+    elsewhere: dict[str, list[str]] = field(default_factory=dict)
+
+
+def check_hosts(sweep: str, recorded: Recorded | None, named: list[str]) -> None:
+    """Refuse a launch that leaves out a pod of the last launch, or names a pod new to the sweep.
+    The order of the pods and their shard counts may change: rows stay on their pods anyway. A pod
+    that only keeps rows started there before a --reassign may be named again, or not."""
+    if recorded is None:
+        return
+    on = Counter(recorded.placed.values())
+    changes = [f"{h} is left out ({_rows(on[h])} recorded there)" for h in recorded.hosts if h not in named]
+    changes += [f"{h} is new to it" for h in named if h not in recorded.hosts and h not in on]
+    if not changes:
+        return
+    when = f" at {recorded.when}" if recorded.when else ""
+    raise RefusedError(
+        f"sweep {sweep} was launched on {', '.join(recorded.hosts)}{when}; this launch names {', '.join(named)}: "
+        f"{', '.join(changes)}. A relaunch keeps every row on its pod, so that no run starts on two pods",
+        hint=f"relaunch with {recorded.host_args()} (the recorded pods), or add --reassign to move the rows "
+             "that have not started to the pods named now (started rows stay on their pod)")
+
+
+def place(run_ids: list[str], shards: Iterable[tuple[str, int]], recorded: Recorded | None, *, sweep: str,
+          reassign: Mapping[str, PodRecord] | None = None) -> Placement:
+    """Each row's pod for this launch. A recorded row stays on its pod; a new row follows
+    `split_rows`' rule. With `reassign` (the record of every pod that holds recorded rows), a
+    recorded row that is pending there follows the rule too, unless that pod has live sessions."""
+    parts = split_rows(0, shards)
+    by_host = {p.host: p for p in parts}
+    owner = [p for p in parts for _ in range(p.shards)]
+    placed = dict(recorded.placed) if recorded else {}
+    result = Placement(parts, placed)
+    for i, run_id in enumerate(run_ids):
+        rule = owner[i % len(owner)]
+        host = placed.get(run_id)
+        if host is not None and reassign is not None:
+            pod = reassign.get(host)
+            if pod is None:
+                raise RefusedError(f"sweep {sweep}: {run_id} is recorded on {host}, which did not answer, so "
+                                   "--reassign cannot tell whether it started there",
+                                   hint=f"retry when {host} answers; if it is gone for good with its volume, "
+                                        "launch under a new --name")
+            if (pod.states or {}).get(run_id, "pending") == "pending":
+                host = None  # never started: free to go where the rule puts it
+                if rule.host != placed[run_id]:
+                    result.moved.append((run_id, placed[run_id], rule.host))
+        if host is None:
+            rule.row_indices.append(i)
+            placed[run_id] = rule.host
+        elif host in by_host:
+            by_host[host].row_indices.append(i)
+        else:
+            result.elsewhere.setdefault(host, []).append(run_id)
+    for host in dict.fromkeys(src for _, src, _ in result.moved):
+        live = (reassign or {})[host].live_sessions
+        if live:
+            n = sum(1 for _, src, _ in result.moved if src == host)
+            raise RefusedError(f"sweep {sweep}: {host} still has live session(s) {', '.join(live)}, whose runners "
+                               f"would start the {_rows(n)} --reassign moves off it",
+                               hint=f"wait for them, or `sweepctl stop --all --host {host}`; then launch again")
+    return result
+
+
+def layout_json(sweep: str, csv_path: str, placement: Placement, *, ts: float | None = None) -> dict[str, Any]:
+    """hosts.json: what `recorded_split` reads back on the next launch."""
+    ts = time.time() if ts is None else ts
+    return {"sweep": sweep, "csv": csv_path, "ts": ts,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)),
+            "total_shards": sum(p.shards for p in placement.parts),
+            "hosts": [p.to_json() for p in placement.parts], "placed": placement.placed}
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"
 
 
 def subset_csv(text: str, rows: Iterable[int] | None = None, config_refs: Mapping[int, str] | None = None) -> str:
