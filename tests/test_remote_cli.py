@@ -473,8 +473,7 @@ def test_one_sweep_over_two_pods_one_table_and_a_host_down(
     # pod gets 1 shard by HOST=N; pod2 one per GPU (its nvidia-smi shows one): 2 shards in all.
     r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--host", "pod2", "--no-wandb")
     assert r.code == 0, r.err
-    assert "pod: global shards 0-0 of 2 (its sweep-0..sweep-0), 2 rows" in r.out
-    assert "pod2: global shards 1-1 of 2 (its sweep-0..sweep-0), 1 rows" in r.out
+    assert "pod: 2 rows on sweep-0 " in r.out and "pod2: 1 row on sweep-0 " in r.out
     assert "pod: started sweep-0: CUDA_VISIBLE_DEVICES=0, 2 rows" in r.out
     assert "pod2: started sweep-0: CUDA_VISIBLE_DEVICES=0, 1 rows" in r.out
     assert "status: sweepctl status --host pod --host pod2" in r.out
@@ -484,6 +483,7 @@ def test_one_sweep_over_two_pods_one_table_and_a_host_down(
         layout = json.loads((p.out_root / ".sweeps" / "sweep" / "upload" / "hosts.json").read_text())
         assert [(h["host"], h["first_shard"], h["row_indices"]) for h in layout["hosts"]] == [
             ("pod", 0, [0, 2]), ("pod2", 1, [1])]
+        assert layout["placed"] == {"row0": "pod", "row1": "pod2", "row2": "pod"}
 
     wait_for(lambda: summaries(pod, ["row0", "row2"]) and summaries(pod2, ["row1"]), "three summaries on two pods",
              pod.tmux_socket, pod2.tmux_socket)
@@ -516,12 +516,96 @@ def test_one_sweep_over_two_pods_one_table_and_a_host_down(
     assert (ws.root / "pulled" / "pod2" / "row1" / runs.SUMMARY).exists()
     assert not (ws.root / "pulled" / "pod2" / "row0").exists()
 
+    # The pods in the other order, pod2 with 2 shards: by the rule row1 would now go to pod, but
+    # every row stays where it ran, so each pod only finds its own ok rows and skips them.
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod2=2", "--host", "pod=1", "--no-wandb")
+    assert r.code == 0, r.err
+    assert "pod2: 1 row on sweep-0..sweep-1" in r.out and "pod: 2 rows on sweep-0 " in r.out
+    assert "nothing to start: every run is ok" in r.out
+    assert not (pod.run_dir("row1")).exists() and not (pod2.run_dir("row0")).exists()
+
     pod2.server.stop()  # one pod goes away; the other still reports
     r = run_cli(capsys, "status", *hosts)
     assert r.code == 3
     assert "row0" in r.out and "row2" in r.out and "row1" not in r.out and "2 ok" in r.out
     assert "host pod2: unreachable — connection refused by 127.0.0.1:" in r.out
     assert one_line(r).startswith("error: pod2: connection refused by 127.0.0.1:")
+
+
+def launch_reassign(capsys: pytest.CaptureFixture[str], csv: Path, *hosts: str) -> CliResult:
+    """`launch CSV --host ... --reassign --no-wandb`, through the laptop side's own function (the
+    launch command's --reassign option is not wired into cli/run_cmds.py yet)."""
+    from sweepctl.cli import remote_cmds, remote_opts
+    from sweepctl.errors import SweepctlError
+
+    pods = remote_opts.resolve(list(hosts), None, False)
+    capsys.readouterr()
+    code, err = 0, ""
+    try:
+        remote_cmds.launch(pods, csv, shards=None, gpus_per_shard=1, name=None, dry_run=False, as_json=False,
+                           forwarded=["--no-wandb"], reassign=True)
+    except SweepctlError as e:
+        code, err = e.exit_code, f"error: {e}"
+    return CliResult(code, capsys.readouterr().out, err)
+
+
+def test_a_relaunch_never_moves_a_row_to_another_pod_and_reassign_moves_only_unstarted_rows(
+        pod: Pod, pod2: Pod, workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    # row1 opens pod2's only shard and trains until stopped, so row3 and row5 wait behind it.
+    csv = workspace.csv([(f"row{i}", "max_iters=1000000" if i == 1 else "") for i in range(6)])
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--host", "pod2=1", "--no-wandb")
+    assert r.code == 0, r.err
+
+    def layout(p: Pod) -> dict:
+        return json.loads((p.out_root / ".sweeps" / "sweep" / "upload" / "hosts.json").read_text())
+
+    def live(p: Pod) -> bool:
+        model = json.loads(run_cli(capsys, "status", "--host", p.alias, "--json").out)
+        return any(s["alive"] for s in model["sessions"])
+
+    first = layout(pod)
+    assert first == layout(pod2) and first["placed"] == {f"row{i}": "pod2" if i % 2 else "pod" for i in range(6)}
+
+    # pod alone would take pod2's rows, row1 running there included: refused before anything is sent.
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--no-wandb")
+    assert r.code == 2, r.out + r.err
+    line = one_line(r)
+    assert line.startswith(f"error: sweep sweep was launched on pod, pod2 at {first['time']}; this launch names "
+                           "pod: pod2 is left out (3 rows recorded there).")
+    assert "relaunch with --host pod=1 --host pod2=1 (the recorded pods), or add --reassign" in line
+    assert layout(pod) == first
+    assert [x["run_id"] for x in json.loads((pod.out_root / ".sweeps/sweep/plan.json").read_text())["runs"]] == [
+        "row0", "row2", "row4"]
+
+    # --reassign while pod2's runner lives: it would still start row3 and row5 itself.
+    wait_for(lambda: (pod2.run_dir("row1") / runs.HEARTBEAT).exists(), "row1 to start on pod2", pod2.tmux_socket)
+    r = launch_reassign(capsys, csv, "pod=1")
+    assert r.code == 2 and "pod2 still has live session(s) sweep-0, whose runners would start the 2 rows" in r.err
+    assert layout(pod2) == first
+
+    assert run_cli(capsys, "stop", "--all", "--host", "pod2").code == 0  # row1 ends interrupted: it started
+    wait_for(lambda: not live(pod2) and not live(pod) and summaries(pod, ["row0", "row2", "row4"]),
+             "both pods' runners to finish", pod.tmux_socket, pod2.tmux_socket)
+    r = launch_reassign(capsys, csv, "pod=1")
+    assert r.code == 0, r.err
+    assert "--reassign moves rows that have not started: pod2 -> pod: 2 rows" in r.out
+    assert "pod2 keeps 1 row started there (row1): launched nowhere now; add --host pod2 to launch them there" in r.out
+    assert "5 runs: 2 run, 3 skip" in r.out  # row3 and row5 run, row0, row2, row4 are ok; row1 is not pod's
+    wait_for(lambda: summaries(pod, ["row3", "row5"]), "row3 and row5 on pod", pod.tmux_socket)
+    assert not pod2.run_dir("row3").exists() and not pod2.run_dir("row5").exists()  # each row on one pod
+    assert not pod.run_dir("row1").exists()
+    moved = dict(first["placed"], row3="pod", row5="pod")
+    assert layout(pod)["placed"] == moved and layout(pod2) == layout(pod)  # the left-out pod's record too
+
+    # The record now says pod: a plain relaunch there is fine, and pod2 may come back for its row1.
+    wait_for(lambda: not live(pod), "pod's runner to finish", pod.tmux_socket)
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--no-wandb")
+    assert r.code == 0, r.err
+    assert "pod2 keeps 1 row started there (row1)" in r.out and "nothing to start: every run is ok" in r.out
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--host", "pod2=1", "--no-wandb", "--skip-failed",
+                "--dry-run")
+    assert r.code == 0, r.err
+    assert "pod: 5 rows on sweep-0 " in r.out and "pod2: 1 row on sweep-0 " in r.out
 
 
 # -- bootstrap over SSH -------------------------------------------------------------------------------
