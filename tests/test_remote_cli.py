@@ -468,6 +468,7 @@ def test_one_sweep_over_two_pods_one_table_and_a_host_down(
     assert one_line(r).startswith("error: pod2: launch refused: 1 failed run(s)")
     assert "nothing started on any host" in r.out
     assert not (pod.out_root / ".sweeps" / "sweep" / "plan.json").exists() and not pod.run_dir("row0").exists()
+    assert not (pod.out_root / ".sweeps" / "sweep" / "upload" / "hosts.json").exists()  # no record of a rehearsal
     shutil.rmtree(pod2.run_dir("row1"))
 
     # pod gets 1 shard by HOST=N; pod2 one per GPU (its nvidia-smi shows one): 2 shards in all.

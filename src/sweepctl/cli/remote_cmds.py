@@ -142,11 +142,17 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
             try:
                 directory = temp or _upload_dir(out_roots[host], sweep.name)
                 remote_csv = upload(host, t, directory)
-                if not (rehearse or dry_run):  # the record changes only with a real launch
+                # The record changes only with a real launch: before it, once the rehearsal passed
+                # (several pods); after it, when it started (one pod: until then its plan, if any, is
+                # the record, so a launch refused by the run table records nothing).
+                real = not (rehearse or dry_run)
+                if real and not pods.single:
                     put_layout(host, t)
                 args = ["launch", remote_csv, "--shards", str(part.shards), "--name", sweep.name, "--json",
                         *forwarded, *(["--dry-run"] if rehearse or dry_run else [])]
                 result = pods.sweepctl(t, args, check=False)
+                if real and pods.single and result.ok:
+                    put_layout(host, t)
             finally:
                 if temp:
                     t.run(["rm", "-rf", "--", temp])
