@@ -216,9 +216,8 @@ def place(run_ids: list[str], shards: Iterable[tuple[str, int]], recorded: Recor
     return result
 
 
-def layout_json(sweep: str, csv_path: str, placement: Placement, *, ts: float | None = None) -> dict[str, Any]:
-    """hosts.json: what `recorded_split` reads back on the next launch."""
-    ts = time.time() if ts is None else ts
+def layout_json(sweep: str, csv_path: str, placement: Placement, *, ts: float) -> dict[str, Any]:
+    """hosts.json: what `recorded_split` reads back on the next launch (the newest `ts` wins)."""
     return {"sweep": sweep, "csv": csv_path, "ts": ts,
             "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)),
             "total_shards": sum(p.shards for p in placement.parts),

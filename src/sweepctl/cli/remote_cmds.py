@@ -111,7 +111,7 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
                           reassign=records if reassign else None)
         parts = placement.parts
         by_host = {p.host: p for p in parts}
-        layout = layout_json(sweep.name, str(csv_path.absolute()), placement)
+        layout = layout_json(sweep.name, str(csv_path.absolute()), placement, ts=time.time())
         every_row = list(range(len(run_ids)))
 
         def put_layout(host: str, t: Any) -> None:
