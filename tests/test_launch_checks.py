@@ -54,6 +54,9 @@ def test_failed_rows_refuse_a_plain_launch_and_nothing_is_written(
     r = run_cli(capsys, "launch", str(csv), "--shards", "2", "--force", "--skip-failed")
     assert r.code == 1 and "alternatives" in r.err
     assert not (ws.out_root / ".sweeps").exists()
+    r = run_cli(capsys, "launch", str(csv), "--shards", "2", "--reassign")
+    assert r.code == 1 and "--reassign moves rows between pods: it needs --host" in r.err and "--host pod1" in r.err
+    assert not (ws.out_root / ".sweeps").exists()
 
 
 def test_a_shard_without_a_gpu_is_refused_unless_the_rows_run_on_the_cpu(

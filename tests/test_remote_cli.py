@@ -533,23 +533,6 @@ def test_one_sweep_over_two_pods_one_table_and_a_host_down(
     assert one_line(r).startswith("error: pod2: connection refused by 127.0.0.1:")
 
 
-def launch_reassign(capsys: pytest.CaptureFixture[str], csv: Path, *hosts: str) -> CliResult:
-    """`launch CSV --host ... --reassign --no-wandb`, through the laptop side's own function (the
-    launch command's --reassign option is not wired into cli/run_cmds.py yet)."""
-    from sweepctl.cli import remote_cmds, remote_opts
-    from sweepctl.errors import SweepctlError
-
-    pods = remote_opts.resolve(list(hosts), None, False)
-    capsys.readouterr()
-    code, err = 0, ""
-    try:
-        remote_cmds.launch(pods, csv, shards=None, gpus_per_shard=1, name=None, dry_run=False, as_json=False,
-                           forwarded=["--no-wandb"], reassign=True)
-    except SweepctlError as e:
-        code, err = e.exit_code, f"error: {e}"
-    return CliResult(code, capsys.readouterr().out, err)
-
-
 def test_a_relaunch_never_moves_a_row_to_another_pod_and_reassign_moves_only_unstarted_rows(
         pod: Pod, pod2: Pod, workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     # row1 opens pod2's only shard and trains until stopped, so row3 and row5 wait behind it.
@@ -580,14 +563,14 @@ def test_a_relaunch_never_moves_a_row_to_another_pod_and_reassign_moves_only_uns
 
     # --reassign while pod2's runner lives: it would still start row3 and row5 itself.
     wait_for(lambda: (pod2.run_dir("row1") / runs.HEARTBEAT).exists(), "row1 to start on pod2", pod2.tmux_socket)
-    r = launch_reassign(capsys, csv, "pod=1")
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--reassign", "--no-wandb")
     assert r.code == 2 and "pod2 still has live session(s) sweep-0, whose runners would start the 2 rows" in r.err
     assert layout(pod2) == first
 
     assert run_cli(capsys, "stop", "--all", "--host", "pod2").code == 0  # row1 ends interrupted: it started
     wait_for(lambda: not live(pod2) and not live(pod) and summaries(pod, ["row0", "row2", "row4"]),
              "both pods' runners to finish", pod.tmux_socket, pod2.tmux_socket)
-    r = launch_reassign(capsys, csv, "pod=1")
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--reassign", "--no-wandb")
     assert r.code == 0, r.err
     assert "--reassign moves rows that have not started: pod2 -> pod: 2 rows" in r.out
     assert "pod2 keeps 1 row started there (row1): launched nowhere now; add --host pod2 to launch them there" in r.out

@@ -46,10 +46,18 @@ def launch(
                                            help="Ray cluster for --backend ray, HEAD_IP:6379 \\[default: RAY_ADDRESS, "
                                                 "else the cluster started on this machine]."),
     host: list[str] | None = remote_opts.LAUNCH_HOST,
+    reassign: bool = typer.Option(False, "--reassign",
+                                  help="With --host, when the pods differ from the sweep's last launch: move the rows "
+                                       "that have not started to the pods named now; started rows stay on their pod."),
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Validate, pre-flight, and start one tmux session per shard; returns at once."""
+    if reassign and not host:
+        from sweepctl.errors import SweepctlError
+
+        raise SweepctlError("--reassign moves rows between pods: it needs --host",
+                        hint="name the pods, e.g. sweepctl launch SWEEP.csv --host pod1 --host pod2 --reassign")
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         from sweepctl.cli import remote_cmds
 
@@ -58,8 +66,9 @@ def launch(
 
             shards = driver_pod_shards(pods.hosts, shards)
         return remote_cmds.launch(pods, csv_path, shards=shards, gpus_per_shard=gpus_per_shard, name=name,
-                                  dry_run=dry_run, as_json=as_json,
-                                  forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json")))
+                                  dry_run=dry_run, as_json=as_json, reassign=reassign,
+                                  forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json",
+                                                                           "reassign")))
     from sweepctl import launch as lib
     from sweepctl.cli import run_views
     from sweepctl.errors import RefusedError, SweepctlError
