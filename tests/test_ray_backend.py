@@ -111,6 +111,14 @@ def test_preflight_asks_the_cluster_for_gpus(workspace: Workspace, ray_address: 
     assert [r.action for r in preview.rows] == ["run", "run"]
 
 
+def test_rows_are_submitted_longest_first_as_dynamic_runners_claim(workspace: Workspace, ray_address: str) -> None:
+    """Ray gives free GPUs to queued tasks in submission order: the longest rows go first."""
+    csv = workspace.csv([("short", "max_iters=2"), ("long", "max_iters=40"), ("mid", "max_iters=10"),
+                         ("mid2", "max_iters=10")])
+    driver, _ = driver_for(workspace, csv, ray_address, "t-order")
+    assert [r.run_id for r in driver.rows_to_run()] == ["long", "mid", "mid2", "short"]
+
+
 def test_every_row_runs_once_and_overlapping_rows_get_distinct_gpus(workspace: Workspace, ray_address: str) -> None:
     ws = workspace
     ids = [f"row{i}" for i in range(4)]

@@ -43,7 +43,7 @@ from typing import Any, TextIO
 
 from sweepctl import launch, ray_guard, runs
 from sweepctl.errors import RefusedError, SweepctlError
-from sweepctl.plan import Plan, PlannedRun
+from sweepctl.plan import Plan, PlannedRun, claim_order
 from sweepctl.runner import Outcome, RunnerOptions, ShardRunner, end_line, load_plan
 from sweepctl.settings import Settings
 from sweepctl.spec import read_sweep
@@ -451,7 +451,10 @@ class Driver:
         for d in decisions:
             if d.action == "skip":
                 self.results.append(RowResult(d.run_id, "skipped", d.detail or d.state))
-        return [self.plan.run(d.run_id) for d in decisions if d.action != "skip"]
+        todo = {d.run_id for d in decisions if d.action != "skip"}
+        # Longest first, as dynamic shard runners claim: Ray hands free GPUs to queued tasks in
+        # submission order, so the sweep ends close to max(longest row, total / GPUs).
+        return [self.plan.run(run_id) for run_id in claim_order(self.plan) if run_id in todo]
 
     def run(self) -> int:
         """0 when no row failed. Ray must be connected (`driver_main` does it)."""
