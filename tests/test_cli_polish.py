@@ -184,3 +184,21 @@ def test_main_returns_on_success_so_it_can_run_in_process(monkeypatch: pytest.Mo
     for argv in (["sweepctl", "presets"], ["sweepctl"]):
         monkeypatch.setattr(sys, "argv", argv)
         assert main() is None
+
+
+def test_every_command_summary_is_one_line() -> None:
+    """A command list entry is its help's first paragraph: written over several lines, it is shown
+    with its line breaks and reads as broken text in `sweepctl --help`."""
+    import typer
+
+    from sweepctl.cli.app import app
+
+    def walk(command, path: str):
+        yield path, command
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    commands = list(walk(typer.main.get_command(app), "sweepctl"))
+    assert len(commands) > 20
+    broken = [path for path, c in commands if "\n" in (c.help or "").strip().split("\n\n")[0]]
+    assert not broken

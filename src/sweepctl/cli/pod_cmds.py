@@ -113,9 +113,10 @@ def bootstrap(
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
-    """Make this pod ready for `launch`: SSH keys (authorized_keys never touched), venv, tmux, data,
-    project file. Safe to run again: a second run changes nothing. With --host: install this
-    machine's sweepctl on the pod first, then run it there."""
+    """Make this pod ready for `launch`: SSH keys, venv, tmux, data, project file.
+
+    authorized_keys is never touched. Safe to run again: a second run changes nothing. With
+    --host: install this machine's sweepctl on the pod first, then run it there."""
     from sweepctl import bootstrap as bs
     from sweepctl import settings as st
     from sweepctl.errors import SweepctlError

@@ -519,8 +519,10 @@ def attach(
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
-    """Open a shard's tmux session, live (detach with Ctrl-b d). With --host: `ssh -t HOST`, then
-    the pod's own `sweepctl attach`, which knows the pod's tmux server."""
+    """Open a shard's tmux session, live (detach with Ctrl-b d).
+
+    With --host: `ssh -t HOST`, then the pod's own `sweepctl attach`, which knows the pod's tmux
+    server."""
     from sweepctl.settings import load_settings
     from sweepctl.tmux import RERUN_PREFIX, SHARD_PREFIX, rerun_session, shard_session
 
@@ -566,8 +568,10 @@ def pull(
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
-    """Copy a sweep's run directories and its .sweeps/<name> manifest from the pod(s), incrementally:
-    only files whose size or mtime changed; local files are never deleted."""
+    """Copy a sweep's run directories and manifest from the pod(s); only what changed.
+
+    Incremental: only files whose size or mtime changed are copied, and local files are never
+    deleted. The sweep's .sweeps/<name> manifest comes too."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from sweepctl.runs import SWEEPS_DIR
