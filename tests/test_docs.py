@@ -198,3 +198,15 @@ def test_every_python_program_and_flag_the_readme_shows_exists(program: list[str
     assert out.returncode == 0, f"{line}: {out.stderr[-500:]}"
     for f in flags:
         assert re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", out.stdout), f"{line}: --help does not list {f}"
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """docs/postmortem.md (and any page) names the tests that prove a claim: each must exist, so a
+    renamed or deleted test cannot leave a page pointing at nothing."""
+    named = set()
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        named |= {(page.name, f, t) for f, t in re.findall(r"(tests/test_\w+\.py)::(test_\w+)", page.read_text())}
+    assert len(named) >= 20  # docs/postmortem.md alone names more
+    missing = [f"{page}: {f}::{t}" for page, f, t in sorted(named)
+               if not (ROOT / f).exists() or not re.search(rf"^def {t}\(", (ROOT / f).read_text(), re.M)]
+    assert not missing
