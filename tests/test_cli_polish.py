@@ -50,7 +50,10 @@ def test_version_is_the_installed_package_version() -> None:
 def test_bash_completion_completes_commands_and_flags(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    r = sweepctl("--install-completion", "bash", env={"HOME": str(home), "SHELL": "/bin/bash"})
+    # Typer guesses the shell from the process tree, which depends on how pytest was started (it
+    # found none under a job runner); its own switch makes the options take the shell's name.
+    shell_env = {"HOME": str(home), "SHELL": "/bin/bash", "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    r = sweepctl("--install-completion", "bash", env=shell_env)
     assert r.returncode == 0, r.stderr
     script = home / ".bash_completions" / "sweepctl.sh"
     assert script.is_file() and str(script) in (home / ".bashrc").read_text()
@@ -68,7 +71,7 @@ def test_bash_completion_completes_commands_and_flags(tmp_path: Path) -> None:
     assert "--shards" in complete("sweepctl launch x.csv --sh")
     assert complete("sweepctl demo --ke") == ["--keep"]
 
-    shown = sweepctl("--show-completion", "bash")
+    shown = sweepctl("--show-completion", "bash", env=shell_env)
     assert shown.returncode == 0 and "_SWEEPCTL_COMPLETE=complete_bash" in shown.stdout
 
 
