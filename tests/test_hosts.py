@@ -11,6 +11,7 @@ from sweepctl.hosts import (
     HostAnswer,
     PodRecord,
     check_hosts,
+    check_local_launch,
     default_shards,
     layout_json,
     merge_status,
@@ -236,3 +237,24 @@ def test_the_record_is_the_newest_layout_else_each_pods_own_plan() -> None:
     with pytest.raises(RefusedError, match="b is new to it"):
         check_hosts("s", on_a, ["a", "b"])
     assert recorded_split([PodRecord("a"), PodRecord("b")], IDS) is None
+
+
+def test_a_launch_on_a_pod_itself_refuses_the_rows_recorded_on_other_pods() -> None:
+    layout = _launched([("a", 2), ("b", 1)])  # a: r0 r1 r3 r4, b: r2 r5
+    with pytest.raises(RefusedError) as e:
+        check_local_launch("s", layout, IDS, "b", where="/out/.sweeps/s/upload/hosts.json")
+    assert e.value.exit_code == 2
+    assert str(e.value).startswith(f"/out/.sweeps/s/upload/hosts.json: sweep s was launched from a laptop on a, b at "
+                                   f"{layout['time']}; 4 rows of this launch are recorded on other pods, where they "
+                                   "may be done or running: a: 4 rows (r0, r1, r3, ... 1 more) (this pod is b there)")
+    assert "launch from the laptop with --host a=2 --host b=1 (the recorded pods" in str(e.value)
+    assert "--reassign" in str(e.value)
+    check_local_launch("s", layout, ["r2", "r5"], "b")  # b's own rows: its subset CSV, or a part of it
+    check_local_launch("s", layout, ["r5", "r6"], "b")  # r6 is new to the sweep: it may start here
+    check_local_launch("s", None, IDS, None)  # no layout: a sweep of this pod alone
+    # A machine that does not know its name in the layout owns none of its rows, even when all are on one pod.
+    with pytest.raises(RefusedError, match=r"1 row of this launch is recorded on other pods, where it may be done or "
+                                           r"running: b: 1 row \(r5\) \(no launch from the laptop has told"):
+        check_local_launch("s", layout, ["r5"], None)
+    with pytest.raises(RefusedError, match=r"a: 1 row \(r0\); b: 1 row \(r2\) \(this pod is c there\)"):
+        check_local_launch("s", layout, ["r0", "r2"], "c")

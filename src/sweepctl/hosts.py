@@ -19,6 +19,13 @@ refused (`check_hosts`): the left-out pod's rows may be done or running there. `
 the rows that never started (pending on their pod, and that pod has no live runner that could
 still reach them) to the pods named now; a started row stays on its pod, launched there if that
 pod is named, else left alone — so no run_id ever runs on two pods.
+
+A launch on a pod itself (no --host) reads that pod's copy of the layout too (`check_local_launch`):
+it refuses rows the layout gives to another pod. The pod knows its own name there (the laptop's
+ssh alias) only from the laptop: each `launch --host` runs the pod's launch with `PLACED_ON_ENV`
+set to it, and that launch keeps it in its manifest for later launches on the pod. Such a launch
+from the laptop is not checked again on the pod: the laptop placed its rows against every pod's
+record, which may be newer than this pod's copy (a --reassign writes it after the launch).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from sweepctl.errors import RefusedError, SweepctlError
 RUN_STATES = ("pending", "running", "ok", "failed", "stale")  # the order status counts them in
 UPLOAD_DIR = "upload"  # <out_root>/.sweeps/<name>/upload/ on a pod: the CSV and config files launched there
 LAYOUT_FILE = "hosts.json"  # next to them: which pod each row of the sweep was given to (`layout_json`)
+# Set by `launch --host` on each pod's own launch: the pod's name in the layout, and that the laptop placed its rows.
+PLACED_ON_ENV = "SWEEPCTL_PLACED_ON"
 
 
 def parse_host(arg: str) -> tuple[str, int | None]:
@@ -222,6 +231,38 @@ def layout_json(sweep: str, csv_path: str, placement: Placement, *, ts: float) -
             "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)),
             "total_shards": sum(p.shards for p in placement.parts),
             "hosts": [p.to_json() for p in placement.parts], "placed": placement.placed}
+
+
+def check_local_launch(sweep: str, layout: Mapping[str, Any] | None, run_ids: list[str], this_pod: str | None,
+                       *, where: str | None = None) -> None:
+    """Refuse a launch on a pod itself of rows that the sweep's layout gives to another pod: they
+    may be done or running there, and a run must not start on two pods. `this_pod` is this
+    machine's name in the layout (None: unknown, so no recorded row is taken for its own); rows
+    new to the sweep may run here (the laptop's next launch finds them in this pod's plan)."""
+    recorded = recorded_split([PodRecord(this_pod or "", dict(layout))], run_ids) if layout else None
+    if recorded is None:
+        return
+    elsewhere: dict[str, list[str]] = {}
+    for run_id in run_ids:
+        host = recorded.placed.get(run_id)
+        if host is not None and host != this_pod:
+            elsewhere.setdefault(host, []).append(run_id)
+    if not elsewhere:
+        return
+    n = sum(len(ids) for ids in elsewhere.values())
+    on = "; ".join(f"{host}: {_rows(len(ids))} ({_some(ids)})" for host, ids in elsewhere.items())
+    me = f"this pod is {this_pod} there" if this_pod else "no launch from the laptop has told this machine its name"
+    when = f" at {recorded.when}" if recorded.when else ""
+    raise RefusedError(
+        f"sweep {sweep} was launched from a laptop on {', '.join(recorded.hosts)}{when}; {_rows(n)} of this launch "
+        f"{'is' if n == 1 else 'are'} recorded on other pods, where {'it' if n == 1 else 'they'} may be done or "
+        f"running: {on} ({me})", where=where,
+        hint=f"launch from the laptop with {recorded.host_args()} (the recorded pods: each row runs on its own), "
+             "or with the pods you want and --reassign (moves only the rows that have not started)")
+
+
+def _some(run_ids: list[str], limit: int = 3) -> str:
+    return ", ".join(run_ids[:limit]) + (f", ... {len(run_ids) - limit} more" if len(run_ids) > limit else "")
 
 
 def _rows(n: int) -> str:
