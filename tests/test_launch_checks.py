@@ -5,6 +5,7 @@ except the one shard a partially refused launch starts."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from cli import run_cli
 from sweep_helpers import Workspace, wait_until
 from sweepctl import runs
+from sweepctl.hosts import PLACED_ON_ENV, layout_json, place, subset_csv
 from sweepctl.launch import LaunchOptions, prepare, write_manifest
 from sweepctl.settings import load_settings
 from sweepctl.tmux import Tmux
@@ -228,3 +230,84 @@ def test_rerun_picks_the_given_or_the_least_busy_gpus(workspace: Workspace) -> N
     workspace.gpus.set(0)
     with pytest.raises(SweepctlError, match="needs 1 GPU\\(s\\) and 0 are visible"):
         _rerun_devices(None, "x", 1, "cuda", None)
+
+
+def test_a_launch_on_a_pod_never_starts_rows_the_laptop_gave_to_another_pod(
+        workspace: Workspace, tmux_socket: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = workspace
+    ids = [f"row{i}" for i in range(6)]
+    csv = ws.csv([(run_id, "") for run_id in ids])
+    # What `launch --host pod1=1 --host pod2=1` leaves on every pod: row0, 2, 4 on pod1; row1, 3, 5 on pod2.
+    sweep_dir = ws.out_root / ".sweeps" / "sweep"
+    layout = layout_json("sweep", "/laptop/sweep.csv", place(ids, [("pod1", 1), ("pod2", 1)], None, sweep="sweep"),
+                         ts=time.time())
+    record = sweep_dir / "upload" / "hosts.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps(layout))
+    recorded_there = f"{record}: sweep sweep was launched from a laptop on pod1, pod2 at {layout['time']}; "
+
+    def files() -> list[str]:
+        return sorted(str(p.relative_to(ws.out_root)) for p in ws.out_root.rglob("*"))
+
+    # Someone logged into this machine launches the whole CSV: no launch from the laptop ever told it
+    # which pod it is, so every recorded row belongs to another pod. A dry run says so too.
+    for dry_run in ([], ["--dry-run"]):
+        r = run_cli(capsys, "launch", str(csv), "--shards", "2", *dry_run)
+        assert r.code == 2, r.out + r.err
+        line = " ".join(r.err.split())
+        assert line.startswith(f"error: {recorded_there}6 rows of this launch are recorded on other pods, where they "
+                               "may be done or running: pod1: 3 rows (row0, row2, row4); pod2: 3 rows (row1, row3, "
+                               "row5) (no launch from the laptop has told this machine its name)"), line
+        assert "launch from the laptop with --host pod1=1 --host pod2=1 (the recorded pods" in line
+        assert "--reassign (moves only the rows that have not started)" in line
+        assert files() == [".sweeps", ".sweeps/sweep", ".sweeps/sweep/upload", ".sweeps/sweep/upload/hosts.json"]
+        assert no_tmux_server(tmux_socket)
+
+    # The laptop's launch on pod2: its rows only (row1 and row3 are done), and its name in the layout.
+    for run_id in ("row1", "row3"):
+        runs.write_json_atomic(ws.run_dir(run_id) / runs.SUMMARY, {"ok": True})
+    own = record.parent / "sweep.csv"
+    own.write_text(subset_csv(csv.read_text(), [1, 3, 5]))
+    monkeypatch.setenv(PLACED_ON_ENV, "pod2")
+    r = run_cli(capsys, "launch", str(own), "--shards", "1", "--name", "sweep")
+    assert r.code == 0, r.out + r.err
+    assert "started sweep-0" in r.out
+    assert PLACED_ON_ENV not in os.environ  # gone before tmux started: no shell opened there inherits it
+    launched = json.loads((sweep_dir / "launch.json").read_text())
+    assert launched["pod"] == "pod2" and launched["host"] == runs.HOST
+    wait_until(lambda: not any(s.alive for s in Tmux(tmux_socket).sessions()), what="pod2's runner to finish")
+    assert runs.read_json(ws.run_dir("row5") / runs.SUMMARY)["ok"] is True
+
+    # Now this machine knows it is pod2: the whole CSV is refused for pod1's rows, and nothing changes.
+    before = {p: (ws.out_root / p).read_bytes() for p in files() if (ws.out_root / p).is_file()}
+    sessions = [(s.name, s.alive) for s in Tmux(tmux_socket).sessions()]
+    r = run_cli(capsys, "launch", str(csv), "--shards", "2")
+    assert r.code == 2, r.out + r.err
+    assert " ".join(r.err.split()).startswith(
+        f"error: {recorded_there}3 rows of this launch are recorded on other pods, where they may be done or running: "
+        "pod1: 3 rows (row0, row2, row4) (this pod is pod2 there)")
+    assert {p: (ws.out_root / p).read_bytes() for p in files() if (ws.out_root / p).is_file()} == before
+    assert [(s.name, s.alive) for s in Tmux(tmux_socket).sessions()] == sessions
+    assert not any(ws.run_dir(run_id).exists() for run_id in ("row0", "row2", "row4"))
+
+    # pod2's own rows, with a row new to the sweep, launched on pod2 by hand: they start, and the
+    # manifest keeps pod2's name for the next launch here.
+    mine = ws.csv([("row1", ""), ("row3", ""), ("row5", ""), ("row6", "")], name="mine")
+    r = run_cli(capsys, "launch", str(mine), "--shards", "1", "--name", "sweep")
+    assert r.code == 0, r.out + r.err
+    assert "4 runs: 1 run, 3 skip" in r.out and "replaced sweep-0" in r.out, r.out  # the ended session of the last one
+    assert json.loads((sweep_dir / "launch.json").read_text())["pod"] == "pod2"
+    wait_until(lambda: not any(s.alive for s in Tmux(tmux_socket).sessions()), what="the runner of row6 to finish")
+    assert runs.read_json(ws.run_dir("row6") / runs.SUMMARY)["ok"] is True
+
+    # A manifest copied to another machine (as `pull` does) names the pod it came from, not that machine.
+    launched = json.loads((sweep_dir / "launch.json").read_text())
+    runs.write_json_atomic(sweep_dir / "launch.json", dict(launched, host="another-machine"))
+    r = run_cli(capsys, "launch", str(mine), "--shards", "1", "--name", "sweep", "--dry-run")
+    assert r.code == 2 and "pod2: 3 rows (row1, row3, row5) (no launch from the laptop has told" in " ".join(
+        r.err.split())
+
+    record.write_text('{"sweep": "sweep", "placed": ')  # a record cut short: any row could be another pod's
+    r = run_cli(capsys, "launch", str(mine), "--shards", "1", "--name", "sweep", "--dry-run")
+    assert r.code == 1 and f"{record}: cannot read the record of which pod runs which row of sweep sweep" in r.err

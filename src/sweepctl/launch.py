@@ -5,10 +5,12 @@ start one tmux session per shard — and return at once.
     result = execute(preview)          # raises RefusedError (exit 2) before writing anything
 
 `prepare` only reads (the CSV, the run directories, nvidia-smi, the disk), so `--dry-run` is
-`prepare` plus printing. `execute` refuses up front — failed runs in the way, a pre-flight
-failure, every needed tmux session still busy — and only then writes `.sweeps/<name>/` and
-starts sessions. The runners re-check every row under its lock; launch's table is the plan, the
-lock is the guarantee.
+`prepare` plus printing. On a pod of a multi-pod sweep it first refuses rows that the sweep's
+`upload/hosts.json` gives to another pod (`sweepctl.hosts.check_local_launch`), unless the
+laptop's `launch --host` runs it (the laptop placed the rows against every pod's record).
+`execute` refuses up front — failed runs in the way, a pre-flight failure, every needed tmux
+session still busy — and only then writes `.sweeps/<name>/` and starts sessions. The runners
+re-check every row under its lock; launch's table is the plan, the lock is the guarantee.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class LaunchPreview:
     rows: list[RowDecision]
     shards_to_start: list[int]
     refusals: list[str] = field(default_factory=list)  # run-table refusals: failed rows, --force on live rows
+    pod: str | None = None  # this machine's name in the sweep's hosts.json (kept in launch.json), if known
 
     @property
     def todo(self) -> list[RowDecision]:
@@ -123,6 +126,7 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
     out_root = Path(settings.out_root).expanduser().absolute()
     data_dir = Path(settings.data_dir).expanduser().absolute()
     sweep_dir = runs.sweep_dir(out_root, sweep.name)
+    pod = check_placement(sweep, sweep_dir)
     copies = _config_copies(sweep, sweep_dir)
     plan = make_plan(sweep, shards=options.shards, schedule=options.schedule,
                      gpus_per_shard=options.gpus_per_shard, out_root=out_root, data_dir=data_dir,
@@ -137,7 +141,36 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
         shards = list(range(min(plan.shard_count, len(todo))))
     return LaunchPreview(sweep=sweep, plan=plan, options=options, settings=settings, out_root=out_root,
                          sweep_dir=sweep_dir, config_copies=copies, gpus=gpus, checks=checks, rows=rows,
-                         shards_to_start=shards, refusals=refusals)
+                         shards_to_start=shards, refusals=refusals, pod=pod)
+
+
+def check_placement(sweep: Sweep, sweep_dir: Path) -> str | None:
+    """This machine's name in the sweep's multi-pod layout, after refusing rows the layout gives to
+    another pod (RefusedError, before anything is written). None: no name known, or no layout."""
+    from sweepctl.hosts import LAYOUT_FILE, PLACED_ON_ENV, UPLOAD_DIR, check_local_launch
+
+    # Popped, not read: a tmux server this launch starts would hand it to every shell opened there later.
+    placed_on = os.environ.pop(PLACED_ON_ENV, "").strip()
+    if placed_on:  # the laptop's `launch --host`: it placed these rows against every pod's record
+        return placed_on
+    path = sweep_dir / UPLOAD_DIR / LAYOUT_FILE
+    try:
+        layout = json.loads(path.read_text())
+    except FileNotFoundError:
+        layout = None
+    except (OSError, ValueError) as e:  # unread, any row of another pod could start here
+        raise SweepctlError(f"cannot read the record of which pod runs which row of sweep {sweep.name}: {e}",
+                            where=str(path), hint="copy it from another pod of the sweep (they hold the same file), "
+                                                  "or launch from the laptop with --host") from None
+    if layout is not None and not isinstance(layout, dict):
+        raise SweepctlError(f"not a layout of sweep {sweep.name} (a JSON object)", where=str(path),
+                            hint="copy it from another pod of the sweep, or launch from the laptop with --host")
+    # The name the laptop gave this pod, kept by its last launch here; a manifest copied to another
+    # machine (`pull`) names the pod it came from, not that machine.
+    last = runs.read_json(sweep_dir / LAUNCH_FILE) or {}
+    pod = last.get("pod") if last.get("host") == runs.HOST and isinstance(last.get("pod"), str) else None
+    check_local_launch(sweep.name, layout, [r.run_id for r in sweep.runs], pod, where=str(path))
+    return pod
 
 
 def _config_copies(sweep: Sweep, sweep_dir: Path) -> dict[Path, Path]:
@@ -347,7 +380,7 @@ def write_manifest(preview: LaunchPreview, *, launch_id: str, launched_at: float
     record = {
         "sweep": preview.sweep.name, "launch_id": launch_id, "ts": launched_at,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(launched_at)),
-        "host": runs.HOST, "user": os.environ.get("USER"), "sweepctl_version": __version__,
+        "host": runs.HOST, "pod": preview.pod, "user": os.environ.get("USER"), "sweepctl_version": __version__,
         "csv": str(preview.sweep.csv_path.absolute()), "csv_copy": csv_copy.name,
         "out_root": str(preview.out_root), "data_dir": str(Path(preview.settings.data_dir).absolute()),
         "options": asdict(o), "shards_started": shards,
