@@ -5,7 +5,6 @@ except the one shard a partially refused launch starts."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from cli import run_cli
 from sweep_helpers import Workspace, wait_until
 from sweepctl import runs
-from sweepctl.hosts import PLACED_ON_ENV, layout_json, place, subset_csv
+from sweepctl.hosts import layout_json, place, subset_csv
 from sweepctl.launch import LaunchOptions, prepare, write_manifest
 from sweepctl.settings import load_settings
 from sweepctl.tmux import Tmux
@@ -233,8 +232,7 @@ def test_rerun_picks_the_given_or_the_least_busy_gpus(workspace: Workspace) -> N
 
 
 def test_a_launch_on_a_pod_never_starts_rows_the_laptop_gave_to_another_pod(
-        workspace: Workspace, tmux_socket: str, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        workspace: Workspace, tmux_socket: str, capsys: pytest.CaptureFixture[str]) -> None:
     ws = workspace
     ids = [f"row{i}" for i in range(6)]
     csv = ws.csv([(run_id, "") for run_id in ids])
@@ -269,11 +267,9 @@ def test_a_launch_on_a_pod_never_starts_rows_the_laptop_gave_to_another_pod(
         runs.write_json_atomic(ws.run_dir(run_id) / runs.SUMMARY, {"ok": True})
     own = record.parent / "sweep.csv"
     own.write_text(subset_csv(csv.read_text(), [1, 3, 5]))
-    monkeypatch.setenv(PLACED_ON_ENV, "pod2")
-    r = run_cli(capsys, "launch", str(own), "--shards", "1", "--name", "sweep")
+    r = run_cli(capsys, "launch", str(own), "--shards", "1", "--name", "sweep", "--placed-on", "pod2")
     assert r.code == 0, r.out + r.err
     assert "started sweep-0" in r.out
-    assert PLACED_ON_ENV not in os.environ  # gone before tmux started: no shell opened there inherits it
     launched = json.loads((sweep_dir / "launch.json").read_text())
     assert launched["pod"] == "pod2" and launched["host"] == runs.HOST
     wait_until(lambda: not any(s.alive for s in Tmux(tmux_socket).sessions()), what="pod2's runner to finish")

@@ -22,8 +22,8 @@ pod is named, else left alone — so no run_id ever runs on two pods.
 
 A launch on a pod itself (no --host) reads that pod's copy of the layout too (`check_local_launch`):
 it refuses rows the layout gives to another pod. The pod knows its own name there (the laptop's
-ssh alias) only from the laptop: each `launch --host` runs the pod's launch with `PLACED_ON_ENV`
-set to it, and that launch keeps it in its manifest for later launches on the pod. Such a launch
+ssh alias) only from the laptop: each `launch --host` runs the pod's launch with the hidden option
+`--placed-on <alias>`, and that launch keeps it in its manifest for later launches on the pod. Such a launch
 from the laptop is not checked again on the pod: the laptop placed its rows against every pod's
 record, which may be newer than this pod's copy (a --reassign writes it after the launch).
 """
@@ -43,8 +43,6 @@ from sweepctl.errors import RefusedError, SweepctlError
 RUN_STATES = ("pending", "running", "ok", "failed", "stale")  # the order status counts them in
 UPLOAD_DIR = "upload"  # <out_root>/.sweeps/<name>/upload/ on a pod: the CSV and config files launched there
 LAYOUT_FILE = "hosts.json"  # next to them: which pod each row of the sweep was given to (`layout_json`)
-# Set by `launch --host` on each pod's own launch: the pod's name in the layout, and that the laptop placed its rows.
-PLACED_ON_ENV = "SWEEPCTL_PLACED_ON"
 
 
 def parse_host(arg: str) -> tuple[str, int | None]:

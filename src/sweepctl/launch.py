@@ -52,6 +52,9 @@ class LaunchOptions:
     max_retries: int = 0
     stall_after_s: float | None = DEFAULT_STALL_AFTER_S
     run_timeout_s: float | None = None
+    # Set only by the laptop's `launch --host` (hidden `--placed-on`): this pod's name in the sweep's
+    # multi-pod layout, and that the laptop placed these rows against every pod's record.
+    placed_on: str | None = None
 
 
 @dataclass
@@ -126,7 +129,7 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
     out_root = Path(settings.out_root).expanduser().absolute()
     data_dir = Path(settings.data_dir).expanduser().absolute()
     sweep_dir = runs.sweep_dir(out_root, sweep.name)
-    pod = check_placement(sweep, sweep_dir)
+    pod = check_placement(sweep, sweep_dir, options.placed_on)
     copies = _config_copies(sweep, sweep_dir)
     plan = make_plan(sweep, shards=options.shards, schedule=options.schedule,
                      gpus_per_shard=options.gpus_per_shard, out_root=out_root, data_dir=data_dir,
@@ -144,14 +147,13 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
                          shards_to_start=shards, refusals=refusals, pod=pod)
 
 
-def check_placement(sweep: Sweep, sweep_dir: Path) -> str | None:
+def check_placement(sweep: Sweep, sweep_dir: Path, placed_on: str | None = None) -> str | None:
     """This machine's name in the sweep's multi-pod layout, after refusing rows the layout gives to
-    another pod (RefusedError, before anything is written). None: no name known, or no layout."""
-    from sweepctl.hosts import LAYOUT_FILE, PLACED_ON_ENV, UPLOAD_DIR, check_local_launch
+    another pod (RefusedError, before anything is written). None: no name known, or no layout.
+    `placed_on`: the laptop's `launch --host` placed these rows against every pod's record."""
+    from sweepctl.hosts import LAYOUT_FILE, UPLOAD_DIR, check_local_launch
 
-    # Popped, not read: a tmux server this launch starts would hand it to every shell opened there later.
-    placed_on = os.environ.pop(PLACED_ON_ENV, "").strip()
-    if placed_on:  # the laptop's `launch --host`: it placed these rows against every pod's record
+    if placed_on:
         return placed_on
     path = sweep_dir / UPLOAD_DIR / LAYOUT_FILE
     try:

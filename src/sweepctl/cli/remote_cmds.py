@@ -31,7 +31,7 @@ from sweepctl.cli import remote_opts
 from sweepctl.cli.remote_opts import Pods
 from sweepctl.console import console, err_console
 from sweepctl.errors import RemoteError, SweepctlError
-from sweepctl.hosts import LAYOUT_FILE, PLACED_ON_ENV, UPLOAD_DIR
+from sweepctl.hosts import LAYOUT_FILE, UPLOAD_DIR
 
 WATCH_INTERVAL_S = 2.0  # the local `status --watch` redraws every 2 s too
 
@@ -149,8 +149,8 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
                 if real and not pods.single:
                     put_layout(host, t)
                 args = ["launch", remote_csv, "--shards", str(part.shards), "--name", sweep.name, "--json",
-                        *forwarded, *(["--dry-run"] if rehearse or dry_run else [])]
-                result = pods.sweepctl(_PlacedOn(t, host), args, check=False)
+                        "--placed-on", host, *forwarded, *(["--dry-run"] if rehearse or dry_run else [])]
+                result = pods.sweepctl(t, args, check=False)
                 if real and pods.single and result.ok:
                     put_layout(host, t)
             finally:
@@ -199,21 +199,6 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
     else:
         _render_launch(pods, placement, answers, idle, dry_run=dry_run, stopped=stopped)
     remote_opts.raise_if_failed(failures)
-
-
-class _PlacedOn:
-    """`t`, running each command with `PLACED_ON_ENV=host`: the pod's launch learns its name in the
-    layout, and that these rows were placed here against every pod's record (its own copy may be
-    older: a --reassign updates it after the launch), so it does not refuse them again."""
-
-    def __init__(self, t: Any, host: str) -> None:
-        self._t, self._env = t, {PLACED_ON_ENV: host}
-
-    def run(self, argv: Any, *args: Any, env: Any = None, **kwargs: Any) -> Any:
-        return self._t.run(argv, *args, env={**self._env, **(env or {})}, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._t, name)
 
 
 def _upload_dir(out_root: str, sweep: str) -> str:

@@ -51,6 +51,8 @@ def launch(
                                        "that have not started to the pods named now; started rows stay on their pod."),
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
+    placed_on: str | None = typer.Option(None, "--placed-on", hidden=True,
+                                         help="Set by `launch --host` on each pod: its name in the sweep's layout."),
 ) -> None:
     """Validate, pre-flight, and start one tmux session per shard; returns at once."""
     if reassign and not host:
@@ -68,7 +70,7 @@ def launch(
         return remote_cmds.launch(pods, csv_path, shards=shards, gpus_per_shard=gpus_per_shard, name=name,
                                   dry_run=dry_run, as_json=as_json, reassign=reassign,
                                   forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json",
-                                                                           "reassign")))
+                                                                           "reassign", "placed_on")))
     from sweepctl import launch as lib
     from sweepctl.cli import run_views
     from sweepctl.errors import RefusedError, SweepctlError
@@ -95,7 +97,7 @@ def launch(
                                 name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
                                 retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
                                 max_retries=max_retries, stall_after_s=stall_after or None,
-                                run_timeout_s=run_timeout)
+                                run_timeout_s=run_timeout, placed_on=placed_on)
     preview = lib.prepare(csv_path, options, settings)
     model = run_views.launch_model(preview)
     if not as_json:
