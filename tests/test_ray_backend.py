@@ -307,6 +307,13 @@ def test_launch_host_backend_ray_runs_the_driver_on_the_pod(
         assert "sweep-ray done: 2 ok, 0 failed" in done
         assert all((runs.read_json(pod_out / i / runs.SUMMARY) or {}).get("ok") for i in ("p0", "p1"))
         assert not ws.out_root.exists()  # the laptop side wrote nothing
+        assert json.loads((pod_out / ".sweeps/sweep/launch.json").read_text())["pod"] == "pod"
+
+        # Launched again from the laptop: the pod's record of the sweep says these rows are its own.
+        r = run_cli(capsys, "launch", str(csv), "--backend", "ray", "--ray-address", ray_address, "--host", "pod",
+                    "--no-wandb", "--dry-run")
+        assert r.code == 0, r.out + r.err
+        assert "2 runs: 2 skip" in r.out, r.out
 
         r = run_cli(capsys, "launch", str(csv), "--backend", "ray", "--host", "pod", "--host", "pod2")
         assert r.code == 1 and "--backend ray runs its driver on one pod; got 2: pod, pod2" in r.err

@@ -86,7 +86,7 @@ def launch(
                          "--gpus-per-shard": gpus_per_shard != 1, "--fail-fast": fail_fast},
             name=name, no_wandb=no_wandb, dry_run=dry_run, force=force, retry_failed=retry_failed,
             skip_failed=skip_failed, max_retries=max_retries, stall_after_s=stall_after or None,
-            run_timeout_s=run_timeout)
+            run_timeout_s=run_timeout, placed_on=placed_on)
     if shards is None:
         from sweepctl.gpus import query_gpus
         from sweepctl.hosts import default_shards
