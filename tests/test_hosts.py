@@ -97,7 +97,8 @@ def _model(out_root: str, run_ids: list[str], state: str = "ok") -> dict:
                                                            "stale": 0},
             "runs": runs, "gpus": [{"index": 0, "name": "H100", "utilization": 5.0, "memory_used_mib": 1.0,
                                     "memory_total_mib": 80.0}],
-            "sessions": [{"name": "sweep-0", "alive": False, "devices": "0"}]}
+            "sessions": [{"name": "sweep-0", "alive": False, "devices": "0"}],
+            "disks": [{"free_bytes": 200 << 30, "total_bytes": 1000 << 30}]}
 
 
 def test_merged_status_has_a_host_column_and_names_the_host_that_did_not_answer() -> None:
@@ -107,6 +108,7 @@ def test_merged_status_has_a_host_column_and_names_the_host_that_did_not_answer(
 
     on_b = _model("/out/b", ["r1"])
     on_b["sessions"][0]["devices"] = "3"  # b's sweep-0 is pinned elsewhere than a's sweep-0
+    on_b["disks"][0]["free_bytes"] = 20 << 30  # 2% of its volume: said in yellow, with what to do
     merged = merge_status([HostAnswer("a", _model("/out/a", ["r0", "r2"])),
                            HostAnswer("b", on_b),
                            HostAnswer("c", None, "unreachable — connection refused by 127.0.0.1:9")])
@@ -122,6 +124,8 @@ def test_merged_status_has_a_host_column_and_names_the_host_that_did_not_answer(
     assert "│ b    │ r1               │ ok      │ 0/3 " in text
     assert "│ b    │ 0     │ H100 │" in text  # GPUs by host too
     assert "sessions running: none; finished: a:sweep-0, b:sweep-0" in text
+    assert "disk: a: 200.0 GiB free of 1,000 GiB\n" in text
+    assert "disk: b: 20.0 GiB free of 1,000 GiB — low: checkpoints may fail to save; free some space" in text
     assert "host c: unreachable — connection refused by 127.0.0.1:9 (no runs shown for it)" in text
 
 

@@ -328,7 +328,7 @@ def merge_status(answers: list[HostAnswer], *, host_column: bool = True) -> dict
     exactly as on the pod); `hosts` lists every host with its error, so a host that did not
     answer is shown as such while the others still report."""
     counts = dict.fromkeys(RUN_STATES, 0)
-    merged: dict[str, Any] = {"runs": [], "gpus": [], "sessions": [], "hosts": []}
+    merged: dict[str, Any] = {"runs": [], "gpus": [], "sessions": [], "disks": [], "hosts": []}
     sweeps, roots = [], []
     for a in answers:
         m = a.model or {}
@@ -338,7 +338,7 @@ def merge_status(answers: list[HostAnswer], *, host_column: bool = True) -> dict
             continue
         for state, n in (m.get("counts") or {}).items():
             counts[state] = counts.get(state, 0) + n
-        for key in ("runs", "gpus", "sessions"):
+        for key in ("runs", "gpus", "sessions", "disks"):
             merged[key] += [{"host": a.host, **item} if host_column else item for item in m.get(key) or []]
         if m.get("sweep") and m["sweep"] not in sweeps:
             sweeps.append(m["sweep"])

@@ -6,12 +6,14 @@
 `collect` is what `sweepctl status --json` prints; a remote status runs that on the pod over SSH
 and renders the same dict here, so the table looks the same wherever the runs are. It only
 reads: summary.json (finished runs), heartbeat.json and the tail of metrics.jsonl (the others),
-nvidia-smi's --query-gpu (never its process list), and the tmux session list.
+nvidia-smi's --query-gpu (never its process list), the tmux session list, and the free space of
+the out_root's volume (checkpoints fill it; restarts keep the old ones as `.bak-` copies).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,11 @@ from typing import Any
 from sweepctl import runs
 from sweepctl.gpus import query_gpus
 from sweepctl.plan import Plan, cuda_visible_devices
+
+# A volume this full is said in yellow: a checkpoint of a 48-layer model is hundreds of MB, and a
+# run that cannot write one fails at its next eval.
+LOW_DISK_BYTES = 10 << 30
+LOW_DISK_FRACTION = 0.05
 
 RUN_KEYS = ("run_id", "state", "shard", "iter", "max_iters", "train_loss", "val_loss", "tok_per_s", "eta_s",
             "heartbeat_age_s", "error_class")
@@ -55,7 +62,27 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
         "runs": rows,
         "gpus": [g.to_json() for g in gpus.gpus] if gpus else [],
         "sessions": sessions(tmux_socket, plan) if with_sessions else [],
+        "disks": disk_usage(out_root),
     }
+
+
+def disk_usage(out_root: Path) -> list[dict[str, Any]]:
+    """[{free_bytes, total_bytes}] of the volume holding out_root (its nearest existing parent), or []."""
+    path = out_root
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return []
+    return [{"free_bytes": usage.free, "total_bytes": usage.total}]
+
+
+def low_disk(disk: dict[str, Any]) -> bool:
+    free, total = disk.get("free_bytes"), disk.get("total_bytes")
+    if not isinstance(free, int) or not isinstance(total, int):
+        return False
+    return free < LOW_DISK_BYTES or free < LOW_DISK_FRACTION * total
 
 
 def run_row(view: runs.RunView, *, shard: int | None, max_iters: int | None) -> dict[str, Any]:
@@ -184,6 +211,13 @@ def render(model: dict[str, Any]) -> Any:
 
     def name(s: dict[str, Any]) -> str:
         return f"{s['host']}:{s['name']}" if multi and s.get("host") else s["name"]
+
+    for d in model.get("disks", []):
+        where = f"{d['host']}: " if multi and d.get("host") else ""
+        low = low_disk(d)
+        parts.append(Text(f"disk: {where}{d['free_bytes'] / 2**30:,.1f} GiB free of {d['total_bytes'] / 2**30:,.0f} GiB"
+                          + (" — low: checkpoints may fail to save; free some space" if low else ""),
+                          style="yellow" if low else ""))
 
     alive = [name(s) for s in model.get("sessions", []) if s.get("alive")]
     done = [name(s) for s in model.get("sessions", []) if not s.get("alive")]
