@@ -61,16 +61,16 @@ def launch(
         raise SweepctlError("--reassign moves rows between pods: it needs --host",
                         hint="name the pods, e.g. sweepctl launch SWEEP.csv --host pod1 --host pod2 --reassign")
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
+        from sweepctl.cli import remote_launch
 
         if backend != "tmux":  # one pod runs the driver; Ray spreads the rows over its cluster
             from sweepctl.cli.cluster_cmds import driver_pod_shards
 
             shards = driver_pod_shards(pods.hosts, shards)
-        return remote_cmds.launch(pods, csv_path, shards=shards, gpus_per_shard=gpus_per_shard, name=name,
-                                  dry_run=dry_run, as_json=as_json, reassign=reassign,
-                                  forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json",
-                                                                           "reassign", "placed_on")))
+        return remote_launch.launch(pods, csv_path, shards=shards, gpus_per_shard=gpus_per_shard, name=name,
+                                    dry_run=dry_run, as_json=as_json, reassign=reassign,
+                                    forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json",
+                                                                             "reassign", "placed_on")))
     from sweepctl import launch as lib
     from sweepctl.cli import run_views
     from sweepctl.errors import RefusedError, SweepctlError
