@@ -10,7 +10,8 @@
 # The presets: base, hc, mhc (dynamic, as the paper), mhc_48l at their preset batch and block,
 # bf16 autocast, fused AdamW, one micro-batch per step; then mhc with hc_static_only (the
 # hoisted, one-Sinkhorn-per-forward path), mhc and mhc_48l with the fused Triton Sinkhorn
-# (SWEEPCTL_SINKHORN_TRITON=1), and the eager figures of base and mhc. Compiled runs
+# (SWEEPCTL_SINKHORN_TRITON=1), the eager figures of base and mhc, and mhc_48l under CUDA graphs
+# (--compile-mode reduce-overhead). Compiled runs
 # also check their gradients against an eager copy on one batch ("grad err", bf16: ~1e-2).
 # The whole script keeps to BUDGET seconds (default 330): the four presets come first, each under
 # its own LIMIT; the extra rows run only while the budget lasts, most informative first, and a row
@@ -57,11 +58,14 @@ for preset in mhc mhc_48l; do
 done
 run compiled-mhc-static "$LIMIT" --presets mhc --compile --iters "$ITERS" --warmup 3 --set hc_static_only=True
 run eager 35 --presets base,mhc --no-compile --iters 5 --warmup 1
+# CUDA graphs against the launch overhead of mhc_48l's many small kernels (untried with the Sinkhorn op)
+run compiled-mhc_48l-cudagraphs "$LIMIT" --presets mhc_48l --compile --compile-mode reduce-overhead --iters "$ITERS" \
+    --warmup 3
 
 echo
 echo "JSON in $OUT_DIR ($((SECONDS - START)) s)"
 done=()
-for name in compiled-{base,hc,mhc,mhc_48l,mhc-triton,mhc_48l-triton,mhc-static} eager; do
+for name in compiled-{base,hc,mhc,mhc_48l,mhc-triton,mhc_48l-triton,mhc-static} eager compiled-mhc_48l-cudagraphs; do
     [ -s "$OUT_DIR/$name.json" ] && done+=("$OUT_DIR/$name.json")
 done
 if [ ${#done[@]} -eq 0 ]; then

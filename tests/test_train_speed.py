@@ -470,7 +470,8 @@ def test_gpu_script_keeps_to_its_budget_and_says_what_it_skipped(tmp_path):
     out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
     skipped = [ln.split(":")[0] for ln in out.stderr.splitlines() if "skipped" in ln]
     assert skipped == ["compiled-base", "compiled-hc", "compiled-mhc", "compiled-mhc_48l", "compiled-mhc-triton",
-                       "compiled-mhc_48l-triton", "compiled-mhc-static", "eager"], out.stderr
+                       "compiled-mhc_48l-triton", "compiled-mhc-static", "eager", "compiled-mhc_48l-cudagraphs"], \
+        out.stderr
     assert out.returncode == 1 and "no run finished" in out.stderr
     assert not list((tmp_path / "sweepctl-bench").iterdir())
 
