@@ -42,6 +42,7 @@ def test_one_array_task_run_here_makes_exactly_its_rows_run_directory(
     assert directives(script) == ["--job-name=grid", "--array=0-2%2", "--gres=gpu:1",
                                   f"--output={sweep_dir}/slurm/%A_%a.out"]
     assert "\nset -euo pipefail\n" in script.read_text()
+    assert "\nrows_by_task=(0 1 2)\n" in script.read_text()  # equal rows: CSV order
     assert os.access(script, os.X_OK) and (sweep_dir / "slurm").is_dir()  # sbatch will not create --output's folder
     check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
@@ -75,12 +76,15 @@ def test_one_array_task_run_here_makes_exactly_its_rows_run_directory(
 def test_script_defaults_gpu_count_and_refusals(workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     ws = workspace
     csv = ws.root / "wide.csv"
-    csv.write_text(f'run_id,config,seed,overrides,notes,gpus\none,base,1,"{TINY}",,1\ntwo,base,2,"{TINY}",,2\n')
+    # "two" trains twice as long (the later max_iters wins): its task comes first
+    csv.write_text(f'run_id,config,seed,overrides,notes,gpus\none,base,1,"{TINY}",,1\n'
+                   f'two,base,2,"{TINY} max_iters=40",,2\n')
     r = run_cli(capsys, "export", "slurm", str(csv))
     assert r.code == 0, r.err
     script = ws.out_root / ".sweeps" / "wide" / "wide.sbatch"  # default: next to the manifest
     assert directives(script)[1:3] == ["--array=0-1", "--gres=gpu:2"]  # no %C without --concurrency
     assert subprocess.run(["bash", "-n", str(script)], timeout=30).returncode == 0
+    assert "\nrows_by_task=(1 0)\n" in script.read_text()  # Slurm starts tasks in index order: longest first
 
     retrying = ws.root / "retrying.sbatch"
     r = run_cli(capsys, "export", "slurm", str(csv), "--max-retries", "2", "--retry-failed", "-o", str(retrying))
@@ -94,5 +98,5 @@ def test_script_defaults_gpu_count_and_refusals(workspace: Workspace, capsys: py
     no_id = run_task(script, None, timeout=30)
     assert no_id.returncode != 0 and "SLURM_ARRAY_TASK_ID" in no_id.stderr
     past_end = run_task(script, "7", timeout=60)
-    assert past_end.returncode == 1 and "no row 7: the sweep has rows 0-1" in past_end.stderr
+    assert past_end.returncode == 1 and "no such task: the --array range must match the plan" in past_end.stderr
     assert sorted(p.name for p in ws.out_root.iterdir()) == [".sweeps"]

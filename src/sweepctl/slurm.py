@@ -5,10 +5,13 @@
 
 The CSV is validated and planned as `launch` does, and the same `.sweeps/<name>/` manifest is
 written (plan.json, CSV and config copies, launch.json), so `status` and `report` read a Slurm
-sweep like any other. Array task I runs `sweepctl runner SWEEP_DIR --row-index I`: the shard
-runner's per-row code path (lock, run table, trainer, tee, summary, `.bak-` copies) for row I,
-on the GPUs Slurm gave it (CUDA_VISIBLE_DEVICES). The array spans every row, and a row that is
-already ok is skipped in a second, so submitting the script again finishes what is left.
+sweep like any other. Array task I runs `sweepctl runner SWEEP_DIR --row-index R`: the shard
+runner's per-row code path (lock, run table, trainer, tee, summary, `.bak-` copies) for row R,
+on the GPUs Slurm gave it (CUDA_VISIBLE_DEVICES). Tasks take the rows longest first
+(`plan.claim_order`, as dynamic shards claim them): Slurm starts array tasks in index order, so a
+long row does not start last and hold the sweep's end. The script lists the row of each task.
+The array spans every row, and a row that is already ok is skipped in a second, so submitting
+the script again finishes what is left.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from sweepctl import __version__, launch
 from sweepctl.errors import SpecError, SweepctlError
-from sweepctl.plan import Plan
+from sweepctl.plan import Plan, claim_order
 from sweepctl.settings import Settings
 from sweepctl.spec import read_sweep
 
@@ -105,21 +108,25 @@ def render(preview: launch.LaunchPreview, options: SlurmOptions) -> str:
     rows = len(preview.plan.runs)
     logs = preview.sweep_dir / SLURM_LOG_DIR
     q = shlex.quote
+    order = task_rows(preview.plan)
     return f"""#!/bin/bash
 #SBATCH --job-name={q(name)}
 #SBATCH --array={array_spec(rows, options.concurrency)}
 #SBATCH --gres=gpu:{options.gpus_per_task}
 #SBATCH --output={logs}/%A_%a.out
 #
-# Sweep {name}: {rows} rows, array task I runs row I (0-based, CSV order) with the shard runner's
+# Sweep {name}: {rows} rows. Array task I runs row ${{rows_by_task[I]}} (0-based, CSV order): the
+# rows longest first, since Slurm starts tasks in index order. Each task runs the shard runner's
 # per-row code path: run lock, run table (ok rows are skipped, stale ones resumed), trainer,
 # stdout.log, summary.json. Submitting this again runs only what is not ok yet.
 # Written by `sweepctl export slurm` (sweepctl {__version__}) from {preview.sweep.csv_path.absolute()}.
 #   submit: sbatch {options.script}
 #   watch:  sweepctl status --out-root {preview.out_root} --sweep {name}
-#   one row here, without Slurm: SLURM_ARRAY_TASK_ID=0 bash {options.script}
+#   one task here, without Slurm: SLURM_ARRAY_TASK_ID=0 bash {options.script}
 set -euo pipefail
-row="${{SLURM_ARRAY_TASK_ID:?set by sbatch --array: the row index to run}}"
+rows_by_task=({" ".join(str(i) for i in order)})
+task="${{SLURM_ARRAY_TASK_ID:?set by sbatch --array: the task index}}"
+row="${{rows_by_task[$task]:?no such task: the --array range must match the plan; export the script again}}"
 # The interpreter that has sweepctl; override with SWEEPCTL_PYTHON=... (e.g. sbatch --export=ALL,SWEEPCTL_PYTHON=...).
 python="${{SWEEPCTL_PYTHON:-{q(sys.executable)}}}"
 # Slurm sets CUDA_VISIBLE_DEVICES for --gres=gpu; the runner passes it on and the trainer records it.
@@ -127,6 +134,12 @@ devices="${{CUDA_VISIBLE_DEVICES:-${{SLURM_JOB_GPUS:-}}}}"
 exec "$python" {shlex.join(runner_words(preview, options))} \\
     --row-index "$row" --devices "$devices" --session "slurm-$row" --launched-at "$(date +%s)"
 """
+
+
+def task_rows(plan: Plan) -> list[int]:
+    """The row index each array task runs, task 0 first: longest rows first."""
+    index = {r.run_id: r.row_index for r in plan.runs}
+    return [index[run_id] for run_id in claim_order(plan)]
 
 
 def run_id_of_row(plan: Plan, row_index: int, sweep_dir: Path) -> str:
