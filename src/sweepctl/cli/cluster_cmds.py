@@ -194,7 +194,9 @@ def export_slurm(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again (resuming when possible)."),
     no_wandb: bool = typer.Option(False, "--no-wandb", help="wandb_log=False for every run, whatever the rows say."),
 ) -> None:
-    """Write an sbatch job-array script: one task per row (longest first), each the shard runner's per-row code path."""
+    """Write an sbatch job-array script: one task per row, longest first.
+
+    Each task runs the shard runner's per-row code path (lock, run table, trainer, summary)."""
     from sweepctl import slurm as lib
     from sweepctl.settings import load_settings
 
