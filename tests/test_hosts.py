@@ -10,6 +10,7 @@ from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.hosts import (
     HostAnswer,
     PodRecord,
+    check_forget,
     check_hosts,
     check_local_launch,
     default_shards,
@@ -227,6 +228,33 @@ def test_reassign_moves_only_rows_that_never_started_and_only_off_idle_pods() ->
     # a pod the sweep never reached (its launch failed after the layout was written): nothing started there
     never = place(IDS, [("a", 1)], recorded, sweep="s", reassign={"a": a, "b": PodRecord("b", layout)})
     assert never.moved == [("r2", "b", "a"), ("r5", "b", "a")]
+
+
+def test_forget_starts_a_lost_pods_rows_over_on_the_named_pods_unless_ok_there() -> None:
+    layout = _launched([("a", 1), ("b", 1), ("c", 1)])  # a: r0 r3, b: r1 r4, c: r2 r5
+    layout["placed"]["gone"] = "b"  # a row of b's no longer in the CSV: dropped from the record too
+    a = PodRecord("a", layout, {"r0": "ok", "r3": "failed", "r4": "ok"})  # r4 also ran on a once
+    c = PodRecord("c", layout, {"r2": "running", "r5": "pending"})
+    recorded = recorded_split([a, c], IDS)
+    check_forget("s", recorded, ["a", "c"], ["b"])
+    # b is not asked: its r1 starts over where the rule puts it, its r4 is ok on a and stays there
+    lost = place(IDS, [("a", 1), ("c", 1)], recorded, sweep="s", reassign={"a": a, "c": c}, forget=["b"])
+    assert lost.moved == [("r1", "b", "c")] and lost.forgotten == ["b"] and lost.elsewhere == {}
+    assert _rows_by_host(lost) == {"a": ["r0", "r3", "r4"], "c": ["r1", "r2", "r5"]}
+    after = layout_json("s", "x", lost, ts=2.0)
+    assert "b" not in after["placed"].values() and [h["host"] for h in after["hosts"]] == ["a", "c"]
+    assert "gone" not in after["placed"]
+    # the next plain launch on a and c needs nothing from b
+    check_hosts("s", recorded_split([PodRecord("a", after)], IDS), ["a", "c"])
+    # without --forget, b must answer; the refusal names the way out
+    with pytest.raises(RefusedError, match=r"r1 is recorded on b, which did not answer.*add --forget b"):
+        place(IDS, [("a", 1), ("c", 1)], recorded, sweep="s", reassign={"a": a, "c": c})
+    with pytest.raises(RefusedError, match=r"--forget b: b is also named with --host.*drop --host b"):
+        check_forget("s", recorded, ["a", "b"], ["b"])
+    with pytest.raises(RefusedError, match=r"--forget d: d is not a pod of sweep s \(its pods are a, b, c\)"):
+        check_forget("s", recorded, ["a"], ["d"])
+    with pytest.raises(RefusedError, match="--forget b: b is not a pod of sweep s"):
+        check_forget("s", None, ["a"], ["b"])
 
 
 def test_the_record_is_the_newest_layout_else_each_pods_own_plan() -> None:

@@ -592,6 +592,41 @@ def test_a_relaunch_never_moves_a_row_to_another_pod_and_reassign_moves_only_uns
     assert "pod: 5 rows on sweep-0 " in r.out and "pod2: 1 row on sweep-0 " in r.out
 
 
+def test_reassign_forget_moves_a_lost_pods_rows_and_refuses_a_pod_that_answers(
+        pod: Pod, pod2: Pod, workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = workspace.csv([("row0", ""), ("row1", "")])
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--host", "pod2=1", "--no-wandb")
+    assert r.code == 0, r.err  # row0 on pod, row1 on pod2
+
+    def layout() -> dict:
+        return json.loads((pod.out_root / ".sweeps" / "sweep" / "upload" / "hosts.json").read_text())
+
+    def idle() -> bool:
+        model = json.loads(run_cli(capsys, "status", "--host", "pod", "--json").out)
+        return not any(s["alive"] for s in model["sessions"])
+
+    first = layout()
+    wait_for(lambda: summaries(pod, ["row0"]) and summaries(pod2, ["row1"]) and idle(), "both rows to finish",
+             pod.tmux_socket, pod2.tmux_socket)
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--forget", "pod2", "--no-wandb")
+    assert r.code == 1 and "--forget pod2: only with --reassign" in one_line(r)
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--reassign", "--forget", "pod2", "--no-wandb")
+    assert r.code == 2 and "--forget pod2 says pod2 is gone for good, but it answered, so it is not gone" in one_line(r)
+    assert "use --reassign without --forget pod2" in r.err and layout() == first
+
+    pod2.server.stop()  # the pod is terminated, with its volume
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--reassign", "--no-wandb")
+    assert r.code == 3 and "which did not answer" in r.err and "add --forget pod2" in one_line(r)
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--reassign", "--forget", "pod2", "--no-wandb")
+    assert r.code == 0, r.out + r.err
+    assert "--forget pod2: pod2 is forgotten (lost with its volume); 1 row recorded there start over: row1 -> pod" \
+        in r.out
+    assert "2 runs: 1 run, 1 skip" in r.out
+    after = layout()
+    assert after["placed"] == {"row0": "pod", "row1": "pod"} and [h["host"] for h in after["hosts"]] == ["pod"]
+    wait_for(lambda: summaries(pod, ["row1"]), "row1 to run over on pod", pod.tmux_socket)
+
+
 # -- bootstrap over SSH -------------------------------------------------------------------------------
 
 

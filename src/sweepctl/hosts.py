@@ -18,7 +18,9 @@ and only rows new to the sweep follow the rule above. Naming other pods than the
 refused (`check_hosts`): the left-out pod's rows may be done or running there. `--reassign` moves
 the rows that never started (pending on their pod, and that pod has no live runner that could
 still reach them) to the pods named now; a started row stays on its pod, launched there if that
-pod is named, else left alone — so no run_id ever runs on two pods.
+pod is named, else left alone — so no run_id ever runs on two pods. `--forget HOST` (with
+--reassign) declares a pod lost for good with its volume: it is not asked, and its rows start
+over on the pods named now (`check_forget`, `place`'s `forget`).
 
 A launch on a pod itself (no --host) reads that pod's copy of the layout too (`check_local_launch`):
 it refuses rows the layout gives to another pod. The pod knows its own name there (the laptop's
@@ -34,7 +36,7 @@ import csv
 import io
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -155,12 +157,14 @@ def recorded_split(records: Iterable[PodRecord], run_ids: list[str]) -> Recorded
 class Placement:
     """Where this launch puts each row: `parts` (the named pods, with global row indices), `moved`
     (run_id, from pod, to pod) under --reassign, and `elsewhere`: rows that stay recorded on a pod
-    not named now (started there), launched nowhere this time."""
+    not named now (started there), launched nowhere this time. `forgotten`: the pods of --forget,
+    whose rows in `moved` start over."""
 
     parts: list[HostPart]
     placed: dict[str, str]
     moved: list[tuple[str, str, str]] = field(default_factory=list)
     elsewhere: dict[str, list[str]] = field(default_factory=dict)
+    forgotten: list[str] = field(default_factory=list)
 
 
 def check_hosts(sweep: str, recorded: Recorded | None, named: list[str]) -> None:
@@ -182,26 +186,54 @@ def check_hosts(sweep: str, recorded: Recorded | None, named: list[str]) -> None
              "that have not started to the pods named now (started rows stay on their pod)")
 
 
+def check_forget(sweep: str, recorded: Recorded | None, named: list[str], forget: Iterable[str]) -> None:
+    """Refuse `--forget HOST` for a pod named now (it cannot be lost and run rows) or one the sweep
+    was never launched on (a typo would otherwise forget nothing and move nothing)."""
+    on = set(recorded.hosts) | set(recorded.placed.values()) if recorded else set()
+    for host in forget:
+        if host in named:
+            raise RefusedError(f"--forget {host}: {host} is also named with --host; a forgotten pod runs nothing",
+                               hint=f"drop --host {host} to move its rows to the other pods, or drop --forget {host} "
+                                    "to keep it in the sweep")
+        if host not in on:
+            pods = f"its pods are {', '.join(sorted(on))}" if on else "it has no record on the pods named"
+            raise RefusedError(f"--forget {host}: {host} is not a pod of sweep {sweep} ({pods})",
+                               hint="name a pod the sweep was launched on (the refusal without --forget names "
+                                    f"them), or drop --forget {host}")
+
+
 def place(run_ids: list[str], shards: Iterable[tuple[str, int]], recorded: Recorded | None, *, sweep: str,
-          reassign: Mapping[str, PodRecord] | None = None) -> Placement:
+          reassign: Mapping[str, PodRecord] | None = None, forget: Collection[str] = ()) -> Placement:
     """Each row's pod for this launch. A recorded row stays on its pod; a new row follows
     `split_rows`' rule. With `reassign` (the record of every pod that holds recorded rows), a
-    recorded row that is pending there follows the rule too, unless that pod has live sessions."""
+    recorded row that is pending there follows the rule too, unless that pod has live sessions.
+
+    `forget` (with `reassign`): pods lost for good, not asked. A row recorded there goes to a
+    named pod where it is already ok (its launch skips it), else it starts over where the rule puts
+    it (it is in `moved`); the new layout drops the forgotten pods, also their rows not in this CSV."""
     parts = split_rows(0, shards)
     by_host = {p.host: p for p in parts}
     owner = [p for p in parts for _ in range(p.shards)]
-    placed = dict(recorded.placed) if recorded else {}
-    result = Placement(parts, placed)
+    lost = {r: h for r, h in (recorded.placed if recorded else {}).items() if h in forget}
+    placed = {r: h for r, h in (recorded.placed if recorded else {}).items() if h not in forget}
+    result = Placement(parts, placed, forgotten=[h for h in dict.fromkeys(lost.values())])
     for i, run_id in enumerate(run_ids):
         rule = owner[i % len(owner)]
         host = placed.get(run_id)
-        if host is not None and reassign is not None:
+        if run_id in lost:
+            host = next((p.host for p in parts
+                         if ((reassign or {}).get(p.host, PodRecord(p.host)).states or {}).get(run_id) == "ok"), None)
+            if host is None:
+                result.moved.append((run_id, lost[run_id], rule.host))
+            else:
+                placed[run_id] = host
+        elif host is not None and reassign is not None:
             pod = reassign.get(host)
             if pod is None:
                 raise RefusedError(f"sweep {sweep}: {run_id} is recorded on {host}, which did not answer, so "
                                    "--reassign cannot tell whether it started there",
                                    hint=f"retry when {host} answers; if it is gone for good with its volume, "
-                                        "launch under a new --name")
+                                        f"add --forget {host} (its rows start over on the pods named)")
             if (pod.states or {}).get(run_id, "pending") == "pending":
                 host = None  # never started: free to go where the rule puts it
                 if rule.host != placed[run_id]:
@@ -213,7 +245,7 @@ def place(run_ids: list[str], shards: Iterable[tuple[str, int]], recorded: Recor
             by_host[host].row_indices.append(i)
         else:
             result.elsewhere.setdefault(host, []).append(run_id)
-    for host in dict.fromkeys(src for _, src, _ in result.moved):
+    for host in dict.fromkeys(src for _, src, _ in result.moved if src not in forget):
         live = (reassign or {})[host].live_sessions
         if live:
             n = sum(1 for _, src, _ in result.moved if src == host)

@@ -1,6 +1,6 @@
 """The laptop side of `sweepctl launch --host`: one sweep launched on one pod or split over several.
 
-    laptop$ sweepctl launch sweeps/fineweb.csv --host pod-a --host pod-b=4 [--reassign]
+    laptop$ sweepctl launch sweeps/fineweb.csv --host pod-a --host pod-b=4 [--reassign [--forget pod-c]]
 
 The other pod-facing commands are one call per pod (`remote_cmds`). A launch is a sequence of
 steps, most of them a round of calls over the pods, and any step before `start` may stop it with
@@ -26,7 +26,7 @@ import typer
 from sweepctl.cli import remote_opts
 from sweepctl.cli.remote_opts import Pods
 from sweepctl.console import console, err_console
-from sweepctl.errors import RemoteError, SweepctlError
+from sweepctl.errors import RefusedError, RemoteError, SweepctlError
 from sweepctl.hosts import (
     LAYOUT_FILE,
     UPLOAD_DIR,
@@ -34,6 +34,7 @@ from sweepctl.hosts import (
     Placement,
     PodRecord,
     Recorded,
+    check_forget,
     check_hosts,
     default_shards,
     layout_json,
@@ -48,17 +49,19 @@ if TYPE_CHECKING:  # annotations only: the transport is imported when a connecti
 
 
 def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: int, name: str | None,
-           dry_run: bool, as_json: bool, forwarded: list[str], reassign: bool = False) -> None:
+           dry_run: bool, as_json: bool, forwarded: list[str], reassign: bool = False,
+           forget: list[str] | None = None) -> None:
     """Validate on the laptop, upload each pod's rows and config files, launch there.
 
     Every pod's record of the sweep is read first, on the same connection: a relaunch keeps each
     row on the pod it was given to, and naming other pods is refused unless `reassign`
-    (`sweepctl.hosts`). Several pods are rehearsed (`launch --dry-run` on each): a refusal or a
+    (`sweepctl.hosts`); `forget` (with `reassign`) names pods lost for good, which must not
+    answer. Several pods are rehearsed (`launch --dry-run` on each): a refusal or a
     failed pre-flight on any pod starts nothing anywhere."""
     sweep = _read_sweep(csv_path, name, as_json=as_json)  # every row valid here, or nothing is uploaded
     with contextlib.ExitStack() as stack:
         run = _RemoteLaunch(pods, csv_path, sweep, stack, shards=shards, gpus_per_shard=gpus_per_shard,
-                            dry_run=dry_run, reassign=reassign, forwarded=forwarded)
+                            dry_run=dry_run, reassign=reassign, forget=forget or [], forwarded=forwarded)
         run.survey()
         recorded = run.check_record()
         run.place_rows(recorded)
@@ -93,10 +96,11 @@ class _RemoteLaunch:
 
     def __init__(self, pods: Pods, csv_path: Path, sweep: Sweep, stack: contextlib.ExitStack, *,
                  shards: int | None, gpus_per_shard: int, dry_run: bool, reassign: bool,
-                 forwarded: list[str]) -> None:
+                 forget: list[str], forwarded: list[str]) -> None:
         self.pods, self.csv_path, self.sweep, self.stack = pods, csv_path, sweep, stack
         self.shards, self.gpus_per_shard = shards, gpus_per_shard
         self.dry_run, self.reassign, self.forwarded = dry_run, reassign, forwarded
+        self.forget = list(dict.fromkeys(forget))  # pods lost for good (--forget): never asked
         self.uploads = _config_uploads(sweep)
         self.text = csv_path.read_bytes().decode("utf-8-sig")
         self.refs = {r.row_index: self.uploads[r.config_path]
@@ -135,6 +139,7 @@ class _RemoteLaunch:
         """The split the sweep was last launched with. Naming other pods than it is refused, unless
         --reassign, which reads the record of the pods left out too."""
         recorded = recorded_split(self.records.values(), self.run_ids)
+        check_forget(self.sweep.name, recorded, self.pods.hosts, self.forget)
         if self.reassign and recorded:
             self._survey_left_out(recorded)
         else:
@@ -144,7 +149,7 @@ class _RemoteLaunch:
     def place_rows(self, recorded: Recorded | None) -> None:
         """Each row's pod (a recorded row stays on its own), and the layout that records it."""
         self.placement = place(self.run_ids, self.shard_counts, recorded, sweep=self.sweep.name,
-                               reassign=self.records if self.reassign else None)
+                               reassign=self.records if self.reassign else None, forget=self.forget)
         parts = self.placement.parts
         self.by_host = {p.host: p for p in parts}
         self.layout = layout_json(self.sweep.name, str(self.csv_path.absolute()), self.placement,
@@ -200,18 +205,37 @@ class _RemoteLaunch:
         return out_root, count, record
 
     def _survey_left_out(self, recorded: Recorded) -> None:
-        # The pods left out may hold started rows: ask them too (status only) which ones.
-        self.left_out = [h for h in dict.fromkeys(recorded.placed.values()) if h not in self.pods.hosts]
-        if not self.left_out:
+        # The pods left out may hold started rows: ask them too (status only) which ones. A
+        # forgotten pod is only tried: one that answers is not gone, and its rows may be running
+        # there (a network blip must not start them twice), so the launch is refused.
+        self.left_out = [h for h in dict.fromkeys(recorded.placed.values())
+                         if h not in self.pods.hosts and h not in self.forget]
+        if not self.left_out and not self.forget:
             return
-        left_out = self._pods(self.left_out)
-        self.transports = {**self.transports, **self.stack.enter_context(left_out.open_all())}
-        for a in left_out.each(self._record_of, self.transports):
+        asked = self._pods(self.left_out + self.forget)
+        self.transports = {**self.transports, **self.stack.enter_context(asked.open_all())}
+
+        def ask(host: str, t: Transport) -> tuple[str, PodRecord] | None:
+            if host in self.forget:
+                t.connect()
+                return None
+            return self._record_of(host, t)
+
+        answers = asked.each(ask, self.transports)
+        for a in answers:
+            if a.host in self.forget and (a.error is None or a.connected):
+                raise RefusedError(f"sweep {self.sweep.name}: --forget {a.host} says {a.host} is gone for good, but "
+                                   f"it answered, so it is not gone: its rows may be done or running there",
+                                   hint=f"use --reassign without --forget {a.host}: it asks {a.host} which of its "
+                                        "rows started and moves only the others")
+        for a in answers:
+            if a.host in self.forget:
+                continue
             if a.value is None:
                 raise RemoteError(f"sweep {self.sweep.name}: --reassign must know which of its rows started on "
                                   f"{a.host}, which did not answer: {a.describe()}",
                                   hint=f"retry when {a.host} answers; if it is gone for good with its "
-                                       "volume, launch under a new --name")
+                                       f"volume, add --forget {a.host} (its rows start over on the pods named)")
             self.out_roots[a.host], self.records[a.host] = a.value
 
     def _put_layout(self, host: str, t: Transport) -> None:
@@ -273,7 +297,7 @@ class _RemoteLaunch:
                  for a, f in zip(self.answers, failures, strict=True)]
         return {"sweep": self.sweep.name, "total_shards": self.layout["total_shards"], "hosts": hosts,
                 "moved": [{"run_id": r, "from": a, "to": b} for r, a, b in self.placement.moved],
-                "elsewhere": self.placement.elsewhere}
+                "elsewhere": self.placement.elsewhere, "forgotten": self.placement.forgotten}
 
     def _render_text(self) -> None:
         """Each pod's pre-flight and sessions under a rule naming its rows and sessions (its own
@@ -284,7 +308,16 @@ class _RemoteLaunch:
         pods, placement, answers = self.pods, self.placement, self.answers
         moves: dict[tuple[str, str], int] = {}
         for _run_id, src, dst in placement.moved:
-            moves[src, dst] = moves.get((src, dst), 0) + 1
+            if src not in placement.forgotten:
+                moves[src, dst] = moves.get((src, dst), 0) + 1
+        for host in placement.forgotten:
+            lost = [(run_id, dst) for run_id, src, dst in placement.moved if src == host]
+            console.print(f"--forget {host}: {host} is forgotten (lost with its volume); "
+                          + (f"{_rows(len(lost))} recorded there start over: "
+                             + ", ".join(f"{run_id} -> {dst}" for run_id, dst in lost[:10])
+                             + (f", ... {len(lost) - 10} more" if len(lost) > 10 else "") if lost
+                             else "no row recorded there starts over (each is ok on a pod named)"),
+                          highlight=False)
         if moves:
             console.print("--reassign moves rows that have not started: "
                           + ", ".join(f"{src} -> {dst}: {_rows(n)}" for (src, dst), n in moves.items()),

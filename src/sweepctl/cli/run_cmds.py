@@ -49,12 +49,22 @@ def launch(
     reassign: bool = typer.Option(False, "--reassign",
                                   help="With --host, when the pods differ from the sweep's last launch: move the rows "
                                        "that have not started to the pods named now; started rows stay on their pod."),
+    forget: list[str] | None = typer.Option(None, "--forget", metavar="HOST",
+                                            help="With --reassign: HOST is a pod lost for good, with its volume. It "
+                                                 "is not asked; its rows not ok elsewhere start over on the pods "
+                                                 "named. Refused if HOST answers. Repeatable."),
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
     placed_on: str | None = typer.Option(None, "--placed-on", hidden=True,
                                          help="Set by `launch --host` on each pod: its name in the sweep's layout."),
 ) -> None:
     """Validate, pre-flight, and start one tmux session per shard; returns at once."""
+    if forget and not reassign:
+        from sweepctl.errors import SweepctlError
+
+        raise SweepctlError(f"--forget {forget[0]}: only with --reassign (and --host), which moves {forget[0]}'s rows "
+                            "to the pods named",
+                            hint=f"add --reassign: sweepctl launch SWEEP.csv --host POD --reassign --forget {forget[0]}")
     if reassign and not host:
         from sweepctl.errors import SweepctlError
 
@@ -68,9 +78,9 @@ def launch(
 
             shards = driver_pod_shards(pods.hosts, shards)
         return remote_launch.launch(pods, csv_path, shards=shards, gpus_per_shard=gpus_per_shard, name=name,
-                                    dry_run=dry_run, as_json=as_json, reassign=reassign,
+                                    dry_run=dry_run, as_json=as_json, reassign=reassign, forget=forget,
                                     forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json",
-                                                                             "reassign", "placed_on")))
+                                                                             "reassign", "forget", "placed_on")))
     from sweepctl import launch as lib
     from sweepctl.cli import run_views
     from sweepctl.errors import RefusedError, SweepctlError
