@@ -174,7 +174,7 @@ def check_hosts(sweep: str, recorded: Recorded | None, named: list[str]) -> None
     if recorded is None:
         return
     on = Counter(recorded.placed.values())
-    changes = [f"{h} is left out ({_rows(on[h])} recorded there)" for h in recorded.hosts if h not in named]
+    changes = [f"{h} is left out ({rows_text(on[h])} recorded there)" for h in recorded.hosts if h not in named]
     changes += [f"{h} is new to it" for h in named if h not in recorded.hosts and h not in on]
     if not changes:
         return
@@ -250,7 +250,7 @@ def place(run_ids: list[str], shards: Iterable[tuple[str, int]], recorded: Recor
         if live:
             n = sum(1 for _, src, _ in result.moved if src == host)
             raise RefusedError(f"sweep {sweep}: {host} still has live session(s) {', '.join(live)}, whose runners "
-                               f"would start the {_rows(n)} --reassign moves off it",
+                               f"would start the {rows_text(n)} --reassign moves off it",
                                hint=f"wait for them, or `sweepctl stop --all --host {host}`; then launch again")
     return result
 
@@ -280,11 +280,11 @@ def check_local_launch(sweep: str, layout: Mapping[str, Any] | None, run_ids: li
     if not elsewhere:
         return
     n = sum(len(ids) for ids in elsewhere.values())
-    on = "; ".join(f"{host}: {_rows(len(ids))} ({_some(ids)})" for host, ids in elsewhere.items())
+    on = "; ".join(f"{host}: {rows_text(len(ids))} ({_some(ids)})" for host, ids in elsewhere.items())
     me = f"this pod is {this_pod} there" if this_pod else "no launch from the laptop has told this machine its name"
     when = f" at {recorded.when}" if recorded.when else ""
     raise RefusedError(
-        f"sweep {sweep} was launched from a laptop on {', '.join(recorded.hosts)}{when}; {_rows(n)} of this launch "
+        f"sweep {sweep} was launched from a laptop on {', '.join(recorded.hosts)}{when}; {rows_text(n)} of this launch "
         f"{'is' if n == 1 else 'are'} recorded on other pods, where {'it' if n == 1 else 'they'} may be done or "
         f"running: {on} ({me})", where=where,
         hint=f"launch from the laptop with {recorded.host_args()} (the recorded pods: each row runs on its own), "
@@ -295,7 +295,8 @@ def _some(run_ids: list[str], limit: int = 3) -> str:
     return ", ".join(run_ids[:limit]) + (f", ... {len(run_ids) - limit} more" if len(run_ids) > limit else "")
 
 
-def _rows(n: int) -> str:
+def rows_text(n: int) -> str:
+    """'1 row', '3 rows': how launch messages count rows."""
     return f"{n} row{'' if n == 1 else 's'}"
 
 

@@ -40,6 +40,7 @@ from sweepctl.hosts import (
     layout_json,
     place,
     recorded_split,
+    rows_text,
     subset_csv,
 )
 from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
@@ -313,24 +314,24 @@ class _RemoteLaunch:
         for host in placement.forgotten:
             lost = [(run_id, dst) for run_id, src, dst in placement.moved if src == host]
             console.print(f"--forget {host}: {host} is forgotten (lost with its volume); "
-                          + (f"{_rows(len(lost))} recorded there start over: "
+                          + (f"{rows_text(len(lost))} recorded there start over: "
                              + ", ".join(f"{run_id} -> {dst}" for run_id, dst in lost[:10])
                              + (f", ... {len(lost) - 10} more" if len(lost) > 10 else "") if lost
                              else "no row recorded there starts over (each is ok on a pod named)"),
                           highlight=False)
         if moves:
             console.print("--reassign moves rows that have not started: "
-                          + ", ".join(f"{src} -> {dst}: {_rows(n)}" for (src, dst), n in moves.items()),
+                          + ", ".join(f"{src} -> {dst}: {rows_text(n)}" for (src, dst), n in moves.items()),
                           highlight=False)
         for host, run_ids in placement.elsewhere.items():
             shown = ", ".join(run_ids[:5]) + (", ..." if len(run_ids) > 5 else "")
-            console.print(f"{host} keeps {_rows(len(run_ids))} started there ({shown}): launched nowhere now; "
+            console.print(f"{host} keeps {rows_text(len(run_ids))} started there ({shown}): launched nowhere now; "
                           f"add --host {host} to launch them there", highlight=False)
         for a in answers:
             part = self.by_host[a.host]
             if not pods.single:
                 sessions = "sweep-0" if part.shards == 1 else f"sweep-0..sweep-{part.shards - 1}"
-                console.rule(f"{a.host}: {_rows(len(part.row_indices))} on {sessions}", align="left")
+                console.rule(f"{a.host}: {rows_text(len(part.row_indices))} on {sessions}", align="left")
             model = a.value.model if a.value else None
             if model is None:
                 continue
@@ -374,10 +375,6 @@ def _attach_target(session: str) -> str:
     since a bare word is read as a run_id (`rerun-<run_id>`)."""
     rest = session.removeprefix("sweep-")
     return rest if rest.isdigit() else session
-
-
-def _rows(n: int) -> str:
-    return f"{n} row{'' if n == 1 else 's'}"
 
 
 def _upload_dir(out_root: str, sweep: str) -> str:
