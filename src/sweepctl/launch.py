@@ -237,9 +237,7 @@ def _data_check(data_dir: Path) -> Check:
 
 
 def _out_root_check(out_root: Path) -> Check:
-    existing = out_root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = runs.nearest_existing(out_root)
     what = f"out-root {out_root}"
     if not os.access(existing, os.W_OK | os.X_OK):
         return Check(what, False, f"{existing} is not writable", hint="choose --out-root on a writable volume")

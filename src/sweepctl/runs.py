@@ -69,6 +69,14 @@ def sweep_dir(out_root: str | Path, name: str) -> Path:
 
 # --- writing -------------------------------------------------------------------------------------
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its closest parent that exists: where a not-yet-made out_root will live (its
+    volume's free space, whether it can be created)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Temp file in the same folder + os.replace: a reader sees the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,11 +68,8 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
 
 def disk_usage(out_root: Path) -> list[dict[str, Any]]:
     """[{free_bytes, total_bytes}] of the volume holding out_root (its nearest existing parent), or []."""
-    path = out_root
-    while not path.exists() and path != path.parent:
-        path = path.parent
     try:
-        usage = shutil.disk_usage(path)
+        usage = shutil.disk_usage(runs.nearest_existing(out_root))
     except OSError:
         return []
     return [{"free_bytes": usage.free, "total_bytes": usage.total}]
