@@ -280,7 +280,7 @@ def check_local_launch(sweep: str, layout: Mapping[str, Any] | None, run_ids: li
     if not elsewhere:
         return
     n = sum(len(ids) for ids in elsewhere.values())
-    on = "; ".join(f"{host}: {rows_text(len(ids))} ({_some(ids)})" for host, ids in elsewhere.items())
+    on = "; ".join(f"{host}: {rows_text(len(ids))} ({some_of(ids)})" for host, ids in elsewhere.items())
     me = f"this pod is {this_pod} there" if this_pod else "no launch from the laptop has told this machine its name"
     when = f" at {recorded.when}" if recorded.when else ""
     raise RefusedError(
@@ -291,8 +291,9 @@ def check_local_launch(sweep: str, layout: Mapping[str, Any] | None, run_ids: li
              "or with the pods you want and --reassign (moves only the rows that have not started)")
 
 
-def _some(run_ids: list[str], limit: int = 3) -> str:
-    return ", ".join(run_ids[:limit]) + (f", ... {len(run_ids) - limit} more" if len(run_ids) > limit else "")
+def some_of(items: list[str], limit: int = 3) -> str:
+    """The first `limit` items, then how many more: 'a, b, c, ... 4 more'."""
+    return ", ".join(items[:limit]) + (f", ... {len(items) - limit} more" if len(items) > limit else "")
 
 
 def rows_text(n: int) -> str:

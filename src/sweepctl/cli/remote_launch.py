@@ -41,6 +41,7 @@ from sweepctl.hosts import (
     place,
     recorded_split,
     rows_text,
+    some_of,
     subset_csv,
 )
 from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
@@ -315,8 +316,7 @@ class _RemoteLaunch:
             lost = [(run_id, dst) for run_id, src, dst in placement.moved if src == host]
             console.print(f"--forget {host}: {host} is forgotten (lost with its volume); "
                           + (f"{rows_text(len(lost))} recorded there start over: "
-                             + ", ".join(f"{run_id} -> {dst}" for run_id, dst in lost[:10])
-                             + (f", ... {len(lost) - 10} more" if len(lost) > 10 else "") if lost
+                             + some_of([f"{run_id} -> {dst}" for run_id, dst in lost], 10) if lost
                              else "no row recorded there starts over (each is ok on a pod named)"),
                           highlight=False)
         if moves:
