@@ -243,12 +243,6 @@ class Run:
                 except Exception:
                     pass
             if self.ddp and dist.is_initialized():
-                if self.status == "completed":
-                    # Every rank leaves together. A rank that tears its process group down and exits
-                    # while rank 0 still writes the summary can abort (seen once with gloo under
-                    # load: 'terminate called without an active exception'), and torchrun then
-                    # kills rank 0 mid-write. Only on success: after a failure a peer may be gone.
-                    dist.barrier()
                 dist.destroy_process_group()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
