@@ -325,7 +325,7 @@ def test_the_cost_estimate_ranks_deep_presets_above_shallow_ones_and_scales_with
     rows = [f"s{i},{p},{i},\"device='cpu'\"," for i, p in enumerate(["base", "mhc", "mhc_48l", "hc", "base_48l"])]
     (tmp_path / "s.csv").write_text("run_id,config,seed,overrides,notes\n" + "\n".join(rows) + "\n")
     plan = plan_of(read_sweep(tmp_path / "s.csv"), shards=2, schedule="dynamic", out_root=tmp_path / "out")
-    assert claim_order(plan)[:2] == ["s4", "s2"]  # base_48l (batch 16 x 10000) a little above mhc_48l
+    assert claim_order(plan)[:2] == ["s2", "s4"]  # equal tokens: mhc_48l's extra HC parameters put it first
     assert claim_order(plan)[2:] == ["s0", "s1", "s3"]  # equal FLOPs: row order
 
 

@@ -63,11 +63,18 @@ class TrainConfig(BaseModel):
     dataset: str = "fineweb10B"  # name recorded in manifests; data comes from data_dir
     data_dir: str | None = None  # folder with fineweb_train_*.bin / fineweb_val_*.bin
     resume: bool = False  # continue from out_dir/ckpt.pt when it exists
+    init_from: str = "scratch"  # nanoGPT's: 'scratch', or 'resume' (= resume=True); 'gpt2*' is refused
+    always_save_checkpoint: bool = True  # nanoGPT's: False saves ckpt.pt only when val improves
     heartbeat_interval_s: float = Field(10.0, gt=0, le=30)  # heartbeat.json refresh period
     # --- evaluation and logging ---
     eval_interval: int = Field(500, gt=0)  # iterations between evals (and checkpoints)
     log_interval: int = Field(10, gt=0)  # iterations between progress lines / metrics rows
-    eval_iters: int = Field(100, gt=0)  # batches per split averaged at each eval
+    eval_iters: int = Field(100, gt=0)  # eval batches per split at each eval
+    # sequences per eval batch, total over all processes; None: batch_size * gradient_accumulation_steps
+    # (one optimizer step's sequences). With eval_iters it fixes the eval set: the first
+    # eval_iters * eval_batch_size windows of block_size tokens of the val (and train) shards.
+    eval_batch_size: int | None = Field(None, gt=0)
+    eval_only: bool = False  # nanoGPT's: evaluate once (the checkpoint when resuming), then stop
     # --- length and batch ---
     max_iters: int = Field(5000, gt=0)  # optimizer steps in the run
     batch_size: int = Field(32, gt=0)  # sequences per micro-step (per process)
@@ -89,6 +96,7 @@ class TrainConfig(BaseModel):
     warmup_iters: int = Field(200, ge=0)  # linear warmup steps
     lr_decay_iters: int = Field(5000, gt=0)  # cosine decay ends here, then min_lr
     min_lr: float = Field(6e-5, ge=0)
+    decay_lr: bool = True  # nanoGPT's: False trains at learning_rate throughout (no warmup, no decay)
     seed: int = 1337
     # --- hyper-connections (HC, arXiv 2409.19606) ---
     hc_num_streams: int = Field(1, ge=1)  # copies of the residual stream
@@ -128,6 +136,18 @@ class TrainConfig(BaseModel):
     def _device_known(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", v):
             raise ValueError(f"device must be cpu, mps, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from_known(cls, v: str) -> str:
+        if v.startswith("gpt2"):
+            raise ValueError(
+                f"init_from={v!r} would load OpenAI's GPT-2 weights from the Hugging Face Hub, which sweepctl "
+                "does not do (pods train offline, and every variant must start from the same random init); "
+                "use init_from='scratch', or init_from='resume' to continue out_dir/ckpt.pt")
+        if v not in ("scratch", "resume"):
+            raise ValueError(f"init_from must be 'scratch' or 'resume', got {v!r}")
         return v
 
     @field_validator("ns_coeffs", mode="before")
@@ -197,17 +217,41 @@ class TrainConfig(BaseModel):
     def tokens_per_iter(self) -> int:
         return self.gradient_accumulation_steps * self.batch_size * self.block_size
 
+    @property
+    def wants_resume(self) -> bool:
+        """resume=True or nanoGPT's init_from='resume': continue out_dir/ckpt.pt when it exists."""
+        return self.resume or self.init_from == "resume"
+
+    @property
+    def eval_windows(self) -> int:
+        """Windows of block_size tokens scored per split at each eval: the same for every split of
+        one step's tokens into batch x accumulation x processes (see eval_batch_size)."""
+        per_batch = self.eval_batch_size or self.batch_size * self.gradient_accumulation_steps
+        return self.eval_iters * per_batch
+
 
 FIELD_NAMES: tuple[str, ...] = tuple(TrainConfig.model_fields)
 
 
 # --------------------------------------------------------------------------- presets
 
+# Presets of one depth differ only in the residual stream (tests/test_train_presets.py): the same
+# tokens per iteration, iterations, LR schedule, eval cadence and eval set, so that a difference in
+# loss is the variant's. eval_batch_size keeps the eval set (eval_iters x eval_batch_size windows)
+# the same when a row changes batch_size or gradient_accumulation_steps.
 _BASE_6L: dict[str, Any] = dict(
     n_layer=6, n_head=6, n_embd=288, block_size=1024, batch_size=32, gradient_accumulation_steps=4,
-    max_iters=5000, lr_decay_iters=5000, eval_interval=500, eval_iters=100, log_interval=10,
+    max_iters=5000, lr_decay_iters=5000, eval_interval=500, eval_iters=100, eval_batch_size=32, log_interval=10,
     learning_rate=6e-4, min_lr=6e-5, warmup_iters=200, weight_decay=0.1, dropout=0.0, bias=False,
     dtype="bfloat16",
+)
+# 48 layers, 150 wide: 16 x 4 x 1024 = 65,536 tokens per iteration for 10,000 iterations, every
+# variant. (The public mHC reference ran its mHC models at batch 24 for 6666 iterations and the
+# others at batch 16 for 10000: about the same tokens, but different steps and batch, so the variant
+# was confounded with the schedule. examples/configs/mhc_48l_reference.py keeps its setting.)
+_DEEP: dict[str, Any] = dict(
+    n_layer=48, n_embd=150, n_head=6, batch_size=16, gradient_accumulation_steps=4, max_iters=10000,
+    lr_decay_iters=10000, eval_batch_size=16,
 )
 _HC = dict(hc_disable=False, hc_num_streams=4)
 _MHC = dict(_HC, mhc=True, sinkhorn_iters=20, sinkhorn_tau=0.05, mhc_h_res_proj="sinkhorn")
@@ -222,19 +266,10 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "cvres_mhc": dict(_MHC, **_CVRES),
 }
 
-
-def _deep(variant: str) -> dict[str, Any]:
-    # 48-layer, 150-wide models; the mHC ones run at batch 24 for 6666 iterations so that all
-    # variants see about the same number of tokens within their memory budget.
-    mhc_like = variant.endswith("mhc")
-    batch, iters = (24, 6666) if mhc_like else (16, 10000)
-    return dict(n_layer=48, n_embd=150, n_head=6, batch_size=batch, max_iters=iters, lr_decay_iters=iters)
-
-
 PRESETS: dict[str, dict[str, Any]] = {}
 for _name, _extra in _VARIANTS.items():
     PRESETS[_name] = {**_BASE_6L, **_extra}
-    PRESETS[f"{_name}_48l"] = {**_BASE_6L, **_extra, **_deep(_name)}
+    PRESETS[f"{_name}_48l"] = {**_BASE_6L, **_DEEP, **_extra}
 
 PRESET_NOTES: dict[str, str] = {
     "base": "plain residual",
