@@ -334,7 +334,7 @@ def test_presets_and_config_commands(sweep_dir, capsys, monkeypatch):
     assert result.code == 0
     for name in ("base", "hc", "mhc", "vres", "vres_mhc", "cvres_mhc", "mhc_48l", "cvres_mhc_48l"):
         assert f"│ {name} " in result.out
-    assert PRESETS["mhc_48l"]["batch_size"] == 24 and PRESETS["hc_48l"]["batch_size"] == 16
+    assert PRESETS["mhc_48l"]["batch_size"] == PRESETS["hc_48l"]["batch_size"] == 16  # equal tokens per iteration
     assert PRESETS["mhc"]["sinkhorn_iters"] == 20
 
     write(sweep_dir / "sweepctl.toml", 'out_root = "/from/file"\ndata_dir = "/file/data"\n')

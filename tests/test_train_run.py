@@ -4,6 +4,7 @@ leave an honest summary.json; resume after SIGKILL is bit-for-bit; no secret rea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,7 +18,15 @@ import pytest
 import torch
 
 from sweepctl.train.config import TrainConfig
-from sweepctl.train.data import ShardError, TokenWindows, find_shards, open_shard, val_rng, write_shard
+from sweepctl.train.data import (
+    EvalWindows,
+    ShardError,
+    TokenWindows,
+    find_shards,
+    open_shard,
+    train_rng,
+    write_shard,
+)
 from sweepctl.train.rundir import Heartbeat, wandb_run_id
 from sweepctl.train.train import main
 
@@ -167,6 +176,17 @@ def test_run_directory_matches_the_contract(contract_run):
     assert [Path(s["path"]).name for s in manifest["train"]] == ["fineweb_train_000001.bin", "fineweb_train_000002.bin"]
     assert [s["num_tokens"] for s in manifest["train"]] == [30000, 20000]
     assert manifest["val"][0]["size_bytes"] == 1024 + 2 * 8000
+    # the eval set: eval_iters (2) x the preset's eval_batch_size (32) windows of 32 tokens from the
+    # start of each split's first shard, the same for every seed, batch split and world size
+    val_path = str((manifest_dir := Path(manifest["data_dir"])) / "fineweb_val_000000.bin")
+    val_tokens = np.asarray(open_shard(val_path))[:64 * 32 + 1]
+    assert manifest["eval"]["val"] == {
+        "windows": 64, "tokens": 2048, "spans": [{"shard": "fineweb_val_000000.bin", "path": val_path, "start": 0,
+                                                  "end": 2049, "windows": 64}],
+        "sha256": hashlib.sha256(val_tokens.astype("<u2").tobytes()).hexdigest()}
+    assert manifest["eval"]["train"]["spans"][0]["path"] == str(manifest_dir / "fineweb_train_000001.bin")
+    assert {k: manifest["eval"][k] for k in ("block_size", "eval_iters", "eval_batch_size", "windows")} == {
+        "block_size": 32, "eval_iters": 2, "eval_batch_size": 32, "windows": 64}
 
     train_rows, eval_rows = rows(out, "train"), rows(out, "eval")
     assert [r["iter"] for r in train_rows] == [4, 8, 12]  # every log_interval, and the last iteration
@@ -174,6 +194,7 @@ def test_run_directory_matches_the_contract(contract_run):
     for r in train_rows:
         assert {"iter", "loss", "lr", "tok_per_s", "grad_norm", "elapsed_s", "mem"} <= set(r)
     assert {"iter", "train", "val"} <= set(eval_rows[0])
+    assert all(r["tokens"] == r["iter"] * 128 for r in rows(out))  # every record: tokens seen at its iteration
 
     beat = json.loads((out / "heartbeat.json").read_text())
     assert {"ts", "iter", "max_iters", "pid", "host"} <= set(beat) and beat["iter"] == 12
@@ -415,21 +436,48 @@ def test_ddp_under_torchrun_with_mhc(tmp_path, data_dir):
 # --------------------------------------------------------------------------- data
 
 
-def test_shards_are_memory_mapped_and_val_batches_are_fixed(data_dir):
+def test_shards_are_memory_mapped_and_the_eval_set_is_the_first_windows(data_dir):
     train = TokenWindows(find_shards(data_dir, "train"), 32, 256)
     assert all(isinstance(s, np.memmap) for s in train.shards)  # nothing loaded into memory
-    val = TokenWindows(find_shards(data_dir, "val"), 32, 256)
-    a = val.sample(val_rng(1, 0), 4)
-    b = val.sample(val_rng(1, 0), 4)
+    a, b = train.sample(train_rng(1, 0), 4), train.sample(train_rng(1, 0), 4)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[0][:, 1:], a[1][:, :-1])
-    assert not np.array_equal(val.sample(val_rng(2, 0), 4)[0], a[0])
+    assert not np.array_equal(train.sample(train_rng(2, 0), 4)[0], a[0])
+
+    val = EvalWindows(find_shards(data_dir, "val"), 32, 256, count=10)
+    tokens = np.asarray(open_shard(data_dir / "fineweb_val_000000.bin"))
+    x, y = val.batch(3, 4)  # windows 3..6: consecutive, non-overlapping, from the start of the shard
+    assert np.array_equal(x, tokens[96:224].reshape(4, 32)) and np.array_equal(y, tokens[97:225].reshape(4, 32))
+    record = val.record()
+    assert {k: v for k, v in record.items() if k != "sha256"} == {
+        "windows": 10, "tokens": 320,
+        "spans": [{"shard": "fineweb_val_000000.bin", "path": str((data_dir / "fineweb_val_000000.bin").resolve()),
+                   "start": 0, "end": 321, "windows": 10}]}
+    assert record["sha256"] == hashlib.sha256(tokens[:321].astype("<u2").tobytes()).hexdigest()
+
+
+def test_the_eval_set_continues_into_the_next_shard_and_must_fit(tmp_path):
+    write_shard(tmp_path / "fineweb_val_000000.bin", np.arange(50))  # one window of 32 (33 tokens used)
+    write_shard(tmp_path / "fineweb_val_000001.bin", np.arange(100, 200))  # three windows
+    paths = find_shards(tmp_path, "val")
+    val = EvalWindows(paths, 32, 256, count=3)
+    x, _ = val.batch(0, 3)
+    assert x[:, 0].tolist() == [0, 100, 132]
+    assert [(s["shard"], s["end"], s["windows"]) for s in val.record()["spans"]] == [
+        ("fineweb_val_000000.bin", 33, 1), ("fineweb_val_000001.bin", 65, 2)]
+    with pytest.raises(ShardError) as e:
+        EvalWindows(paths, 32, 256, count=5)
+    assert str(e.value) == (f"{tmp_path}: the eval set needs 5 windows of block_size=32 tokens (eval_iters x "
+                            "eval_batch_size) but the val shards hold 4; lower eval_iters or eval_batch_size so "
+                            "that their product is at most 4")
 
 
 def test_token_ids_past_the_vocab_are_an_error_naming_the_shard(tmp_path):
     write_shard(tmp_path / "fineweb_val_000000.bin", [300] * 100)
     windows = TokenWindows(find_shards(tmp_path, "val"), 8, 256)
     with pytest.raises(ShardError, match=r"token id 300 .* >= vocab_size 256"):
-        windows.sample(val_rng(0, 0), 1)
+        windows.sample(train_rng(0, 0), 1)
+    with pytest.raises(ShardError, match=r"fineweb_val_000000.bin: token id 300 .* >= vocab_size 256"):
+        EvalWindows(find_shards(tmp_path, "val"), 8, 256, count=2).batch(0, 2)
 
 
 # --------------------------------------------------------------------------- GPU

@@ -231,6 +231,14 @@ class TrainConfig(BaseModel):
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(TrainConfig.model_fields)
+# nanoGPT's train.py names for our settings, so its config files and `--key=value` commands run
+# unchanged; a value given under the alias is stored under our name.
+NANOGPT_ALIASES: dict[str, str] = {"compile": "compile_model"}
+
+
+def canonical_key(name: str) -> str:
+    """Our name for a setting given under nanoGPT's name (`compile`), else the name itself."""
+    return NANOGPT_ALIASES.get(name, name)
 
 
 # --------------------------------------------------------------------------- presets
@@ -377,7 +385,7 @@ def _accepts_str(name: str) -> bool:
     return any(a is str for a in get_args(ann))
 
 
-def suggest(name: str, choices: tuple[str, ...] = FIELD_NAMES) -> str:
+def suggest(name: str, choices: tuple[str, ...] = FIELD_NAMES + tuple(NANOGPT_ALIASES)) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -387,11 +395,12 @@ def unknown_key_message(key: str) -> str:
 
 
 def parse_override(word: str, names: dict[str, Any] | None = None) -> tuple[str, Any]:
-    """`key=value` -> (key, python value). Raises ConfigError with a message (no location)."""
+    """`key=value` (or nanoGPT's `--key=value`) -> (key, python value), the key under our name.
+    Raises ConfigError with a message (no location)."""
     if "=" not in word:
         raise ConfigError(f"override {word!r} is not key=value")
     key, raw = word.split("=", 1)
-    key = key.strip()
+    key = canonical_key(key.strip().removeprefix("--"))
     if key not in TrainConfig.model_fields:
         raise ConfigError(unknown_key_message(key))
     env = {**PREDEFINED_NAMES, **(names or {})}
@@ -472,11 +481,12 @@ def read_config_file(path: Path) -> Namespace:
                               file=str(path), line=getattr(e.node, "lineno", stmt.lineno)) from None
         for t in targets:
             name = t.id  # type: ignore[attr-defined]
-            if not name.isupper() and name not in TrainConfig.model_fields:
+            key = canonical_key(name)
+            if not name.isupper() and key not in TrainConfig.model_fields:
                 raise ConfigError(unknown_key_message(name), file=str(path), line=stmt.lineno)
-            env[name] = v
-            ns.values[name] = v
-            ns.lines[name] = stmt.lineno
+            env[name] = v  # later lines may use the name as written
+            ns.values[key] = v
+            ns.lines[key] = stmt.lineno
     return ns
 
 
@@ -494,10 +504,11 @@ def _read_toml(path: Path) -> Namespace:
     ns = Namespace()
     for name, v in data.items():
         line = _toml_line(text, name)
-        if not name.isupper() and name not in TrainConfig.model_fields:
+        key = canonical_key(name)
+        if not name.isupper() and key not in TrainConfig.model_fields:
             raise ConfigError(unknown_key_message(name), file=str(path), line=line)
-        ns.values[name] = v
-        ns.lines[name] = line
+        ns.values[key] = v
+        ns.lines[key] = line
     return ns
 
 

@@ -5,11 +5,14 @@ version 1, token count) followed by the tokens as uint16. Shards are memory-mapp
 a process's memory does not grow with the number of shards (the reference read every shard into
 an int64 tensor — 8 bytes per token, in every process).
 
-Batches are random contiguous windows. Train windows come from a numpy Generator whose state is
-checkpointed (resume continues the exact stream); val windows come from a Generator re-seeded at
-every eval, so every eval scores the same held-out batches. `BatchPrefetcher` draws the next
-batches in a background thread (into pinned memory on CUDA, copied to the GPU with
-non_blocking=True) while the model works on the current one.
+Training batches are random contiguous windows from a numpy Generator whose state is
+checkpointed (resume continues the exact stream). `BatchPrefetcher` draws the next batches in a
+background thread (into pinned memory on CUDA, copied to the GPU with non_blocking=True) while
+the model works on the current one.
+
+Evals score a fixed set instead (`EvalWindows`): the first N non-overlapping windows from the
+start of a split's shards, the same for every seed, batch size, accumulation and world size, so
+that every run of a sweep is measured on the same tokens; `dataset_manifest.json` records which.
 
     from sweepctl.train.data import write_shard, TokenWindows
     write_shard("/tmp/d/fineweb_val_000000.bin", range(1000))
@@ -17,6 +20,7 @@ non_blocking=True) while the model works on the current one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
@@ -193,6 +197,64 @@ class BatchPrefetcher:
         self.close()
 
 
+class EvalWindows:
+    """The first `count` non-overlapping windows of block_size tokens of a split's shards.
+
+    Window i of a shard is x = tokens[i*B : (i+1)*B], y = tokens[i*B+1 : (i+1)*B+1]; a shard gives
+    (len - 1) // B windows, then the next shard (sorted by name) continues. No randomness: the set
+    depends only on the shards, block_size and count, so every run of a sweep scores the same tokens.
+    """
+
+    def __init__(self, paths: list[Path], block_size: int, vocab_size: int, count: int):
+        self.block_size, self.vocab_size, self.count = block_size, vocab_size, count
+        self.spans: list[tuple[Path, np.memmap, int, int]] = []  # (path, tokens, first window, windows)
+        first = 0
+        for p in paths:
+            if first == count:
+                break
+            shard = open_shard(p)
+            n = min(max((len(shard) - 1) // block_size, 0), count - first)
+            if n:
+                self.spans.append((p, shard, first, n))
+                first += n
+        if first < count:
+            have = sum(max((len(open_shard(p)) - 1) // block_size, 0) for p in paths)
+            raise ShardError(
+                f"{paths[0].parent}: the eval set needs {count} windows of block_size={block_size} tokens "
+                f"(eval_iters x eval_batch_size) but the {paths[0].name.split('_')[1]} shards hold {have}; "
+                f"lower eval_iters or eval_batch_size so that their product is at most {have}")
+
+    def batch(self, first: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) int64 (n, block_size) of windows first..first+n-1 of the set."""
+        B = self.block_size
+        out = np.empty((n, B + 1), dtype=np.int64)
+        for row, i in enumerate(range(first, first + n)):
+            path, shard, start, _ = next(sp for sp in self.spans if sp[2] <= i < sp[2] + sp[3])
+            offset = (i - start) * B
+            out[row] = shard[offset:offset + B + 1]
+            if out[row].max() >= self.vocab_size:
+                raise ShardError(f"{path}: token id {int(out[row].max())} at offset about {offset} "
+                                 f">= vocab_size {self.vocab_size}")
+        return np.ascontiguousarray(out[:, :-1]), np.ascontiguousarray(out[:, 1:])
+
+    def record(self) -> dict[str, Any]:
+        """Which tokens the set is, for dataset_manifest.json: shard, token offsets [start, end)
+        (targets included), the count of predicted tokens, and a sha256 of those tokens."""
+        digest = hashlib.sha256()
+        spans = []
+        for path, shard, _, n in self.spans:
+            end = n * self.block_size + 1
+            digest.update(np.ascontiguousarray(shard[:end]).tobytes())
+            spans.append({"shard": path.name, "path": str(path.resolve()), "start": 0, "end": end, "windows": n})
+        return {"windows": self.count, "tokens": self.count * self.block_size, "spans": spans,
+                "sha256": digest.hexdigest()}
+
+
+def rank_slice(count: int, rank: int, world_size: int) -> range:
+    """The windows of an eval set that one rank scores: contiguous, sizes differing by at most one."""
+    return range(rank * count // world_size, (rank + 1) * count // world_size)
+
+
 def shard_manifest(paths: list[Path]) -> list[dict]:
     """path, size_bytes, num_tokens per shard (from the headers, already checked)."""
     return [{"path": str(p.resolve()), "size_bytes": p.stat().st_size,
@@ -204,6 +266,31 @@ def train_rng(seed: int, rank: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, rank, 0])))
 
 
-def val_rng(seed: int, rank: int) -> np.random.Generator:
-    """A fresh val stream, independent of the train stream; the same at every eval."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, rank, 1])))
+def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two dataset_manifest.json records that a resume must not cross: the
+    shard set (names, sizes, token counts; data_dir may move) and the eval set. Empty if none."""
+    diffs = []
+    for split in ("train", "val"):
+        before = {Path(s["path"]).name: (s["size_bytes"], s["num_tokens"]) for s in old.get(split, [])}
+        after = {Path(s["path"]).name: (s["size_bytes"], s["num_tokens"]) for s in new.get(split, [])}
+        if gone := sorted(set(before) - set(after)):
+            diffs.append(f"{split} shards gone: {', '.join(gone)}")
+        if added := sorted(set(after) - set(before)):
+            diffs.append(f"{split} shards added: {', '.join(added)}")
+        for name in sorted(set(before) & set(after)):
+            if before[name] != after[name]:
+                diffs.append(f"{split} shard {name} changed: {before[name][0]} bytes, {before[name][1]} tokens "
+                             f"-> {after[name][0]} bytes, {after[name][1]} tokens")
+    old_eval, new_eval = old.get("eval"), new.get("eval")
+    if old_eval is None:
+        diffs.append("the manifest records no eval set (written before evals scored fixed windows)")
+    else:
+        for key in ("block_size", "eval_iters", "eval_batch_size", "windows"):
+            if old_eval.get(key) != new_eval.get(key):
+                diffs.append(f"eval {key}: {old_eval.get(key)} -> {new_eval.get(key)}")
+        for split in ("train", "val"):
+            a, b = old_eval.get(split, {}), new_eval.get(split, {})
+            if a.get("sha256") != b.get("sha256"):
+                diffs.append(f"the {split} eval tokens differ (sha256 {str(a.get('sha256'))[:12]}... -> "
+                             f"{str(b.get('sha256'))[:12]}...)")
+    return diffs

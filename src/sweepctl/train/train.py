@@ -5,7 +5,7 @@
     torchrun --standalone --nproc_per_node=8 -m sweepctl.train mhc out_dir=... data_dir=...
 
 CONFIG is a preset name or a config file (nanoGPT-style .py read as data, or .toml); each
-key=value is a Python literal checked against TrainConfig. The run_id is the last component of
+key=value (or nanoGPT's --key=value) is a Python literal checked against TrainConfig. The run_id is the last component of
 out_dir. Optional env SWEEPCTL_RUN_CONTEXT: JSON {"sweep": {name, row_index, shard_index,
 shard_count, schedule}, "attempt": N} from the launcher, recorded in run_metadata.json.
 
@@ -13,15 +13,17 @@ Files in out_dir (contract_version 1; every JSON written atomically, no secret i
   command.sh             executable; reruns this run from scratch (same cwd, CUDA_VISIBLE_DEVICES, argv)
   run_metadata.json      argv, host, versions, GPUs, package git commit, sweep/attempt from the context
   config_effective.json  every TrainConfig field + run_id, variant, tokens_per_iter, world_size, ...
-  dataset_manifest.json  dataset, data_dir, train/val: [{path, size_bytes, num_tokens}]
+  dataset_manifest.json  dataset, data_dir, train/val: [{path, size_bytes, num_tokens}], eval: the fixed
+                         eval set {block_size, eval_iters, eval_batch_size, windows, train/val: {windows,
+                         tokens, spans: [{shard, path, start, end, windows}], sha256}}; a resume must match it
   metrics.jsonl          {"event": "train", iter, loss, lr, tok_per_s, ms_per_iter, grad_norm, elapsed_s,
                          mem (MB)} per log_interval; {"event": "eval", iter, train, val, best_val} per eval;
                          {"event": "diag", iter, composite_gain_fwd, ...} per eval for HC/mHC (see
                          diagnostics.py); {"event": "resume", iter}: later rows supersede a killed
-                         attempt's rows
+                         attempt's rows. Every record has tokens = iter * tokens_per_iter
   heartbeat.json         ts, iter, max_iters, pid, host, phase; every heartbeat_interval_s from a thread
   ckpt.pt                model, optimizer, scaler, iter_num, every rank's RNG states, config; each eval
-                         and on SIGTERM/SIGINT
+                         and on SIGTERM/SIGINT (always_save_checkpoint=False: only when val improved)
   summary.json           ok, status (completed|failed|interrupted), error + error_class
                          (exception|oom|nan|signal) when not ok, times, iterations, tokens, losses, memory
 
@@ -54,12 +56,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from sweepctl.train.config import ConfigError, TrainConfig, parse_override, read_config_file, resolve_config
 from sweepctl.train.data import (
     BatchPrefetcher,
+    EvalWindows,
     ShardError,
     TokenWindows,
     find_shards,
+    manifest_differences,
+    rank_slice,
     shard_manifest,
     train_rng,
-    val_rng,
 )
 from sweepctl.train.diagnostics import GAIN_FWD, residual_diagnostics, static_residual_matrices
 from sweepctl.train.model import GPT
@@ -80,10 +84,13 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
 # Settings that may differ between a checkpoint and the run resuming it: where and how long it
 # runs and logs, not what it computes.
+# The eval set (eval_iters, eval_batch_size) is not among them: evals before and after a resume
+# must score the same tokens.
 RESUME_MAY_CHANGE = {
-    "out_dir", "resume", "max_iters", "eval_interval", "log_interval", "eval_iters", "heartbeat_interval_s",
-    "data_dir", "device", "compile_model", "backend", "wandb_log", "wandb_project", "wandb_run_name",
-    "wandb_group", "wandb_log_layer_stats", "wandb_log_layer_cosine", "wandb_log_amax",
+    "out_dir", "resume", "init_from", "always_save_checkpoint", "eval_only", "max_iters", "eval_interval",
+    "log_interval", "heartbeat_interval_s", "data_dir", "device", "compile_model", "backend", "wandb_log",
+    "wandb_project", "wandb_run_name", "wandb_group", "wandb_log_layer_stats", "wandb_log_layer_cosine",
+    "wandb_log_amax",
 }
 
 
@@ -111,7 +118,10 @@ def finite_or_none(x: float | None) -> float | None:
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
-    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, then min_lr;
+    learning_rate throughout with decay_lr=False (nanoGPT's meaning: no warmup either)."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if it > cfg.lr_decay_iters:
@@ -137,7 +147,7 @@ def peak_mem_mb(device: torch.device) -> float:
 def guess_out_dir(config: str, overrides: list[str]) -> Path | None:
     """out_dir when the config itself is invalid: from an override, else from the config file."""
     for word in reversed(overrides):
-        if word.split("=", 1)[0].strip() == "out_dir":
+        if word.split("=", 1)[0].strip().removeprefix("--") == "out_dir":
             try:
                 return Path(parse_override(word)[1])
             except ConfigError:
@@ -168,6 +178,7 @@ class Run:
         self.best_val: float | None = None
         self.last_eval: dict[str, float] | None = None
         self.last_eval_iter: int | None = None
+        self.ckpt_iter: int | None = None  # the iteration ckpt.pt holds (rank 0 knows)
         self.t_loop: float | None = None
         self.stop_signal: int | None = None
         self.defer_signals = False  # True from the loop on: a signal stops at the next safe point
@@ -321,11 +332,11 @@ class Run:
             self.heartbeat = Heartbeat(self.out_dir / "heartbeat.json", cfg.heartbeat_interval_s, cfg.max_iters)
             self.heartbeat.start()
         ckpt_path = self.out_dir / "ckpt.pt"
-        resuming = cfg.resume and ckpt_path.exists()
+        resuming = cfg.wants_resume and ckpt_path.exists()
         if self.master:
             self._set_aside_old_outputs(resuming)
             self._write_start_files()  # now, so that a run failing on its data is still reproducible
-        self._setup_data()
+        self._setup_data(resuming)
         torch.manual_seed(cfg.seed + self.rank)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls
@@ -336,8 +347,9 @@ class Run:
         self.train_rng = train_rng(cfg.seed, self.rank)
         if resuming:
             self._load_checkpoint(ckpt_path)
-        elif cfg.resume:
-            self.log(f"resume=True but there is no {ckpt_path}: starting from scratch")
+        elif cfg.wants_resume:
+            how = "resume=True" if cfg.resume else "init_from='resume'"
+            self.log(f"{how} but there is no {ckpt_path}: starting from scratch")
         if self.master:
             self._write_start_files()  # again, with the parameter count and the resume point
         n = self.raw_model.num_params()
@@ -401,24 +413,64 @@ class Run:
                     target, n = p.with_name(f"{name}.bak-{stamp}-{n}"), n + 1
                 os.replace(p, target)
 
-    def _setup_data(self) -> None:
+    def _setup_data(self, resuming: bool) -> None:
         cfg = self.cfg
         if cfg.data_dir is None:
-            raise UsageError("data_dir is not set: give data_dir=/path/to/fineweb10B (with fineweb_*.bin shards)")
+            label = "" if cfg.dataset == "fineweb10B" else (
+                f" (dataset={cfg.dataset!r} is only a label here: sweepctl reads no data/{cfg.dataset}/*.bin as"
+                " nanoGPT does)")
+            raise UsageError("data_dir is not set: give data_dir=/path/to/fineweb10B, a folder of "
+                             f"fineweb_train_*.bin / fineweb_val_*.bin token shards{label}")
         train_paths = find_shards(cfg.data_dir, "train")
         val_paths = find_shards(cfg.data_dir, "val")
         self.train_windows = TokenWindows(train_paths, cfg.block_size, cfg.vocab_size)
-        self.val_windows = TokenWindows(val_paths, cfg.block_size, cfg.vocab_size)
+        # Both splits are scored on fixed windows, the same for every run (docs/trainer.md, "How
+        # runs are compared"); the train estimate reads from the start of the first train shard.
+        self.eval_sets = {split: EvalWindows(paths, cfg.block_size, cfg.vocab_size, cfg.eval_windows)
+                          for split, paths in (("train", train_paths), ("val", val_paths))}
+        manifest = {
+            "contract_version": CONTRACT_VERSION, "dataset": cfg.dataset,
+            "data_dir": str(Path(cfg.data_dir).resolve()),
+            "train": shard_manifest(train_paths), "val": shard_manifest(val_paths),
+            "eval": {"block_size": cfg.block_size, "eval_iters": cfg.eval_iters,
+                     "eval_batch_size": cfg.eval_windows // cfg.eval_iters, "windows": cfg.eval_windows,
+                     **{split: w.record() for split, w in self.eval_sets.items()}},
+        }
+        if resuming:
+            self._check_same_data(manifest)
         if self.master:
-            write_json(self.out_dir / "dataset_manifest.json", {
-                "contract_version": CONTRACT_VERSION, "dataset": cfg.dataset,
-                "data_dir": str(Path(cfg.data_dir).resolve()),
-                "train": shard_manifest(train_paths), "val": shard_manifest(val_paths),
-            })
+            write_json(self.out_dir / "dataset_manifest.json", manifest)
             n_train = sum(len(s) for s in self.train_windows.shards)
-            n_val = sum(len(s) for s in self.val_windows.shards)
+            n_val = sum(s["num_tokens"] for s in manifest["val"])
             self.log(f"data: {len(train_paths)} train shards ({n_train:,} tokens), "
                      f"{len(val_paths)} val shards ({n_val:,} tokens) in {cfg.data_dir}")
+            self.log(f"eval set: the first {cfg.eval_windows:,} windows of {cfg.block_size} tokens of each split "
+                     f"({cfg.eval_windows * cfg.block_size:,} tokens; val sha256 "
+                     f"{manifest['eval']['val']['sha256'][:12]})")
+
+    def _check_same_data(self, manifest: dict[str, Any]) -> None:
+        """A resume continues only on the shards and eval set its dataset_manifest.json records;
+        decided by rank 0 (which has the run directory) for every rank."""
+        problem = None
+        if self.master:
+            path = self.out_dir / "dataset_manifest.json"
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+                diffs = manifest_differences(old, manifest)
+            except (OSError, ValueError) as e:
+                diffs = [f"it cannot be read ({e})"]
+            if diffs:
+                run_id = self.out_dir.name
+                problem = (f"{path}: run {run_id} was trained and evaluated on other data than this resume would "
+                           f"use ({'; '.join(diffs)}); continuing would mix the two. Resume with the data and eval "
+                           f"settings it records, or start the run clean: sweepctl rerun --force {run_id} "
+                           "(or the trainer without resume=True)")
+        if self.ddp:
+            box = [problem]
+            dist.broadcast_object_list(box, src=0)
+            problem = box[0]
+        if problem:
+            raise UsageError(problem)
 
     def _maybe_compile(self, model: GPT) -> torch.nn.Module:
         """torch.compile, checked by one warm-up step (compilation is lazy); eager if it fails."""
@@ -494,7 +546,7 @@ class Run:
         return d
 
     def _command_line(self) -> list[str]:
-        args = [a for a in self.argv if a.split("=", 1)[0].strip() != "resume"]
+        args = [a for a in self.argv if a.split("=", 1)[0].strip().lstrip("-") not in ("resume", "init_from")]
         if self.ddp:
             nproc = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
             nnodes = self.world_size // max(nproc, 1)
@@ -524,7 +576,7 @@ class Run:
             "device_type": self.device.type, "dtype": self.dtype,
             "package": {"name": "sweepctl", "version": package_version(), "git": git_info()},
             "sweep": self.context.get("sweep"), "attempt": self.context.get("attempt"),
-            "resume": cfg.resume, "resumed_from_iter": self.resumed_from,
+            "resume": cfg.wants_resume, "resumed_from_iter": self.resumed_from,
             "wandb": {"enabled": cfg.wandb_log, "project": cfg.wandb_project, "group": cfg.wandb_group,
                       "run_name": cfg.wandb_run_name or out.name, "id": wandb_run_id(out.name)},
             "ts": time.time(),
@@ -533,7 +585,9 @@ class Run:
         write_json(out / "config_effective.json", self.effective_config())
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
-        row = scrub({**row, "ts": time.time()}, secret_values())
+        """One metrics.jsonl record; every record carries `tokens`, the training tokens seen at its
+        iteration, so runs that split a step's tokens differently line up."""
+        row = scrub({**row, "tokens": row["iter"] * self.tokens_per_iter, "ts": time.time()}, secret_values())
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")  # one write per line: a reader sees whole lines
 
@@ -560,6 +614,7 @@ class Run:
         tmp = path.with_name(f".ckpt.pt.tmp-{os.getpid()}")
         torch.save(ckpt, tmp)
         os.replace(tmp, path)
+        self.ckpt_iter = self.iter_num
 
     def _load_checkpoint(self, path: Path) -> None:
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
@@ -569,14 +624,16 @@ class Run:
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
             raise UsageError(f"{path} was written with different settings ({diffs}); resuming would not "
-                             "continue the same run. Use the same settings, or start a new run without resume=True")
+                             "continue the same run. Resume with the same settings, or start the run clean: "
+                             f"sweepctl rerun --force {self.out_dir.name} (or the trainer without resume=True)")
         if ckpt.get("world_size", 1) != self.world_size:
             raise UsageError(f"{path} was written by {ckpt.get('world_size')} process(es), this run has "
-                             f"{self.world_size}: the data streams would differ. Resume with the same world size")
+                             f"{self.world_size}: the data streams would differ. Resume with the same world size, "
+                             f"or start the run clean: sweepctl rerun --force {self.out_dir.name}")
         self.raw_model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.iter_num = self.start_iter = self.resumed_from = int(ckpt["iter_num"])
+        self.iter_num = self.start_iter = self.resumed_from = self.ckpt_iter = int(ckpt["iter_num"])
         self.best_val, self.last_eval = ckpt.get("best_val_loss"), ckpt.get("last_eval")
         self.last_eval_iter = ckpt.get("last_eval_iter")
         rng = ckpt["rng"][self.rank]
@@ -590,9 +647,8 @@ class Run:
 
     # ----------------------------------------------------------------- the loop
 
-    def _batch(self, windows: TokenWindows, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch drawn here and now (the occasional one-off; the loops use BatchPrefetcher)."""
-        x, y = windows.sample(rng, self.cfg.batch_size)
+    def _to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of windows as tensors on the device (the training loop uses BatchPrefetcher)."""
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
@@ -600,24 +656,25 @@ class Run:
 
     @torch.no_grad()
     def _evaluate(self) -> dict[str, float]:
-        """Mean loss over eval_iters batches per split; the same batches at every eval (fresh RNGs)."""
+        """Mean loss per token over each split's fixed eval set. Each rank scores its slice in
+        micro-batches of batch_size; the summed losses and token counts are all-reduced, so the
+        result is the same for any batch x accumulation x world-size split (up to float rounding)."""
         cfg = self.cfg
         self.eval_model.eval()
         out = {}
-        eval_train_rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, self.rank, 2])))
-        for split, windows, rng in (("train", self.train_windows, eval_train_rng),
-                                    ("val", self.val_windows, val_rng(cfg.seed, self.rank))):
-            total = torch.zeros((), device=self.device)
-            with BatchPrefetcher(windows, rng, cfg.batch_size, self.device) as batches:
-                for _ in range(cfg.eval_iters):
-                    x, y = batches.next()
-                    with self.autocast:
-                        _, loss = self.eval_model(x, y)
-                    total += loss.float()
-            if self.ddp:
+        mine = rank_slice(cfg.eval_windows, self.rank, self.world_size)
+        for split, windows in self.eval_sets.items():
+            sums = []
+            for first in range(mine.start, mine.stop, cfg.batch_size):
+                x, y = self._to_device(*windows.batch(first, min(cfg.batch_size, mine.stop - first)))
+                with self.autocast:
+                    _, loss = self.eval_model(x, y)
+                sums.append(loss.float() * y.numel())  # the model's loss is the mean over the batch's tokens
+            total = torch.stack(sums).to("cpu", torch.float64).sum() if sums else torch.zeros((), dtype=torch.float64)
+            if self.ddp:  # gloo reduces CPU tensors; NCCL needs them on the GPU
+                total = total.to(self.device) if self.device.type == "cuda" else total
                 dist.all_reduce(total)
-                total /= self.world_size
-            out[split] = total.item() / cfg.eval_iters
+            out[split] = total.item() / (cfg.eval_windows * cfg.block_size)
         self.eval_model.train()
         return out
 
@@ -641,6 +698,9 @@ class Run:
         loss_sum = torch.zeros((), device=self.device)
         # from here the worker thread owns self.train_rng; checkpoints read the prefetcher's state
         self.train_batches = BatchPrefetcher(self.train_windows, self.train_rng, cfg.batch_size, self.device)
+        if cfg.eval_only:  # nanoGPT's: one eval (of the checkpoint when resuming), nothing saved
+            self._eval_and_checkpoint(self.iter_num, save=False)
+            return
         while True:
             it = self.iter_num
             if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.resumed_from:
@@ -649,7 +709,9 @@ class Run:
                 break
             sig = self._should_stop()
             if sig is not None:
-                if torch.isfinite(loss_sum):  # never replace a good checkpoint with a diverged state
+                # never replace a good checkpoint with a diverged state, nor the best one with a later
+                # state when only improvements are saved
+                if torch.isfinite(loss_sum) and cfg.always_save_checkpoint:
                     self._save_checkpoint()
                 raise Interrupted(sig)
             lr = lr_at(it, cfg)
@@ -685,7 +747,7 @@ class Run:
                 t_log, it_log = now, self.iter_num
                 if not math.isfinite(loss_v):
                     raise NonFiniteLoss(f"loss is {loss_v} at iter {self.iter_num} (lr {lr:.3g}); stopping. "
-                                        f"The last good checkpoint is at iter {self.last_eval_iter}")
+                                        f"The last good checkpoint is at iter {self.ckpt_iter}")
 
     def _log_progress(self, lr: float, loss: float, grad_norm: torch.Tensor | None, dt: float, iters: int) -> None:
         cfg = self.cfg
@@ -704,15 +766,17 @@ class Run:
                 self.wandb.log({"train/loss": loss, "train/lr": lr, "perf/tok_per_s": tok_s, "perf/ms_per_iter": ms,
                                 "train/grad_norm": gn, "perf/mem_mb": mem}, step=self.iter_num)
 
-    def _eval_and_checkpoint(self, it: int) -> None:
+    def _eval_and_checkpoint(self, it: int, save: bool = True) -> None:
+        """Evaluate, log, and checkpoint (with always_save_checkpoint=False only when val improved)."""
         if self.heartbeat:
             self.heartbeat.phase = "eval"
         losses = self._evaluate()
         if not all(math.isfinite(v) for v in losses.values()):  # before the checkpoint: keep the last good one
             raise NonFiniteLoss(f"eval loss is not finite at iter {it} ({losses}); stopping. "
-                                f"The last good checkpoint is at iter {self.last_eval_iter}")
+                                f"The last good checkpoint is at iter {self.ckpt_iter}")
         self.last_eval, self.last_eval_iter = losses, it
-        if math.isfinite(losses["val"]) and (self.best_val is None or losses["val"] < self.best_val):
+        improved = self.best_val is None or losses["val"] < self.best_val
+        if improved:
             self.best_val = losses["val"]
         self.log(f"eval iter {it}: train {losses['train']:.4f} | val {losses['val']:.4f} | "
                  f"best val {self.best_val if self.best_val is not None else float('nan'):.4f}")
@@ -723,9 +787,10 @@ class Run:
             if diag is not None:
                 self._append_metrics({"event": "diag", "iter": it, **diag})
             self._log_wandb_eval(it, losses, diag)
-        if self.heartbeat:
-            self.heartbeat.phase = "checkpoint"
-        self._save_checkpoint()
+        if save and (improved or self.cfg.always_save_checkpoint):
+            if self.heartbeat:
+                self.heartbeat.phase = "checkpoint"
+            self._save_checkpoint()
         if self.heartbeat:
             self.heartbeat.phase = "training"
 
@@ -741,7 +806,7 @@ class Run:
         row: dict[str, Any] = {"val/loss": losses["val"], "train/loss_eval": losses["train"],
                                "tokens/seen": it * self.tokens_per_iter}
         if cfg.wandb_log_layer_stats or cfg.wandb_log_layer_cosine:
-            x, _ = self._batch(self.val_windows, val_rng(cfg.seed, self.rank))
+            x, _ = self._to_device(*self.eval_sets["val"].batch(0, min(cfg.batch_size, cfg.eval_windows)))
             self.raw_model.eval()
             stats = self.raw_model.layer_stats(x)
             self.raw_model.train()
