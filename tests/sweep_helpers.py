@@ -22,8 +22,8 @@ import pytest
 FAKE_BIN = Path(__file__).parent / "fake_bin"
 # A model small enough that a 20-step CPU run takes about a second after imports.
 TINY = ("device='cpu' dtype='float32' n_layer=1 n_embd=32 n_head=2 block_size=32 batch_size=4 "
-        "gradient_accumulation_steps=1 vocab_size=256 max_iters=20 eval_interval=10 eval_iters=2 log_interval=5 "
-        "warmup_iters=2 lr_decay_iters=20 min_lr=1e-5")
+        "gradient_accumulation_steps=1 vocab_size=256 max_iters=20 eval_interval=10 eval_iters=2 eval_batch_size=4 "
+        "log_interval=5 warmup_iters=2 lr_decay_iters=20 min_lr=1e-5")
 SETTINGS_ENV = ("SWEEPCTL_OUT_ROOT", "SWEEPCTL_DATA_DIR", "FINEWEB10B_LOCAL_DIR", "SWEEPCTL_HOST",
                 "SWEEPCTL_PROJECT_FILE", "SWEEPCTL_TMUX_SOCKET", "SWEEPCTL_STALE_AFTER_S")
 
