@@ -169,7 +169,7 @@ def test_run_directory_matches_the_contract(contract_run):
     cfg = json.loads((out / "config_effective.json").read_text())
     assert set(TrainConfig.model_fields) <= set(cfg)
     assert cfg["seed"] == 7 and cfg["n_layer"] == 2 and cfg["variant"] == "base" and cfg["world_size"] == 1
-    assert cfg["tokens_per_iter"] == 4 * 32 * 1
+    assert cfg["tokens_per_iter"] == 4 * 32 * 1 and (cfg["eval_windows"], cfg["eval_tokens"]) == (64, 64 * 32)
 
     manifest = json.loads((out / "dataset_manifest.json").read_text())
     assert manifest["dataset"] == "fineweb10B"

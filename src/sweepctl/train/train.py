@@ -426,8 +426,9 @@ class Run:
         self.train_windows = TokenWindows(train_paths, cfg.block_size, cfg.vocab_size)
         # Both splits are scored on fixed windows, the same for every run (docs/trainer.md, "How
         # runs are compared"); the train estimate reads from the start of the first train shard.
-        self.eval_sets = {split: EvalWindows(paths, cfg.block_size, cfg.vocab_size, cfg.eval_windows)
-                          for split, paths in (("train", train_paths), ("val", val_paths))}
+        self.eval_sets: dict[str, EvalWindows] = {
+            split: EvalWindows(paths, cfg.block_size, cfg.vocab_size, cfg.eval_windows)
+            for split, paths in (("train", train_paths), ("val", val_paths))}
         manifest = {
             "contract_version": CONTRACT_VERSION, "dataset": cfg.dataset,
             "data_dir": str(Path(cfg.data_dir).resolve()),
@@ -540,6 +541,7 @@ class Run:
             "run_id": self.out_dir.name, "variant": cfg.variant, "tokens_per_iter": self.tokens_per_iter,
             "world_size": self.world_size, "ddp": self.ddp,
             "gradient_accumulation_steps_per_rank": self.accum, "ns_schedule": [list(t) for t in cfg.ns_schedule],
+            "eval_windows": cfg.eval_windows, "eval_tokens": cfg.eval_windows * cfg.block_size,
             "device_effective": str(self.device), "dtype_effective": self.dtype,
             "num_params": self.raw_model.num_params(False) if self.raw_model is not None else None,
         })
@@ -696,11 +698,11 @@ class Run:
         if self.stop_signal is not None:  # arrived between setup and here
             raise Interrupted(self.stop_signal)
         loss_sum = torch.zeros((), device=self.device)
-        # from here the worker thread owns self.train_rng; checkpoints read the prefetcher's state
-        self.train_batches = BatchPrefetcher(self.train_windows, self.train_rng, cfg.batch_size, self.device)
         if cfg.eval_only:  # nanoGPT's: one eval (of the checkpoint when resuming), nothing saved
             self._eval_and_checkpoint(self.iter_num, save=False)
             return
+        # from here the worker thread owns self.train_rng; checkpoints read the prefetcher's state
+        self.train_batches = BatchPrefetcher(self.train_windows, self.train_rng, cfg.batch_size, self.device)
         while True:
             it = self.iter_num
             if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.resumed_from:
