@@ -110,3 +110,27 @@ def test_curve_uses_ok_runs_and_falls_back_to_unfinished_ones() -> None:
     assert report.curve(d, "a", "eval", 3, skip_first=True)["x"] == [1000]
     b = report.curve(d, "b", "eval", 3, tokens=False)
     assert (b["x"], b["mean"], b["partial"], b["x_is_tokens"]) == ([0], [5.5], True, False)
+
+
+def test_read_run_keeps_the_diag_schema_and_thins_the_layer_profiles(tmp_path: Path) -> None:
+    run = tmp_path / "mhc-s1"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"ok": True, "tokens_per_iter": 10, "iter_num": 240}))
+    rows: list[object] = [{"event": "diag", "iter": 0, "composite_gain_fwd": 1.5, "composite_gain_bwd": 1.25}]
+    for it in range(10, 250, 10):  # 24 evals with the per-layer diagnostics
+        rows.append({"event": "diag", "iter": it, "tokens": it * 10, "fwd_gain_mean": [1.0 + it / 1000, 1.0],
+                     "fwd_gain_max": [1.1 + it / 1000, 1.05], "bwd_gain_mean": [1.0, 1.0], "bwd_gain_max": [1.2, 1.0],
+                     "h_res_row_err": it / 1e6, "h_res_col_err": 1e-7, "n_layers": 2})
+    rows.append({"event": "diag", "iter": 250, "tokens": 2500, "fwd_gain_mean": [float("nan"), 1.0],
+                 "fwd_gain_max": [1.0, 1.0], "bwd_gain_mean": [1.0, 1.0], "bwd_gain_max": ["x", 1.0]})
+    _write_metrics(run / "metrics.jsonl", rows)
+    rec = report.read_run(run)
+    gain = rec["series"]["gain"]
+    assert gain[0] == [0, 0.0, 1.5, 1.25, None, None]  # a row from before the per-layer diagnostics
+    assert gain[1] == [10, 100.0, pytest.approx(1.11), 1.2, 1e-5, 1e-7]
+    assert gain[-1] == [250, 2500.0, 1.0, None, None, None]  # a non-number is not a gain
+    profiles = rec["gain_profiles"]
+    assert len(profiles) == report.MAX_PROFILES
+    assert (profiles[0]["iter"], profiles[-1]["iter"]) == (10, 240)  # row 250 has no complete bwd profile
+    assert profiles[-1] == {"iter": 240, "tokens": 2400.0, "fwd_gain_mean": [1.24, 1.0], "fwd_gain_max": [1.34, 1.05],
+                            "bwd_gain_mean": [1.0, 1.0], "bwd_gain_max": [1.2, 1.0]}

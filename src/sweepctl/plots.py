@@ -267,6 +267,8 @@ def _gain_layers_plot(env: tuple, data: dict[str, Any], path: Path, sweep: str) 
     """Like the mHC paper's figure: x = sub-layer l, y = gain of the composite map from l to the
     last sub-layer (worst token), one line per group, log y; at each run's last eval at or before
     the report's common token count, averaged over ok seeds."""
+    from matplotlib.ticker import MaxNLocator
+
     every = [g["label"] for g in data["groups"]]
     profiles: dict[str, list[dict[str, Any]]] = {}
     for r in data["runs"]:
@@ -277,21 +279,26 @@ def _gain_layers_plot(env: tuple, data: dict[str, Any], path: Path, sweep: str) 
         return False
     colors = env[3]
     fig, axes, _ = _figure(env, nrows=2)
-    for ax, key, which in ((axes[0], "fwd_gain_max", "forward gain\n(max |row sum|)"),
-                           (axes[1], "bwd_gain_max", "backward gain\n(max |column sum|)")):
+    for ax, key, which in ((axes[0], "fwd_gain", "forward gain\n(max |row sum|)"),
+                           (axes[1], "bwd_gain", "backward gain\n(max |column sum|)")):
         for label in (lab for lab in every if lab in profiles):
-            rows = [p[key] for p in profiles[label] if p[key]]
-            depth = min(len(row) for row in rows)
-            mean = [sum(row[i] for row in rows) / len(rows) for i in range(depth)]
-            ax.plot(range(depth), mean, color=colors[label], marker=_marker(every, label), markersize=4,
-                    label=f"{label} (n={len(rows)})")
+            for stat, style, name in (("max", "-", f"{label} (n={len(profiles[label])})"), ("mean", "--", None)):
+                rows = [p[f"{key}_{stat}"] for p in profiles[label] if p[f"{key}_{stat}"]]
+                if not rows:
+                    continue
+                depth = min(len(row) for row in rows)
+                mean = [sum(row[i] for row in rows) / len(rows) for i in range(depth)]
+                ax.plot(range(depth), mean, style, color=colors[label], marker=_marker(every, label) if stat == "max"
+                        else None, markersize=4, linewidth=1.5 if stat == "max" else 1, label=name)
         ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
         ax.set_yscale("log")  # HC's gain grows geometrically with depth; mHC's stays near 1
         ax.set_ylabel(which, fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
     axes[1].set_xlabel("sub-layer l (the composite map runs from l through the last sub-layer; 0 = full depth)")
     _title(axes[0], (f"Composite gain ∏ H_res from each sub-layer to the last{sweep}",
-                     "worst token at the last eval at the common token count, mean over ok seeds, log scale"))
+                     "solid: worst token, dashed: token mean; last eval at the compared token count, mean over ok "
+                     "seeds"))
     _legend(fig, axes[0])
     _save(fig, path)
     return True

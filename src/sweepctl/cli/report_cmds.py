@@ -168,7 +168,7 @@ def render_table(data: dict[str, Any], comparison: dict[str, Any] | None) -> Non
         for i, row in enumerate(comparison["rows"], 1):
             ct.add_row(*compare_cells(i, row))
         _print_wide(ct)
-        console.print(f"rule: {comparison['rule']}", style="dim", markup=False, highlight=False)
+        console.print(f"rule: {comparison['rule']}.", style="dim", markup=False, highlight=False)
     _print_failures(data)
     for w in (comparison or {}).get("warnings", []) + data["warnings"]:
         err_console.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
