@@ -77,7 +77,7 @@ def test_compare_pairs_by_seed_and_says_when_seeds_are_too_few() -> None:
               _record("c-s1", "failed", None), _record("d-s1", "ok", 2.95), _record("d-s2", "ok", 3.05, seed=2))
     cmp = report.compare(d, "a")
     rows = {r["label"]: r for r in cmp["rows"]}
-    assert [r["label"] for r in cmp["rows"]] == ["b", "d", "c"]  # best first, no result last
+    assert [r["label"] for r in cmp["rows"]] == ["d", "b", "c"]  # tested first, then too few seeds, then no result
     assert (rows["b"]["diff"], rows["b"]["test"], rows["b"]["verdict"]) == (
         pytest.approx(-1.1), None, "no clear difference (n=1 seed)")
     assert (rows["c"]["diff"], rows["c"]["verdict"]) == (None, "no result")

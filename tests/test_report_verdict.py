@@ -141,17 +141,17 @@ def test_verdict_table_pairs_by_seed_and_falls_back_to_welch(seeds: Path, capsys
     r = run_cli(capsys, "report", "--out-root", str(seeds), "--baseline", "base")
     assert r.code == 0, r.err
     table = r.out[r.out.index("against baseline"):r.out.index("rule:")]
-    # good: diffs -0.10, -0.09, -0.11 -> mean -0.10, SE 0.01/√3, t = -17.32 on 2 df, p = 1 - t/√(2+t²)
+    # ranked by Δ, groups too small for a t-test last. good: diffs -0.10, -0.09, -0.11 -> mean -0.10, SE 0.01/√3, t = -17.32 on 2 df, p = 1 - t/√(2+t²)
     # = 0.0033, CI -0.10 ± 4.303·SE. other: Welch 3.55 - 3.10 on 2.88 df.
     assert "\n".join(line.rstrip() for line in table.splitlines()) == """\
 against baseline base (n=3); lower is better
 ┏━━━━━━┳━━━━━━━━┳━━━━━━━━┳━━━━━━━━┳━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━┳━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┓
 ┃ rank ┃ group  ┃ seeds  ┃ test   ┃ Δ val loss ┃ 95% CI             ┃ p     ┃ verdict                         ┃
 ┡━━━━━━╇━━━━━━━━╇━━━━━━━━╇━━━━━━━━╇━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━╇━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┩
-│ 1    │ single │ 1 vs 3 │ —      │ -0.6000    │ —                  │ —     │ no clear difference (n=1 seed)  │
-│ 2    │ good   │ 3      │ paired │ -0.1000    │ [-0.1248, -0.0752] │ 0.003 │ better                          │
-│ 3    │ noisy  │ 3      │ paired │ +0.0100    │ [-0.1038, +0.1238] │ 0.742 │ no clear difference (n=3 seeds) │
-│ 4    │ other  │ 2 vs 3 │ Welch  │ +0.4500    │ [+0.2012, +0.6988] │ 0.011 │ worse                           │
+│ 1    │ good   │ 3      │ paired │ -0.1000    │ [-0.1248, -0.0752] │ 0.003 │ better                          │
+│ 2    │ noisy  │ 3      │ paired │ +0.0100    │ [-0.1038, +0.1238] │ 0.742 │ no clear difference (n=3 seeds) │
+│ 3    │ other  │ 2 vs 3 │ Welch  │ +0.4500    │ [+0.2012, +0.6988] │ 0.011 │ worse                           │
+│ 4    │ single │ 1 vs 3 │ —      │ -0.6000    │ —                  │ —     │ no clear difference (n=1 seed)  │
 └──────┴────────┴────────┴────────┴────────────┴────────────────────┴───────┴─────────────────────────────────┘"""
     assert r.err == (
         "warning: other vs base: only 2 seeds: the 95% CI spans ±3.3 standard errors; give both groups 3 or more "

@@ -574,7 +574,8 @@ def verdict(group: dict[Any, float], base: dict[Any, float]) -> dict[str, Any]:
 
 def compare(data: dict[str, Any], baseline: str) -> dict[str, Any]:
     """Every other group against `baseline` on val loss at the common token count (lower is
-    better), ranked by the difference, best first; groups without an ok run come last."""
+    better), ranked by the difference, best first; groups too small for a t-test after those,
+    groups without an ok run last."""
     base = group_by_label(data, baseline)
     base_values = _seed_values(data, baseline)
     if not base_values:
@@ -591,7 +592,8 @@ def compare(data: dict[str, Any], baseline: str) -> dict[str, Any]:
                     if row["test"] else f"{row['n']} seed on one side: no t-test is possible")
             warnings.append(f"{g['label']} vs {baseline}: {what}; give both groups {MIN_SEEDS} or more seeds "
                             "(rows with other seeds in the sweep CSV) for a verdict")
-    rows.sort(key=lambda r: (r["diff"] is None, r["diff"] or 0.0, r["label"]))
+    # tested groups first: a one-seed difference at the top would read as the winner
+    rows.sort(key=lambda r: (r["diff"] is None, r["test"] is None, r["diff"] or 0.0, r["label"]))
     return {"baseline": baseline, "baseline_n": base["final_val"]["n"], "metric": "val loss", "at": data["at"],
             "rule": VERDICT_RULE, "rows": rows, "warnings": warnings}
 
