@@ -174,19 +174,22 @@ def test_group_by_config_and_by_regex(sweep_root: Path) -> None:
         report.collect(sweep_root, group_by="(unclosed")
 
 
-def test_comparison_against_the_baseline(data: dict[str, Any]) -> None:
+def test_comparison_against_the_baseline_is_paired_by_seed(sweep_root: Path, data: dict[str, Any]) -> None:
+    # every run trained 30 iters of 4 x 32 tokens: the common point is their last eval, 3840 tokens
+    assert data["at"] == {"x": 3840, "unit": "tokens", "limited_by": "tiny-base-s1", "interpolated": []}
     cmp = report.compare(data, "tiny-base")
-    groups = _groups(data)
-    b = groups["tiny-base"]["final_val"]
-    assert [r["label"] for r in cmp["rows"]] == sorted(
-        ["tiny-hc", "tiny-mhc"], key=lambda label: groups[label]["final_val"]["mean"])
+    base = {s: _summary(sweep_root, f"tiny-base-s{s}")["last_eval"]["val"] for s in (1, 2)}
     for row in cmp["rows"]:
-        g = groups[row["label"]]["final_val"]
-        se = math.sqrt(g["std"] ** 2 / 2 + b["std"] ** 2 / 2)
-        assert row["final"]["delta"] == pytest.approx(g["mean"] - b["mean"])
-        assert row["final"]["se"] == pytest.approx(se)
-        assert row["final"]["beyond_noise"] is (abs(g["mean"] - b["mean"]) > 2 * se)
-    assert "2·SE" in cmp["rule"]
+        diffs = [_summary(sweep_root, f"{row['label']}-s{s}")["last_eval"]["val"] - base[s] for s in (1, 2)]
+        mean, se = statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(2)
+        assert (row["test"], row["seeds"], row["n"]) == ("paired", [1, 2], 2)
+        assert row["diff"] == pytest.approx(mean, rel=1e-9) and row["se"] == pytest.approx(se, rel=1e-9)
+        # 1 degree of freedom: the t distribution is Cauchy, t_{0.975,1} = 12.706
+        assert row["p"] == pytest.approx(1 - 2 / math.pi * math.atan(abs(mean) / se), rel=1e-9)
+        assert row["ci_high"] - row["ci_low"] == pytest.approx(2 * 12.7062047 * se, rel=1e-6)
+    assert [r["label"] for r in cmp["rows"]] == sorted(["tiny-hc", "tiny-mhc"],
+                                                       key=lambda label: next(r["diff"] for r in cmp["rows"]
+                                                                              if r["label"] == label))
     with pytest.raises(SweepctlError, match="no group named 'nope'"):
         report.compare(data, "nope")
 
@@ -194,18 +197,21 @@ def test_comparison_against_the_baseline(data: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- mHC diagnostics
 
 
-def test_mhc_composite_gain_stays_near_one_and_hc_logs_it(sweep_root: Path) -> None:
-    for rid in ("tiny-mhc-s1", "tiny-mhc-s2"):
-        rows = _metric_rows(sweep_root, rid, "diag")
-        assert [r["iter"] for r in rows] == EVAL_ITERS  # one diagnostics row per eval
-        for r in rows:
-            assert 0.5 <= r["composite_gain_fwd"] <= 2.0 and 0.5 <= r["composite_gain_bwd"] <= 2.0
-            assert r["h_res_layers"] == 2 and min(r["h_res_min_entry"]) >= 0.0
-    for rid in ("tiny-hc-s1", "tiny-hc-s2"):
-        rows = _metric_rows(sweep_root, rid, "diag")
-        assert [r["iter"] for r in rows] == EVAL_ITERS
-        assert all(math.isfinite(r["composite_gain_fwd"]) and math.isfinite(r["composite_gain_bwd"]) for r in rows)
-    assert _metric_rows(sweep_root, "tiny-base-s1", "diag") == []  # nothing to mix in a plain residual
+def test_mhc_composite_gain_stays_near_one_and_hc_logs_it(data: dict[str, Any]) -> None:
+    """What the report reads of the trainer's diag rows (either schema: the per-layer gains of the
+    mHC paper, or the older full-depth composite gain): one row per eval, finite gains."""
+    by_id = {r["run_id"]: r for r in data["runs"]}
+    for rid in ("tiny-mhc-s1", "tiny-mhc-s2", "tiny-hc-s1", "tiny-hc-s2"):
+        gain = by_id[rid]["series"]["gain"]
+        assert [row[0] for row in gain] == EVAL_ITERS, rid  # one diagnostics row per eval
+        assert [row[1] for row in gain] == [i * 4 * 32 for i in EVAL_ITERS], rid  # tokens seen
+        assert all(math.isfinite(row[2]) and math.isfinite(row[3]) for row in gain), rid
+        if "mhc" in rid:  # doubly stochastic mixing barely amplifies
+            assert all(0.5 <= row[2] <= 2.0 and 0.5 <= row[3] <= 2.0 for row in gain), rid
+    assert by_id["tiny-base-s1"]["series"]["gain"] == []  # nothing to mix in a plain residual
+    groups = _groups(data)
+    assert groups["tiny-base"]["diag"] is None
+    assert groups["tiny-mhc"]["diag"]["fwd_gain"]["n"] == 2 and groups["tiny-mhc"]["diag"]["iters"] == [30]
 
 
 # --------------------------------------------------------------------------- CLI, plots, report.md
@@ -233,15 +239,24 @@ def _color_pixels(img: np.ndarray, color: tuple[float, ...]) -> int:
     return int((np.abs(img[..., :3] - np.asarray(color[:3])).max(-1) < 0.02).sum())
 
 
-def test_plots_are_images_of_the_expected_size_with_each_groups_data(md_report: tuple[Path, str]) -> None:
+def _per_layer_diag(root: Path) -> bool:
+    """Whether the trainer logs the mHC paper's per-layer gains (else only the full-depth gain)."""
+    return "fwd_gain_max" in _metric_rows(root, "tiny-mhc-s1", "diag")[0]
+
+
+def test_plots_are_images_of_the_expected_size_with_each_groups_data(sweep_root: Path,
+                                                                     md_report: tuple[Path, str]) -> None:
     import matplotlib
     import matplotlib.image
 
     folder, _ = md_report
     tab10 = matplotlib.colormaps["tab10"]
     colors = {"tiny-base": tab10(0), "tiny-hc": tab10(1), "tiny-mhc": tab10(2)}  # group order
-    expected = {"val_loss.png": colors, "train_loss.png": colors, "tok_per_s.png": colors,
-                "gain.png": {k: v for k, v in colors.items() if k != "tiny-base"}}
+    mixing = {k: v for k, v in colors.items() if k != "tiny-base"}
+    expected = {"val_loss.png": colors, "val_delta.png": mixing, "train_loss.png": colors, "tok_per_s.png": colors,
+                "gain.png": mixing}
+    if _per_layer_diag(sweep_root):
+        expected["gain_layers.png"] = mixing
     assert sorted(p.name for p in folder.glob("*.png")) == sorted(expected)
     for name, groups in expected.items():
         path = folder / name
@@ -262,10 +277,11 @@ def test_plots_are_images_of_the_expected_size_with_each_groups_data(md_report: 
             assert _color_pixels(img, colors["tiny-base"]) < 20, "a plain run has no gain to plot"
 
 
-def test_report_md_embeds_the_plots_with_links_that_resolve(md_report: tuple[Path, str]) -> None:
+def test_report_md_embeds_the_plots_with_links_that_resolve(sweep_root: Path, md_report: tuple[Path, str]) -> None:
     folder, text = md_report
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert sorted(links) == ["gain.png", "tok_per_s.png", "train_loss.png", "val_loss.png"]
+    assert sorted(links) == sorted(["gain.png", "tok_per_s.png", "train_loss.png", "val_delta.png", "val_loss.png"]
+                                   + (["gain_layers.png"] if _per_layer_diag(sweep_root) else []))
     for link in links:
         assert (folder / link).is_file()
     assert re.search(r"^\| tiny-base \| base \| 2 \| 1 \| 0 \| \d\.\d{4} ± \d\.\d{4} \|", text, re.M)
@@ -281,7 +297,8 @@ def test_table_csv_and_json_formats(sweep_root: Path, data: dict[str, Any], caps
     base = _groups(data)["tiny-base"]["final_val"]
     assert re.search(rf"│ tiny-base\s+│ base\s+│\s+2 │\s+1 │\s+0 │ {base['mean']:.4f} ± {base['std']:.4f}", table.out)
     assert f"failed {FAILED}: exception" in table.out
-    assert "beyond seed noise when |Δ| > 2·SE" in table.out
+    assert "Val losses are at 3.84k tokens: the last eval every ok run reached (limited by tiny-base-s1)." in table.out
+    assert "rule: Δ = group − baseline val loss at the common token count" in table.out
 
     out = run_cli(capsys, *args, "--format", "csv")
     assert out.code == 0, out.err
@@ -290,7 +307,8 @@ def test_table_csv_and_json_formats(sweep_root: Path, data: dict[str, Any], caps
     assert float(rows["tiny-base"]["final_val_mean"]) == base["mean"]
     assert (rows["tiny-base"]["ok"], rows["tiny-base"]["failed"], rows["tiny-base"]["error_classes"]) == (
         "2", "1", "exception=1")
-    assert rows["tiny-base"]["delta_final_val"] == ""  # the baseline itself
+    assert rows["tiny-base"]["vs_baseline_diff"] == ""  # the baseline itself
+    assert rows["tiny-hc"]["vs_baseline_test"] == "paired"
 
     out = run_cli(capsys, *args, "--format", "json")
     assert out.code == 0, out.err
@@ -300,7 +318,8 @@ def test_table_csv_and_json_formats(sweep_root: Path, data: dict[str, Any], caps
     assert parsed["comparison"]["baseline"] == "tiny-base"
 
 
-def test_json_from_a_pod_renders_the_same_report_on_a_laptop(data: dict[str, Any], tmp_path: Path) -> None:
+def test_json_from_a_pod_renders_the_same_report_on_a_laptop(sweep_root: Path, data: dict[str, Any],
+                                                             tmp_path: Path) -> None:
     """The --host path: collect on the pod, JSON over SSH, render here without the run directories."""
     from sweepctl.cli.report_cmds import render_markdown
     from sweepctl.plots import write_plots
@@ -308,7 +327,9 @@ def test_json_from_a_pod_renders_the_same_report_on_a_laptop(data: dict[str, Any
     shipped = json.loads(json.dumps(data))
     assert render_markdown(shipped, report.compare(shipped, "tiny-base"), {}) == render_markdown(
         data, report.compare(data, "tiny-base"), {})
-    assert sorted(write_plots(shipped, tmp_path)) == ["gain.png", "tok_per_s.png", "train_loss.png", "val_loss.png"]
+    assert sorted(write_plots(shipped, tmp_path)) == sorted(
+        ["gain.png", "tok_per_s.png", "train_loss.png", "val_loss.png"]
+        + (["gain_layers.png"] if _per_layer_diag(sweep_root) else []))
 
 
 def test_cli_errors_are_one_line_with_a_hint(sweep_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -1,6 +1,6 @@
 """PNG plots of a sweep report, drawn from `report.collect`'s JSON (never from run directories).
 
-    paths = write_plots(report.collect(out_root), Path("report/"))
+    paths = write_plots(report.collect(out_root), Path("report/"), baseline="fineweb10B-base-6l")
 
 matplotlib is imported inside `write_plots`, and only its object API is used (Figure + the Agg
 canvas): no pyplot global state, no display needed, and `sweepctl --help` does not pay for it.
@@ -26,24 +26,42 @@ BAND_ALPHA = 0.2
 # file name -> (what it shows) for the markdown report; order is the order shown
 PLOTS = {
     "val_loss.png": "Validation loss vs tokens",
+    "val_delta.png": "Validation loss minus the baseline's vs tokens",
     "train_loss.png": "Training loss vs tokens",
     "tok_per_s.png": "Throughput per group",
-    "gain.png": "Composite residual gain (HC/mHC)",
+    "gain.png": "Full-depth composite gain of the residual mixing vs tokens (HC/mHC)",
+    "gain_layers.png": "Composite gain from each layer to the last (HC/mHC)",
 }
+
+
+class PlottingUnavailable(SweepctlError):
+    """matplotlib cannot be imported: `report` prints its tables anyway and says how to install it."""
 
 
 def _matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise SweepctlError("--plots needs matplotlib, which is not installed",
-                            hint="pip install 'sweepctl[plots]' (or pip install matplotlib)") from None
+        raise PlottingUnavailable("--plots needs matplotlib, which is not installed", hint=install_hint()) from None
     matplotlib.use("Agg", force=False)  # harmless when pyplot is never imported; headless if it is
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter
 
     return Figure, FigureCanvasAgg, EngFormatter
+
+
+def install_hint() -> str:
+    """How to add matplotlib to the Python running sweepctl, as a command that works pasted: an
+    editable install of this source checkout when sweepctl runs from one, else the extra."""
+    import shlex
+    import sys
+
+    python = shlex.quote(sys.executable)
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and Path(__file__).resolve().parent.parent.name == "src":
+        return f"{python} -m pip install -e {shlex.quote(str(checkout) + '[plots]')}"
+    return f"{python} -m pip install 'sweepctl[plots]'"
 
 
 # Marker shapes cycle with the groups, so two curves that coincide are still told apart.
@@ -62,9 +80,10 @@ def _colors(labels: list[str]) -> dict[str, Any]:
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
 
 
-def write_plots(data: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def write_plots(data: dict[str, Any], out_dir: Path, baseline: str | None = None) -> dict[str, Path]:
     """Write every plot the data supports into out_dir; returns {file name: path} of those written
-    (gain.png only when some group logged diagnostics; nothing for a report without results)."""
+    (val_delta.png only with a baseline, the gain plots only when some group logged diagnostics;
+    nothing for a report without results)."""
     Figure, Canvas, EngFormatter = _matplotlib()
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = [g["label"] for g in data["groups"]]
@@ -73,15 +92,18 @@ def write_plots(data: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     written: dict[str, Path] = {}
     sweep = f" — sweep {data['sweep']}" if data.get("sweep") else ""  # in every title
     plans = [
-        ("val_loss.png", lambda p: _loss_plot(env, data, labels, "eval", 2, p,
-                                              (f"Validation loss{sweep}", "mean over ok seeds, band = min–max"),
+        ("val_loss.png", lambda p: _loss_plot(env, data, labels, "eval", 3, p,
+                                              (f"Validation loss{sweep}",
+                                               "mean over ok seeds, band = ± std; from the first eval after step 0"),
                                               "validation loss (nats/token)")),
-        ("train_loss.png", lambda p: _loss_plot(env, data, labels, "train", 1, p,
+        ("val_delta.png", lambda p: baseline is not None and _delta_plot(env, data, labels, baseline, p, sweep)),
+        ("train_loss.png", lambda p: _loss_plot(env, data, labels, "train", 2, p,
                                                 (f"Training loss{sweep}",
-                                                 "mean over ok seeds, band = min–max; each point averages its log rows"),
+                                                 "mean over ok seeds, band = ± std; each point averages its log rows"),
                                                 "training loss (nats/token)")),
         ("tok_per_s.png", lambda p: _throughput_plot(env, data, p, sweep)),
         ("gain.png", lambda p: _gain_plot(env, data, p, sweep)),
+        ("gain_layers.png", lambda p: _gain_layers_plot(env, data, p, sweep)),
     ]
     for name, draw in plans:
         path = out_dir / name
@@ -122,17 +144,26 @@ def _legend(fig: Any, ax: Any) -> None:
         fig.legend(handles, names, loc="outside right upper", fontsize="small", title="group")
 
 
-def _curves(data: dict[str, Any], labels: list[str], series: str, column: int) -> list[dict[str, Any]]:
-    curves = [report.curve(data, label, series, column) for label in labels]
+def _curves(data: dict[str, Any], labels: list[str], series: str, column: int,
+            skip_first: bool = False) -> list[dict[str, Any]]:
+    curves = [report.curve(data, label, series, column, skip_first=skip_first) for label in labels]
     if not all(c["x_is_tokens"] for c in curves if c["x"]):
         # one x unit per figure: fall back to iterations when any group's tokens per iter is unknown
-        curves = [report.curve(data, label, series, column, tokens=False) for label in labels]
+        curves = [report.curve(data, label, series, column, tokens=False, skip_first=skip_first) for label in labels]
     return [c for c in curves if c["x"]]
+
+
+def _band(ax: Any, c: dict[str, Any], color: Any) -> None:
+    if any(c["std"]):
+        ax.fill_between(c["x"], [m - s for m, s in zip(c["mean"], c["std"], strict=True)],
+                        [m + s for m, s in zip(c["mean"], c["std"], strict=True)],
+                        color=color, alpha=BAND_ALPHA, linewidth=0)
 
 
 def _loss_plot(env: tuple, data: dict[str, Any], labels: list[str], series: str, column: int, path: Path,
                title: tuple[str, str], ylabel: str) -> bool:
-    curves = _curves(data, labels, series, column)
+    # step 0's loss (about ln vocab) would stretch the axis far beyond the differences between groups
+    curves = _curves(data, labels, series, column, skip_first=True)
     if not curves:
         return False
     fig, (ax,), eng = _figure(env)
@@ -142,10 +173,9 @@ def _loss_plot(env: tuple, data: dict[str, Any], labels: list[str], series: str,
         style = "--" if c["partial"] else "-"
         marker = _marker(labels, c["label"]) if len(c["x"]) <= 30 else None  # sparse evals: show where they were
         ax.plot(c["x"], c["mean"], style, color=colors[c["label"]], marker=marker, markersize=4, label=name)
-        if c["runs"] > 1:
-            ax.fill_between(c["x"], c["min"], c["max"], color=colors[c["label"]], alpha=BAND_ALPHA, linewidth=0)
-    lows = [v for c in curves for v in c["min"] if v > 0]
-    highs = [v for c in curves for v in c["max"]]
+        _band(ax, c, colors[c["label"]])
+    lows = [m - s for c in curves for m, s in zip(c["mean"], c["std"], strict=True) if m - s > 0]
+    highs = [m + s for c in curves for m, s in zip(c["mean"], c["std"], strict=True)]
     if lows and max(highs) / min(lows) >= LOG_SCALE_RATIO:
         ax.set_yscale("log")
     _x_axis(ax, eng, curves[0]["x_is_tokens"])
@@ -181,30 +211,97 @@ def _throughput_plot(env: tuple, data: dict[str, Any], path: Path, sweep: str) -
 def _gain_plot(env: tuple, data: dict[str, Any], path: Path, sweep: str) -> bool:
     every = [g["label"] for g in data["groups"]]  # markers follow the group's place in every plot
     labels = [g["label"] for g in data["groups"] if g["has_gain"]]
-    fwd, bwd = _curves(data, labels, "gain", 1), _curves(data, labels, "gain", 2)
+    fwd, bwd = _curves(data, labels, "gain", 2), _curves(data, labels, "gain", 3)
     if not fwd:
         return False
     colors = env[3]
     fig, axes, eng = _figure(env, nrows=2)
     for ax, curves, which in ((axes[0], fwd, "forward gain\n(max |row sum|)"),
                               (axes[1], bwd, "backward gain\n(max |column sum|)")):
+        values = [v for c in curves for v in c["min"] + c["max"]]
         for c in curves:
             ax.plot(c["x"], c["mean"], color=colors[c["label"]], marker=_marker(every, c["label"]), markersize=4,
                     label=f"{c['label']} (n={c['runs']})")
-            if c["runs"] > 1:
-                ax.fill_between(c["x"], c["min"], c["max"], color=colors[c["label"]], alpha=BAND_ALPHA, linewidth=0)
+            _band(ax, c, colors[c["label"]])
         ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)  # doubly stochastic maps keep exactly 1
-        values = [v for c in curves for v in c["min"] + c["max"]]
         if values and min(values) > 0 and max(values) / min(values) >= LOG_SCALE_RATIO:
             ax.set_yscale("log")  # an HC gain that grows geometrically with depth; 1 stays readable
         ax.set_ylabel(which, fontsize="small")
         ax.grid(True, alpha=0.3)
     _x_axis(axes[1], eng, fwd[0]["x_is_tokens"])
     _title(axes[0], (f"Composite gain of the residual mixing ∏ H_res over all sub-layers{sweep}",
-                     "1 = no amplification (doubly stochastic maps, as mHC enforces, keep it)"))
+                     "worst token at each eval, mean over ok seeds, band = ± std; 1 = no amplification"))
     _legend(fig, axes[0])
     _save(fig, path)
     return True
 
 
-__all__ = ["DPI", "FIGSIZE", "PLOTS", "write_plots"]
+def _delta_plot(env: tuple, data: dict[str, Any], labels: list[str], baseline: str, path: Path, sweep: str) -> bool:
+    others = [label for label in labels if label != baseline]
+    curves = [report.difference_curve(data, label, baseline) for label in others]
+    if not all(c["x_is_tokens"] for c in curves if c["x"]):
+        curves = [report.difference_curve(data, label, baseline, tokens=False) for label in others]
+    curves = [c for c in curves if c["x"]]
+    if not curves:
+        return False
+    colors = env[3]
+    fig, (ax,), eng = _figure(env)
+    for c in curves:
+        # short legend entries keep the legend column as narrow as the other plots'
+        how = f"n={c['seeds']}" if c["paired"] else "unpaired"
+        ax.plot(c["x"], c["mean"], color=colors[c["label"]], marker=_marker(labels, c["label"]) if len(c["x"]) <= 30
+                else None, markersize=4, label=f"{c['label']} ({how})")
+        _band(ax, c, colors[c["label"]])
+    ax.axhline(0.0, color=colors[baseline], linestyle="--", linewidth=1, label=f"{baseline} = 0")
+    _x_axis(ax, eng, curves[0]["x_is_tokens"])
+    ax.set_ylabel("val loss − baseline (nats/token)")
+    _title(ax, (f"Validation loss minus {baseline}'s{sweep}",
+                "below 0 = better; each seed's difference at the same tokens (paired by seed; 'unpaired': "
+                "of the means), mean over seeds, band = ± std"))
+    _legend(fig, ax)
+    _save(fig, path)
+    return True
+
+
+def _gain_layers_plot(env: tuple, data: dict[str, Any], path: Path, sweep: str) -> bool:
+    """Like the mHC paper's figure: x = sub-layer l, y = gain of the composite map from l to the
+    last sub-layer (worst token), one line per group, log y; at each run's last eval at or before
+    the report's common token count, averaged over ok seeds."""
+    from matplotlib.ticker import MaxNLocator
+
+    every = [g["label"] for g in data["groups"]]
+    profiles: dict[str, list[dict[str, Any]]] = {}
+    for r in data["runs"]:
+        profile = r["at"]["profile"] if r["state"] == "ok" else None
+        if profile is not None:
+            profiles.setdefault(r["group"], []).append(profile)
+    if not profiles:
+        return False
+    colors = env[3]
+    fig, axes, _ = _figure(env, nrows=2)
+    for ax, key, which in ((axes[0], "fwd_gain", "forward gain\n(max |row sum|)"),
+                           (axes[1], "bwd_gain", "backward gain\n(max |column sum|)")):
+        for label in (lab for lab in every if lab in profiles):
+            for stat, style, name in (("max", "-", f"{label} (n={len(profiles[label])})"), ("mean", "--", None)):
+                rows = [p[f"{key}_{stat}"] for p in profiles[label] if p[f"{key}_{stat}"]]
+                if not rows:
+                    continue
+                depth = min(len(row) for row in rows)
+                mean = [sum(row[i] for row in rows) / len(rows) for i in range(depth)]
+                ax.plot(range(depth), mean, style, color=colors[label], marker=_marker(every, label) if stat == "max"
+                        else None, markersize=4, linewidth=1.5 if stat == "max" else 1, label=name)
+        ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+        ax.set_yscale("log")  # HC's gain grows geometrically with depth; mHC's stays near 1
+        ax.set_ylabel(which, fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    axes[1].set_xlabel("sub-layer l (the composite map runs from l through the last sub-layer; 0 = full depth)")
+    _title(axes[0], (f"Composite gain ∏ H_res from each sub-layer to the last{sweep}",
+                     "solid: worst token, dashed: token mean; last eval at the compared token count, mean over ok "
+                     "seeds"))
+    _legend(fig, axes[0])
+    _save(fig, path)
+    return True
+
+
+__all__ = ["DPI", "FIGSIZE", "PLOTS", "PlottingUnavailable", "install_hint", "write_plots"]

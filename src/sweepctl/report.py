@@ -10,6 +10,16 @@ the markdown) reads only that dict, never the run directories.
 Statistics: a group's numbers are over its *ok* runs only (one per seed); failed and unfinished
 runs are counted, never averaged in — a crashed seed's last loss is not a result. std is the
 sample std (ddof=1), absent for a single run.
+
+Equal tokens: runs are compared at one token count for the whole report, `data["at"]`: the last
+eval every ok run reached. A run with no eval at exactly that count is interpolated linearly
+between its two evals around it (and named in `at["interpolated"]`), so runs with different
+tokens per iteration are never compared at the same iteration number instead.
+
+The verdict (`compare`): seeds fix the shared weights' init and the data order, so a variant and
+the baseline are compared paired by seed (a paired t-test over the seeds both have), and with
+Welch's unpaired t-test where fewer than two seeds match. `better` / `worse` when the 95%
+confidence interval of the difference excludes 0 (equivalently p < 0.05).
 """
 
 from __future__ import annotations
@@ -22,16 +32,22 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sweepctl import runs
+from sweepctl import runs, ttest
 from sweepctl.errors import SweepctlError
 from sweepctl.train.config import FIELD_NAMES
 
-REPORT_SCHEMA = "sweepctl.report/1"
+REPORT_SCHEMA = "sweepctl.report/2"
 GROUP_MODES = ("seed-stripped", "config")
-# The composite-gain keys `sweepctl.train.diagnostics` writes (a test checks they match). Not
-# imported from there: that module needs torch, and a report must run on a laptop without it.
+# The composite-gain keys of diag rows written before the per-layer diagnostics of the mHC paper
+# (the full-depth gain of the static maps only); still read, as the full-depth gain. Not imported
+# from `sweepctl.train.diagnostics`: that module needs torch, and a report must run without it.
 GAIN_FWD = "composite_gain_fwd"
 GAIN_BWD = "composite_gain_bwd"
+# Per-layer gain profiles kept per run (evenly spaced over its evals, the last always among them):
+# 48 layers x 4 lists at every eval of a 100-run sweep would make the pod's JSON too big to pull.
+MAX_PROFILES = 20
+# Below this many seeds a t-test's interval is too wide to separate variants (t_{0.975,1} = 12.7).
+MIN_SEEDS = 3
 # A seed replicate's run_id ends like `-s1337`, `_seed3` or `-seed-1338`.
 SEED_SUFFIX = re.compile(r"[-_.](?:s|seed)[-_]?\d+$")
 # Settings that say where or how a run is recorded, not what is trained: seed replicates differ in
@@ -45,8 +61,9 @@ NOT_SCIENCE = frozenset({
 # 100-run sweep must stay small enough to pull over SSH. Each kept point averages its bucket.
 MAX_TRAIN_POINTS = 200
 # The rule `compare` applies, stated once so the table, markdown and JSON all quote it.
-NOISE_RULE = ("beyond seed noise when |Δ| > 2·SE, SE = sqrt(s_a²/n_a + s_b²/n_b) (Welch standard error of the "
-              "difference of means, sample stds over ok seeds); needs ≥2 ok seeds in both groups")
+VERDICT_RULE = ("Δ = group − baseline val loss at the common token count (negative = better); 95% CI and "
+                "p from a paired t-test over the seeds both groups ran (same seed: same init and data "
+                "order), Welch's t-test where fewer than 2 seeds match; better/worse when the CI excludes 0")
 
 
 # --------------------------------------------------------------------------- reading one run
@@ -78,7 +95,7 @@ def read_metrics(path: Path) -> tuple[dict[str, list[dict[str, Any]]], int]:
         kind = _row_kind(row)
         if kind in ("train", "eval"):
             rows[kind].append(row)
-        if GAIN_FWD in row:
+        if kind == "diag" or GAIN_FWD in row:
             rows["diag"].append(row)
     return {kind: _latest_attempt(rs) for kind, rs in rows.items()}, bad
 
@@ -120,22 +137,63 @@ def _eval_train(row: dict[str, Any]) -> float | None:
     return _num(row.get("train", row.get("train_loss")))
 
 
-def _bucket_means(rows: list[dict[str, Any]], keys: tuple[str, ...], limit: int) -> list[list[float | None]]:
-    """[[iter, mean key_0, mean key_1, ...]] with at most `limit` points; each point is the mean of a
-    run of consecutive rows, at the bucket's last iter. Runs with equal row counts get equal iters,
-    so seeds line up."""
+def _tokens(row: dict[str, Any], tpi: int | None) -> float | None:
+    """Training tokens seen at a metrics row: its own `tokens`, else iter x tokens per iter (runs
+    logged before the trainer wrote tokens), else unknown."""
+    tokens = _num(row.get("tokens"))
+    if tokens is None and tpi:
+        tokens = float(row["iter"] * tpi)
+    return tokens
+
+
+def _bucket_means(rows: list[dict[str, Any]], keys: tuple[str, ...], limit: int,
+                  tpi: int | None) -> list[list[float | None]]:
+    """[[iter, tokens, mean key_0, mean key_1, ...]] with at most `limit` points; each point is the
+    mean of a run of consecutive rows, at the bucket's last row. Runs with equal row counts get
+    equal iters, so seeds line up."""
     if not rows:
         return []
     size = math.ceil(len(rows) / limit)
     out = []
     for start in range(0, len(rows), size):
         bucket = rows[start:start + size]
-        point: list[float | None] = [bucket[-1]["iter"]]
+        point: list[float | None] = [bucket[-1]["iter"], _tokens(bucket[-1], tpi)]
         for key in keys:
             vals = [x for x in (_num(r.get(key)) for r in bucket) if x is not None]
             point.append(sum(vals) / len(vals) if vals else None)
         out.append(point)
     return out
+
+
+def _floats(v: Any) -> list[float] | None:
+    """A non-empty list of finite numbers, else None (a NaN gain is a diverged run, not a profile)."""
+    if not isinstance(v, list) or not v:
+        return None
+    xs = [x for x in map(_num, v) if x is not None]
+    return xs if len(xs) == len(v) else None
+
+
+def _diag_point(row: dict[str, Any], tpi: int | None) -> list[float | None]:
+    """[iter, tokens, full-depth worst-token forward gain, backward gain, max |row sum - 1|,
+    max |column sum - 1|]; a diag row from before the per-layer diagnostics gives its one
+    composite gain and no errors."""
+    fwd, bwd = _floats(row.get("fwd_gain_max")), _floats(row.get("bwd_gain_max"))
+    full_fwd = fwd[0] if fwd else _num(row.get(GAIN_FWD))
+    full_bwd = bwd[0] if bwd else _num(row.get(GAIN_BWD))
+    return [row["iter"], _tokens(row, tpi), full_fwd, full_bwd, _num(row.get("h_res_row_err")),
+            _num(row.get("h_res_col_err"))]
+
+
+def _profiles(rows: list[dict[str, Any]], tpi: int | None) -> list[dict[str, Any]]:
+    """The per-layer gain profiles (index l: the composite map from sub-layer l through the last) of
+    at most MAX_PROFILES diag rows, evenly spaced, the last one always kept."""
+    full = [r for r in rows if _floats(r.get("fwd_gain_max")) and _floats(r.get("bwd_gain_max"))]
+    if len(full) > MAX_PROFILES:
+        step = (len(full) - 1) / (MAX_PROFILES - 1)
+        full = [full[round(i * step)] for i in range(MAX_PROFILES)]
+    return [{"iter": r["iter"], "tokens": _tokens(r, tpi),
+             **{k: _floats(r.get(k)) for k in ("fwd_gain_mean", "fwd_gain_max", "bwd_gain_mean", "bwd_gain_max")}}
+            for r in full]
 
 
 def science_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -209,11 +267,13 @@ def read_run(directory: Path, *, planned_config: dict[str, Any] | None = None, s
         "iter_num": summary.get("iter_num"),
         "max_iters": summary.get("max_iters") or (config or {}).get("max_iters"),
         "bad_metric_lines": bad_lines,
+        # every series row starts [iter, tokens, ...]; tokens is None when it cannot be known
         "series": {
-            "eval": [[r["iter"], _eval_train(r), _eval_val(r)] for r in evals],
-            "train": _bucket_means(metrics["train"], ("loss", "tok_per_s"), MAX_TRAIN_POINTS),
-            "gain": [[r["iter"], _num(r.get(GAIN_FWD)), _num(r.get(GAIN_BWD))] for r in metrics["diag"]],
+            "eval": [[r["iter"], _tokens(r, tpi), _eval_train(r), _eval_val(r)] for r in evals],
+            "train": _bucket_means(metrics["train"], ("loss", "tok_per_s"), MAX_TRAIN_POINTS, tpi),
+            "gain": [_diag_point(r, tpi) for r in metrics["diag"]],
         },
+        "gain_profiles": _profiles(metrics["diag"], tpi),
     }
 
 
@@ -338,15 +398,86 @@ def _group(label: str, members: list[dict[str, Any]]) -> dict[str, Any]:
         "failed": len(failed),
         "pending": len(members) - len(ok) - len(failed),  # not finished: pending, running or stale
         "states": dict(Counter(m["state"] for m in members)),
-        "final_val": stats([m["final_val"] for m in ok]),
-        "best_val": stats([m["best_val"] for m in ok]),
+        # at the report's common token count (data["at"]), not at each run's own end
+        "final_val": stats([m["at"]["val"] for m in ok]),
+        "best_val": stats([m["at"]["best"] for m in ok]),
         "tokens_seen": stats([m["tokens_seen"] for m in ok]),
         "tok_per_s": stats([m["tok_per_s"] for m in ok]),
         "elapsed_s": stats([m["elapsed_s"] for m in ok]),
         "error_classes": dict(Counter(m["error_class"] or "unknown" for m in failed)),
         "has_gain": any(m["series"]["gain"] for m in members),
+        "diag": _group_diag(ok),
         "config": next((m["config"] for m in members if m["config"] is not None), None),
     }
+
+
+def _group_diag(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The mHC paper's diagnostics over a group's ok runs: the full-depth worst-token gains at the
+    last eval at or before the common token count (mean ± std over seeds), and the worst
+    |row sum - 1| and |column sum - 1| of any applied H_res over each run until then."""
+    with_diag = [m for m in ok if m["at"]["gain"] is not None]
+    if not with_diag:
+        return None
+    errs = [[m["at"][key] for m in with_diag if m["at"][key] is not None] for key in ("row_err", "col_err")]
+    return {
+        "fwd_gain": stats([m["at"]["gain"][2] for m in with_diag]),
+        "bwd_gain": stats([m["at"]["gain"][3] for m in with_diag]),
+        "row_err": max(errs[0]) if errs[0] else None,
+        "col_err": max(errs[1]) if errs[1] else None,
+        "iters": sorted({m["at"]["gain"][0] for m in with_diag}),
+    }
+
+
+# --------------------------------------------------------------------------- equal tokens
+
+
+def _use_tokens(rows: list[list[Any]]) -> bool:
+    return bool(rows) and all(row[1] is not None for row in rows)
+
+
+def common_point(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Where runs are compared: the last eval every ok run reached, in tokens (in iterations only
+    when some ok run's tokens per iteration cannot be known). None without an ok run's eval."""
+    ok = [r for r in records if r["state"] == "ok" and any(row[3] is not None for row in r["series"]["eval"])]
+    if not ok:
+        return None
+    col = 1 if all(_use_tokens(r["series"]["eval"]) for r in ok) else 0
+    ends = sorted((max(row[col] for row in r["series"]["eval"] if row[3] is not None), r["run_id"]) for r in ok)
+    return {"x": ends[0][0], "unit": "tokens" if col else "iter", "limited_by": ends[0][1], "interpolated": []}
+
+
+def value_at(points: list[tuple[float, float]], x: float) -> tuple[float | None, bool]:
+    """(the value at x, whether it was interpolated) from (x, value) points sorted by x: the point
+    at exactly x, else a straight line between the points around it; None outside their range."""
+    for px, v in reversed(points):
+        if px == x:
+            return v, False
+    before = [(px, v) for px, v in points if px < x]
+    after = [(px, v) for px, v in points if px > x]
+    if not before or not after:
+        return None, False
+    (x0, v0), (x1, v1) = before[-1], after[0]
+    return v0 + (v1 - v0) * (x - x0) / (x1 - x0), True
+
+
+def _at(rec: dict[str, Any], at: dict[str, Any] | None) -> dict[str, Any]:
+    """One run's numbers at the common point: val and best val loss, and its last diagnostics."""
+    empty = {"val": None, "best": None, "interpolated": False, "gain": None, "row_err": None, "col_err": None,
+             "profile": None}
+    if at is None:
+        return empty
+    col = 1 if at["unit"] == "tokens" else 0
+    evals = [(row[col], row[3]) for row in rec["series"]["eval"] if row[col] is not None and row[3] is not None]
+    val, interpolated = value_at(evals, at["x"])
+    before = [v for x, v in evals if x <= at["x"]]
+    best = min([*before, val]) if val is not None else None
+    gains = [g for g in rec["series"]["gain"] if g[col] is not None and g[col] <= at["x"]]
+    errs = [[g[k] for g in gains if g[k] is not None] for k in (4, 5)]
+    key = "tokens" if col else "iter"
+    profiles = [p for p in rec.get("gain_profiles", []) if p[key] is not None and p[key] <= at["x"]]
+    return {"val": val, "best": best, "interpolated": interpolated, "gain": gains[-1] if gains else None,
+            "row_err": max(errs[0]) if errs[0] else None, "col_err": max(errs[1]) if errs[1] else None,
+            "profile": profiles[-1] if profiles else None}
 
 
 def collect(out_root: str | Path, sweep: str | None = None, group_by: str = "seed-stripped", *,
@@ -366,9 +497,13 @@ def assemble(records: list[dict[str, Any]], *, out_root: str, sweep: str | None,
              now: float) -> dict[str, Any]:
     """Group run records (from `read_run`, possibly from several pods' JSON) into the report dict."""
     labels, warnings = _group_labels(records, group_by)
+    at = common_point(records)
     members: dict[str, list[dict[str, Any]]] = {}
     for label, rec in zip(labels, records, strict=True):
         rec["group"] = label
+        rec["at"] = _at(rec, at)
+        if at is not None and rec["state"] == "ok" and rec["at"]["interpolated"]:
+            at["interpolated"].append(rec["run_id"])
         members.setdefault(label, []).append(rec)
     groups = [_group(label, ms) for label, ms in sorted(members.items())]
     for g in groups:
@@ -380,7 +515,7 @@ def assemble(records: list[dict[str, Any]], *, out_root: str, sweep: str | None,
         if rec["bad_metric_lines"]:
             warnings.append(f"{rec['run_id']}: {rec['bad_metric_lines']} unreadable line(s) in metrics.jsonl")
     return {"schema": REPORT_SCHEMA, "out_root": out_root, "sweep": sweep, "group_by": group_by,
-            "generated": now, "groups": groups, "runs": records, "warnings": warnings}
+            "generated": now, "at": at, "groups": groups, "runs": records, "warnings": warnings}
 
 
 def _mark_distinguishing(groups: list[dict[str, Any]]) -> None:
@@ -404,70 +539,136 @@ def group_by_label(data: dict[str, Any], label: str) -> dict[str, Any]:
     raise SweepctlError(f"no group named {label!r}", hint=f"--baseline takes one of: {known}")
 
 
-def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """a - b for two `stats` dicts: the difference of means, its Welch standard error, the verdict."""
-    if not a["n"] or not b["n"]:
-        return {"delta": None, "se": None, "beyond_noise": None, "ranges_overlap": None}
-    delta = a["mean"] - b["mean"]
-    se = None
-    if a["n"] >= 2 and b["n"] >= 2:
-        se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-    return {
-        "delta": delta,
-        "se": se,
-        "beyond_noise": None if se is None else abs(delta) > 2 * se,
-        "ranges_overlap": a["min"] <= b["max"] and b["min"] <= a["max"],
-    }
+def _seed_values(data: dict[str, Any], label: str) -> dict[Any, float]:
+    """{seed: val loss at the common point} over a group's ok runs (a run without a seed keys by run_id)."""
+    return {(r["seed"] if r["seed"] is not None else r["run_id"]): r["at"]["val"] for r in data["runs"]
+            if r["group"] == label and r["state"] == "ok" and r["at"]["val"] is not None}
+
+
+def verdict(group: dict[Any, float], base: dict[Any, float]) -> dict[str, Any]:
+    """Group vs baseline from {seed: val loss}: paired by seed over the seeds both have (2 or more),
+    else Welch's unpaired test (2 or more on each side), else only the difference of means."""
+    shared = sorted(set(group) & set(base), key=str)
+    result: dict[str, Any]
+    if len(shared) >= 2:
+        result = ttest.paired([group[s] - base[s] for s in shared])
+        result["seeds"] = shared
+    elif len(group) >= 2 and len(base) >= 2:
+        result = ttest.welch(list(group.values()), list(base.values()))
+        result["seeds"] = []
+    else:
+        diff = (sum(group.values()) / len(group) - sum(base.values()) / len(base)) if group and base else None
+        result = {"test": None, "n": min(len(group), len(base)), "diff": diff, "ci_low": None, "ci_high": None,
+                  "p": None, "df": None, "se": None, "seeds": []}
+    result["n_group"], result["n_baseline"] = len(group), len(base)
+    if result["ci_high"] is not None and result["ci_high"] < 0:
+        result["verdict"] = "better"
+    elif result["ci_low"] is not None and result["ci_low"] > 0:
+        result["verdict"] = "worse"
+    elif result["diff"] is None:
+        result["verdict"] = "no result"
+    else:
+        result["verdict"] = f"no clear difference (n={result['n']} seed{'s' if result['n'] != 1 else ''})"
+    return result
 
 
 def compare(data: dict[str, Any], baseline: str) -> dict[str, Any]:
-    """Every other group against `baseline` on final and best val loss (lower is better), ranked by
-    final val-loss delta, best first; groups without an ok run come last."""
+    """Every other group against `baseline` on val loss at the common token count (lower is
+    better), ranked by the difference, best first; groups too small for a t-test after those,
+    groups without an ok run last."""
     base = group_by_label(data, baseline)
-    if not base["final_val"]["n"]:
+    base_values = _seed_values(data, baseline)
+    if not base_values:
         raise SweepctlError(f"baseline group {baseline!r} has no ok run to compare against",
                             hint="wait for it to finish, or pick another --baseline")
-    rows = []
+    rows, warnings = [], []
     for g in data["groups"]:
         if g["label"] == baseline:
             continue
-        rows.append({"label": g["label"], "n": g["final_val"]["n"], "final": _delta(g["final_val"], base["final_val"]),
-                     "best": _delta(g["best_val"], base["best_val"])})
-    rows.sort(key=lambda r: (r["final"]["delta"] is None, r["final"]["delta"] or 0.0, r["label"]))
-    return {"baseline": baseline, "baseline_n": base["final_val"]["n"], "metric": "val loss", "rule": NOISE_RULE,
-            "rows": rows}
+        row = {"label": g["label"], **verdict(_seed_values(data, g["label"]), base_values)}
+        rows.append(row)
+        if row["diff"] is not None and row["n"] < MIN_SEEDS:
+            what = (f"only {row['n']} seeds: the 95% CI spans ±{ttest.quantile(0.975, row['df']):.1f} standard errors"
+                    if row["test"] else f"{row['n']} seed on one side: no t-test is possible")
+            warnings.append(f"{g['label']} vs {baseline}: {what}; give both groups {MIN_SEEDS} or more seeds "
+                            "(rows with other seeds in the sweep CSV) for a verdict")
+    # tested groups first: a one-seed difference at the top would read as the winner
+    rows.sort(key=lambda r: (r["diff"] is None, r["test"] is None, r["diff"] or 0.0, r["label"]))
+    return {"baseline": baseline, "baseline_n": base["final_val"]["n"], "metric": "val loss", "at": data["at"],
+            "rule": VERDICT_RULE, "rows": rows, "warnings": warnings}
 
 
 # --------------------------------------------------------------------------- curves for plots
 
 
-def curve(data: dict[str, Any], label: str, series: str, column: int, *, tokens: bool = True) -> dict[str, Any]:
-    """One group's curve: at each iter, mean / min / max over its runs of `series` column `column`
-    (series rows are [iter, ...]). Uses the ok runs; a group with none (still running) uses every
-    run with data, flagged `partial`. x is tokens seen when asked and every run knows its tokens
-    per iter, else the iteration (`x_is_tokens` says which)."""
+def _x_column(runs_: list[dict[str, Any]], series: str, tokens: bool) -> int:
+    return 1 if tokens and all(_use_tokens(r["series"][series]) for r in runs_ if r["series"][series]) else 0
+
+
+def curve(data: dict[str, Any], label: str, series: str, column: int, *, tokens: bool = True,
+          skip_first: bool = False) -> dict[str, Any]:
+    """One group's curve: at each x, mean / sample std / min / max over its runs of `series`
+    column `column` (series rows are [iter, tokens, ...]). Uses the ok runs; a group with none
+    (still running) uses every run with data, flagged `partial`. x is tokens seen when asked and
+    every run knows them, else the iteration (`x_is_tokens` says which). skip_first drops
+    iteration 0, whose loss (ln vocab) would stretch a loss axis far beyond the differences."""
     members = [r for r in data["runs"] if r["group"] == label]
     ok = [r for r in members if r["state"] == "ok" and r["series"][series]]
     used = ok or [r for r in members if r["series"][series]]
-    by_iter: dict[float, list[float]] = {}
+    col = _x_column(used, series, tokens)
+    by_x: dict[float, list[float]] = {}
     for r in used:
         for row in r["series"][series]:
-            if row[column] is not None:
-                by_iter.setdefault(row[0], []).append(row[column])
-    tpis = {r["tokens_per_iter"] for r in used}
-    tpi = tpis.pop() if tokens and len(tpis) == 1 and None not in tpis else None
-    iters = sorted(by_iter)
+            if row[column] is not None and not (skip_first and row[0] == 0):
+                by_x.setdefault(row[col], []).append(row[column])
+    xs = sorted(by_x)
     return {
         "label": label,
-        "x": [i * tpi for i in iters] if tpi else iters,
-        "x_is_tokens": tpi is not None,
-        "mean": [sum(by_iter[i]) / len(by_iter[i]) for i in iters],
-        "min": [min(by_iter[i]) for i in iters],
-        "max": [max(by_iter[i]) for i in iters],
+        "x": xs,
+        "x_is_tokens": col == 1,
+        "mean": [stats(by_x[x])["mean"] for x in xs],
+        "std": [stats(by_x[x])["std"] or 0.0 for x in xs],
+        "min": [min(by_x[x]) for x in xs],
+        "max": [max(by_x[x]) for x in xs],
         "runs": len(used),
         "partial": not ok and bool(used),
     }
 
 
-__all__ = ["NOISE_RULE", "REPORT_SCHEMA", "collect", "compare", "curve", "read_metrics", "read_run", "stats",
-           "strip_seed"]
+def difference_curve(data: dict[str, Any], label: str, baseline: str, *, tokens: bool = True,
+                     skip_first: bool = True) -> dict[str, Any]:
+    """Val loss of `label` minus `baseline` against x (tokens), mean and sample std over seeds:
+    paired by seed where both groups' ok runs share seeds (each run's difference at its own evals,
+    the baseline interpolated between its evals), else the difference of the two mean curves."""
+    ok = {lab: {(r["seed"] if r["seed"] is not None else r["run_id"]): r for r in data["runs"]
+                if r["group"] == lab and r["state"] == "ok" and r["series"]["eval"]} for lab in (label, baseline)}
+    col = _x_column([*ok[label].values(), *ok[baseline].values()], "eval", tokens)
+
+    def points(r: dict[str, Any]) -> list[tuple[float, float]]:
+        return [(row[col], row[3]) for row in r["series"]["eval"]
+                if row[col] is not None and row[3] is not None and not (skip_first and row[0] == 0)]
+
+    shared = sorted(set(ok[label]) & set(ok[baseline]), key=str)
+    by_x: dict[float, list[float]] = {}
+    if shared:
+        for seed in shared:
+            base_points = points(ok[baseline][seed])
+            for x, v in points(ok[label][seed]):
+                b, _ = value_at(base_points, x)
+                if b is not None:
+                    by_x.setdefault(x, []).append(v - b)
+    else:
+        mine = curve(data, label, "eval", 3, tokens=col == 1, skip_first=skip_first)
+        theirs = curve(data, baseline, "eval", 3, tokens=col == 1, skip_first=skip_first)
+        base_points = list(zip(theirs["x"], theirs["mean"], strict=True))
+        for x, v in zip(mine["x"], mine["mean"], strict=True):
+            b, _ = value_at(base_points, x)
+            if b is not None:
+                by_x[x] = [v - b]
+    xs = sorted(by_x)
+    return {"label": label, "x": xs, "x_is_tokens": col == 1, "paired": bool(shared), "seeds": len(shared),
+            "mean": [stats(by_x[x])["mean"] for x in xs], "std": [stats(by_x[x])["std"] or 0.0 for x in xs]}
+
+
+__all__ = ["REPORT_SCHEMA", "VERDICT_RULE", "collect", "common_point", "compare", "curve", "difference_curve",
+           "read_metrics", "read_run", "stats", "strip_seed", "value_at", "verdict"]

@@ -55,16 +55,39 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def fmt_delta(d: dict[str, Any]) -> str:
-    if d["delta"] is None:
+def fmt_diff(v: float | None) -> str:
+    return "—" if v is None else f"{v:+.4f}"
+
+
+def fmt_ci(row: dict[str, Any]) -> str:
+    return "—" if row["ci_low"] is None else f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
         return "—"
-    return f"{d['delta']:+.4f} ± {d['se']:.4f}" if d["se"] is not None else f"{d['delta']:+.4f}"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def fmt_verdict(d: dict[str, Any]) -> str:
-    if d["beyond_noise"] is None:
-        return "n/a (<2 seeds)" if d["delta"] is not None else "—"
-    return "yes" if d["beyond_noise"] else "no"
+def fmt_test(row: dict[str, Any]) -> str:
+    return {"paired": "paired", "welch": "Welch", None: "—"}[row["test"]]
+
+
+def fmt_seeds(row: dict[str, Any]) -> str:
+    """How many seeds the numbers stand on: the pairs, or both sides' counts when unpaired."""
+    return str(row["n"]) if row["test"] == "paired" else f"{row['n_group']} vs {row['n_baseline']}"
+
+
+def fmt_at(at: dict[str, Any] | None) -> str:
+    """Where the groups are compared, said once under the tables."""
+    if at is None:
+        return "no ok run has an eval yet: nothing to compare"
+    where = f"{fmt_si(at['x'])} tokens" if at["unit"] == "tokens" else f"iteration {at['x']:g}"
+    line = (f"Val losses are at {where}: the last eval every ok run reached (limited by {at['limited_by']})"
+            + (", in iterations because some run's tokens per iteration are unknown" if at["unit"] == "iter" else ""))
+    if at["interpolated"]:
+        line += f"; interpolated between evals for {', '.join(at['interpolated'])}"
+    return line + "."
 
 
 def fmt_errors(g: dict[str, Any]) -> str:
@@ -78,17 +101,36 @@ def group_cells(g: dict[str, Any]) -> list[str]:
             fmt_si(g["tok_per_s"]["mean"]), fmt_duration(g["elapsed_s"]["mean"]), fmt_errors(g)]
 
 
-GROUP_HEADERS = ["group", "variant", "ok", "failed", "pending", "final val loss", "best val loss", "tokens",
+GROUP_HEADERS = ["group", "variant", "ok", "failed", "pending", "val loss", "best val loss", "tokens",
                  "tok/s", "wall", "errors"]
-COMPARE_HEADERS = ["rank", "group", "n", "Δ final val (± SE)", "beyond noise", "ranges overlap", "Δ best val"]
+COMPARE_HEADERS = ["rank", "group", "seeds", "test", "Δ val loss", "95% CI", "p", "verdict"]
+DIAG_HEADERS = ["group", "fwd gain", "bwd gain", "max |row sum−1|", "max |col sum−1|"]
 STATS_NOTE = ("Loss is mean ± sample std over ok seeds (nats/token); failed and unfinished runs are counted, "
               "never averaged. tokens, tok/s and wall time are means over ok runs.")
+DIAG_NOTE = ("Residual mixing (mHC paper): gain of the composite map over all sub-layers for the worst token "
+             "(forward = max |row sum|, backward = max |column sum|; 1 = no amplification), mean ± std over ok "
+             "seeds at the last eval at the compared token count; the errors are the worst of any applied H_res "
+             "until then.")
 
 
 def compare_cells(rank: int, row: dict[str, Any]) -> list[str]:
-    f = row["final"]
-    overlap = "—" if f["ranges_overlap"] is None else ("yes" if f["ranges_overlap"] else "no")
-    return [str(rank), row["label"], str(row["n"]), fmt_delta(f), fmt_verdict(f), overlap, fmt_delta(row["best"])]
+    return [str(rank), row["label"], fmt_seeds(row), fmt_test(row), fmt_diff(row["diff"]), fmt_ci(row),
+            fmt_p(row["p"]), row["verdict"]]
+
+
+def fmt_gain(s: dict[str, Any]) -> str:
+    if not s["n"]:
+        return "—"
+    return f"{s['mean']:.3f} ± {s['std']:.3f}" if s["std"] is not None else f"{s['mean']:.3f}"
+
+
+def fmt_err(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1e}"
+
+
+def diag_cells(g: dict[str, Any]) -> list[str]:
+    d = g["diag"]
+    return [g["label"], fmt_gain(d["fwd_gain"]), fmt_gain(d["bwd_gain"]), fmt_err(d["row_err"]), fmt_err(d["col_err"])]
 
 
 # --------------------------------------------------------------------------- renderers
@@ -107,18 +149,28 @@ def render_table(data: dict[str, Any], comparison: dict[str, Any] | None) -> Non
         table.add_row(*group_cells(g))
     _print_wide(table)
     console.print(STATS_NOTE, style="dim", markup=False, highlight=False)
+    console.print(fmt_at(data["at"]), markup=False, highlight=False, soft_wrap=True)
+    diag = [g for g in data["groups"] if g["diag"]]
+    if diag:
+        dt = Table(title="residual mixing diagnostics", title_justify="left")
+        for h in DIAG_HEADERS:
+            dt.add_column(h, no_wrap=h != "group", overflow="fold", min_width=label_width if h == "group" else None)
+        for g in diag:
+            dt.add_row(*diag_cells(g))
+        _print_wide(dt)
+        console.print(DIAG_NOTE, style="dim", markup=False, highlight=False)
     if comparison is not None:
         ct = Table(title=f"against baseline {comparison['baseline']} (n={comparison['baseline_n']}); lower is better",
                    title_justify="left")
         for h in COMPARE_HEADERS:
-            ct.add_column(h, no_wrap=h != "group", overflow="fold",
+            ct.add_column(h, no_wrap=h not in ("group", "verdict"), overflow="fold",
                           min_width=label_width if h == "group" else None)
         for i, row in enumerate(comparison["rows"], 1):
             ct.add_row(*compare_cells(i, row))
         _print_wide(ct)
-        console.print(f"rule: {comparison['rule']}", style="dim", markup=False, highlight=False)
+        console.print(f"rule: {comparison['rule']}.", style="dim", markup=False, highlight=False)
     _print_failures(data)
-    for w in data["warnings"]:
+    for w in (comparison or {}).get("warnings", []) + data["warnings"]:
         err_console.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -154,18 +206,24 @@ def render_markdown(data: dict[str, Any], comparison: dict[str, Any] | None, ima
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(data["generated"]))
     lines = [f"# Sweep report: {data['sweep'] or data['out_root']}", "",
              f"{len(data['runs'])} runs in {len(data['groups'])} groups (grouped by `{data['group_by']}`), "
-             f"read from `{data['out_root']}` at {when}. {STATS_NOTE}", "",
+             f"read from `{data['out_root']}` at {when}. {STATS_NOTE}", "", fmt_at(data["at"]), "",
              _md_row(GROUP_HEADERS), _md_row(["---"] * len(GROUP_HEADERS))]
     lines += [_md_row(group_cells(g)) for g in data["groups"]]
+    diag = [g for g in data["groups"] if g["diag"]]
+    if diag:
+        lines += ["", "## Residual mixing diagnostics", "", DIAG_NOTE, "", _md_row(DIAG_HEADERS),
+                  _md_row(["---"] * len(DIAG_HEADERS))]
+        lines += [_md_row(diag_cells(g)) for g in diag]
     differs = [g for g in data["groups"] if g["differs"]]
     if differs:
         lines += ["", "What distinguishes the groups:", ""]
         lines += [f"- `{g['label']}`: " + ", ".join(f"{k}={v!r}" for k, v in g["differs"].items()) for g in differs]
     if comparison is not None:
         lines += ["", f"## Against baseline `{comparison['baseline']}` (n={comparison['baseline_n']})", "",
-                  f"Ranked by final val-loss delta (negative = better than the baseline). Rule: {comparison['rule']}.",
+                  f"Ranked by Δ val loss. {comparison['rule']}.",
                   "", _md_row(COMPARE_HEADERS), _md_row(["---"] * len(COMPARE_HEADERS))]
         lines += [_md_row(compare_cells(i, row)) for i, row in enumerate(comparison["rows"], 1)]
+        lines += [""] + [f"- warning: {w}" for w in comparison["warnings"]] if comparison["warnings"] else []
     if images:
         lines += ["", "## Plots", ""]
         for name, caption in PLOTS.items():
@@ -186,19 +244,26 @@ def render_csv(data: dict[str, Any], comparison: dict[str, Any] | None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     stat_cols = ("final_val", "best_val", "tokens_seen", "tok_per_s", "elapsed_s")
-    header = ["group", "variant", "runs", "ok", "failed", "pending", "seeds"]
+    diag_stats = ("fwd_gain", "bwd_gain")
+    verdict_cols = ("test", "n", "diff", "ci_low", "ci_high", "p", "verdict")
+    at = data["at"] or {}
+    header = ["group", "variant", "runs", "ok", "failed", "pending", "seeds", "at", "at_unit"]
     header += [f"{c}_{s}" for c in stat_cols for s in ("mean", "std", "n")] + ["error_classes"]
+    header += [f"{c}_{s}" for c in diag_stats for s in ("mean", "std")] + ["h_res_row_err", "h_res_col_err"]
     if comparison is not None:
-        header += ["baseline", "delta_final_val", "se_final_val", "beyond_noise"]
+        header += ["baseline"] + [f"vs_baseline_{c}" for c in verdict_cols]
     w.writerow(header)
     for g in data["groups"]:
         row: list[Any] = [g["label"], g["variant"] or "", len(g["run_ids"]), g["ok"], g["failed"], g["pending"],
-                          " ".join(map(str, g["seeds"]))]
+                          " ".join(map(str, g["seeds"])), _csv(at.get("x")), at.get("unit", "")]
         row += [_csv(g[c][s]) for c in stat_cols for s in ("mean", "std", "n")]
         row.append(" ".join(f"{k}={v}" for k, v in sorted(g["error_classes"].items())))
+        d = g["diag"] or {}
+        row += [_csv((d.get(c) or {}).get(s)) for c in diag_stats for s in ("mean", "std")]
+        row += [_csv(d.get("row_err")), _csv(d.get("col_err"))]
         if comparison is not None:
-            f = by_label.get(g["label"], {}).get("final") or {}
-            row += [comparison["baseline"], _csv(f.get("delta")), _csv(f.get("se")), _csv(f.get("beyond_noise"))]
+            v = by_label.get(g["label"], {})
+            row += [comparison["baseline"]] + [_csv(v.get(c)) for c in verdict_cols]
         w.writerow(row)
     return buf.getvalue()
 
@@ -224,9 +289,14 @@ def emit(data: dict[str, Any], *, fmt: str = "table", plots_dir: Path | None = N
     comparison = report.compare(data, baseline) if baseline else None
     written: dict[str, Path] = {}
     if plots_dir is not None:
-        from sweepctl.plots import write_plots
+        from sweepctl.plots import PlottingUnavailable, write_plots
 
-        written = write_plots(data, plots_dir)
+        try:
+            written = write_plots(data, plots_dir, baseline=baseline)
+        except PlottingUnavailable as e:  # no matplotlib: the report is still worth printing
+            err_console.print(f"warning: {e.message}; the report follows without plots. To plot: {e.hint}",
+                              style="yellow", markup=False, highlight=False, soft_wrap=True)
+            plots_dir = None
     if fmt == "json":
         out = dict(data, comparison=comparison, plots={k: str(v) for k, v in written.items()})
         typer.echo(json.dumps(out, indent=1))
