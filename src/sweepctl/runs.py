@@ -124,6 +124,14 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
+def mount_point(path: Path) -> Path:
+    """The mount point of the volume holding `path` (or its nearest existing parent)."""
+    path = nearest_existing(Path(path).absolute())
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Temp file in the same folder + os.replace: a reader sees the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
