@@ -262,7 +262,9 @@ def test_logs_follow_ends_with_the_run(workspace: Workspace, capsys: pytest.Capt
 
 def test_logs_of_an_unknown_run(workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     r = run_cli(capsys, "logs", "nope")
-    assert r.code == 1 and "no stdout.log" in r.err
+    assert r.code == 1
+    assert r.err.strip() == (f"error: nope: no run nope in {workspace.out_root}: no launched sweep plans it and it "
+                             f"has no directory — see the run_ids with: sweepctl status --out-root {workspace.out_root}")
 
 
 

@@ -124,7 +124,8 @@ def run_directory(out_root: Path, run_id: str) -> Path:
     try:
         return runs.resolve_run_dir(out_root, run_id)
     except ValueError as e:
-        raise SweepctlError(str(e), hint=f"see the run_ids with: sweepctl status --out-root {out_root}") from None
+        raise SweepctlError(str(e), where=run_id if runs.valid_run_id(run_id) else None,
+                            hint=f"see the run_ids with: sweepctl status --out-root {out_root}") from None
 
 
 def known_run_ids(out_root: Path) -> list[str]:

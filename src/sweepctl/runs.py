@@ -125,8 +125,18 @@ def nearest_existing(path: Path) -> Path:
 
 
 def mount_point(path: Path) -> Path:
-    """The mount point of the volume holding `path` (or its nearest existing parent)."""
-    path = nearest_existing(Path(path).absolute())
+    """The mount point of the volume holding `path` (or its nearest existing parent): the longest
+    mount in /proc/self/mounts that contains it, so a bind mount counts too."""
+    path = Path(os.path.realpath(nearest_existing(Path(path).absolute())))
+    try:
+        with open("/proc/self/mounts") as f:
+            # octal escapes: a space in a mount point is written \040
+            points = [Path(line.split()[1].encode().decode("unicode_escape")) for line in f if line.strip()]
+    except OSError:
+        points = []
+    inside = [p for p in points if path == p or p in path.parents]
+    if inside:
+        return max(inside, key=lambda p: len(p.parts))
     while not os.path.ismount(path) and path != path.parent:
         path = path.parent
     return path
@@ -134,8 +144,12 @@ def mount_point(path: Path) -> Path:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Temp file in the same folder + os.replace: a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        e.filename = str(path)  # the file the user knows, not a temp name
+        raise
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False)
@@ -143,9 +157,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp)  # on a full volume the partial file holds the space the next write needs
+        if isinstance(e, OSError):
+            e.filename = str(path)
         raise
 
 
