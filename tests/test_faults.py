@@ -57,21 +57,24 @@ def wait_for(predicate, what: str, timeout: float = RUN_TIMEOUT):
 # --- 1. a full volume ----------------------------------------------------------------------------
 
 def test_a_full_volume_fails_the_row_not_the_shard_and_retry_failed_resumes_from_the_last_checkpoint(
-        workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+        workspace: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """fallocate fills a small tmpfs while a run checkpoints: the trainer's save fails, its partial
     checkpoint goes, the summary says `disk`, the next row still runs, status says so, and once the
     space is back `--retry-failed` resumes from the last good checkpoint."""
     ws = workspace
-    with small_tmpfs(ws.root / "vol", size_mib=8) as vol:
+    # launch's pre-flight wants 1 GiB free; a tmpfs that big would take that much memory once filled
+    monkeypatch.setattr("sweepctl.launch.MIN_FREE_BYTES", 1 << 20)
+    wide = "n_layer=2 n_embd=128"  # a checkpoint of about 5 MB
+    with small_tmpfs(ws.root / "vol", size_mib=16) as vol:
         ws.out_root = vol / "out"
-        os.environ["SWEEPCTL_OUT_ROOT"] = str(ws.out_root)  # restored by the workspace's monkeypatch
-        csv = ws.csv([("big", "max_iters=400 lr_decay_iters=400 eval_interval=10 log_interval=10"),
-                      ("after", "")])
+        monkeypatch.setenv("SWEEPCTL_OUT_ROOT", str(ws.out_root))
+        csv = ws.csv([("big", f"{wide} max_iters=400 lr_decay_iters=400 eval_interval=10 log_interval=10"),
+                      ("after", wide)])
         assert run_cli(capsys, "launch", str(csv), "--shards", "1").code == 0
         big = ws.run_dir("big")
-        wait_for(lambda: (big / runs.CHECKPOINT).exists(), "big's first checkpoint")
-        checkpoint = (big / runs.CHECKPOINT).stat().st_size
-        filler = fill(vol, leave_bytes=checkpoint // 4)  # a summary fits; a checkpoint does not
+        wait_for(lambda: "eval iter 20:" in _text(big / runs.STDOUT_LOG), "big's checkpoint at iter 10")
+        assert (big / runs.CHECKPOINT).stat().st_size > 2 << 20
+        filler = fill(vol, leave_bytes=1 << 20)  # start files, logs and a summary fit; a checkpoint does not
 
         done = wait_for(lambda: all((ws.run_dir(r) / runs.SUMMARY).exists() for r in ("big", "after")),
                         "both rows to end")
@@ -82,29 +85,42 @@ def test_a_full_volume_fails_the_row_not_the_shard_and_retry_failed_resumes_from
             assert re.fullmatch(rf"No space left on device writing {ws.run_dir(run_id)}/\S+ \([\d,.]+ MiB free\)",
                                 summary["error"]), summary["error"]
         assert temp_files(ws.out_root) == []  # no partial checkpoint or JSON keeps the volume full
-        log = (ws.out_root / ".sweeps" / "sweep" / "shard-0.log").read_text()
+        shard_log = ws.out_root / ".sweeps" / "sweep" / "shard-0.log"
+        wait_for(lambda: "sweep-0 done" in _text(shard_log), "the runner's last line")
+        log = shard_log.read_text()
         assert "unexpected" not in log and "Traceback" not in log
         assert plain(log.splitlines()[-1]) == \
             "[sweepctl sweep-0 T] sweep-0 done: 0 ok, 2 failed, 0 interrupted, 0 skipped in S s; failed: big, after"
 
         model = status.collect(ws.out_root, with_gpus=False, with_sessions=False)
-        assert model["disks"][0]["volume"] == str(vol) and model["disks"][0]["free_bytes"] < status.FULL_DISK_BYTES
+        assert (model["disks"][0]["volume"], model["disks"][0]["full"]) == (str(vol), True)
         text = render_text(model)
         assert f"no space left on {vol} (" in text
         assert (f"2 run(s) failed writing to a full or read-only volume (big, after); once there is space, they "
                 f"resume from their last checkpoint: sweepctl launch {csv} --out-root {ws.out_root} --retry-failed"
                 in text)
 
+        import torch
+
+        last_good = torch.load(big / runs.CHECKPOINT, weights_only=False)["iter_num"]
+        assert last_good >= 10
         filler.unlink()
         r = run_cli(capsys, "launch", str(csv), "--shards", "1", "--retry-failed")
         assert r.code == 0, r.err
         wait_for(lambda: (runs.read_json(big / runs.SUMMARY) or {}).get("ok") is True, "big to finish on retry")
         resumed = runs.read_json(big / runs.SUMMARY)
-        assert resumed["iter_num"] == 400 and resumed["resumed_from_iter"] >= 10
+        assert (resumed["iter_num"], resumed["resumed_from_iter"]) == (400, last_good)
         assert "resuming from ckpt.pt" in (ws.out_root / ".sweeps" / "sweep" / "shard-0.log").read_text()
         wait_for(lambda: (runs.read_json(ws.run_dir("after") / runs.SUMMARY) or {}).get("ok") is True, "after")
         kill_tmux_server(os.environ["SWEEPCTL_TMUX_SOCKET"])
         ws.reap()
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def render_text(model: dict) -> str:

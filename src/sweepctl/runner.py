@@ -24,6 +24,7 @@ This is the only module that starts the trainer as a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -227,7 +228,8 @@ class ShardRunner:
                           **({"stopped_by": stopped_by} if stopped_by else {}))
         self.say(line)
         if self.shard_log is not None:
-            self.shard_log.close()
+            with contextlib.suppress(OSError):  # a full volume: what was not flushed is in the pane
+                self.shard_log.close()
         return 1 if counts["failed"] or stopped_by else 0
 
     def _write_state(self, **fields: Any) -> str | None:
@@ -511,7 +513,7 @@ def end_line(session: str, outcomes: Sequence[Any], *, stopped: bool, elapsed_s:
 def _describe(e: BaseException, where: Path) -> str:
     """One line for a row's error: a disk error names the file and the space left."""
     if is_disk_error(e):
-        return disk_error_text(e, Path(getattr(e, "filename", None) or where))  # type: ignore[arg-type]
+        return disk_error_text(e, Path(getattr(e, "filename", None) or where))
     return f"{type(e).__name__}: {e}"
 
 

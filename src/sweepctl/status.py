@@ -58,6 +58,10 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
     if state is not None:
         rows = [r for r in rows if r["state"] == state]
     gpus = query_gpus() if with_gpus else None
+    disks = disk_usage(out_root)
+    out_of_space = any(r["error_class"] == "disk" for r in rows)
+    for d in disks:  # a run failed for lack of space and space is still short: the volume is full
+        d["full"] = full_disk(d) or (out_of_space and not d["read_only"] and low_disk(d))
     return {
         "out_root": str(out_root),
         "sweep": name,
@@ -65,7 +69,7 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
         "runs": rows,
         "gpus": [g.to_json() for g in gpus.gpus] if gpus else [],
         "sessions": sessions(tmux_socket, plan) if with_sessions else [],
-        "disks": disk_usage(out_root),
+        "disks": disks,
         "retry_command": f"sweepctl launch {launch['csv']} --out-root {out_root} --retry-failed"
                          if launch.get("csv") else None,
     }
@@ -73,7 +77,7 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
 
 def disk_usage(out_root: Path) -> list[dict[str, Any]]:
     """[{free_bytes, total_bytes, volume, read_only}] of the volume holding out_root (its nearest
-    existing parent), or []."""
+    existing parent), or []. `collect` adds `full`."""
     existing = runs.nearest_existing(out_root)
     try:
         usage = shutil.disk_usage(existing)
@@ -230,7 +234,7 @@ def render(model: dict[str, Any]) -> Any:
         if d.get("read_only"):
             parts.append(Text(f"disk: {where}{volume} is read-only ({space}): no run can save anything; "
                               f"remount it read-write (mount -o remount,rw {volume})", style="bold red"))
-        elif full_disk(d):
+        elif d.get("full", full_disk(d)):
             parts.append(Text(f"disk: {where}no space left on {volume} ({space}): runs fail at their next "
                               "checkpoint; free some space", style="bold red"))
         else:

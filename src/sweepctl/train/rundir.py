@@ -53,8 +53,21 @@ def scrub(obj: Any, secrets: list[str]) -> Any:
 DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 
+def disk_cause(e: BaseException) -> OSError | None:
+    """The ENOSPC/EROFS behind `e`, also when a library re-raised it as something else (torch.save
+    turns a failed write into a RuntimeError while closing its zip file)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError) and cur.errno in DISK_ERRNOS:
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def is_disk_error(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in DISK_ERRNOS
+    return disk_cause(e) is not None
 
 
 def free_space(path: Path) -> str:
@@ -68,9 +81,11 @@ def free_space(path: Path) -> str:
     return f"{free / 2**20:,.1f} MiB free"
 
 
-def disk_error_text(e: OSError, path: Path) -> str:
+def disk_error_text(e: BaseException, path: Path) -> str:
     """The one line a disk failure is reported as: what failed, where, and the space left."""
-    return f"{os.strerror(e.errno or 0)} writing {path} ({free_space(path.parent)})"
+    cause = disk_cause(e)
+    errno_ = cause.errno if cause is not None else getattr(e, "errno", None)
+    return f"{os.strerror(errno_ or 0)} writing {path} ({free_space(path.parent)})"
 
 
 def remove_partial(tmp: Path) -> None:

@@ -67,6 +67,7 @@ from sweepctl.train.rundir import (
     CONTRACT_VERSION,
     RUN_KIND,
     Heartbeat,
+    disk_cause,
     disk_error_text,
     git_info,
     is_disk_error,
@@ -238,9 +239,8 @@ class Run:
             self._fail(str(e), "disk")
             return EXIT_FAILED
         except Exception as e:
-            if is_disk_error(e):  # metrics, heartbeat or start files on a full or read-only volume
-                where = Path(getattr(e, "filename", None) or self.out_dir or ".")
-                self._fail(disk_error_text(e, where), "disk")  # type: ignore[arg-type]
+            if (cause := disk_cause(e)) is not None:  # metrics, heartbeat or start files on a full volume
+                self._fail(disk_error_text(cause, Path(cause.filename or self.out_dir or ".")), "disk")
                 return EXIT_FAILED
             oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
             self._fail(traceback.format_exc(), "oom" if oom else "exception", short=f"{type(e).__name__}: {e}")
@@ -581,7 +581,7 @@ class Run:
         except BaseException as e:
             remove_partial(tmp)  # a partial checkpoint keeps the volume full: the summary would not fit
             if is_disk_error(e):
-                raise DiskError(disk_error_text(e, path)) from e  # type: ignore[arg-type]
+                raise DiskError(disk_error_text(e, path)) from e
             raise
 
     def _load_checkpoint(self, path: Path) -> None:
