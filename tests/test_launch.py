@@ -86,8 +86,10 @@ def test_six_rows_over_two_shards_complete_and_a_relaunch_skips_them(
     r = run_cli(capsys, "status", "--json")
     assert r.code == 0, r.err
     model = json.loads(r.out)
-    assert set(model) == {"out_root", "sweep", "counts", "runs", "gpus", "sessions", "disks"}
-    assert [set(d) for d in model["disks"]] == [{"free_bytes", "total_bytes"}]
+    assert set(model) == {"out_root", "sweep", "counts", "runs", "gpus", "sessions", "disks", "retry_command"}
+    assert model["retry_command"] == f"sweepctl launch {csv} --out-root {ws.out_root} --retry-failed"
+    assert [set(d) for d in model["disks"]] == [{"free_bytes", "total_bytes", "volume", "read_only", "full"}]
+    assert (model["disks"][0]["read_only"], model["disks"][0]["full"]) == (False, False)
     assert 0 < model["disks"][0]["free_bytes"] <= model["disks"][0]["total_bytes"]
     assert model["counts"] == {"pending": 0, "running": 0, "ok": 6, "failed": 0, "stale": 0}
     assert [set(run) for run in model["runs"]] == [set(status.RUN_KEYS)] * 6
@@ -260,7 +262,9 @@ def test_logs_follow_ends_with_the_run(workspace: Workspace, capsys: pytest.Capt
 
 def test_logs_of_an_unknown_run(workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     r = run_cli(capsys, "logs", "nope")
-    assert r.code == 1 and "no stdout.log" in r.err
+    assert r.code == 1
+    assert r.err.strip() == (f"error: nope: no run nope in {workspace.out_root}: no launched sweep plans it and it "
+                             f"has no directory — see the run_ids with: sweepctl status --out-root {workspace.out_root}")
 
 
 

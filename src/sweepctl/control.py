@@ -21,7 +21,7 @@ from typing import Any
 from sweepctl import runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import least_busy, query_gpus
-from sweepctl.launch import LAUNCH_FILE, find_run, latest_sweep, load_manifest
+from sweepctl.launch import LAUNCH_FILE, PLAN_FILE, find_run, latest_sweep, load_manifest
 from sweepctl.plan import cuda_visible_devices
 from sweepctl.settings import Settings
 from sweepctl.tmux import Tmux, attach_command, rerun_session
@@ -55,7 +55,11 @@ def _is_ours(pid: int, needle: str) -> bool:
 
 def stop(out_root: Path, *, sweep: str | None = None, shard: int | None = None) -> list[Signalled]:
     """SIGINT to the runners of `sweep` (one shard, or all); each forwards it to its trainer, which
-    writes `status: interrupted`, and then starts no further row. Sessions are left for inspection."""
+    writes `status: interrupted`, and then starts no further row. Sessions are left for inspection.
+
+    Runners are found from every record that names one — each shard/rerun record in the sweep's
+    folder and each run's runner.json — so the runners of an earlier launch (another tmux server,
+    a record overwritten since) are stopped too, not only the last launch's."""
     out_root = Path(out_root).expanduser().absolute()
     name = sweep or latest_sweep(out_root)
     if name is None:
@@ -64,6 +68,17 @@ def stop(out_root: Path, *, sweep: str | None = None, shard: int | None = None) 
     d = runs.sweep_dir(out_root, name)
     sent: list[Signalled] = []
     runner_pids: set[int] = set()
+
+    def signal_runner(pid: int, session: str | None) -> None:
+        if pid in runner_pids or not _is_ours(pid, "sweepctl"):
+            return
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        runner_pids.add(pid)
+        sent.append(Signalled("runner", pid, session))
+
     for state_file in sorted(d.glob("*.json")):
         record = runs.read_json(state_file) or {}
         pid = record.get("pid")
@@ -73,18 +88,23 @@ def stop(out_root: Path, *, sweep: str | None = None, shard: int | None = None) 
             continue
         if shard is not None and not str(record["session"]).startswith("sweep-"):
             continue  # --shard I means the shard's session, not a rerun that shares its index
-        if _is_ours(pid, "sweepctl"):
-            os.kill(pid, signal.SIGINT)
-            runner_pids.add(pid)
-            sent.append(Signalled("runner", pid, record["session"]))
-    # A trainer whose runner died (killed session, crashed runner) still holds its run: stop it directly.
+        signal_runner(pid, record["session"])
+    owners = []
     for r in plan.runs:
         directory = runs.run_dir(out_root, r.run_id)
         owner = runs.read_json(directory / runs.OWNER)
-        if not owner or owner.get("host") not in (None, runs.HOST):
+        if not owner or owner.get("host") not in (None, runs.HOST) or owner.get("sweep") not in (None, name):
             continue
         if shard is not None and owner.get("shard") != shard:
             continue
+        owners.append((r.run_id, directory, owner))
+        runner = owner.get("runner_pid")
+        shard_session = str(owner.get("session")).startswith("sweep-")
+        # a runner still working on this run, whichever launch started it
+        if isinstance(runner, int) and "ended" not in owner and (shard is None or shard_session):
+            signal_runner(runner, owner.get("session"))
+    # A trainer whose runner died (killed session, crashed runner) still holds its run: stop it directly.
+    for run_id, directory, owner in owners:
         child, runner = owner.get("child_pid"), owner.get("runner_pid")
         if not isinstance(child, int) or runner in runner_pids or (isinstance(runner, int) and runs.pid_alive(runner)):
             continue
@@ -92,8 +112,60 @@ def stop(out_root: Path, *, sweep: str | None = None, shard: int | None = None) 
             continue
         if _is_ours(child, "sweepctl"):
             os.kill(child, signal.SIGINT)
-            sent.append(Signalled("trainer", child, owner.get("session"), r.run_id))
+            sent.append(Signalled("trainer", child, owner.get("session"), run_id))
     return sent
+
+
+# --- a run_id typed by the user ---------------------------------------------------------------------
+
+def run_directory(out_root: Path, run_id: str) -> Path:
+    """<out_root>/<run_id> for a valid run_id that is not a link out of the out-root; SweepctlError
+    (exit 1) otherwise, quoting only what was typed: nothing outside the out-root is looked at."""
+    try:
+        return runs.resolve_run_dir(out_root, run_id)
+    except ValueError as e:
+        raise SweepctlError(str(e), where=run_id if runs.valid_run_id(run_id) else None,
+                            hint=f"see the run_ids with: sweepctl status --out-root {out_root}") from None
+
+
+def known_run_ids(out_root: Path) -> list[str]:
+    """Every run_id a launched sweep under out_root plans, and every run directory there."""
+    from sweepctl.plan import Plan
+
+    known = {d.name for d in runs.list_run_dirs(out_root)}
+    for plan_file in runs.sweeps_root(out_root).glob(f"*/{PLAN_FILE}"):
+        try:
+            known.update(r.run_id for r in Plan.model_validate_json(plan_file.read_text()).runs)
+        except (OSError, ValueError):
+            continue
+    return sorted(known)
+
+
+def log_path(out_root: Path, run_id: str, *, follow: bool) -> Path:
+    """The run's stdout.log for `logs`; refused when there is nothing to show or, with -f, nothing
+    to wait for (no sweep in out_root plans the run and it has no directory): a typo would
+    otherwise wait forever in silence."""
+    import difflib
+
+    out_root = Path(out_root).expanduser().absolute()
+    directory = run_directory(out_root, run_id)
+    path = directory / runs.STDOUT_LOG
+    if path.is_symlink():
+        raise SweepctlError(f"{path} is a symlink; sweepctl reads only real files in the out-root", where=run_id,
+                            hint=f"look at it yourself: ls -l {path}")
+    if path.exists():
+        return path
+    known = known_run_ids(out_root)
+    if run_id in known and follow:
+        return path  # planned, not started yet: -f waits for it
+    if run_id in known:
+        raise SweepctlError(f"no {runs.STDOUT_LOG} in {directory} yet", where=run_id,
+                            hint=f"it has not started; wait for it with: sweepctl logs {run_id} -f")
+    close = difflib.get_close_matches(run_id, known, n=1, cutoff=0.6)
+    hint = (f"did you mean {close[0]}? sweepctl logs {close[0]}" + (" -f" if follow else "") if close
+            else f"see the run_ids with: sweepctl status --out-root {out_root}")
+    raise SweepctlError(f"no run {run_id} in {out_root}: no launched sweep plans it and it has no directory",
+                        where=run_id, hint=hint)
 
 
 @dataclass
@@ -115,13 +187,20 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
     sweep was launched with `--backend ray` goes back to that Ray cluster: the session runs a Ray
     driver for this one row, and Ray picks the node and GPUs."""
     out_root = Path(out_root).expanduser().absolute()
+    directory = run_directory(out_root, run_id)
     found = find_run(out_root, run_id)
     if found is None:
         raise SweepctlError(f"{run_id} is in no launched sweep under {out_root}", where=run_id,
                             hint="launch its sweep first (the rerun uses the sweep's plan.json)")
     name, plan = found
     planned = plan.run(run_id)
-    view = runs.read_run(runs.run_dir(out_root, run_id), stale_after_s=settings.stale_after_s)
+    if refusal := runs.symlink_problem(directory):
+        raise SweepctlError(refusal, where=run_id, hint=f"replace the link with a real directory, then: "
+                                                        f"sweepctl rerun {run_id} --force")
+    if problem := read_only_problem(out_root):
+        raise SweepctlError(problem, where=run_id, hint=f"remount it read-write (mount -o remount,rw "
+                                                        f"{runs.mount_point(out_root)}), then: sweepctl rerun {run_id}")
+    view = runs.read_run(directory, stale_after_s=settings.stale_after_s)
     if view.state == "running":
         raise RefusedError("the run is running", where=run_id, hint="stop it first: sweepctl stop")
     if view.state == "ok" and not force:
@@ -147,6 +226,14 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
     tmux = tmux or Tmux(settings.tmux_socket)
     tmux.start(session, argv, env=env, cwd=Path.cwd())
     return RerunResult(run_id, name, session, devices, view.state, attach_command(session, settings.tmux_socket))
+
+
+def read_only_problem(out_root: Path) -> str | None:
+    """Why nothing can be written under out_root (a read-only volume, no write permission), or None."""
+    existing = runs.nearest_existing(Path(out_root))
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    return f"{existing} is not writable (a read-only volume, or no write permission): nothing could be saved"
 
 
 def _rerun_devices(plan: Any, run_id: str, k: int, device: str | None, gpu: int | None) -> str:

@@ -347,7 +347,7 @@ def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult
                            hint="a live session is never killed; wait for it or `sweepctl stop --all` first")
     launched_at = time.time()
     launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
-    write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=free)
+    write_plan_files(preview)
     started, refused = [], [shard_session(s) for s in busy]
     for s in free:
         devices = cuda_visible_devices(preview.plan, s)
@@ -360,12 +360,23 @@ def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult
             continue
         n = len(preview.plan.shards[s].run_ids) if preview.plan.schedule == "static" else None
         started.append(StartedShard(s, name, devices, n, how))
+    if not started:  # refused after all: the record of the last launch that did start stays as it was
+        raise RefusedError(f"no shard started: their tmux sessions became busy ({', '.join(refused)})",
+                           hint="a live session is never killed; wait for it or `sweepctl stop --all` first")
+    record_launch(preview, launch_id=launch_id, launched_at=launched_at, shards=[s.shard for s in started])
     return LaunchResult(preview, started, refused, attach_command(started[0].session, socket) if started else attach,
                         status_cmd)
 
 
 def write_manifest(preview: LaunchPreview, *, launch_id: str, launched_at: float, shards: list[int]) -> None:
-    """`.sweeps/<name>/`: CSV copy, config copies, plan.json, launch.json — what status, rerun and a
+    """`.sweeps/<name>/`: the plan's files and the launch's record, for a launcher that starts its
+    workers after writing them (Ray, Slurm)."""
+    write_plan_files(preview)
+    record_launch(preview, launch_id=launch_id, launched_at=launched_at, shards=shards)
+
+
+def write_plan_files(preview: LaunchPreview) -> None:
+    """`.sweeps/<name>/`: CSV copy, config copies, plan.json — what the runners, status, rerun and a
     postmortem need after the pod is gone. A changed CSV or plan keeps the old one as `.bak-`."""
     d = preview.sweep_dir
     d.mkdir(parents=True, exist_ok=True)
@@ -376,6 +387,13 @@ def write_manifest(preview: LaunchPreview, *, launch_id: str, launched_at: float
         _replace_keeping_old(dst, src.read_bytes())
     plan_text = json.dumps(preview.plan.model_dump(mode="json"), indent=2) + "\n"
     _replace_keeping_old(d / PLAN_FILE, plan_text.encode())
+
+
+def record_launch(preview: LaunchPreview, *, launch_id: str, launched_at: float, shards: list[int]) -> None:
+    """launch.json and a line in launches.jsonl, once a session has started: a refused launch
+    leaves the record of the last one that ran."""
+    d = preview.sweep_dir
+    csv_copy = d / preview.sweep.csv_path.name
     o = preview.options
     record = {
         "sweep": preview.sweep.name, "launch_id": launch_id, "ts": launched_at,
@@ -397,8 +415,12 @@ def _replace_keeping_old(path: Path, content: bytes) -> None:
             return
         runs.backup(path.parent, [path.name])
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full volume keeps no half copy
+        raise
 
 
 # --- reading a launched sweep back ---------------------------------------------------------------

@@ -13,11 +13,18 @@ its output to stdout.log and the pane, watch its heartbeat (stall) and the clock
 make sure a summary.json exists when it ends — the trainer's own, or the runner's when the child
 died without one (SIGKILL, the OOM killer). A failed row does not stop the shard unless fail_fast.
 
+Whatever goes wrong around one row — preparing its directory, starting the trainer (bad bytes in
+an argument), finishing it, a full or read-only volume — ends that row with an honest summary
+(`error_class: "disk"` for ENOSPC/EROFS, with the path and the space left) and the runner goes
+on. Only a volume where not even that summary can be written stops the shard, with the reason in
+the pane and the shard log (when they can still be written).
+
 This is the only module that starts the trainer as a subprocess.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,6 +39,7 @@ from typing import Any, BinaryIO, Literal
 
 from sweepctl import runs
 from sweepctl.plan import Plan, PlannedRun, claim_order
+from sweepctl.train.rundir import disk_error_text, is_disk_error
 
 OnFailed = Literal["skip", "retry"]
 RUN_CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
@@ -57,6 +65,10 @@ class RunnerOptions:
     launched_at: float = field(default_factory=time.time)
     kill_grace_s: float = 30.0  # after SIGTERM, how long the trainer gets to write its summary
     stale_after_s: float = 120.0
+
+
+class VolumeUnusable(Exception):
+    """Not even a summary can be written to the out-root: the shard stops, saying why."""
 
 
 @dataclass
@@ -116,7 +128,13 @@ class ShardRunner:
         # shard-<i>.log for a shard session (DESIGN.md), <session>.log for a rerun
         shard_session = options.session.startswith("sweep-") and options.shard is not None
         log_name = f"shard-{options.shard}.log" if shard_session else f"{options.session}.log"
-        self.shard_log = open(options.sweep_dir / log_name, "ab")  # noqa: SIM115 (open for the runner's life)
+        self.shard_log: BinaryIO | None = None
+        try:
+            self.shard_log = open(options.sweep_dir / log_name, "ab")  # noqa: SIM115 (open for the runner's life)
+        except OSError as e:  # a read-only volume: the pane still says what happens
+            self.early_problem: str | None = disk_error_text(e, options.sweep_dir / log_name)
+        else:
+            self.early_problem = None
         self.state_path = options.sweep_dir / log_name.replace(".log", ".json")
         self.stop_signal: int | None = None
         self.child: subprocess.Popen[bytes] | None = None
@@ -127,6 +145,8 @@ class ShardRunner:
         """To the pane and the shard log: the shard's history outlives its tmux pane."""
         with self.write_lock:
             for stream in (self.pane, self.shard_log):
+                if stream is None:
+                    continue
                 try:
                     stream.write(data)
                     stream.flush()
@@ -175,42 +195,89 @@ class ShardRunner:
     def run(self) -> int:
         """Walk the rows; 0 when nothing failed. Leaves a one-line summary as the pane's last line."""
         start = time.time()
-        self._write_state(started=start)
         self.say(f"sweep {self.plan.sweep}: runner pid {os.getpid()}, CUDA_VISIBLE_DEVICES={self.o.devices}, "
                  f"schedule {self.plan.schedule}")
-        for planned in self.rows():
-            if self.stop_signal is not None:
+        stopped_by = self.early_problem
+        if stopped_by is None:
+            stopped_by = self._write_state(started=start)
+        rows = self.rows()
+        while stopped_by is None and self.stop_signal is None:
+            try:
+                planned = next(rows, None)
+            except Exception as e:  # a claim that cannot be written: no row can be taken safely
+                stopped_by = _describe(e, self.o.claims_dir or self.o.sweep_dir)
                 break
-            outcome = self.run_row(planned)
+            if planned is None:
+                break
+            try:
+                outcome = self.run_row(planned)
+            except VolumeUnusable as e:
+                self.outcomes.append(Outcome(planned.run_id, "failed", str(e)))
+                stopped_by = str(e)
+                break
             self.outcomes.append(outcome)
             if outcome.result == "failed" and self.o.fail_fast:
                 self.say("--fail-fast: stopping this shard after a failed row")
                 break
+        if stopped_by is not None:
+            self.say(f"stopping this shard: {stopped_by}; its other rows stay as they are. Free space or make "
+                     f"the volume writable, then: sweepctl launch SWEEP.csv --retry-failed")
         counts, line = end_line(self.o.session, self.outcomes, stopped=self.stop_signal is not None,
                                 elapsed_s=time.time() - start)
-        self._write_state(started=start, finished=time.time(), counts=counts)
+        self._write_state(started=start, finished=time.time(), counts=counts,
+                          **({"stopped_by": stopped_by} if stopped_by else {}))
         self.say(line)
-        self.shard_log.close()
-        return 1 if counts["failed"] else 0
+        if self.shard_log is not None:
+            with contextlib.suppress(OSError):  # a full volume: what was not flushed is in the pane
+                self.shard_log.close()
+        return 1 if counts["failed"] or stopped_by else 0
 
-    def _write_state(self, **fields: Any) -> None:
-        runs.write_json_atomic(self.state_path, {
-            "session": self.o.session, "shard": self.o.shard, "pid": os.getpid(), "host": runs.HOST,
-            "devices": self.o.devices, "launched_at": self.o.launched_at, **fields})
+    def _write_state(self, **fields: Any) -> str | None:
+        """The runner's record (stop finds it there); returns the disk problem when it cannot be written."""
+        try:
+            runs.write_json_atomic(self.state_path, {
+                "session": self.o.session, "shard": self.o.shard, "pid": os.getpid(), "host": runs.HOST,
+                "devices": self.o.devices, "launched_at": self.o.launched_at, **fields})
+        except OSError as e:
+            problem = _describe(e, self.state_path)
+            self.say(f"cannot write {self.state_path.name}: {problem}")
+            return problem if is_disk_error(e) else None
+        return None
 
     def run_row(self, planned: PlannedRun) -> Outcome:
         directory = Path(planned.config["out_dir"])
+        if refusal := runs.symlink_problem(directory):  # never lock, back up or write through a link
+            self.say(f"{planned.run_id}: {refusal}; skipped")
+            return Outcome(planned.run_id, "failed", refusal)
         lock = runs.RunLock(directory)
-        # An explicit rerun was checked "not running" just before; a lock still held then belongs to
-        # a trainer that has written its summary and is exiting (interpreter teardown can take
-        # seconds under load), so wait for it rather than skip the row the user asked for.
-        if not lock.acquire(wait_s=EXPLICIT_ROW_LOCK_WAIT_S if self.o.only else 1.0):
-            self.say(f"{planned.run_id}: another process is running it; skipped")
-            return Outcome(planned.run_id, "skipped", "running elsewhere")
         try:
+            # An explicit rerun was checked "not running" just before; a lock still held then belongs
+            # to a trainer that has written its summary and is exiting (interpreter teardown can take
+            # seconds under load), so wait for it rather than skip the row the user asked for.
+            if not lock.acquire(wait_s=EXPLICIT_ROW_LOCK_WAIT_S if self.o.only else 1.0):
+                self.say(f"{planned.run_id}: another process is running it; skipped")
+                return Outcome(planned.run_id, "skipped", "running elsewhere")
             return self._run_locked(planned, directory, lock)
+        except VolumeUnusable:
+            raise
+        except Exception as e:  # whatever broke, it broke this row only
+            return self._row_failed(planned, directory, e)
         finally:
             lock.release()
+
+    def _row_failed(self, planned: PlannedRun, directory: Path, e: Exception) -> Outcome:
+        """End a row that raised with a summary that says why; VolumeUnusable when even that fails."""
+        child, self.child = self.child, None
+        if child is not None and child.poll() is None:  # never leave a trainer the runner no longer watches
+            self._end(child)
+        error_class = "disk" if is_disk_error(e) else "exception"
+        detail = _describe(e, directory)
+        self.say(f"{planned.run_id}: failed ({error_class}: {detail})")
+        try:
+            self._write_runner_summary(planned, directory, time.time(), error_class=error_class, error=detail)
+        except OSError as again:
+            raise VolumeUnusable(_describe(again, directory / runs.SUMMARY)) from again
+        return Outcome(planned.run_id, "failed", f"{error_class}: {detail}")
 
     def _decide(self, view: runs.RunView) -> tuple[str, str]:
         """(action, why) with action skip | run | resume | restart — the run table, runner side.
@@ -302,13 +369,13 @@ class ShardRunner:
             self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                           pass_fds=(lock.fd,) if lock.fd is not None else ())
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in an argument or the environment
             log.close()
             self._write_runner_summary(planned, directory, started, error_class="nonzero_exit",
                                        error=f"could not start the trainer: {e}")
             return "failed"
         owner["child_pid"] = self.child.pid
-        runs.write_json_atomic(directory / runs.OWNER, owner)
+        self._record_owner(directory, owner)
         if self.stop_signal is not None:  # a stop that arrived between rows
             os.kill(self.child.pid, signal.SIGINT)
         tee = threading.Thread(target=self._tee, args=(self.child, log), daemon=True)
@@ -320,9 +387,17 @@ class ShardRunner:
         self.child = None
         result = self._finish(planned, directory, started, rc, reason)
         # the runner's record of how the attempt ended, next to the trainer's own summary
-        runs.write_json_atomic(directory / runs.OWNER, {**owner, "ended": time.time(), "exit_code": rc,
-                                                        "result": result, "ended_by": reason})
+        self._record_owner(directory, {**owner, "ended": time.time(), "exit_code": rc, "result": result,
+                                       "ended_by": reason})
         return result
+
+    def _record_owner(self, directory: Path, owner: dict[str, Any]) -> None:
+        """runner.json once the trainer runs: a full disk then must not orphan the trainer or lose
+        its result (the lock, not this record, proves who owns the run)."""
+        try:
+            runs.write_json_atomic(directory / runs.OWNER, owner)
+        except OSError as e:
+            self.say(f"{directory.name}: cannot update {runs.OWNER}: {_describe(e, directory / runs.OWNER)}")
 
     def _tee(self, child: subprocess.Popen[bytes], log: BinaryIO) -> None:
         assert child.stdout is not None
@@ -386,6 +461,11 @@ class ShardRunner:
                 runs.write_json_atomic(path, summary)
             return "failed"
         if summary is None:
+            volume = _volume_problem(directory)
+            if volume is not None:  # the trainer could not write its summary for lack of space
+                self._write_runner_summary(planned, directory, started, error_class="disk", rc=rc,
+                                           error=f"trainer exited with status {rc} without a summary: {volume}")
+                return "failed"
             if rc is not None and rc < 0:
                 name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
                 error_class, error = "signal", f"trainer killed by {name} (signal {-rc}) before writing a summary"
@@ -428,6 +508,31 @@ def end_line(session: str, outcomes: Sequence[Any], *, stopped: bool, elapsed_s:
     if failed:
         line += f"; failed: {', '.join(failed)}"
     return counts, line
+
+
+def _describe(e: BaseException, where: Path) -> str:
+    """One line for a row's error: a disk error names the file and the space left."""
+    if is_disk_error(e):
+        return disk_error_text(e, Path(getattr(e, "filename", None) or where))
+    return f"{type(e).__name__}: {e}"
+
+
+# Below this, a summary.json (a few KiB) may not fit: the volume is full for practical purposes.
+FULL_BYTES = 1 << 20
+
+
+def _volume_problem(directory: Path) -> str | None:
+    """'read-only volume' or 'no space left' for the volume holding `directory`, else None."""
+    try:
+        st = os.statvfs(runs.nearest_existing(directory))
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return f"the volume holding {directory} is read-only"
+    free = st.f_bavail * st.f_frsize
+    if free < FULL_BYTES:
+        return f"no space left on the volume holding {directory} ({free / 2**20:,.1f} MiB free)"
+    return None
 
 
 def _mtime(path: Path) -> float:

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -48,6 +49,12 @@ COMPLETE_FILES = (STDOUT_LOG, COMMAND, METADATA, CONFIG_EFFECTIVE, DATASET_MANIF
 RESTART_BACKUPS = (STDOUT_LOG, SUMMARY, METRICS, HEARTBEAT, CHECKPOINT)
 RETRY_BACKUPS = (STDOUT_LOG, SUMMARY)
 
+# What a run_id may be (the CSV's rule): one safe path component, never `..`, never a path.
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RUN_ID_MAX = 128
+# A run directory's files that a link could redirect a write through (backups, locks, the trainer).
+LINKABLE = (*COMPLETE_FILES, OWNER, LOCK)
+
 SWEEPS_DIR = ".sweeps"
 TAIL_BYTES = 8192  # one read from the end of metrics.jsonl covers dozens of rows
 TAIL_MAX_BYTES = 256 * 1024  # how far back to look for the last eval row of a running run
@@ -57,6 +64,46 @@ HOST = socket.gethostname()
 
 def run_dir(out_root: str | Path, run_id: str) -> Path:
     return Path(out_root) / run_id
+
+
+def valid_run_id(run_id: str) -> bool:
+    return len(run_id) <= RUN_ID_MAX and RUN_ID_RE.fullmatch(run_id) is not None
+
+
+def run_id_problem(run_id: str) -> str | None:
+    """Why `run_id` cannot name a run directory, or None. The message quotes only what was typed."""
+    if valid_run_id(run_id):
+        return None
+    return (f"{run_id!r} is not a run_id (letters, digits, '.', '_', '-', starting with a letter or digit, "
+            f"at most {RUN_ID_MAX} characters)")
+
+
+def symlink_problem(directory: Path) -> str | None:
+    """Why sweepctl must not write in `directory`: it, or one of its contract files, is a symlink.
+
+    A link would send a backup's rename or a new run's files to wherever it points, outside the
+    out-root; the message names the link, never its target."""
+    if directory.is_symlink():
+        return f"run directory {directory} is a symlink; sweepctl never writes through one (make it a real directory)"
+    for name in LINKABLE:
+        if (directory / name).is_symlink():
+            return (f"{directory / name} is a symlink; sweepctl never writes through one "
+                    f"(move it away: mv {directory / name} {directory / name}.link)")
+    return None
+
+
+def resolve_run_dir(out_root: str | Path, run_id: str) -> Path:
+    """<out_root>/<run_id> for a valid run_id whose directory is not a link out of the out-root.
+
+    ValueError with a message that reveals nothing outside the out-root."""
+    problem = run_id_problem(run_id)
+    if problem:
+        raise ValueError(problem)
+    directory = run_dir(out_root, run_id)
+    if directory.is_symlink():
+        raise ValueError(f"run directory {directory} is a symlink; sweepctl reads and writes only real "
+                         "directories in the out-root")
+    return directory
 
 
 def sweeps_root(out_root: str | Path) -> Path:
@@ -77,10 +124,32 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
+def mount_point(path: Path) -> Path:
+    """The mount point of the volume holding `path` (or its nearest existing parent): the longest
+    mount in /proc/self/mounts that contains it, so a bind mount counts too."""
+    path = Path(os.path.realpath(nearest_existing(Path(path).absolute())))
+    try:
+        with open("/proc/self/mounts") as f:
+            # octal escapes: a space in a mount point is written \040
+            points = [Path(line.split()[1].encode().decode("unicode_escape")) for line in f if line.strip()]
+    except OSError:
+        points = []
+    inside = [p for p in points if path == p or p in path.parents]
+    if inside:
+        return max(inside, key=lambda p: len(p.parts))
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Temp file in the same folder + os.replace: a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        e.filename = str(path)  # the file the user knows, not a temp name
+        raise
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False)
@@ -88,9 +157,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp)  # on a full volume the partial file holds the space the next write needs
+        if isinstance(e, OSError):
+            e.filename = str(path)
         raise
 
 
@@ -343,7 +414,8 @@ class RunView:
 
 
 def classify(*, summary: dict[str, Any] | None, heartbeat: dict[str, Any] | None, held: bool,
-             owner_started: float | None, now: float, stale_after_s: float) -> tuple[RunState, str]:
+             owner_started: float | None, now: float, stale_after_s: float,
+             checkpoint: bool = False) -> tuple[RunState, str]:
     """The run table's state, from what is on disk and whether the lock is held. Pure.
 
     A trainer that died while its runner still lives (the lock is held) is stale, not running:
@@ -361,7 +433,8 @@ def classify(*, summary: dict[str, Any] | None, heartbeat: dict[str, Any] | None
             return "stale", f"trainer pid {hb_pid} is gone"
         return "running", ""
     if heartbeat is None:
-        return "pending", ""
+        # A checkpoint is work done: a run that has one is resumed, never started over as pending.
+        return ("stale", "heartbeat missing or unreadable; has a checkpoint") if checkpoint else ("pending", "")
     if trainer_dead:
         return "stale", f"trainer pid {hb_pid} is gone"
     if hb_ts is None or now - hb_ts > stale_after_s:
@@ -378,13 +451,14 @@ def read_run(directory: Path, *, stale_after_s: float, now: float | None = None,
     summary = read_json(os.path.join(d, SUMMARY))
     owner = read_json(os.path.join(d, OWNER))  # small; says which shard ran it under the dynamic schedule
     heartbeat = None
-    held = False
+    held = checkpoint = False
     if summary is None:  # a finished run needs neither its heartbeat nor a lock probe
         heartbeat = read_json(os.path.join(d, HEARTBEAT))
         held = probe_lock and lock_held(d)
+        checkpoint = heartbeat is None and os.path.exists(os.path.join(d, CHECKPOINT))
     state, why = classify(summary=summary, heartbeat=heartbeat, held=held,
                           owner_started=_float(owner.get("started")) if owner else None,
-                          now=now, stale_after_s=stale_after_s)
+                          now=now, stale_after_s=stale_after_s, checkpoint=checkpoint)
     age = None
     if heartbeat is not None and _float(heartbeat.get("ts")) is not None:
         age = max(0.0, now - float(heartbeat["ts"]))

@@ -11,6 +11,7 @@ with Python-literal values. Nothing here executes user text or touches the disk 
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shlex
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from sweepctl.errors import SpecError
+from sweepctl.runs import RUN_ID_MAX, RUN_ID_RE  # one rule for the CSV and every command that takes a run_id
 from sweepctl.train.config import (
     PRESETS,
     ConfigError,
@@ -34,8 +36,12 @@ from sweepctl.train.config import (
 
 REQUIRED_COLUMNS = ("run_id", "config", "seed")
 OPTIONAL_COLUMNS = ("overrides", "notes", "gpus")
-RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-RUN_ID_MAX = 128
+# Bytes no command line can carry (NUL) or that rewrite what a terminal shows (other C0, DEL, C1).
+# Tab and line breaks are whitespace to the override parser and the notes, so they stay allowed.
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Environment variables whose value is a secret: a cell holding one would put it in plan.json.
+SECRET_ENV_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD", re.IGNORECASE)
+SECRET_MIN_LEN = 6  # shorter values ("1", "true") match too much to mean anything
 # Set by sweepctl itself for every run (the run directory contract); a row may not change them.
 RESERVED_KEYS = {
     "out_dir": "the run directory is <out_root>/<run_id>; choose --out-root instead",
@@ -115,11 +121,15 @@ def read_sweep(csv_path: Path, *, name: str | None = None) -> Sweep:
         raise SpecError(_format(shown, [(1, "no rows: the file has a header and nothing else")]))
 
     seen: dict[str, int] = {}
+    secrets = _secret_env()
+    warnings: list[tuple[int, str]] = []
     for row_index, (line, values) in enumerate(data):
         if len(values) > len(columns):
             problems.append((line, f"{len(values)} fields but the header has {len(columns)} (quote fields with commas)"))
             continue
         cells = dict(zip(columns, (v.strip() for v in values), strict=False))
+        problems.extend((line, e) for e in _control_characters(cells, shown))
+        warnings.extend((line, w) for w in _secrets_in(cells, secrets))
         run, errs = _read_row(cells, line, row_index, loader)
         problems.extend((line, e) for e in errs)
         run_id = cells.get("run_id", "")
@@ -132,7 +142,41 @@ def read_sweep(csv_path: Path, *, name: str | None = None) -> Sweep:
     if problems:
         raise SpecError(_format(shown, problems))
     return Sweep(name=name or sweep_name_of(csv_path), csv_path=csv_path, runs=tuple(runs),
-                 warnings=tuple(_duplicate_config_warnings(shown, runs)))
+                 warnings=tuple(_format(shown, warnings) + _duplicate_config_warnings(shown, runs)))
+
+
+def _control_characters(cells: dict[str, str], shown: str) -> list[str]:
+    """One problem per cell holding a byte that cannot reach a command line (by position, not echoed)."""
+    out = []
+    for column, value in cells.items():
+        found = CONTROL_RE.search(value)
+        if found is None:
+            continue
+        char = found.group()
+        if char == "\0":
+            fix = f"remove NULs: tr -d '\\000' < {shlex.quote(shown)} > fixed.csv"
+            what = "a NUL byte"
+        else:
+            fix, what = "delete it from the CSV", f"control character U+{ord(char):04X}"
+        out.append(f"column {column!r} has {what} at character {found.start() + 1}: no command line can carry "
+                   f"it; {fix}")
+    return out
+
+
+def _secret_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if SECRET_ENV_NAME.search(k) and len(v) >= SECRET_MIN_LEN}
+
+
+def _secrets_in(cells: dict[str, str], secrets: dict[str, str]) -> list[str]:
+    """A warning (never the value) per cell that holds a secret environment variable's value."""
+    out = []
+    for column, value in cells.items():
+        for name, secret in sorted(secrets.items()):
+            if secret in value:
+                out.append(f"warning: column {column!r} holds the value of ${name}; plan.json and runner.json "
+                           f"would keep it. Pass it through the environment instead of the CSV")
+                break
+    return out
 
 
 def _records(text: str, shown: str, problems: list[tuple[int, str]]) -> list[tuple[int, list[str]]]:

@@ -26,6 +26,8 @@ from sweepctl.plan import Plan, cuda_visible_devices
 # run that cannot write one fails at its next eval.
 LOW_DISK_BYTES = 10 << 30
 LOW_DISK_FRACTION = 0.05
+# Below this not even a summary.json is sure to fit: the volume is full, said in red.
+FULL_DISK_BYTES = 1 << 20
 
 RUN_KEYS = ("run_id", "state", "shard", "iter", "max_iters", "train_loss", "val_loss", "tok_per_s", "eta_s",
             "heartbeat_age_s", "error_class")
@@ -41,8 +43,9 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
     now = time.time() if now is None else now
     name = sweep or latest_sweep(out_root)
     plan: Plan | None = None
+    launch: dict[str, Any] = {}
     if name is not None:
-        plan, _launch = load_manifest(out_root, name)
+        plan, launch = load_manifest(out_root, name)
         entries = [(r.run_id, r.shard, r.config.get("max_iters")) for r in plan.runs]
     else:
         entries = [(d.name, None, None) for d in runs.list_run_dirs(out_root)]
@@ -55,6 +58,10 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
     if state is not None:
         rows = [r for r in rows if r["state"] == state]
     gpus = query_gpus() if with_gpus else None
+    disks = disk_usage(out_root)
+    out_of_space = any(r["error_class"] == "disk" for r in rows)
+    for d in disks:  # a run failed for lack of space and space is still short: the volume is full
+        d["full"] = full_disk(d) or (out_of_space and not d["read_only"] and low_disk(d))
     return {
         "out_root": str(out_root),
         "sweep": name,
@@ -62,17 +69,28 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
         "runs": rows,
         "gpus": [g.to_json() for g in gpus.gpus] if gpus else [],
         "sessions": sessions(tmux_socket, plan) if with_sessions else [],
-        "disks": disk_usage(out_root),
+        "disks": disks,
+        "retry_command": f"sweepctl launch {launch['csv']} --out-root {out_root} --retry-failed"
+                         if launch.get("csv") else None,
     }
 
 
 def disk_usage(out_root: Path) -> list[dict[str, Any]]:
-    """[{free_bytes, total_bytes}] of the volume holding out_root (its nearest existing parent), or []."""
+    """[{free_bytes, total_bytes, volume, read_only}] of the volume holding out_root (its nearest
+    existing parent), or []. `collect` adds `full`."""
+    existing = runs.nearest_existing(out_root)
     try:
-        usage = shutil.disk_usage(runs.nearest_existing(out_root))
+        usage = shutil.disk_usage(existing)
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
     except OSError:
         return []
-    return [{"free_bytes": usage.free, "total_bytes": usage.total}]
+    return [{"free_bytes": usage.free, "total_bytes": usage.total, "volume": str(runs.mount_point(existing)),
+             "read_only": read_only}]
+
+
+def full_disk(disk: dict[str, Any]) -> bool:
+    free = disk.get("free_bytes")
+    return isinstance(free, int) and free < FULL_DISK_BYTES
 
 
 def low_disk(disk: dict[str, Any]) -> bool:
@@ -211,10 +229,24 @@ def render(model: dict[str, Any]) -> Any:
 
     for d in model.get("disks", []):
         where = f"{d['host']}: " if multi and d.get("host") else ""
-        low = low_disk(d)
-        parts.append(Text(f"disk: {where}{d['free_bytes'] / 2**30:,.1f} GiB free of {d['total_bytes'] / 2**30:,.0f} GiB"
-                          + (" — low: checkpoints may fail to save; free some space" if low else ""),
-                          style="yellow" if low else ""))
+        space = f"{d['free_bytes'] / 2**30:,.1f} GiB free of {d['total_bytes'] / 2**30:,.0f} GiB"
+        volume = d.get("volume") or "the out-root's volume"
+        if d.get("read_only"):
+            parts.append(Text(f"disk: {where}{volume} is read-only ({space}): no run can save anything; "
+                              f"remount it read-write (mount -o remount,rw {volume})", style="bold red"))
+        elif d.get("full", full_disk(d)):
+            parts.append(Text(f"disk: {where}no space left on {volume} ({space}): runs fail at their next "
+                              "checkpoint; free some space", style="bold red"))
+        else:
+            low = low_disk(d)
+            parts.append(Text(f"disk: {where}{space}" + (" — low: checkpoints may fail to save; free some space"
+                                                         if low else ""), style="yellow" if low else ""))
+    disk_failed = [r["run_id"] for r in model["runs"] if r.get("error_class") == "disk"]
+    if disk_failed:
+        retry = model.get("retry_command") or "sweepctl launch SWEEP.csv --retry-failed"
+        parts.append(Text(f"{len(disk_failed)} run(s) failed writing to a full or read-only volume "
+                          f"({', '.join(disk_failed[:3])}{', ...' if len(disk_failed) > 3 else ''}); once there "
+                          f"is space, they resume from their last checkpoint: {retry}", style="bold red"))
 
     alive = [name(s) for s in model.get("sessions", []) if s.get("alive")]
     done = [name(s) for s in model.get("sessions", []) if not s.get("alive")]

@@ -236,15 +236,20 @@ def attach(
 
     With --host: `ssh -t HOST`, then the pod's own `sweepctl attach`, which knows the pod's tmux
     server."""
+    from sweepctl.runs import run_id_problem
     from sweepctl.settings import load_settings
     from sweepctl.tmux import RERUN_PREFIX, SHARD_PREFIX, rerun_session, shard_session
 
     if target.isdigit():
         session = shard_session(int(target))
-    elif target.startswith((SHARD_PREFIX, RERUN_PREFIX)):
+    elif target.startswith(SHARD_PREFIX) and run_id_problem(target) is None:  # sweep-N, sweep-ray
         session = target
     else:
-        session = rerun_session(target)
+        run_id = target.removeprefix(RERUN_PREFIX)
+        if problem := run_id_problem(run_id):
+            raise SweepctlError(f"{problem}; attach takes a shard number, sweep-N, a run_id or rerun-<run_id>",
+                                hint="see the sessions with: sweepctl status")
+        session = rerun_session(run_id)
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         from sweepctl.transport import system_ssh_argv
 
@@ -287,7 +292,7 @@ def pull(
     deleted. The sweep's .sweeps/<name> manifest comes too."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from sweepctl.runs import SWEEPS_DIR
+    from sweepctl.runs import SWEEPS_DIR, valid_run_id
     from sweepctl.settings import load_settings
 
     pods = remote_opts.resolve(host, remote_bin, accept_new_host_key)
@@ -307,7 +312,8 @@ def pull(
             model = pods.sweepctl_json(t, status_args)  # the pod's out_root, the sweep, its run_ids
             dest = dest_root if pods.single else dest_root / h
             name = model.get("sweep")
-            run_ids = {r["run_id"] for r in model["runs"]}
+            # only names that are run_ids: a pod's answer never makes pull copy from outside its runs
+            run_ids = {r["run_id"] for r in model["runs"] if valid_run_id(str(r.get("run_id")))}
             manifest = f"{SWEEPS_DIR}/{name}/"
 
             def wanted(rel: str) -> bool:

@@ -187,20 +187,17 @@ def logs(
     """Print the end of a run's stdout.log."""
     import sys
 
-    from sweepctl import runs
-    from sweepctl.errors import SweepctlError
+    from sweepctl import control, runs
     from sweepctl.settings import load_settings
 
+    check_run_id(run_id)
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         from sweepctl.cli import remote_cmds
 
         return remote_cmds.logs(pods, run_id, remote_opts.forwarded())
     settings = load_settings(out_root=out_root)
-    directory = runs.run_dir(Path(settings.out_root).expanduser().absolute(), run_id)
-    path = directory / runs.STDOUT_LOG
-    if not path.exists() and not follow:
-        raise SweepctlError(f"no {runs.STDOUT_LOG} in {directory}", where=run_id,
-                            hint="has it started? see `sweepctl status`")
+    path = control.log_path(Path(settings.out_root), run_id, follow=follow)
+    directory = path.parent
     for line in runs.tail_lines(path, lines):
         typer.echo(line)
     if follow:
@@ -256,6 +253,7 @@ def rerun(
     from sweepctl.cli import run_views
     from sweepctl.settings import load_settings
 
+    check_run_id(run_id)
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         from sweepctl.cli import remote_cmds
 
@@ -300,6 +298,15 @@ def runner(
                                 force=force, launched_at=launched_at, stale_after_s=stale_after,
                                 kill_grace_s=kill_grace)
     raise typer.Exit(lib.main(options))
+
+
+def check_run_id(run_id: str) -> None:
+    """Refuse what cannot be a run_id before anything (here or on a pod) looks for it."""
+    from sweepctl.errors import SweepctlError
+    from sweepctl.runs import run_id_problem
+
+    if problem := run_id_problem(run_id):
+        raise SweepctlError(problem, hint="see the run_ids with: sweepctl status")
 
 
 def register(app: typer.Typer) -> None:

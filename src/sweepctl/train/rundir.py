@@ -10,10 +10,13 @@ the runner, a report pulled over SSH) never sees half a file, and no secret envi
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -46,10 +49,59 @@ def scrub(obj: Any, secrets: list[str]) -> Any:
     return obj
 
 
+# A write that fails for one of these fails for the volume, not for the run: error_class "disk".
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+
+
+def disk_cause(e: BaseException) -> OSError | None:
+    """The ENOSPC/EROFS behind `e`, also when a library re-raised it as something else (torch.save
+    turns a failed write into a RuntimeError while closing its zip file)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError) and cur.errno in DISK_ERRNOS:
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def is_disk_error(e: BaseException) -> bool:
+    return disk_cause(e) is not None
+
+
+def free_space(path: Path) -> str:
+    """'12.3 MiB free on /mnt' for the volume holding `path` (its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:,.1f} MiB free"
+
+
+def disk_error_text(e: BaseException, path: Path) -> str:
+    """The one line a disk failure is reported as: what failed, where, and the space left."""
+    cause = disk_cause(e)
+    errno_ = cause.errno if cause is not None else getattr(e, "errno", None)
+    return f"{os.strerror(errno_ or 0)} writing {path} ({free_space(path.parent)})"
+
+
+def remove_partial(tmp: Path) -> None:
+    """A failed write's own temp file goes: on a full volume it holds the space the summary needs."""
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        remove_partial(tmp)
+        raise
 
 
 def write_json(path: Path, obj: Any) -> None:

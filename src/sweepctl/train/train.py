@@ -71,8 +71,12 @@ from sweepctl.train.rundir import (
     CONTRACT_VERSION,
     RUN_KIND,
     Heartbeat,
+    disk_cause,
+    disk_error_text,
     git_info,
+    is_disk_error,
     package_version,
+    remove_partial,
     scrub,
     secret_values,
     wandb_run_id,
@@ -100,6 +104,11 @@ class UsageError(Exception):
 
 class NonFiniteLoss(Exception):
     """The loss became NaN or infinite (error_class nan)."""
+
+
+class DiskError(Exception):
+    """A write failed because the volume is full or read-only (error_class disk); the message names
+    the file and the space left."""
 
 
 class Interrupted(BaseException):
@@ -237,7 +246,13 @@ class Run:
         except ShardError as e:
             self._fail(str(e), "exception")
             return EXIT_FAILED
+        except DiskError as e:
+            self._fail(str(e), "disk")
+            return EXIT_FAILED
         except Exception as e:
+            if (cause := disk_cause(e)) is not None:  # metrics, heartbeat or start files on a full volume
+                self._fail(disk_error_text(cause, Path(cause.filename or self.out_dir or ".")), "disk")
+                return EXIT_FAILED
             oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
             self._fail(traceback.format_exc(), "oom" if oom else "exception", short=f"{type(e).__name__}: {e}")
             return EXIT_FAILED
@@ -614,9 +629,17 @@ class Run:
                 "contract_version": CONTRACT_VERSION}
         path = self.out_dir / "ckpt.pt"
         tmp = path.with_name(f".ckpt.pt.tmp-{os.getpid()}")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-        self.ckpt_iter = self.iter_num
+        try:
+            # Through a Python file: torch.save(path) reports ENOSPC as an opaque RuntimeError.
+            with open(tmp, "wb") as f:
+                torch.save(ckpt, f)
+            os.replace(tmp, path)
+            self.ckpt_iter = self.iter_num
+        except BaseException as e:
+            remove_partial(tmp)  # a partial checkpoint keeps the volume full: the summary would not fit
+            if is_disk_error(e):
+                raise DiskError(disk_error_text(e, path)) from e
+            raise
 
     def _load_checkpoint(self, path: Path) -> None:
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
