@@ -25,6 +25,7 @@ from sweepctl.train.config import (
     Namespace,
     TrainConfig,
     build_config,
+    expected_type,
     format_override,
     parse_override,
     read_config_file,
@@ -245,12 +246,18 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
     except ValueError as e:
         errs.append(f"overrides: {e} (quote values as in the shell)")
         words = []
+    errs.extend(_quoted_non_strings(cells.get("overrides", ""), words))
+    first_word: dict[str, str] = {}
     for word in words:
         try:
             key, value = parse_override(word, names)
         except ConfigError as e:
             errs.append(f"overrides: {e}")
             continue
+        if key in first_word:
+            errs.append(f"overrides: {key} is set twice ({first_word[key]}, then {word}); keep one")
+            continue
+        first_word[key] = word
         if key in RESERVED_KEYS:
             errs.append(f"override {key!r} is not allowed here: {RESERVED_KEYS[key]}")
             continue
@@ -269,6 +276,32 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
     return RunSpec(run_id=run_id, line=line, row_index=row_index, config_ref=ref, config_path=config_path,
                    seed=config.seed, overrides=tuple(canonical), override_words=tuple(words), notes=cells.get("notes", ""), gpus=gpus,
                    config=config), []
+
+
+def _quoted_non_strings(text: str, words: list[str]) -> list[str]:
+    """`batch_size='32'`: the shell's quotes vanish and the trainer would get 32, but whoever quoted
+    the value meant a string, which a number or boolean setting does not hold. Quotes around a
+    value with spaces (`ns_coeffs='(1, 2, 3)'`) only protect the spaces and are fine."""
+    lexer = shlex.shlex(text, posix=False)
+    lexer.whitespace_split = True
+    try:
+        raw_words = list(lexer)
+    except ValueError:
+        return []  # unbalanced quotes are reported by shlex.split already
+    if len(raw_words) != len(words):
+        return []  # escapes the two lexers read differently: nothing to pair
+    out = []
+    for raw, word in zip(raw_words, words, strict=True):
+        key, sep, value = raw.partition("=")
+        key = key.strip()
+        if (not sep or TrainConfig.model_fields.get(key) is None
+                or TrainConfig.model_fields[key].annotation not in (int, float, bool) or len(value) < 2
+                or value[0] not in "'\"" or value[-1] != value[0] or value[1] in "'\""
+                or any(c.isspace() for c in value)):
+            continue
+        out.append(f"overrides: {raw} is quoted, so it is a string, but {key} needs {expected_type(key)}: "
+                   f"write {word}")
+    return out
 
 
 def _duplicate_config_warnings(shown: str, runs: list[RunSpec]) -> list[str]:

@@ -342,6 +342,19 @@ def _accepts_str(name: str) -> bool:
     return any(a is str for a in get_args(ann))
 
 
+def expected_type(name: str) -> str:
+    """What a setting holds, in words, for messages: 'an integer', 'true or false', ..."""
+    ann = TrainConfig.model_fields[name].annotation
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if ann in words:
+        return words[ann]  # type: ignore[index]
+    if get_origin(ann) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(ann))
+    if any(get_origin(a) is tuple for a in get_args(ann)):
+        return "a tuple of numbers"
+    return str(ann)
+
+
 def suggest(name: str, choices: tuple[str, ...] = FIELD_NAMES) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -372,6 +385,10 @@ def parse_override(word: str, names: dict[str, Any] | None = None) -> tuple[str,
     except NameError as e:
         if as_str and not _has_code(tree.body):
             return key, raw.strip()  # a bare word (or words-with-dashes) for a string field is that string
+        if isinstance(tree.body, ast.Name) and TrainConfig.model_fields[key].annotation in (int, float, bool):
+            # batch_size=big: say what the setting holds; "quote strings" would point the wrong way
+            raise ConfigError(f"{key}={raw}: {key} needs {expected_type(key)}; {e.args[0]!r} is neither that "
+                              "nor a name defined in the config file") from None
         raise ConfigError(
             f"{key}={raw}: unknown name {e.args[0]!r} (quote strings; names must be defined in the config file)"
         ) from None
