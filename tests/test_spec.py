@@ -248,7 +248,7 @@ def test_plan_dynamic_and_human_output(sweep_dir, capsys):
     assert "wandb_log=True" in plan["runs"][0]["argv"]  # a Python literal, never a lowercase word
     result = run_cli(capsys, "plan", "sweep.csv", "--shards", "2")
     assert result.code == 0
-    assert "shard 0 (sweep-0) CUDA_VISIBLE_DEVICES=0: 1 runs" in result.out
+    assert "shard 0 (sweep-0) CUDA_VISIBLE_DEVICES=0: 1 run" in [ln.rstrip() for ln in result.out.splitlines()]
     assert "CUDA_VISIBLE_DEVICES=1 python -m sweepctl.train hc seed=1" in result.out.replace("\n│", "")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,6 +333,20 @@ def _eval_node(node: ast.AST, names: dict[str, Any], *, bare_words: bool) -> Any
     raise _CodeNotAllowed(node, kind)
 
 
+# Plain decimal literals, read as ast would read them, without ast (most values of a big sweep).
+_INT_RE = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(?=[eE]))(?:[eE][+-]?[0-9]+)?")
+
+
+def _plain_number(raw: str) -> int | float | None:
+    if _INT_RE.fullmatch(raw):
+        return int(raw)
+    if _FLOAT_RE.fullmatch(raw):
+        return float(raw)
+    return None
+
+
+@functools.cache
 def _accepts_str(name: str) -> bool:
     ann = TrainConfig.model_fields[name].annotation
     if ann is str:
@@ -372,7 +387,12 @@ def parse_override(word: str, names: dict[str, Any] | None = None) -> tuple[str,
     key = key.strip()
     if key not in TrainConfig.model_fields:
         raise ConfigError(unknown_key_message(key))
+    fast = _plain_number(raw)
+    if fast is not None:
+        return key, fast
     env = {**PREDEFINED_NAMES, **(names or {})}
+    if raw.lower() in _BOOL_WORDS and raw not in env:
+        return key, _BOOL_WORDS[raw.lower()]
     as_str = _accepts_str(key)
     try:
         tree = ast.parse(raw.strip(), mode="eval")
