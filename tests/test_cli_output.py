@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SWEEPCTL = shutil.which("sweepctl") or str(Path(sys.executable).with_name("sweepctl"))
@@ -153,3 +154,110 @@ def test_presets_json_has_every_preset(capsys: pytest.CaptureFixture[str]) -> No
     model = json.loads(run_cli(capsys, "presets", "--json").out)
     assert list(model) == list(PRESETS)
     assert model["mhc_48l"] == {"what": "mHC, 4 streams, Sinkhorn 20 iterations", "settings": PRESETS["mhc_48l"]}
+
+
+# --------------------------------------------------------------------------- status: summary, watch
+
+
+def make_runs(out_root: Path, n: int, *, failed: range, stale: range) -> None:
+    now = time.time()
+    for i in range(n):
+        d = out_root / f"grp{i % 3}-s{i}"
+        d.mkdir(parents=True)
+        if i in stale:
+            (d / "heartbeat.json").write_text(json.dumps({"ts": now - 3600, "iter": 10, "max_iters": 100, "pid": 1}))
+        else:
+            ok = i not in failed
+            (d / "summary.json").write_text(json.dumps({"ok": ok, "status": "completed" if ok else "failed",
+                                                        "error_class": None if ok else "nan",
+                                                        "iter_num": 100 if ok else 50, "max_iters": 100}))
+
+
+def test_status_of_many_runs_summarises_by_state_and_group_then_lists_what_needs_attention(
+        here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = here / "o"
+    make_runs(out, 250, failed=range(240, 242), stale=range(249, 250))
+    r = run_cli(capsys, "status", "--out-root", str(out))
+    assert r.code == 0, r.err
+    assert lines_of(r.out)[:20] == [
+        f"run directories in {out}: 250 runs, by group (the run_id without -s<seed>)",
+        "┏━━━━━━━┳━━━━━━┳━━━━┳━━━━━━━━┳━━━━━━━┓",
+        "┃ group ┃ runs ┃ ok ┃ failed ┃ stale ┃",
+        "┡━━━━━━━╇━━━━━━╇━━━━╇━━━━━━━━╇━━━━━━━┩",
+        "│ grp0  │   84 │ 82 │      1 │     1 │",
+        "│ grp1  │   83 │ 82 │      1 │       │",
+        "│ grp2  │   83 │ 83 │        │       │",
+        "└───────┴──────┴────┴────────┴───────┘",
+        "247 ok, 2 failed, 1 stale",
+        "runs that need attention (failed, stale, running)",
+        "┏━━━━━━━━━━━━━━━━━━┳━━━━━━━━━┳━━━━━━━━━━━┳━━━━━━━━┳━━━━┳━━━━━━━┳━━━━━┳━━━━━━━┳━━━━━┳━━━━━━┳━━━━━━━┓",
+        "┃ run_id           ┃ state   ┃ shard/GPU ┃   iter ┃  % ┃ train ┃ val ┃ tok/s ┃ ETA ┃ beat ┃ error ┃",
+        "┡━━━━━━━━━━━━━━━━━━╇━━━━━━━━━╇━━━━━━━━━━━╇━━━━━━━━╇━━━━╇━━━━━━━╇━━━━━╇━━━━━━━╇━━━━━╇━━━━━━╇━━━━━━━┩",
+        "│ grp0-s240        │ failed  │ -         │ 50/100 │ 50 │       │     │       │     │      │ nan   │",
+        "│ grp1-s241        │ failed  │ -         │ 50/100 │ 50 │       │     │       │     │      │ nan   │",
+        "│ grp0-s249        │ stale   │ -         │ 10/100 │ 10 │       │     │       │     │  60m │       │",
+        "└──────────────────┴─────────┴───────────┴────────┴────┴───────┴─────┴───────┴─────┴──────┴───────┘",
+        f"every run: sweepctl status --out-root {out} --all",
+        "GPUs: none visible",
+        lines_of(r.out)[19],  # the disk line: this machine's free space
+    ]
+    every = run_cli(capsys, "status", "--out-root", str(out), "--all")
+    assert sum(line.startswith("│ grp") for line in lines_of(every.out)) == 250
+
+
+def test_watch_without_a_terminal_prints_a_line_per_change(capsys: pytest.CaptureFixture[str]) -> None:
+    from sweepctl.cli.status_watch import watch
+
+    def model(states: list[tuple[str, int, float | None]]) -> dict:
+        runs = [{"run_id": f"r{i}", "state": s, "iter": it, "max_iters": 100, "eta_s": eta}
+                for i, (s, it, eta) in enumerate(states)]
+        return {"runs": runs, "counts": {s: sum(r["state"] == s for r in runs)
+                                         for s in ("pending", "running", "ok", "failed", "stale")}}
+
+    start = model([("running", 50, 100.0), ("pending", 0, None)])
+    models = [start, start, model([("ok", 100, None), ("running", 20, 160.0)]), model([("ok", 100, None)] * 2)]
+    clock = iter([0.0, 60.0, 120.0]).__next__
+    watch(iter(models), interval=2, render=lambda m: "", clock=clock)
+    stamp = [time.strftime("%H:%M:%S", time.localtime(t)) for t in (0.0, 60.0, 120.0)]
+    assert capsys.readouterr().out.splitlines() == [
+        f"{stamp[0]}  1 pending, 1 running — 0/2 runs finished, 25% of iterations, ETA 5m",
+        f"{stamp[1]}  1 running, 1 ok — 1/2 runs finished, 60% of iterations, ETA 2m",
+        f"{stamp[2]}  2 ok — 2/2 runs finished, 100% of iterations, ETA 0s",
+    ]
+
+
+def test_watch_on_a_terminal_shows_progress_the_refresh_time_and_how_to_quit() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from sweepctl.cli.status_watch import _view
+
+    m = {"runs": [{"run_id": "r0", "state": "running", "iter": 25, "max_iters": 100, "eta_s": 150.0}],
+         "counts": {"running": 1}}
+    buf = StringIO()
+    Console(file=buf, width=160, color_system=None).print(_view(m, lambda _: "TABLE", 5.0, 0.0))
+    stamp = time.strftime("%H:%M:%S", time.localtime(0.0))
+    lines = lines_of(buf.getvalue())
+    assert lines[0] == "TABLE"
+    assert lines[1].endswith("0/1 runs finished, 25% of iterations, ETA 2m") and "━" in lines[1]
+    assert lines[2] == f"refreshed {stamp}, every 5 s — Ctrl-C quits watching (the runs go on)"
+
+
+def test_status_watch_in_a_pipe_prints_when_a_run_finishes(here: Path) -> None:
+    """The real command, piped, with --interval: a line at start, a line when a run's summary
+    appears, nothing in between."""
+    out = here / "o"
+    make_runs(out, 2, failed=range(0), stale=range(1, 2))
+    proc = subprocess.Popen([SWEEPCTL, "status", "--out-root", str(out), "--watch", "--interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    try:
+        first = proc.stdout.readline()  # type: ignore[union-attr]
+        assert first.endswith("1 ok, 1 stale — 1/2 runs finished, 55% of iterations, ETA unknown (nothing running)\n")
+        (out / "grp1-s1" / "summary.json").write_text(json.dumps({"ok": True, "iter_num": 100, "max_iters": 100}))
+        second = proc.stdout.readline()  # type: ignore[union-attr]  # blocks until the change (the test's timeout bounds it)
+        assert second.endswith("2 ok — 2/2 runs finished, 100% of iterations, ETA 0s\n")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

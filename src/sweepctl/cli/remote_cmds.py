@@ -35,9 +35,15 @@ WATCH_INTERVAL_S = 2.0  # the local `status --watch` redraws every 2 s too
 
 # --- status ------------------------------------------------------------------------------------
 
-def status(pods: Pods, args: list[str], *, as_json: bool, watch: bool) -> None:
+def status(pods: Pods, args: list[str], *, as_json: bool, watch: bool, interval: float = WATCH_INTERVAL_S,
+           show_all: bool = False) -> None:
     """One `status --json` per pod (one round trip each), drawn as one table."""
     from sweepctl import status as lib
+
+    again = remote_opts.command_line("status", "--all", drop=("--watch", "--interval"))
+
+    def render(model: dict[str, Any]) -> Any:
+        return lib.render(model, show_all=show_all, again=again)
 
     pod_args = ["status", *args, "--json"]
     if as_json and pods.single:  # the pod's JSON, byte for byte
@@ -50,17 +56,14 @@ def status(pods: Pods, args: list[str], *, as_json: bool, watch: bool) -> None:
             remote_opts.raise_if_failed(answers)
         model = _merge(pods, [(a, None) for a in answers])
         if as_json:
-            typer.echo(json.dumps(model, indent=2))
+            typer.echo(json.dumps(model))
         else:
-            console.print(lib.render(model))
+            console.print(render(model))
         remote_opts.raise_if_failed(answers)
         return
-    from rich.live import Live
+    from sweepctl.cli.status_watch import watch as watch_status
 
-    models = watch_models(pods, pod_args)
-    with Live(lib.render(next(models)), console=console, refresh_per_second=1, screen=False) as live:
-        for model in models:
-            live.update(lib.render(model))
+    watch_status(watch_models(pods, pod_args, interval=interval), interval=interval, render=render)
 
 
 def watch_models(pods: Pods, pod_args: list[str], *, interval: float = WATCH_INTERVAL_S,

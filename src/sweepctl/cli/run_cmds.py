@@ -7,7 +7,6 @@ library calls return data, so a remote command is the same subcommand run on the
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import typer
@@ -136,8 +135,11 @@ def status(
     out_root: str | None = OUT_ROOT,
     sweep: str | None = typer.Option(None, "--sweep", help="Sweep name (default: the latest launched)."),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
-    watch: bool = typer.Option(False, "--watch", help="Redraw every 2 s until Ctrl-C."),
+    watch: bool = typer.Option(False, "--watch", help="Redraw every --interval seconds until Ctrl-C (without a "
+                               "terminal: a line per change)."),
+    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between refreshes with --watch."),
     state: str | None = typer.Option(None, "--state", help="Only runs in this state: pending running ok failed stale."),
+    show_all: bool = typer.Option(False, "--all", help="Every run in the table (beyond 200 runs it is summarised)."),
     host: list[str] | None = remote_opts.HOST,
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
@@ -153,8 +155,8 @@ def status(
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         from sweepctl.cli import remote_cmds
 
-        return remote_cmds.status(pods, remote_opts.forwarded(exclude=("as_json", "watch")), as_json=as_json,
-                                  watch=watch)
+        return remote_cmds.status(pods, remote_opts.forwarded(exclude=("as_json", "watch", "interval", "show_all")),
+                                  as_json=as_json, watch=watch, interval=interval, show_all=show_all)
     settings = load_settings(out_root=out_root)
 
     def model() -> dict:
@@ -162,17 +164,20 @@ def status(
                            tmux_socket=settings.tmux_socket, state=state)
 
     if as_json:
-        typer.echo(json.dumps(model(), indent=2))
+        typer.echo(json.dumps(model()))
         return
-    if not watch:
-        console.print(lib.render(model()))
-        return
-    from rich.live import Live
+    again = remote_opts.command_line("status", "--all", drop=("--watch", "--interval"))
 
-    with Live(lib.render(model()), console=console, refresh_per_second=1, screen=False) as live:
-        while True:
-            time.sleep(2)
-            live.update(lib.render(model()))
+    def render(m: dict) -> object:
+        return lib.render(m, show_all=show_all, again=again)
+
+    if not watch:
+        console.print(render(model()))
+        return
+    from sweepctl.cli.status_watch import polled
+    from sweepctl.cli.status_watch import watch as watch_status
+
+    watch_status(polled(model, interval), interval=interval, render=render)
 
 
 def logs(
