@@ -32,7 +32,7 @@ def validate(
     from sweepctl.spec import read_sweep
 
     sweep = read_sweep(csv_path)
-    model = validate_model(sweep)
+    model = validate_model(sweep, with_rows=as_json or show_all)
     if as_json:
         typer.echo(json.dumps(model, indent=2))
         return

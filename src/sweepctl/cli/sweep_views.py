@@ -33,8 +33,9 @@ def count_of(n: int, word: str) -> str:
 # --- validate ---------------------------------------------------------------------------------------
 
 
-def validate_model(sweep: Any) -> dict[str, Any]:
-    """`validate --json`: the summary, the groups (rows differing only in seed) and every row."""
+def validate_model(sweep: Any, *, with_rows: bool = True) -> dict[str, Any]:
+    """`validate --json`: the summary, the groups (rows differing only in seed) and every row
+    (`with_rows`; a summary does not need them)."""
     groups: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
     for r in sweep.runs:
         groups.setdefault((r.config_ref, r.override_words), []).append(r)
@@ -51,7 +52,8 @@ def validate_model(sweep: Any) -> dict[str, Any]:
                     "max_iters": rs[0].config.max_iters, "run_ids": [r.run_id for r in rs]}
                    for (ref, words), rs in groups.items()],
         "rows": [{"run_id": r.run_id, "line": r.line, "config": r.config_ref, "seed": r.seed,
-                  "overrides": list(r.override_words), "notes": r.notes, "gpus": r.gpus} for r in sweep.runs],
+                  "overrides": list(r.override_words), "notes": r.notes, "gpus": r.gpus}
+                 for r in (sweep.runs if with_rows else ())],
     }
 
 

@@ -424,6 +424,8 @@ def format_override(key: str, value: Any) -> str:
     """The canonical `key=value` word: Python literals (`wandb_log=False`, never `false`), and a
     string written bare when it reads back as itself (`out_dir=/mnt/x`), else quoted."""
     if isinstance(value, str):
+        if value.startswith("/") and key in TrainConfig.model_fields and _accepts_str(key):
+            return f"{key}={value}"  # no expression starts with "/": it reads back as the string itself
         try:
             if parse_override(f"{key}={value}") == (key, value):
                 return f"{key}={value}"
