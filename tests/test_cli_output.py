@@ -261,3 +261,42 @@ def test_status_watch_in_a_pipe_prints_when_a_run_finishes(here: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- exit codes
+
+
+def test_the_readme_exit_code_table_is_the_codes_the_errors_carry() -> None:
+    from sweepctl.errors import RefusedError, RemoteError, SpecError, SweepctlError
+
+    section = (REPO / "README.md").read_text().split("### Exit codes", 1)[1].split("\n#", 1)[0]
+    codes = [int(line.split("|")[1]) for line in section.splitlines() if line.startswith("| ") and
+             line.split("|")[1].strip().isdigit()]
+    assert codes == [0, 1, 2, 3, 130]
+    assert (SweepctlError.exit_code, SpecError.exit_code, RefusedError.exit_code, RemoteError.exit_code) == (1, 1, 2, 3)
+
+
+def test_train_with_a_misspelled_setting_is_an_input_error_and_writes_nothing(tmp_path: Path) -> None:
+    r = piped("train", "mhc", "learnig_rate=1", "out_dir=out/x", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr == ("error: bad config: unknown setting 'learnig_rate'; did you mean 'learning_rate'? — "
+                        "`sweepctl presets` lists the presets; `sweepctl train --help` shows the form\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_exits_130(here: Path) -> None:
+    import signal
+
+    out = here / "o"
+    make_runs(out, 1, failed=range(0), stale=range(0))
+    proc = subprocess.Popen([SWEEPCTL, "status", "--out-root", str(out), "--watch", "--interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().endswith("1 ok — 1/1 runs finished, 100% of iterations, ETA 0s\n")  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
