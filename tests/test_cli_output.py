@@ -56,6 +56,8 @@ import pytest  # noqa: E402
 
 from cli import run_cli  # noqa: E402
 
+pytest_plugins = ["sweep_fixtures"]  # tmux_socket: a private tmux server, killed at teardown
+
 HEADER = "run_id,config,seed,overrides,notes\n"
 CPU_ROWS = ('small-s1,base,1,"device=cpu max_iters=100",\nbig-s1,base_48l,1,"device=cpu max_iters=100",\n'
             'small-s2,base,2,"device=cpu max_iters=100",\nmid-s1,hc,1,"device=cpu max_iters=150",\n')
@@ -300,3 +302,52 @@ def test_ctrl_c_exits_130(here: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------- waits and hints
+
+
+def test_an_empty_status_says_where_runs_are_and_how_to_point_at_them(
+        here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_runs(here / "sweepctl-demo", 2, failed=range(0), stale=range(0))
+    r = run_cli(capsys, "status")
+    assert r.code == 0, r.err
+    assert lines_of(r.out)[-3:] == [
+        "no runs in ./outputs (out_root from default)",
+        "runs exist in ./sweepctl-demo (the demo's folder, 2 runs): sweepctl status --out-root ./sweepctl-demo",
+        "runs in another folder: --out-root DIR (or export SWEEPCTL_OUT_ROOT=DIR); runs on a pod: --host POD, "
+        "an alias from ~/.ssh/config (or export SWEEPCTL_HOST=POD)",
+    ]
+    pasted = run_cli(capsys, "status", "--out-root", "./sweepctl-demo")  # the hint, pasted, finds them
+    assert "2 ok" in pasted.out
+
+
+def test_logs_follow_says_what_it_waits_for_then_prints_the_log(here: Path) -> None:
+    out = here / "o"
+    proc = subprocess.Popen([SWEEPCTL, "logs", "r1-s1", "-f", "--out-root", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    try:
+        said = proc.stderr.readline()  # type: ignore[union-attr]
+        assert said == (f"waiting for {out}/r1-s1/stdout.log: r1-s1 has not started yet; its log appears when a "
+                        f"runner picks it up. Ctrl-C stops waiting; `sweepctl status --out-root {out}` shows the "
+                        "sweep.\n")
+        (out / "r1-s1").mkdir(parents=True)
+        (out / "r1-s1" / "stdout.log").write_text("step 1\n")
+        (out / "r1-s1" / "summary.json").write_text("{}")
+        assert proc.stdout.readline() == "step 1\n"  # type: ignore[union-attr]
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_attach_to_a_session_that_does_not_exist_lists_those_that_do(
+        tmux_socket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    subprocess.run(["tmux", "-S", tmux_socket, "new-session", "-d", "-s", "sweep-0", "sleep 600"], check=True)
+    subprocess.run(["tmux", "-S", tmux_socket, "new-session", "-d", "-s", "sweep-1", "sleep 600"], check=True)
+    r = run_cli(capsys, "attach", "5")
+    assert r.code == 1
+    assert r.err == (f"error: no tmux session sweep-5 on tmux server {tmux_socket} — sessions there: sweep-0, "
+                     "sweep-1; e.g. `sweepctl attach sweep-0`\n")

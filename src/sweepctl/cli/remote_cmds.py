@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 import time
 from collections.abc import Iterator
@@ -164,8 +165,8 @@ def rerun(pods: Pods, run_id: str, args: list[str], *, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(model, indent=2))
         return
-    run_views.render_rerun(model, attach=f"sweepctl attach --host {host} {run_id}",
-                           logs=f"sweepctl logs {run_id} -f --host {host}")
+    run_views.render_rerun(model, attach=shlex.join(["sweepctl", "attach", "--host", host, run_id]),
+                           logs=remote_opts.hint("logs", run_id, "-f"))
 
 
 # --- report, bootstrap -------------------------------------------------------------------------
@@ -256,8 +257,29 @@ def attach(
                                accept_new_host_key=accept_new_host_key)
     else:
         socket = load_settings().tmux_socket
+        _check_session(session, socket)
         argv = ["tmux", *(["-S", socket] if socket else []), "attach", "-t", session]
     _exec(argv)
+
+
+def _check_session(session: str, socket: str | None) -> None:
+    """tmux's own "can't find session" names no alternative: list the sweep sessions that exist."""
+    from sweepctl.tmux import Tmux, tmux_version
+
+    if tmux_version() is None:
+        return  # _exec says tmux is missing
+    try:
+        found = [s.name for s in Tmux(socket).sessions()]
+    except Exception:  # no server running: no sessions at all
+        found = []
+    if session in found:
+        return
+    where = f"tmux server {socket}" if socket else "the tmux server"
+    if found:
+        hint = "sessions there: " + ", ".join(found) + f"; e.g. `sweepctl attach {found[0]}`"
+    else:
+        hint = f"no sweep is running in tmux here; `{remote_opts.hint('status')}` shows the runs"
+    raise SweepctlError(f"no tmux session {session} on {where}", hint=hint)
 
 
 def _exec(argv: list[str]) -> None:

@@ -201,6 +201,18 @@ def forwarded(*, exclude: tuple[str, ...] = ()) -> list[str]:
     return argv
 
 
+def hint(*words: str) -> str:
+    """`sweepctl WORDS`, plus the --host and --out-root the running command was given: a next
+    step that reaches the same runs when pasted (a hint without them looks somewhere else)."""
+    params = _current_context().params
+    out = ["sweepctl", *words]
+    for h in params.get("host") or ():
+        out += ["--host", h]
+    if params.get("out_root"):
+        out += ["--out-root", str(params["out_root"])]
+    return shlex.join(out)
+
+
 def command_line(*extra: str, drop: tuple[str, ...] = ()) -> str:
     """The running command as typed (`sweepctl status --host pod --out-root /x`), without the
     options in `drop`, plus `extra`: a hint the user can paste, keeping the --host and --out-root

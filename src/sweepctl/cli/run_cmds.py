@@ -172,12 +172,37 @@ def status(
         return lib.render(m, show_all=show_all, again=again)
 
     if not watch:
-        console.print(render(model()))
+        m = model()
+        console.print(render(m))
+        if not m["runs"] and state is None and sweep is None:
+            for line in _no_runs(Path(m["out_root"]), out_root):
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
     from sweepctl.cli.status_watch import polled
     from sweepctl.cli.status_watch import watch as watch_status
 
     watch_status(polled(model, interval), interval=interval, render=render)
+
+
+def _no_runs(where: Path, flag: str | None) -> list[str]:
+    """The lines of an empty status: the demo's folder, the project file's out_root and the
+    default are looked at too, and named when they hold runs."""
+    from sweepctl import runs
+    from sweepctl.cli.demo_cmd import DEFAULT_OUT_ROOT
+    from sweepctl.cli.run_views import no_runs_lines
+    from sweepctl.settings import explain_settings, project_file_value
+
+    source = next(src for name, _, src in explain_settings(out_root=flag) if name == "out_root")
+    candidates = [("the demo's folder", Path(DEFAULT_OUT_ROOT).absolute())]
+    if (in_file := project_file_value("out_root")) is not None:
+        candidates.append(("the project file's out_root", Path(in_file).expanduser().absolute()))
+    elsewhere, seen = [], {where}
+    for label, folder in candidates:
+        n = len(runs.list_run_dirs(folder)) if folder not in seen and folder.is_dir() else 0
+        seen.add(folder)
+        if n:
+            elsewhere.append((label, folder, n))
+    return no_runs_lines(where, source, elsewhere)
 
 
 def logs(
@@ -205,11 +230,19 @@ def logs(
     path = directory / runs.STDOUT_LOG
     if not path.exists() and not follow:
         raise SweepctlError(f"no {runs.STDOUT_LOG} in {directory}", where=run_id,
-                            hint="has it started? see `sweepctl status`")
+                            hint=f"has it started? see `{remote_opts.hint('status')}`")
+    existed = path.exists()
     for line in runs.tail_lines(path, lines):
         typer.echo(line)
+    if follow and not existed:
+        # Said once, on stderr (stdout stays the log): a wait with no word looks like a hang.
+        from sweepctl.console import err_console
+
+        err_console.print(f"waiting for {path}: {run_id} has not started yet; its log appears when a runner "
+                          f"picks it up. Ctrl-C stops waiting; `{remote_opts.hint('status')}` shows the sweep.",
+                          markup=False, highlight=False, soft_wrap=True)
     if follow:
-        for chunk in runs.follow(path, done=lambda: (directory / runs.SUMMARY).exists()):
+        for chunk in runs.follow(path, done=lambda: (directory / runs.SUMMARY).exists(), from_start=not existed):
             sys.stdout.write(chunk)
             sys.stdout.flush()
 
@@ -270,7 +303,7 @@ def rerun(
     if as_json:
         typer.echo(json.dumps(asdict(r), indent=2))
     else:
-        run_views.render_rerun(asdict(r))
+        run_views.render_rerun(asdict(r), logs=remote_opts.hint("logs", run_id, "-f"))
 
 
 def runner(
