@@ -15,7 +15,7 @@ import operator
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -276,15 +276,28 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
     if errs or not config_ok:
         return None, errs
     try:
-        config = build_config(values, lines=lines)
+        config = shared_fields_set(build_config(values, lines=lines))
     except ConfigError as e:
         where = f" ({config_path}:{e.line})" if config_path and e.line else ""
         return None, [f"{e.message}{where}"]
     # Every field was checked above; constructing without a second validation halves a big sweep's cost.
-    return RunSpec.model_construct(
+    return shared_fields_set(RunSpec.model_construct(
         run_id=run_id, line=line, row_index=row_index, config_ref=ref, config_path=config_path, seed=config.seed,
         overrides=tuple(canonical), override_words=tuple(words), notes=cells.get("notes", ""), gpus=gpus,
-        config=config), []
+        config=config)), []
+
+
+_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def shared_fields_set(model: _Model) -> _Model:
+    """Point a frozen model's set of explicitly set fields at one shared set per distinct set.
+    pydantic keeps one per instance, and it outweighs the values: 2 KB of a TrainConfig's 4 KB,
+    so 40 MB of a 20,000-row sweep. Frozen models never change it (model_copy copies it)."""
+    key = frozenset(model.__pydantic_fields_set__)
+    object.__setattr__(model, "__pydantic_fields_set__", _FIELDS_SETS.setdefault(key, set(key)))
+    return model
 
 
 def _quoted_non_strings(text: str, words: list[str]) -> list[str]:
