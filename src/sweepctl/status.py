@@ -144,7 +144,9 @@ def sessions(socket: str | None, plan: Plan | None) -> list[dict[str, Any]]:
         suffix = info.name.removeprefix(SHARD_PREFIX)
         if plan is not None and info.name.startswith(SHARD_PREFIX) and suffix.isdigit() \
                 and int(suffix) < plan.shard_count:
-            entry["devices"] = cuda_visible_devices(plan, int(suffix))
+            # A CPU-only sweep pins no GPU: say so rather than show a GPU index nobody uses.
+            cpu = all(r.config.get("device") == "cpu" for r in plan.runs)
+            entry["devices"] = "cpu" if cpu else cuda_visible_devices(plan, int(suffix))
         out.append(entry)
     return out
 

@@ -30,6 +30,8 @@ def launch_model(preview: Any, result: Any | None = None) -> dict[str, Any]:
         "rows": [{"run_id": r.run_id, "state": r.state, "action": r.action, "detail": r.detail}
                  for r in preview.rows],
         "shard_count": preview.plan.shard_count,
+        # every row on the CPU (device='cpu'): shards are CPU slots, whatever CUDA_VISIBLE_DEVICES says
+        "cpu": all(r.config.get("device") == "cpu" for r in preview.plan.runs),
         "schedule": preview.plan.schedule,
         "shards_to_start": list(preview.shards_to_start),
         "dry_run": preview.options.dry_run,
@@ -84,8 +86,9 @@ def render_launch_outcome(model: dict[str, Any], *, attach: str | None = None, s
         return
     for s in model["started"]:
         rows = f"{s['rows']} rows" if s["rows"] is not None else "claims rows"
-        console.print(f"{prefix}{s['how']} {s['session']}: CUDA_VISIBLE_DEVICES={s['devices']}, {rows}",
-                      highlight=False)
+        where = (f"CPU slot {s['shard']}" if model.get("cpu") and s.get("shard") is not None
+                 else f"CUDA_VISIBLE_DEVICES={s['devices']}")
+        console.print(f"{prefix}{s['how']} {s['session']}: {where}, {rows}", highlight=False)
     console.print(f"attach: {attach or model['attach']}", highlight=False)
     if show_status:
         console.print(f"status: {status or model['status_command']}", highlight=False)
