@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 SWEEPCTL = str(Path(sys.executable).with_name("sweepctl"))
+CLIENT_CPU = [0.0]  # CPU of every sweepctl process run here, so the rest of the children's CPU is sshd's side
 PRESETS = ["base", "hc", "mhc", "vres", "vres_mhc", "cvres_mhc", "base_48l", "mhc_48l"]
 
 
@@ -99,6 +100,7 @@ def command(args: list[str], env: dict[str, str] | None = None, repeat: int = 3)
             if proc.returncode != 0:
                 raise SystemExit(f"sweepctl {' '.join(args)} exited {proc.returncode}: {err[-2000:]}")
         cpu = usage.ru_utime + usage.ru_stime
+        CLIENT_CPU[0] += cpu
         if cpu < best[0]:
             best = (cpu, wall, usage.ru_maxrss / 1024)
     return best
@@ -206,6 +208,9 @@ def ssh_rows(root: Path, out_root: Path, env: dict[str, str], n: int) -> list[st
     host_key, client = keygen(keys / "host"), keygen(keys / "client")
     shutil.copy(client.with_suffix(".pub"), server_dir / "authorized_keys")
     server = SSHServer(workdir=server_dir, authorized_keys=server_dir / "authorized_keys", host_key=host_key)
+    # The pod's side (sshd, the remote `sweepctl status --json`) runs in sshd's children, reaped
+    # by sshd, which is reaped at stop(): the children's CPU here, minus the laptop-side commands.
+    before, client_before = _children_cpu(), CLIENT_CPU[0]
     server.start(server_env={k: v for k, v in env.items() if k.startswith("SWEEPCTL_")} | {"PATH": env["PATH"]})
     try:
         pub = host_key.with_suffix(".pub").read_text().split()
@@ -220,9 +225,17 @@ def ssh_rows(root: Path, out_root: Path, env: dict[str, str], n: int) -> list[st
         for extra in ([], ["--json"]):
             got = command(["status", "--host", "pod", *extra], client_env)
             out.append(row(" ".join(["sweepctl status --host pod", *extra]), n, got, None, "< 2 s wall"))
-        return out
     finally:
         server.stop()
+    pod_cpu = (_children_cpu() - before - (CLIENT_CPU[0] - client_before)) / 6  # 2 commands x best of 3
+    out.append(f"  the pod's side of each (sshd + remote sweepctl): {pod_cpu:.2f} cpu s; an idle laptop and pod "
+               "wait about the sum of both sides' CPU")
+    return out
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":
