@@ -89,6 +89,7 @@ class SSHServer:
     authorized_keys: Path
     host_key: Path
     port: int = 0
+    sftp: bool = True  # False: no `Subsystem sftp` line, as on minimal images and hardened pods
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
 
@@ -134,7 +135,6 @@ class SSHServer:
             "PermitRootLogin prohibit-password",  # CI runs as root; keys only
             f"AllowUsers {getpass.getuser()}",
             "AllowTcpForwarding yes",  # ProxyJump tests hop through this same server
-            "Subsystem sftp internal-sftp",  # no dependency on where sftp-server is installed
             "PrintMotd no",
             "PrintLastLog no",
             "UseDNS no",
@@ -142,6 +142,8 @@ class SSHServer:
             "MaxStartups 100",  # parallel connections in one test must not be throttled
             "LogLevel VERBOSE",
         ]
+        if self.sftp:
+            lines.append("Subsystem sftp internal-sftp")  # no dependency on where sftp-server is installed
         if server_env:
             # SetEnv values are shell-like words; quote them so paths with spaces survive.
             lines.append("SetEnv " + " ".join(f'{k}="{v}"' for k, v in server_env.items()))
@@ -243,6 +245,11 @@ class SSHPod:
         """Restart sshd (same port, same host key) so every remote command gets `env` (SetEnv):
         e.g. SWEEPCTL_OUT_ROOT / SWEEPCTL_TMUX_SOCKET for a `sweepctl ... --host pod` test."""
         self.server.start(server_env=env)
+
+    def without_sftp(self) -> None:
+        """Restart sshd (same port, same host key) with no SFTP subsystem."""
+        self.server.sftp = False
+        self.server.start()
 
     def trust_host_key(self, host_key: Path | None = None) -> None:
         """Record the server's (or `host_key`'s) public key in known_hosts, as `ssh` would."""

@@ -171,7 +171,7 @@ def test_the_quick_start_is_exactly_two_commands_the_second_being_what_ci_runs()
 
 def test_files_the_readme_points_at_exist() -> None:
     text = readme_text()
-    for rel in sorted(set(re.findall(r"\b((?:examples|bench|scripts|docs)/[\w./-]+\.?\w*)", text))):
+    for rel in sorted(set(re.findall(r"\b((?:examples|sweeps|bench|scripts|docs)/[\w./-]+\.?\w*)", text))):
         assert (ROOT / rel.rstrip(".")).exists(), rel
 
 

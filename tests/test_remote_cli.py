@@ -326,7 +326,7 @@ def test_launch_status_logs_rerun_pull_report_over_ssh(
 
     r = run_cli(capsys, "launch", str(csv), "--host", "pod", "--shards", "1", "--no-wandb")
     assert r.code == 0, r.err
-    assert "2 runs: 2 run" in r.out and "started sweep-0: CUDA_VISIBLE_DEVICES=0, 2 rows" in r.out
+    assert "2 runs: 2 run" in r.out and "started sweep-0: CPU slot 0, 2 rows" in r.out
     assert "attach: sweepctl attach --host pod 0" in r.out and "status: sweepctl status --host pod" in r.out
     upload = pod.out_root / ".sweeps" / "sweep" / "upload"
     assert (upload / "sweep.csv").read_text() == csv.read_text()  # the CSV as written ...
@@ -475,8 +475,8 @@ def test_one_sweep_over_two_pods_one_table_and_a_host_down(
     r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--host", "pod2", "--no-wandb")
     assert r.code == 0, r.err
     assert "pod: 2 rows on sweep-0 " in r.out and "pod2: 1 row on sweep-0 " in r.out
-    assert "pod: started sweep-0: CUDA_VISIBLE_DEVICES=0, 2 rows" in r.out
-    assert "pod2: started sweep-0: CUDA_VISIBLE_DEVICES=0, 1 rows" in r.out
+    assert "pod: started sweep-0: CPU slot 0, 2 rows" in r.out
+    assert "pod2: started sweep-0: CPU slot 0, 1 rows" in r.out
     assert "status: sweepctl status --host pod --host pod2" in r.out
     for p, ids in ((pod, ["row0", "row2"]), (pod2, ["row1"])):
         plan = json.loads((p.out_root / ".sweeps" / "sweep" / "plan.json").read_text())

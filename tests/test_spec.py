@@ -56,7 +56,14 @@ BAD_ROWS = [
     ("n_head not dividing n_embd", "a,base,1,n_head=5,\n", 2, "n_embd (288) must be divisible by n_head (5)"),
     ("override with code", "a,base,1,\"n_layer=__import__('os').getpid()\",\n", 2, "a function call is not allowed"),
     ("string field with code", "a,base,1,\"wandb_group=open('x').read()\",\n", 2, "a function call is not allowed"),
-    ("truthy string for a bool", "a,base,1,wandb_log=yes,\n", 2, "unknown name 'yes'"),
+    ("truthy string for a bool", "a,base,1,wandb_log=yes,\n", 2,
+     "overrides: wandb_log=yes: wandb_log needs true or false; 'yes' is neither that nor a name defined in the config file"),
+    ("a word for a number", "a,base,1,batch_size=big,\n", 2,
+     "overrides: batch_size=big: batch_size needs an integer; 'big' is neither that nor a name defined in the config file"),
+    ("quoted number is a string", "a,base,1,batch_size='32',\n", 2,
+     "overrides: batch_size='32' is quoted, so it is a string, but batch_size needs an integer: write batch_size=32"),
+    ("key set twice in a row", "a,base,1,\"max_iters=10 batch_size=4 max_iters=20\",\n", 2,
+     "overrides: max_iters is set twice (max_iters=10, then max_iters=20); keep one"),
     ("quoted bool is a string", "a,base,1,\"wandb_log=\"\"'false'\"\"\",\n", 2, "wandb_log: Input should be a valid boolean"),
     ("unbalanced quote", "a,base,1,\"max_iters=3,\n", 2, "malformed CSV"),
     ("unbalanced quote in overrides", "a,base,1,\"wandb_group='abc\",\n", 2, "No closing quotation"),
@@ -241,7 +248,7 @@ def test_plan_dynamic_and_human_output(sweep_dir, capsys):
     assert "wandb_log=True" in plan["runs"][0]["argv"]  # a Python literal, never a lowercase word
     result = run_cli(capsys, "plan", "sweep.csv", "--shards", "2")
     assert result.code == 0
-    assert "shard 0 (sweep-0) CUDA_VISIBLE_DEVICES=0: 1 runs" in result.out
+    assert "shard 0 (sweep-0) CUDA_VISIBLE_DEVICES=0: 1 run" in [ln.rstrip() for ln in result.out.splitlines()]
     assert "CUDA_VISIBLE_DEVICES=1 python -m sweepctl.train hc seed=1" in result.out.replace("\n│", "")
 
 

@@ -42,16 +42,21 @@ def one_line(error: BaseException) -> str:
     return text
 
 
-@pytest.fixture(params=["local", "ssh"])
+@pytest.fixture(params=["local", "ssh", "ssh-no-sftp"])
 def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
-    """The same tests on this machine and over SSH to the loopback pod."""
+    """The same tests on this machine, over SSH to the loopback pod, and to the pod with its
+    sshd's `Subsystem sftp` line removed (files then go over the exec channel)."""
     if request.param == "local":
         t: Transport = LocalTransport()
     else:
-        request.getfixturevalue("ssh_pod")
+        pod = request.getfixturevalue("ssh_pod")
+        if request.param == "ssh-no-sftp":
+            pod.without_sftp()
         t = SSHTransport("pod")
     with t:
         yield t
+    if isinstance(t, SSHTransport):
+        assert t.has_sftp in (None, request.param == "ssh")  # the fallback ran only where it had to
 
 
 # -- ssh config resolution (pure) ---------------------------------------------------------------
@@ -213,6 +218,18 @@ def test_put_get_exists(transport: Transport, tmp_path: Path) -> None:
         transport.get(str(tmp_path / "absent.txt"), tmp_path / "x")
     assert "no such file" in one_line(e.value)
     assert not (tmp_path / "x").exists()
+
+
+def test_binary_files_round_trip_byte_for_byte(transport: Transport, tmp_path: Path) -> None:
+    """A checkpoint is binary: every byte value, a NUL and a lone \\r must survive both ways."""
+    src = tmp_path / "ckpt.pt"
+    src.write_bytes(bytes(range(256)) * 4097 + b"\r\x00end")  # > 1 MiB: several channel reads
+    remote = tmp_path / "pod" / "run" / "ckpt.pt"
+    transport.put(src, str(remote))
+    assert remote.read_bytes() == src.read_bytes()
+    back = tmp_path / "back.pt"
+    transport.get(str(remote), back)
+    assert back.read_bytes() == src.read_bytes()
 
 
 def _make_run_dirs(root: Path) -> None:

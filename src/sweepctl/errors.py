@@ -2,7 +2,8 @@
 
 The CLI prints `str(error)` as one red line and exits with `error.exit_code`; no traceback unless
 `--debug`. Each error says where (FILE:LINE, host, run_id) and, in `hint`, what to do next.
-Exit codes: 1 user error, 2 refused by the run table, 3 remote/connection.
+Exit codes, the same for every command (the README's table): 0 done, 1 user error, 2 refused by
+the run table, 3 remote/connection, 130 Ctrl-C.
 """
 
 from __future__ import annotations

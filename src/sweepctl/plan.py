@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from sweepctl.errors import SpecError
-from sweepctl.spec import RunSpec, Sweep
+from sweepctl.spec import RunSpec, Sweep, shared_fields_set
 from sweepctl.train.config import TrainConfig, format_override
 
 Schedule = Literal["static", "dynamic"]
@@ -116,9 +116,10 @@ def make_plan(sweep: Sweep, *, shards: int, schedule: Schedule = "static", gpus_
                               wandb_project=wandb_project, wandb_group=wandb_group)
         config = r.config.model_copy(update=extra)
         ref = (config_refs or {}).get(r.config_path) if r.config_path else None
-        runs.append(PlannedRun(run_id=r.run_id, line=r.line, row_index=r.row_index, shard=shard, seed=r.seed,
-                               gpus=r.gpus, config=config.model_dump(mode="json"),
-                               argv=trainer_argv(r, extra, ref)))
+        # Built from checked values: a validated PlannedRun would copy its 50-key config dict again.
+        runs.append(shared_fields_set(PlannedRun.model_construct(
+            run_id=r.run_id, line=r.line, row_index=r.row_index, shard=shard, seed=r.seed, gpus=r.gpus,
+            config=config.model_dump(mode="json"), argv=trainer_argv(r, extra, ref))))
         if shard is not None:
             shard_plans[shard].run_ids.append(r.run_id)
     return Plan(sweep=sweep.name, shard_count=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,

@@ -290,10 +290,13 @@ def tail_lines(path: Path, n: int, *, block: int = TAIL_BYTES) -> list[str]:
     return lines[-n:]
 
 
-def follow(path: Path, *, done: Callable[[], bool], poll_s: float = 0.5, quiet_s: float = 1.0) -> Iterator[str]:
+def follow(path: Path, *, done: Callable[[], bool], poll_s: float = 0.5, quiet_s: float = 1.0,
+           from_start: bool = False) -> Iterator[str]:
     """Text appended to `path` from its current end, like `tail -F`: a file moved aside (a new
-    attempt's `.bak-`) is followed into its replacement. Ends once `done()` and the file is quiet."""
-    pos, ino = _size_and_inode(path)
+    attempt's `.bak-`) is followed into its replacement. Ends once `done()` and the file is quiet.
+    `from_start`: all of it, for a file that did not exist when the caller looked (it may have
+    appeared since, and its first lines are then new to the reader)."""
+    pos, ino = (0, None) if from_start else _size_and_inode(path)
     quiet_since = time.monotonic()
     while True:
         size, new_ino = _size_and_inode(path)

@@ -105,6 +105,12 @@ def load_settings(**flags: Any) -> Settings:
         ) from None
 
 
+def project_file_value(name: str) -> Any:
+    """A setting as the project file gives it (None: no file, or not set there)."""
+    path = project_file()
+    return TomlConfigSettingsSource(Settings, toml_file=path)().get(name) if path else None
+
+
 def explain_settings(**flags: Any) -> list[tuple[str, Any, str]]:
     """(name, effective value, source) for every setting; source is flag/env/project file/default."""
     settings = load_settings(**flags)

@@ -11,11 +11,12 @@ with Python-literal values. Nothing here executes user text or touches the disk 
 from __future__ import annotations
 
 import csv
+import operator
 import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -27,6 +28,7 @@ from sweepctl.train.config import (
     Namespace,
     TrainConfig,
     build_config,
+    expected_type,
     format_override,
     parse_override,
     read_config_file,
@@ -43,6 +45,8 @@ CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 SECRET_ENV_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD", re.IGNORECASE)
 SECRET_MIN_LEN = 6  # shorter values ("1", "true") match too much to mean anything
 # Set by sweepctl itself for every run (the run directory contract); a row may not change them.
+# Characters that make shlex.split differ from str.split.
+_SHELL_SPECIAL = re.compile(r"[\"'\\]")
 RESERVED_KEYS = {
     "out_dir": "the run directory is <out_root>/<run_id>; choose --out-root instead",
     "seed": "use the seed column",
@@ -284,17 +288,27 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
                 config_ok = False
 
     canonical: list[str] = []
-    try:
-        words = shlex.split(cells.get("overrides", ""))
-    except ValueError as e:
-        errs.append(f"overrides: {e} (quote values as in the shell)")
-        words = []
+    text = cells.get("overrides", "")
+    if not _SHELL_SPECIAL.search(text):
+        words = text.split()  # what shlex.split gives for text without quotes or escapes, 20x faster
+    else:
+        try:
+            words = shlex.split(text)
+        except ValueError as e:
+            errs.append(f"overrides: {e} (quote values as in the shell)")
+            words = []
+        errs.extend(_quoted_non_strings(text, words))
+    first_word: dict[str, str] = {}
     for word in words:
         try:
             key, value = parse_override(word, names)
         except ConfigError as e:
             errs.append(f"overrides: {e}")
             continue
+        if key in first_word:
+            errs.append(f"overrides: {key} is set twice ({first_word[key]}, then {word}); keep one")
+            continue
+        first_word[key] = word
         if key in RESERVED_KEYS:
             errs.append(f"override {key!r} is not allowed here: {RESERVED_KEYS[key]}")
             continue
@@ -306,22 +320,64 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
     if errs or not config_ok:
         return None, errs
     try:
-        config = build_config(values, lines=lines)
+        config = shared_fields_set(build_config(values, lines=lines))
     except ConfigError as e:
         where = f" ({config_path}:{e.line})" if config_path and e.line else ""
         return None, [f"{e.message}{where}"]
-    return RunSpec(run_id=run_id, line=line, row_index=row_index, config_ref=ref, config_path=config_path,
-                   seed=config.seed, overrides=tuple(canonical), override_words=tuple(words), notes=cells.get("notes", ""), gpus=gpus,
-                   config=config), []
+    # Every field was checked above; constructing without a second validation halves a big sweep's cost.
+    return shared_fields_set(RunSpec.model_construct(
+        run_id=run_id, line=line, row_index=row_index, config_ref=ref, config_path=config_path, seed=config.seed,
+        overrides=tuple(canonical), override_words=tuple(words), notes=cells.get("notes", ""), gpus=gpus,
+        config=config)), []
+
+
+_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def shared_fields_set(model: _Model) -> _Model:
+    """Point a frozen model's set of explicitly set fields at one shared set per distinct set.
+    pydantic keeps one per instance, and it outweighs the values: 2 KB of a TrainConfig's 4 KB,
+    so 40 MB of a 20,000-row sweep. Frozen models never change it (model_copy copies it)."""
+    key = frozenset(model.__pydantic_fields_set__)
+    object.__setattr__(model, "__pydantic_fields_set__", _FIELDS_SETS.setdefault(key, set(key)))
+    return model
+
+
+def _quoted_non_strings(text: str, words: list[str]) -> list[str]:
+    """`batch_size='32'`: the shell's quotes vanish and the trainer would get 32, but whoever quoted
+    the value meant a string, which a number or boolean setting does not hold. Quotes around a
+    value with spaces (`ns_coeffs='(1, 2, 3)'`) only protect the spaces and are fine."""
+    lexer = shlex.shlex(text, posix=False)
+    lexer.whitespace_split = True
+    try:
+        raw_words = list(lexer)
+    except ValueError:
+        return []  # unbalanced quotes are reported by shlex.split already
+    if len(raw_words) != len(words):
+        return []  # escapes the two lexers read differently: nothing to pair
+    out = []
+    for raw, word in zip(raw_words, words, strict=True):
+        key, sep, value = raw.partition("=")
+        key = key.strip()
+        if (not sep or TrainConfig.model_fields.get(key) is None
+                or TrainConfig.model_fields[key].annotation not in (int, float, bool) or len(value) < 2
+                or value[0] not in "'\"" or value[-1] != value[0] or value[1] in "'\""
+                or any(c.isspace() for c in value)):
+            continue
+        out.append(f"overrides: {raw} is quoted, so it is a string, but {key} needs {expected_type(key)}: "
+                   f"write {word}")
+    return out
 
 
 def _duplicate_config_warnings(shown: str, runs: list[RunSpec]) -> list[str]:
     """Two run_ids with identical effective configs (seed included) usually mean an override
     did not take effect; seed replicates differ in seed and are not warned about."""
-    first: dict[str, RunSpec] = {}
+    first: dict[tuple[Any, ...], RunSpec] = {}
     out = []
+    effective = operator.itemgetter(*(k for k in TrainConfig.model_fields if k not in ("out_dir", "wandb_run_name")))
     for run in runs:
-        key = run.config.model_dump_json(exclude={"out_dir", "wandb_run_name"})
+        key = effective(run.config.__dict__)
         if key in first:
             other = first[key]
             out.append(f"{shown}:{run.line}: warning: {run.run_id!r} has the same effective config as "

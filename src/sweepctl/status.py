@@ -13,8 +13,10 @@ the out_root's volume (checkpoints fill it; restarts keep the old ones as `.bak-
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +162,9 @@ def sessions(socket: str | None, plan: Plan | None) -> list[dict[str, Any]]:
         suffix = info.name.removeprefix(SHARD_PREFIX)
         if plan is not None and info.name.startswith(SHARD_PREFIX) and suffix.isdigit() \
                 and int(suffix) < plan.shard_count:
-            entry["devices"] = cuda_visible_devices(plan, int(suffix))
+            # A CPU-only sweep pins no GPU: say so rather than show a GPU index nobody uses.
+            cpu = all(r.config.get("device") == "cpu" for r in plan.runs)
+            entry["devices"] = "cpu" if cpu else cuda_visible_devices(plan, int(suffix))
         out.append(entry)
     return out
 
@@ -178,8 +182,64 @@ def _round(v: float | None, digits: int) -> float | None:
 STATE_STYLE = {"ok": "green", "running": "cyan", "pending": "dim", "failed": "bold red", "stale": "yellow"}
 
 
-def render(model: dict[str, Any]) -> Any:
-    """Rich renderables for a status dict: runs, counts, GPUs, sessions."""
+SUMMARISE_ABOVE = 200  # runs; a bigger table is summarised unless --all
+ATTENTION_ORDER = ("failed", "stale", "running")  # the runs a summary still lists, in this order
+ATTENTION_SHOWN = 50
+GROUPS_SHOWN = 20
+_SEED_SUFFIX = re.compile(r"-s\d+$")
+
+
+def group_of(run_id: str) -> str:
+    """A run's group: its run_id without the `-s<seed>` suffix (report's convention)."""
+    return _SEED_SUFFIX.sub("", run_id)
+
+
+def render(model: dict[str, Any], *, show_all: bool = True, again: str = "sweepctl status --all") -> Any:
+    """Rich renderables for a status dict: runs, counts, GPUs, sessions. Above SUMMARISE_ABOVE runs
+    and without `show_all`, the run table becomes counts per state and group, then the runs that
+    need attention (failed, stale, running); `again` is the command that shows every run."""
+
+    if not show_all and len(model["runs"]) > SUMMARISE_ABOVE:
+        return _render_summary(model, again)
+    return _render_full(model)
+
+
+def _render_summary(model: dict[str, Any], again: str) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    runs_ = model["runs"]
+    multi = any("host" in r for r in runs_)
+    title = f"sweep {model['sweep']}" if model.get("sweep") else "run directories"
+    states = [s for s in runs.STATES if any(r["state"] == s for r in runs_)]
+    groups: dict[tuple[str, str], Counter[str]] = {}
+    for r in runs_:
+        groups.setdefault((r.get("host") or "", group_of(r["run_id"])), Counter())[r["state"]] += 1
+    head = Text(f"{title} in {model['out_root']}: {len(runs_)} runs, by group (the run_id without -s<seed>)")
+    table = Table()
+    for col in (*(["host"] if multi else []), "group", "runs", *states):
+        table.add_column(col, justify="left" if col in ("host", "group") else "right")
+    for (host, name), c in list(groups.items())[:GROUPS_SHOWN]:
+        table.add_row(*([host] if multi else []), name, str(sum(c.values())), *(str(c[s] or "") for s in states))
+    parts: list[Any] = [head, table]
+    if len(groups) > GROUPS_SHOWN:
+        parts.append(Text(f"... {len(groups) - GROUPS_SHOWN} more groups"))
+    parts.append(Text(", ".join(f"{n} {s}" for s, n in model["counts"].items() if n) or "no runs"))
+    attention = [r for s in ATTENTION_ORDER for r in runs_ if r["state"] == s]
+    if attention:
+        shown = dict(model, runs=attention[:ATTENTION_SHOWN])
+        full = _render_full(shown, title="runs that need attention (failed, stale, running)", footer=False)
+        parts.append(full)
+        if len(attention) > ATTENTION_SHOWN:
+            parts.append(Text(f"... {len(attention) - ATTENTION_SHOWN} more; one state: "
+                              f"{again.removesuffix(' --all')} --state failed"))
+    parts.append(Text(f"every run: {again}"))
+    parts.extend(_footer(model, multi))
+    return Group(*parts)
+
+
+def _render_full(model: dict[str, Any], *, title: str | None = None, footer: bool = True) -> Any:
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -188,8 +248,10 @@ def render(model: dict[str, Any]) -> Any:
     # the same shard number exists once per host, so every lookup is by (host, name).
     multi = any("host" in r for r in (*model["runs"], *model.get("gpus", []), *model.get("sessions", [])))
     devices = {(e.get("host"), e["name"]): e.get("devices") for e in model.get("sessions", [])}
-    title = f"sweep {model['sweep']}" if model.get("sweep") else "run directories"
-    table = Table(title=f"{title} in {model['out_root']}", title_justify="left")
+    if title is None:
+        title = f"sweep {model['sweep']}" if model.get("sweep") else "run directories"
+        title = f"{title} in {model['out_root']}"
+    table = Table(title=title, title_justify="left")
     columns = (("host", False),) if multi else ()
     for col, right in (*columns, ("run_id", False), ("state", False), ("shard/GPU", False), ("iter", True),
                        ("%", True), ("train", True), ("val", True), ("tok/s", True), ("ETA", True),
@@ -209,9 +271,19 @@ def render(model: dict[str, Any]) -> Any:
                       "" if it is None else f"{it}/{mx or '?'}", pct, _num(r.get("train_loss")),
                       _num(r.get("val_loss")), _int(r.get("tok_per_s")), duration(r.get("eta_s")),
                       duration(r.get("heartbeat_age_s")), r.get("error_class") or "")
+    if not footer:
+        return table
     counts = model["counts"]
     line = Text(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs")
-    parts: list[Any] = [table, line]
+    return Group(table, line, *_footer(model, multi))
+
+
+def _footer(model: dict[str, Any], multi: bool) -> list[Any]:
+    """GPUs, disks, sessions, and the pods that did not answer."""
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
     if model.get("gpus"):
         g = Table(title="GPUs (nvidia-smi --query-gpu)", title_justify="left")
         for col in (*(["host"] if multi else []), "index", "name", "util %", "memory used / total MiB"):
@@ -257,7 +329,7 @@ def render(model: dict[str, Any]) -> Any:
             shown = (f" (showing its answer from {duration(h['age_s'])} ago)"
                      if h.get("age_s") is not None else " (no runs shown for it)")
             parts.append(Text(f"host {h['host']}: {h['error']}{shown}", style="bold red"))
-    return Group(*parts)
+    return parts
 
 
 def duration(seconds: float | None) -> str:

@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 _DEBUG = False
@@ -79,7 +80,7 @@ def main() -> None:
     """The entry point: run the app, and turn every way it can end into one exit code.
 
     Exit codes: 0 ok (help included), 1 user error (bad input, usage, an unexpected exception),
-    2 refused by the run table, 3 remote/connection. Errors are one red line on stderr; the
+    2 refused by the run table, 3 remote/connection, 130 Ctrl-C (the README's table). Errors are one red line on stderr; the
     traceback only with --debug (or SWEEPCTL_DEBUG=1)."""
     global _DEBUG
     _DEBUG = False  # set by the root callback; reset so one in-process call cannot leak into the next

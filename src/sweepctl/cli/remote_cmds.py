@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,9 +36,15 @@ WATCH_INTERVAL_S = 2.0  # the local `status --watch` redraws every 2 s too
 
 # --- status ------------------------------------------------------------------------------------
 
-def status(pods: Pods, args: list[str], *, as_json: bool, watch: bool) -> None:
+def status(pods: Pods, args: list[str], *, as_json: bool, watch: bool, interval: float = WATCH_INTERVAL_S,
+           show_all: bool = False) -> None:
     """One `status --json` per pod (one round trip each), drawn as one table."""
     from sweepctl import status as lib
+
+    again = remote_opts.command_line("status", "--all", drop=("--watch", "--interval"))
+
+    def render(model: dict[str, Any]) -> Any:
+        return lib.render(model, show_all=show_all, again=again)
 
     pod_args = ["status", *args, "--json"]
     if as_json and pods.single:  # the pod's JSON, byte for byte
@@ -50,17 +57,14 @@ def status(pods: Pods, args: list[str], *, as_json: bool, watch: bool) -> None:
             remote_opts.raise_if_failed(answers)
         model = _merge(pods, [(a, None) for a in answers])
         if as_json:
-            typer.echo(json.dumps(model, indent=2))
+            typer.echo(json.dumps(model))
         else:
-            console.print(lib.render(model))
+            console.print(render(model))
         remote_opts.raise_if_failed(answers)
         return
-    from rich.live import Live
+    from sweepctl.cli.status_watch import watch as watch_status
 
-    models = watch_models(pods, pod_args)
-    with Live(lib.render(next(models)), console=console, refresh_per_second=1, screen=False) as live:
-        for model in models:
-            live.update(lib.render(model))
+    watch_status(watch_models(pods, pod_args, interval=interval), interval=interval, render=render)
 
 
 def watch_models(pods: Pods, pod_args: list[str], *, interval: float = WATCH_INTERVAL_S,
@@ -161,8 +165,8 @@ def rerun(pods: Pods, run_id: str, args: list[str], *, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(model, indent=2))
         return
-    run_views.render_rerun(model, attach=f"sweepctl attach --host {host} {run_id}",
-                           logs=f"sweepctl logs {run_id} -f --host {host}")
+    run_views.render_rerun(model, attach=shlex.join(["sweepctl", "attach", "--host", host, run_id]),
+                           logs=remote_opts.hint("logs", run_id, "-f"))
 
 
 # --- report, bootstrap -------------------------------------------------------------------------
@@ -258,8 +262,29 @@ def attach(
                                accept_new_host_key=accept_new_host_key)
     else:
         socket = load_settings().tmux_socket
+        _check_session(session, socket)
         argv = ["tmux", *(["-S", socket] if socket else []), "attach", "-t", session]
     _exec(argv)
+
+
+def _check_session(session: str, socket: str | None) -> None:
+    """tmux's own "can't find session" names no alternative: list the sweep sessions that exist."""
+    from sweepctl.tmux import Tmux, tmux_version
+
+    if tmux_version() is None:
+        return  # _exec says tmux is missing
+    try:
+        found = [s.name for s in Tmux(socket).sessions()]
+    except Exception:  # no server running: no sessions at all
+        found = []
+    if session in found:
+        return
+    where = f"tmux server {socket}" if socket else "the tmux server"
+    if found:
+        hint = "sessions there: " + ", ".join(found) + f"; e.g. `sweepctl attach {found[0]}`"
+    else:
+        hint = f"no sweep is running in tmux here; `{remote_opts.hint('status')}` shows the runs"
+    raise SweepctlError(f"no tmux session {session} on {where}", hint=hint)
 
 
 def _exec(argv: list[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -198,6 +199,49 @@ def forwarded(*, exclude: tuple[str, ...] = ()) -> list[str]:
         for item in value if param.multiple else [value]:
             argv += [long, str(item)]
     return argv
+
+
+def hint(*words: str) -> str:
+    """`sweepctl WORDS`, plus the --host and --out-root the running command was given: a next
+    step that reaches the same runs when pasted (a hint without them looks somewhere else)."""
+    params = _current_context().params
+    out = ["sweepctl", *words]
+    for h in params.get("host") or ():
+        out += ["--host", h]
+    if params.get("out_root"):
+        out += ["--out-root", str(params["out_root"])]
+    return shlex.join(out)
+
+
+def command_line(*extra: str, drop: tuple[str, ...] = ()) -> str:
+    """The running command as typed (`sweepctl status --host pod --out-root /x`), without the
+    options in `drop`, plus `extra`: a hint the user can paste, keeping the --host and --out-root
+    they gave. The first word of `extra` may repeat the subcommand's name; it is not repeated."""
+    ctx = _current_context()
+    names = []
+    c = ctx
+    while c.parent is not None:  # the root's own name is however Python was started; say `sweepctl`
+        names.insert(0, c.info_name)
+        c = c.parent
+    words = ["sweepctl", *names]
+    if extra and extra[0] == words[-1]:
+        extra = extra[1:]
+    tail: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if param.param_type_name == "argument":
+            if value is not None:
+                words += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+            continue
+        long = max(param.opts, key=len)
+        if long in drop or long in extra or value is None or value == param.default or (param.multiple and not value):
+            continue
+        if param.is_flag:
+            tail += [long] if value else [max(param.secondary_opts, key=len)] if param.secondary_opts else []
+            continue
+        for item in value if param.multiple else [value]:
+            tail += [long, str(item)]
+    return shlex.join([*words, *tail, *extra])
 
 
 def _current_context() -> Any:

@@ -7,7 +7,6 @@ library calls return data, so a remote command is the same subcommand run on the
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import typer
@@ -136,8 +135,11 @@ def status(
     out_root: str | None = OUT_ROOT,
     sweep: str | None = typer.Option(None, "--sweep", help="Sweep name (default: the latest launched)."),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
-    watch: bool = typer.Option(False, "--watch", help="Redraw every 2 s until Ctrl-C."),
+    watch: bool = typer.Option(False, "--watch", help="Redraw every --interval seconds until Ctrl-C (without a "
+                               "terminal: a line per change)."),
+    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between refreshes with --watch."),
     state: str | None = typer.Option(None, "--state", help="Only runs in this state: pending running ok failed stale."),
+    show_all: bool = typer.Option(False, "--all", help="Every run in the table (beyond 200 runs it is summarised)."),
     host: list[str] | None = remote_opts.HOST,
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
@@ -153,8 +155,8 @@ def status(
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         from sweepctl.cli import remote_cmds
 
-        return remote_cmds.status(pods, remote_opts.forwarded(exclude=("as_json", "watch")), as_json=as_json,
-                                  watch=watch)
+        return remote_cmds.status(pods, remote_opts.forwarded(exclude=("as_json", "watch", "interval", "show_all")),
+                                  as_json=as_json, watch=watch, interval=interval, show_all=show_all)
     settings = load_settings(out_root=out_root)
 
     def model() -> dict:
@@ -162,17 +164,45 @@ def status(
                            tmux_socket=settings.tmux_socket, state=state)
 
     if as_json:
-        typer.echo(json.dumps(model(), indent=2))
+        typer.echo(json.dumps(model()))
         return
-    if not watch:
-        console.print(lib.render(model()))
-        return
-    from rich.live import Live
+    again = remote_opts.command_line("status", "--all", drop=("--watch", "--interval"))
 
-    with Live(lib.render(model()), console=console, refresh_per_second=1, screen=False) as live:
-        while True:
-            time.sleep(2)
-            live.update(lib.render(model()))
+    def render(m: dict) -> object:
+        return lib.render(m, show_all=show_all, again=again)
+
+    if not watch:
+        m = model()
+        console.print(render(m))
+        if not m["runs"] and state is None and sweep is None:
+            for line in _no_runs(Path(m["out_root"]), out_root):
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+        return
+    from sweepctl.cli.status_watch import polled
+    from sweepctl.cli.status_watch import watch as watch_status
+
+    watch_status(polled(model, interval), interval=interval, render=render)
+
+
+def _no_runs(where: Path, flag: str | None) -> list[str]:
+    """The lines of an empty status: the demo's folder, the project file's out_root and the
+    default are looked at too, and named when they hold runs."""
+    from sweepctl import runs
+    from sweepctl.cli.demo_cmd import DEFAULT_OUT_ROOT
+    from sweepctl.cli.run_views import no_runs_lines
+    from sweepctl.settings import explain_settings, project_file_value
+
+    source = next(src for name, _, src in explain_settings(out_root=flag) if name == "out_root")
+    candidates = [("the demo's folder", Path(DEFAULT_OUT_ROOT).absolute())]
+    if (in_file := project_file_value("out_root")) is not None:
+        candidates.append(("the project file's out_root", Path(in_file).expanduser().absolute()))
+    elsewhere, seen = [], {where}
+    for label, folder in candidates:
+        n = len(runs.list_run_dirs(folder)) if folder not in seen and folder.is_dir() else 0
+        seen.add(folder)
+        if n:
+            elsewhere.append((label, folder, n))
+    return no_runs_lines(where, source, elsewhere)
 
 
 def logs(
@@ -198,10 +228,18 @@ def logs(
     settings = load_settings(out_root=out_root)
     path = control.log_path(Path(settings.out_root), run_id, follow=follow)
     directory = path.parent
+    existed = path.exists()
     for line in runs.tail_lines(path, lines):
         typer.echo(line)
+    if follow and not existed:
+        # Said once, on stderr (stdout stays the log): a wait with no word looks like a hang.
+        from sweepctl.console import err_console
+
+        err_console.print(f"waiting for {path}: {run_id} has not started yet; its log appears when a runner "
+                          f"picks it up. Ctrl-C stops waiting; `{remote_opts.hint('status')}` shows the sweep.",
+                          markup=False, highlight=False, soft_wrap=True)
     if follow:
-        for chunk in runs.follow(path, done=lambda: (directory / runs.SUMMARY).exists()):
+        for chunk in runs.follow(path, done=lambda: (directory / runs.SUMMARY).exists(), from_start=not existed):
             sys.stdout.write(chunk)
             sys.stdout.flush()
 
@@ -263,7 +301,7 @@ def rerun(
     if as_json:
         typer.echo(json.dumps(asdict(r), indent=2))
     else:
-        run_views.render_rerun(asdict(r))
+        run_views.render_rerun(asdict(r), logs=remote_opts.hint("logs", run_id, "-f"))
 
 
 def runner(

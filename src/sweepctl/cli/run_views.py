@@ -8,8 +8,10 @@ so the callers pass those in.
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -28,6 +30,8 @@ def launch_model(preview: Any, result: Any | None = None) -> dict[str, Any]:
         "rows": [{"run_id": r.run_id, "state": r.state, "action": r.action, "detail": r.detail}
                  for r in preview.rows],
         "shard_count": preview.plan.shard_count,
+        # every row on the CPU (device='cpu'): shards are CPU slots, whatever CUDA_VISIBLE_DEVICES says
+        "cpu": all(r.config.get("device") == "cpu" for r in preview.plan.runs),
         "schedule": preview.plan.schedule,
         "shards_to_start": list(preview.shards_to_start),
         "dry_run": preview.options.dry_run,
@@ -82,8 +86,9 @@ def render_launch_outcome(model: dict[str, Any], *, attach: str | None = None, s
         return
     for s in model["started"]:
         rows = f"{s['rows']} rows" if s["rows"] is not None else "claims rows"
-        console.print(f"{prefix}{s['how']} {s['session']}: CUDA_VISIBLE_DEVICES={s['devices']}, {rows}",
-                      highlight=False)
+        where = (f"CPU slot {s['shard']}" if model.get("cpu") and s.get("shard") is not None
+                 else f"CUDA_VISIBLE_DEVICES={s['devices']}")
+        console.print(f"{prefix}{s['how']} {s['session']}: {where}, {rows}", highlight=False)
     console.print(f"attach: {attach or model['attach']}", highlight=False)
     if show_status:
         console.print(f"status: {status or model['status_command']}", highlight=False)
@@ -112,3 +117,24 @@ def render_rerun(model: dict[str, Any], *, attach: str | None = None, logs: str 
                   highlight=False)
     console.print(f"attach: {attach or model['attach']}", highlight=False)
     console.print(f"logs:   {logs or 'sweepctl logs ' + model['run_id'] + ' -f'}", highlight=False)
+
+
+def shown_path(path: Path) -> str:
+    """A path as the user would type it: relative when under the working directory."""
+    try:
+        rel = path.relative_to(Path.cwd())
+    except ValueError:
+        return str(path)
+    return f"./{rel}" if str(rel) != "." else "."
+
+
+def no_runs_lines(out_root: Path, source: str, elsewhere: list[tuple[str, Path, int]]) -> list[str]:
+    """What an empty `status` says: where it looked, where runs do exist (`elsewhere`: label,
+    folder, number of runs), and how to point it at them, on this machine or on a pod."""
+    lines = [f"no runs in {shown_path(out_root)} (out_root from {source})"]
+    for label, folder, n in elsewhere:
+        lines.append(f"runs exist in {shown_path(folder)} ({label}, {n} run{'s' if n != 1 else ''}): "
+                     f"sweepctl status --out-root {shlex.quote(shown_path(folder))}")
+    lines.append("runs in another folder: --out-root DIR (or export SWEEPCTL_OUT_ROOT=DIR); runs on a pod: "
+                 "--host POD, an alias from ~/.ssh/config (or export SWEEPCTL_HOST=POD)")
+    return lines

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections import Counter
 from pathlib import Path
 
 import typer
@@ -15,26 +14,31 @@ from sweepctl.console import console, err_console
 CSV_ARG = typer.Argument(..., metavar="CSV", help="Sweep CSV: run_id,config,seed,overrides,notes[,gpus].", show_default=False)
 
 
-def validate(csv_path: Path = CSV_ARG) -> None:
+ALL_OPT = typer.Option(False, "--all", help="Show every row, however many (a big sweep is summarised).")
+
+
+def _again(*words: str) -> str:
+    """The command line that was typed, with --all: the hint a summary ends with."""
+    return shlex.join(["sweepctl", *words, "--all"])
+
+
+def validate(
+    csv_path: Path = CSV_ARG,
+    show_all: bool = ALL_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary, the groups and every row as JSON."),
+) -> None:
     """Check every row of a sweep CSV; report every problem as CSVFILE:LINE: message."""
+    from sweepctl.cli.sweep_views import render_validate, validate_model
     from sweepctl.spec import read_sweep
 
     sweep = read_sweep(csv_path)
+    model = validate_model(sweep, with_rows=as_json or show_all)
+    if as_json:
+        typer.echo(json.dumps(model, indent=2))
+        return
     for w in sweep.warnings:
         err_console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
-    table = Table(title=f"{csv_path}: {len(sweep.runs)} runs, valid", title_justify="left")
-    for col in ("config", "overrides", "runs", "seeds", "layers", "variant", "max_iters"):
-        table.add_column(col, justify="right" if col in ("runs", "layers", "max_iters") else "left",
-                         overflow="fold")
-    groups: dict[tuple[str, tuple[str, ...]], list] = {}
-    for r in sweep.runs:
-        groups.setdefault((r.config_ref, r.override_words), []).append(r)
-    for (ref, overrides), runs in groups.items():
-        seeds = sorted({r.seed for r in runs})
-        shown = ", ".join(map(str, seeds[:6])) + (" ..." if len(seeds) > 6 else "")
-        c = runs[0].config
-        table.add_row(ref, " ".join(overrides), str(len(runs)), shown, str(c.n_layer), c.variant, str(c.max_iters))
-    console.print(table)
+    render_validate(model, show_all=show_all, again=_again("validate", str(csv_path)))
 
 
 def plan(
@@ -44,11 +48,14 @@ def plan(
     gpus_per_shard: int = typer.Option(1, "--gpus-per-shard", help="GPUs per shard (K): shard i gets i*K..i*K+K-1."),
     out_root: str | None = typer.Option(None, "--out-root", help="Where run directories go."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="FineWeb token shards."),
+    show_all: bool = ALL_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
-    """Show which shard runs which row, on which GPUs, with which trainer command."""
+    """Show which shard runs which row, on which GPUs, with which trainer command, and each shard's share."""
+    from sweepctl.cli.sweep_views import plan_model, render_plan
     from sweepctl.errors import SweepctlError
-    from sweepctl.plan import cuda_visible_devices, make_plan
+    from sweepctl.launch import all_rows_on_cpu
+    from sweepctl.plan import make_plan
     from sweepctl.settings import load_settings
     from sweepctl.spec import read_sweep
 
@@ -58,43 +65,48 @@ def plan(
     sweep = read_sweep(csv_path)
     p = make_plan(sweep, shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,  # type: ignore[arg-type]
                   out_root=settings.out_root, data_dir=settings.data_dir)
+    warnings = sweep.warnings
+    del sweep  # the plan holds what is shown; a 20,000-row sweep's specs are ~100 MB
     if as_json:
-        typer.echo(json.dumps(p.model_dump(mode="json", exclude={"gpus_per_shard"}), indent=2))
+        _print_plan_json(p)
         return
-    for w in sweep.warnings:
+    for w in warnings:
         err_console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
-    by_id = {r.run_id: r for r in p.runs}
-    for shard in p.shards:
-        cvd = cuda_visible_devices(p, shard.index)
-        ids = shard.run_ids if p.schedule == "static" else [r.run_id for r in p.runs]
-        title = f"shard {shard.index} (sweep-{shard.index}) CUDA_VISIBLE_DEVICES={cvd}: "
-        title += f"{len(ids)} runs" if p.schedule == "static" else "claims rows from the shared queue"
-        table = Table(title=title, title_justify="left", show_lines=False)
-        table.add_column("row", justify="right")
-        table.add_column("run_id")
-        table.add_column("command", overflow="fold")
-        if p.schedule == "static":
-            for rid in ids:
-                r = by_id[rid]
-                table.add_row(str(r.row_index), r.run_id, f"CUDA_VISIBLE_DEVICES={cvd} {shlex.join(r.argv)}")
-            console.print(table)
-    if p.schedule == "dynamic":
-        table = Table(title="queue (any shard claims the next row)", title_justify="left")
-        table.add_column("row", justify="right")
-        table.add_column("run_id")
-        table.add_column("command", overflow="fold")
-        for r in p.runs:
-            table.add_row(str(r.row_index), r.run_id, shlex.join(r.argv))
-        console.print(table)
-    counts = Counter(r.shard for r in p.runs)
-    console.print(f"{len(p.runs)} runs over {p.shard_count} shards ({p.schedule})"
-                  + (": " + ", ".join(f"shard {s}: {n}" for s, n in sorted(counts.items())) if p.schedule == "static" else ""))
+    words = ["plan", str(csv_path), "--shards", str(shards)]
+    words += ["--schedule", schedule] if schedule != "static" else []
+    words += ["--gpus-per-shard", str(gpus_per_shard)] if gpus_per_shard != 1 else []
+    words += ["--out-root", out_root] if out_root else []
+    words += ["--data-dir", data_dir] if data_dir else []
+    render_plan(plan_model(p, cpu=all_rows_on_cpu(p)), show_all=show_all, again=_again(*words))
 
 
-def presets() -> None:
+def _print_plan_json(p: object) -> None:
+    """The plan as one JSON object, written run by run (one run per line) rather than built as one
+    string: a 20,000-row plan's JSON is 60 MB, and building it whole doubled the peak memory."""
+    import sys
+
+    from sweepctl.plan import Plan
+
+    assert isinstance(p, Plan)
+    head = p.model_dump_json(exclude={"gpus_per_shard", "runs"})
+    out = sys.stdout
+    out.write(head[:-1] + ', "runs": [')
+    for i, run in enumerate(p.runs):
+        out.write(("\n" if i == 0 else ",\n") + run.model_dump_json())
+    out.write("\n]}\n")
+    out.flush()
+
+
+def presets(
+    as_json: bool = typer.Option(False, "--json", help="Print every preset's settings and description as JSON."),
+) -> None:
     """List the built-in presets usable in the CSV `config` column."""
     from sweepctl.train.config import PRESET_NOTES, PRESETS
 
+    if as_json:
+        typer.echo(json.dumps({name: {"what": PRESET_NOTES[name.removesuffix("_48l")], "settings": values}
+                               for name, values in PRESETS.items()}, indent=2))
+        return
     table = Table(title="built-in presets", title_justify="left")
     for col in ("name", "layers", "n_embd", "heads", "batch", "accum", "iters", "streams", "what"):
         table.add_column(col, no_wrap=col == "name")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,6 +376,20 @@ def _eval_node(node: ast.AST, names: dict[str, Any], *, bare_words: bool) -> Any
     raise _CodeNotAllowed(node, kind)
 
 
+# Plain decimal literals, read as ast would read them, without ast (most values of a big sweep).
+_INT_RE = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(?=[eE]))(?:[eE][+-]?[0-9]+)?")
+
+
+def _plain_number(raw: str) -> int | float | None:
+    if _INT_RE.fullmatch(raw):
+        return int(raw)
+    if _FLOAT_RE.fullmatch(raw):
+        return float(raw)
+    return None
+
+
+@functools.cache
 def _accepts_str(name: str) -> bool:
     ann = TrainConfig.model_fields[name].annotation
     if ann is str:
@@ -383,6 +398,19 @@ def _accepts_str(name: str) -> bool:
     if origin is Literal:
         return all(isinstance(a, str) for a in get_args(ann))
     return any(a is str for a in get_args(ann))
+
+
+def expected_type(name: str) -> str:
+    """What a setting holds, in words, for messages: 'an integer', 'true or false', ..."""
+    ann = TrainConfig.model_fields[name].annotation
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if ann in words:
+        return words[ann]  # type: ignore[index]
+    if get_origin(ann) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(ann))
+    if any(get_origin(a) is tuple for a in get_args(ann)):
+        return "a tuple of numbers"
+    return str(ann)
 
 
 def suggest(name: str, choices: tuple[str, ...] = FIELD_NAMES + tuple(NANOGPT_ALIASES)) -> str:
@@ -403,7 +431,12 @@ def parse_override(word: str, names: dict[str, Any] | None = None) -> tuple[str,
     key = canonical_key(key.strip().removeprefix("--"))
     if key not in TrainConfig.model_fields:
         raise ConfigError(unknown_key_message(key))
+    fast = _plain_number(raw)
+    if fast is not None:
+        return key, fast
     env = {**PREDEFINED_NAMES, **(names or {})}
+    if raw.lower() in _BOOL_WORDS and raw not in env:
+        return key, _BOOL_WORDS[raw.lower()]
     as_str = _accepts_str(key)
     try:
         tree = ast.parse(raw.strip(), mode="eval")
@@ -416,6 +449,10 @@ def parse_override(word: str, names: dict[str, Any] | None = None) -> tuple[str,
     except NameError as e:
         if as_str and not _has_code(tree.body):
             return key, raw.strip()  # a bare word (or words-with-dashes) for a string field is that string
+        if isinstance(tree.body, ast.Name) and TrainConfig.model_fields[key].annotation in (int, float, bool):
+            # batch_size=big: say what the setting holds; "quote strings" would point the wrong way
+            raise ConfigError(f"{key}={raw}: {key} needs {expected_type(key)}; {e.args[0]!r} is neither that "
+                              "nor a name defined in the config file") from None
         raise ConfigError(
             f"{key}={raw}: unknown name {e.args[0]!r} (quote strings; names must be defined in the config file)"
         ) from None
@@ -431,6 +468,8 @@ def format_override(key: str, value: Any) -> str:
     """The canonical `key=value` word: Python literals (`wandb_log=False`, never `false`), and a
     string written bare when it reads back as itself (`out_dir=/mnt/x`), else quoted."""
     if isinstance(value, str):
+        if value.startswith("/") and key in TrainConfig.model_fields and _accepts_str(key):
+            return f"{key}={value}"  # no expression starts with "/": it reads back as the string itself
         try:
             if parse_override(f"{key}={value}") == (key, value):
                 return f"{key}={value}"

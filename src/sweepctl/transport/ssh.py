@@ -12,7 +12,9 @@ instant. The choices, each commented where it is made:
 - one connection serves every call (and reconnects if it dropped between calls); `calls` counts
   remote command executions so tests can count round trips;
 - a command we stop waiting for is killed on the pod with its process group (channel.py);
-- files go over SFTP, atomically (temp + posix-rename); a tree is listed with one `find`.
+- files go over SFTP, atomically (temp + posix-rename); a tree is listed with one `find`. A pod
+  whose sshd has no SFTP subsystem (minimal images, hardened configs) gets the same operations
+  over the exec channel instead (`cat`, `mkdir -p`, `mv`, as `scp -O` and rsync do).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class SSHTransport(Transport):
         self._target: SSHTarget | None = None
         self._client: paramiko.SSHClient | None = None
         self._sftp_client: paramiko.SFTPClient | None = None
+        self.has_sftp: bool | None = None  # None until the first file operation asks the pod
         self._jump: SSHTransport | None = None
         self.calls = 0
         self.connections = 0
@@ -361,10 +364,76 @@ class SSHTransport(Transport):
 
     # -- files ------------------------------------------------------------------------------
 
-    def _sftp(self) -> paramiko.SFTPClient:
+    def _sftp(self) -> paramiko.SFTPClient | None:
+        """The SFTP session, or None when the pod's sshd has no SFTP subsystem: files then go
+        over the exec channel (the `_exec_*` methods)."""
+        import paramiko
+
+        if self.has_sftp is False:
+            return None
         if self._sftp_client is None or self._sftp_client.sock.closed:
-            self._sftp_client = self._connected().open_sftp()
+            client = self._connected()
+            try:
+                self._sftp_client = client.open_sftp()
+            except paramiko.SSHException as e:
+                transport = client.get_transport()
+                if transport is None or not transport.is_active():
+                    raise self._lost(["sftp"], e) from None
+                # The connection is fine and the subsystem request was refused ("Channel closed."):
+                # sshd_config has no `Subsystem sftp` line.
+                self.has_sftp = False
+                return None
+            self.has_sftp = True
         return self._sftp_client
+
+    def _exec_error(self, result: Result, path: str) -> RemoteError:
+        err = result.stderr
+        if "No such file" in err or "not found" in err.lower():
+            return RemoteError(f"{path}: no such file or directory", where=self.host)
+        if "Permission denied" in err:
+            return RemoteError(f"{path}: permission denied", where=self.host,
+                               hint=f"check the owner of the path and the User for {self.host}")
+        return RemoteError(f"{path}: {result.stderr_tail() or f'exit code {result.exit_code}'}", where=self.host)
+
+    def _exec_put(self, src: Path, st: os.stat_result, remote: str) -> None:
+        """put without SFTP: the bytes on stdin to `cat`, into a temp file renamed into place."""
+        script = ('set -e; tmp="$1.part-$2"; trap \'rm -f "$tmp"\' EXIT; mkdir -p "$(dirname "$1")"; '
+                  'cat > "$tmp"; chmod "$3" "$tmp"; touch -d "@$4" "$tmp" 2>/dev/null || true; mv -f "$tmp" "$1"')
+        result = self.run(["sh", "-c", script, "sh", remote, str(os.getpid()), f"{stat.S_IMODE(st.st_mode):o}",
+                           f"{st.st_mtime:.6f}"], stdin=src.read_bytes(), timeout=None)
+        if not result.ok:
+            raise self._exec_error(result, remote)
+
+    def _exec_mtime(self, remote: str) -> float:
+        result = self.run(["stat", "-c", "%Y", "--", remote])
+        if not result.ok:
+            raise self._exec_error(result, remote)
+        return float(result.stdout.strip())
+
+    def _exec_fetch(self, remote: str, local: Path, progress: Callable[[int], None] | None) -> None:
+        """get without SFTP: `cat` the file, reading the channel's bytes as they come (no decoding:
+        checkpoints are binary)."""
+        import paramiko
+
+        done = 0
+        argv = ["cat", "--", remote]
+        with self._running(argv, None, None) as (command, deadline), open(local, "wb") as f:
+            chan = command.chan
+            chan.shutdown_write()
+            for stream_name, chunk in _channel_chunks(chan, deadline):
+                if stream_name == "err":
+                    command.feed_stderr(chunk)
+                    continue
+                f.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done)
+            try:
+                code = self._exit_status(chan)
+            except (paramiko.SSHException, EOFError) as e:
+                raise self._lost(argv, e) from None
+        if code != 0:
+            raise self._exec_error(Result(code, "", _decode(command.stderr)), remote)
 
     def _sftp_error(self, e: OSError, path: str) -> RemoteError:
         if e.errno == errno.ENOENT or isinstance(e, FileNotFoundError):
@@ -380,6 +449,8 @@ class SSHTransport(Transport):
         src = Path(local)
         st = src.stat()
         sftp = self._sftp()
+        if sftp is None:
+            return self._exec_put(src, st, remote)
         self._mkdirs(posixpath.dirname(remote))
         tmp = f"{remote}.part-{os.getpid()}"
         try:
@@ -398,17 +469,24 @@ class SSHTransport(Transport):
     def get(self, remote: str, local: str | os.PathLike[str]) -> None:
         target = Path(local)
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            attrs = self._sftp().stat(remote)
-        except OSError as e:
-            raise self._sftp_error(e, remote) from None
+        sftp = self._sftp()
+        if sftp is None:
+            mtime: float | None = self._exec_mtime(remote)
+        else:
+            try:
+                mtime = sftp.stat(remote).st_mtime
+            except OSError as e:
+                raise self._sftp_error(e, remote) from None
         _atomic_download(lambda tmp: self._fetch(remote, tmp, None), target)
-        if attrs.st_mtime is not None:
-            os.utime(target, (attrs.st_mtime, attrs.st_mtime))
+        if mtime is not None:
+            os.utime(target, (mtime, mtime))
 
     def exists(self, remote: str) -> bool:
+        sftp = self._sftp()
+        if sftp is None:
+            return self.run(["sh", "-c", 'test -e "$1" || test -L "$1"', "sh", remote]).ok
         try:
-            self._sftp().lstat(remote)
+            sftp.lstat(remote)
         except FileNotFoundError:
             return False
         except OSError as e:
@@ -418,8 +496,11 @@ class SSHTransport(Transport):
         return True
 
     def _fetch(self, remote: str, local: Path, progress: Callable[[int], None] | None) -> None:
+        sftp = self._sftp()
+        if sftp is None:
+            return self._exec_fetch(remote, local, progress)
         try:
-            self._sftp().get(remote, str(local), callback=(lambda done, _total: progress(done)) if progress else None)
+            sftp.get(remote, str(local), callback=(lambda done, _total: progress(done)) if progress else None)
         except OSError as e:
             raise self._sftp_error(e, remote) from None
 
@@ -427,6 +508,7 @@ class SSHTransport(Transport):
         if remote_dir in ("", "/"):
             return
         sftp = self._sftp()
+        assert sftp is not None, "without SFTP, put makes its directories itself"
         try:
             if stat.S_ISDIR(sftp.stat(remote_dir).st_mode or 0):
                 return
@@ -461,6 +543,9 @@ class SSHTransport(Transport):
 
     def _walk_sftp(self, remote_dir: str, prefix: str = "") -> list[RemoteFile]:
         sftp = self._sftp()
+        if sftp is None:
+            raise RemoteError("cannot list files: the pod has neither SFTP nor GNU find", where=self.host,
+                              hint="install findutils (or openssh-sftp-server) on the pod")
         try:
             entries = sftp.listdir_attr(posixpath.join(remote_dir, prefix) if prefix else remote_dir)
         except OSError as e:
