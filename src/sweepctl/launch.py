@@ -28,13 +28,13 @@ from sweepctl import __version__, runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import GpuQuery, query_gpus
 from sweepctl.plan import Plan, Schedule, cuda_visible_devices, make_plan
-from sweepctl.runner import DEFAULT_STALL_AFTER_S
+from sweepctl.runner import DEFAULT_STALL_AFTER_S, PLAN_FILE
 from sweepctl.settings import Settings
 from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
 from sweepctl.tmux import Tmux, attach_command, shard_session, tmux_version
 
 MIN_FREE_BYTES = 1 << 30  # checkpoints of a 48-layer model are hundreds of MB each
-PLAN_FILE, LAUNCH_FILE, LAUNCH_HISTORY = "plan.json", "launch.json", "launches.jsonl"
+LAUNCH_FILE, LAUNCH_HISTORY = "launch.json", "launches.jsonl"
 
 
 @dataclass

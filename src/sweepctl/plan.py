@@ -3,9 +3,10 @@
 Static schedule: row i (0-based, file order) goes to shard i % N, and shard i owns devices
 [i*K .. i*K+K-1] — so N shards on an N-GPU pod use every GPU (the postmortem's sweep used one).
 Dynamic schedule: every shard claims the next unclaimed row at run time, which keeps all GPUs busy
-when run lengths differ; the plan then fixes only the devices. Rows are claimed longest first
-(`claim_order`: estimated training FLOPs, descending, ties in row order), so the long runs do not
-start last and leave the other GPUs idle at the end.
+when run lengths differ; the plan then fixes only the devices. Rows are claimed by the CSV's optional
+`priority` column (higher first), then longest first (`claim_order`: estimated training FLOPs,
+descending, ties in row order), so the long runs do not start last and leave the other GPUs idle at
+the end.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class PlannedRun(BaseModel):
     shard: int | None  # None under the dynamic schedule
     seed: int
     gpus: int
+    priority: int = 0  # dynamic schedule: claimed before every row of a lower priority
     config: dict[str, Any]  # every TrainConfig field after preset, config file, overrides, launch settings
     argv: list[str]  # the trainer command; "python" is replaced by the runner's interpreter
 
@@ -117,7 +119,7 @@ def make_plan(sweep: Sweep, *, shards: int, schedule: Schedule = "static", gpus_
         config = r.config.model_copy(update=extra)
         ref = (config_refs or {}).get(r.config_path) if r.config_path else None
         runs.append(PlannedRun(run_id=r.run_id, line=r.line, row_index=r.row_index, shard=shard, seed=r.seed,
-                               gpus=r.gpus, config=config.model_dump(mode="json"),
+                               gpus=r.gpus, priority=r.priority, config=config.model_dump(mode="json"),
                                argv=trainer_argv(r, extra, ref)))
         if shard is not None:
             shard_plans[shard].run_ids.append(r.run_id)
@@ -157,6 +159,9 @@ def longest_first(costs: Sequence[float]) -> list[int]:
 
 
 def claim_order(plan: Plan) -> list[str]:
-    """The run_ids in the order dynamic runners claim them: estimated cost descending (LPT), which
-    brings the sweep's end close to max(longest run, total / shards)."""
-    return [plan.runs[i].run_id for i in longest_first([run_cost(r.config) for r in plan.runs])]
+    """The run_ids in the order dynamic runners claim them: priority descending (the researcher's
+    word), then estimated cost descending (LPT), which brings the sweep's end close to
+    max(longest run, total / shards), then row order."""
+    costs = [run_cost(r.config) for r in plan.runs]
+    order = sorted(range(len(plan.runs)), key=lambda i: (-plan.runs[i].priority, -costs[i], i))
+    return [plan.runs[i].run_id for i in order]

@@ -34,6 +34,7 @@ from sweepctl import runs
 from sweepctl.plan import Plan, PlannedRun, claim_order
 
 OnFailed = Literal["skip", "retry"]
+PLAN_FILE = "plan.json"  # the sweep's queue in its manifest folder, re-read before every claim
 RUN_CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
 DEFAULT_STALL_AFTER_S = 1800.0  # no iteration for 30 min: hung (NCCL, a dead filesystem), not slow
 POLL_S = 0.5
@@ -121,6 +122,7 @@ class ShardRunner:
         self.stop_signal: int | None = None
         self.child: subprocess.Popen[bytes] | None = None
         self.outcomes: list[Outcome] = []
+        self._plan_key: tuple[int, int, int] | None = None  # plan.json as last read (inode, mtime, size)
 
     # output ----------------------------------------------------------------------------------
     def emit(self, data: bytes) -> None:
@@ -166,11 +168,46 @@ class ShardRunner:
         else:
             ids = [r.run_id for r in self.plan.runs]
         if self.o.claims_dir is not None and self.o.only is None:
+            if self.plan.schedule == "dynamic":
+                yield from self._live_queue(self.o.claims_dir)
+                return
             ids_iter: Iterator[str] = claimed_rows(ids, self.o.claims_dir, self.o.shard)
         else:
             ids_iter = iter(ids)
         for run_id in ids_iter:
             yield self.plan.run(run_id)
+
+    def _live_queue(self, claims_dir: Path) -> Iterator[PlannedRun]:
+        """Claim the first unclaimed row of the sweep's queue as it is now: plan.json is read again
+        before every claim, so rows a later `launch` appended, and priorities `prioritize` changed,
+        count without restarting this runner. Ends when every row is claimed."""
+        while True:
+            self._reload_plan()
+            for run_id in claim_order(self.plan):
+                if (claims_dir / run_id).exists():
+                    continue  # claimed already; exists() is cheaper than a failing O_EXCL open
+                if claim(claims_dir, run_id, self.o.shard):
+                    yield self.plan.run(run_id)
+                    break
+            else:
+                return
+
+    def _reload_plan(self) -> None:
+        """The newest plan.json, when it changed (written atomically: old or new, never half)."""
+        path = self.o.sweep_dir / PLAN_FILE
+        try:
+            st = path.stat()
+        except OSError:
+            return  # a plan handed in without a manifest (tests, a rerun): keep it
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key == self._plan_key:
+            return
+        try:
+            self.plan = Plan.model_validate_json(path.read_text())
+        except (OSError, ValueError) as e:
+            self.say(f"cannot read {path}: {e}; claiming from the plan read before")
+            return
+        self._plan_key = key
 
     def run(self) -> int:
         """Walk the rows; 0 when nothing failed. Leaves a one-line summary as the pane's last line."""
@@ -442,7 +479,7 @@ def _fmt(v: Any) -> str:
 
 
 def load_plan(sweep_dir: Path) -> Plan:
-    return Plan.model_validate_json((sweep_dir / "plan.json").read_text())
+    return Plan.model_validate_json((sweep_dir / PLAN_FILE).read_text())
 
 
 def main(options: RunnerOptions) -> int:
