@@ -75,3 +75,74 @@ def test_a_dynamic_runner_claims_rows_appended_to_plan_json_while_it_walks(tmp_p
     assert [r.run_id for r in walk] == ["c", "b", "d"]
     assert sorted(p.name for p in (sweep_dir / "claims" / "L1").iterdir()) == ["a", "b", "c", "d"]
     runner.shard_log.close()
+
+
+# --- cancel ----------------------------------------------------------------------------------------
+
+def cancel_marker(tmp_path: Path, run_id: str) -> None:
+    runs.write_json_atomic(tmp_path / "out" / run_id / runs.CANCEL, {"run_id": run_id})
+
+
+def test_a_cancelled_pending_row_is_never_claimed_and_shows_cancelled(tmp_path: Path, fake: Path) -> None:
+    sweep_dir = tmp_path / "out" / ".sweeps" / "t"
+    sweep_dir.mkdir(parents=True)
+    write_plan(sweep_dir, make_plan(tmp_path, fake, {"a": "ok", "b": "ok", "c": "ok"}, schedule="dynamic", shards=2))
+    cancel_marker(tmp_path, "b")
+    runner = runner_of(tmp_path, sweep_dir)
+    assert runner.run() == 0
+    assert [(o.run_id, o.result) for o in runner.outcomes] == [("a", "ok"), ("c", "ok")]
+    assert sorted(p.name for p in (sweep_dir / "claims" / "L1").iterdir()) == ["a", "c"]
+    assert sorted(p.name for p in (tmp_path / "out" / "b").iterdir()) == [runs.CANCEL]  # never started
+    assert runs.read_run(tmp_path / "out" / "b", stale_after_s=60).state == "cancelled"
+
+
+def test_a_static_shard_skips_a_cancelled_row(tmp_path: Path, fake: Path) -> None:
+    from test_runner import run_shard
+
+    cancel_marker(tmp_path, "b")
+    runner, code, pane = run_shard(tmp_path, make_plan(tmp_path, fake, {"a": "ok", "b": "ok"}))
+    assert code == 0
+    assert [(o.run_id, o.result) for o in runner.outcomes] == [("a", "ok"), ("b", "skipped")]
+    assert "b: cancelled (sweepctl cancel); skipped" in pane
+    assert not (tmp_path / "out" / "b" / runs.OWNER).exists()
+
+
+def test_a_running_row_that_is_cancelled_ends_cancelled_and_the_runner_goes_on(tmp_path: Path, fake: Path) -> None:
+    import threading
+
+    from sweep_helpers import wait_until
+    from test_runner import run_shard
+
+    plan = make_plan(tmp_path, fake, {"long": "hang", "next": "ok"})
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(zip(("runner", "code", "pane"),
+                                                               run_shard(tmp_path, plan), strict=True)))
+    thread.start()
+    long_dir = tmp_path / "out" / "long"
+    wait_until(lambda: runs.read_run(long_dir, stale_after_s=60).state == "running", timeout=60,
+               what="the long row to run")
+    cancel_marker(tmp_path, "long")
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert [(o.run_id, o.result) for o in result["runner"].outcomes] == [("long", "cancelled"), ("next", "ok")]
+    summary = runs.read_json(long_dir / runs.SUMMARY)
+    assert (summary["ok"], summary["status"], summary["error_class"]) == (False, "cancelled", "cancelled")
+    assert runs.read_run(long_dir, stale_after_s=60).state == "cancelled"
+    assert "long: cancelled (sweepctl cancel); ending it" in result["pane"]
+    assert "sweep-0 done: 1 ok, 0 failed, 0 interrupted, 1 cancelled, 0 skipped in" in result["pane"]
+    # the cancelled row's stdout and summary stay; nothing was deleted
+    assert (long_dir / runs.STDOUT_LOG).read_text().startswith("fake trainer hang")
+
+
+def test_classify_cancelled_is_neither_failed_nor_pending() -> None:
+    def state(**kw) -> str:
+        args = {"summary": None, "heartbeat": None, "held": False, "owner_started": None, "now": 100.0,
+                "stale_after_s": 60.0, **kw}
+        return runs.classify(**args)[0]
+
+    assert state(cancelled=True) == "cancelled"  # pending, withdrawn
+    assert state(cancelled=True, held=True) == "running"  # still ending under its runner
+    assert state(summary={"ok": False, "status": "cancelled"}) == "cancelled"
+    assert state(summary={"ok": False, "status": "failed"}, cancelled=True) == "cancelled"
+    assert state(summary={"ok": True}, cancelled=True) == "ok"  # finished before the cancel took effect
+    assert state(summary={"ok": False, "status": "interrupted"}) == "failed"

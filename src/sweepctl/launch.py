@@ -52,6 +52,7 @@ class LaunchOptions:
     max_retries: int = 0
     stall_after_s: float | None = DEFAULT_STALL_AFTER_S
     run_timeout_s: float | None = None
+    include_cancelled: bool = False  # run rows `sweepctl cancel` withdrew (their markers are moved aside)
     # Set only by the laptop's `launch --host` (hidden `--placed-on`): this pod's name in the sweep's
     # multi-pod layout, and that the laptop placed these rows against every pod's record.
     placed_on: str | None = None
@@ -278,6 +279,12 @@ def apply_run_table(plan: Plan, options: LaunchOptions, out_root: Path, stale_af
         elif s == "stale":
             how = "restart" if options.force or not view.has_checkpoint else "resume"
             rows.append(RowDecision(r.run_id, s, how, view.why))
+        elif s == "cancelled":
+            if options.include_cancelled:
+                how = "restart" if options.force or not view.has_checkpoint else "resume"
+                rows.append(RowDecision(r.run_id, s, how, "--include-cancelled"))
+            else:
+                rows.append(RowDecision(r.run_id, s, "skip", "cancelled; --include-cancelled runs it"))
         else:
             rows.append(RowDecision(r.run_id, s, "run"))
     refusals = []
@@ -348,6 +355,7 @@ def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult
     launched_at = time.time()
     launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
     write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=free)
+    include_cancelled(preview)
     started, refused = [], [shard_session(s) for s in busy]
     for s in free:
         devices = cuda_visible_devices(preview.plan, s)
@@ -362,6 +370,13 @@ def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult
         started.append(StartedShard(s, name, devices, n, how))
     return LaunchResult(preview, started, refused, attach_command(started[0].session, socket) if started else attach,
                         status_cmd)
+
+
+def include_cancelled(preview: LaunchPreview) -> None:
+    """Move the cancel markers of the rows `--include-cancelled` runs aside (kept as `.bak-`)."""
+    for row in preview.rows:
+        if row.state == "cancelled" and row.action != "skip":
+            runs.backup(runs.run_dir(preview.out_root, row.run_id), [runs.CANCEL])
 
 
 def write_manifest(preview: LaunchPreview, *, launch_id: str, launched_at: float, shards: list[int]) -> None:

@@ -63,7 +63,7 @@ class RunnerOptions:
 @dataclass
 class Outcome:
     run_id: str
-    result: str  # ok | failed | interrupted | skipped
+    result: str  # ok | failed | interrupted | skipped | cancelled
     detail: str = ""
 
 
@@ -79,6 +79,11 @@ def claim(claims_dir: Path, run_id: str, shard: int | None) -> bool:
     with os.fdopen(fd, "w") as f:
         json.dump({"shard": shard, "pid": os.getpid(), "host": runs.HOST, "ts": time.time()}, f)
     return True
+
+
+def cancel_requested(planned: PlannedRun) -> bool:
+    """`sweepctl cancel` marked the row: a claimer passes it by, a runner ends its trainer."""
+    return (Path(planned.config["out_dir"]) / runs.CANCEL).exists()
 
 
 def claimed_rows(run_ids: list[str], claims_dir: Path, shard: int | None) -> Iterator[str]:
@@ -186,6 +191,8 @@ class ShardRunner:
             for run_id in claim_order(self.plan):
                 if (claims_dir / run_id).exists():
                     continue  # claimed already; exists() is cheaper than a failing O_EXCL open
+                if cancel_requested(self.plan.run(run_id)):
+                    continue  # never claimed: a later `launch --include-cancelled` may still run it
                 if claim(claims_dir, run_id, self.o.shard):
                     yield self.plan.run(run_id)
                     break
@@ -255,6 +262,11 @@ class ShardRunner:
         --force and --retry-failed apply only to results older than the launch: a row finished
         by another runner of this launch is never redone."""
         older = view.summary is not None and _mtime(view.directory / runs.SUMMARY) < self.o.launched_at
+        if view.state == "cancelled":
+            if (view.directory / runs.CANCEL).exists():
+                return "skip", "cancelled (sweepctl cancel)"
+            # cancelled before, and `launch --include-cancelled` has moved the marker aside since
+            return self._resume_or_restart(view, "cancelled before, included again")
         if view.state == "ok":
             if self.o.force and older:
                 return "restart", "--force"
@@ -299,6 +311,9 @@ class ShardRunner:
                 return Outcome(planned.run_id, "ok")
             error_class = summary.get("error_class") or "unknown"
             detail = f"{error_class}: {summary.get('error') or ''}".strip()
+            if result == "cancelled":
+                self.say(f"{planned.run_id}: cancelled (sweepctl cancel)")
+                return Outcome(planned.run_id, "cancelled")
             if result == "interrupted" or self.stop_signal is not None:
                 self.say(f"{planned.run_id}: interrupted")
                 return Outcome(planned.run_id, "interrupted", detail)
@@ -320,7 +335,7 @@ class ShardRunner:
 
     def _attempt(self, planned: PlannedRun, directory: Path, lock: runs.RunLock, *, attempt: int,
                  resume: bool) -> str:
-        """One trainer process, start to end. Returns ok | failed | interrupted."""
+        """One trainer process, start to end. Returns ok | failed | interrupted | cancelled."""
         argv = trainer_command(planned.argv, gpus=planned.gpus, resume=resume)
         cvd = devices_for(self.o.devices, planned.gpus)
         context = {"sweep": {"name": self.plan.sweep, "row_index": planned.row_index, "shard_index": self.o.shard,
@@ -372,7 +387,8 @@ class ShardRunner:
             self.emit(data)
 
     def _watch(self, child: subprocess.Popen[bytes], directory: Path, started: float) -> str | None:
-        """Wait for the child; end it when it stalls or runs out of time. Returns stalled/timeout/None."""
+        """Wait for the child; end it when it stalls, runs out of time or is cancelled.
+        Returns stalled/timeout/cancelled/None."""
         last_iter: Any = None
         last_progress = started
         while True:
@@ -381,6 +397,10 @@ class ShardRunner:
                 return None
             except subprocess.TimeoutExpired:
                 pass
+            if (directory / runs.CANCEL).exists():
+                self.say(f"{directory.name}: cancelled (sweepctl cancel); ending it")
+                self._end(child)
+                return "cancelled"
             now = time.time()
             hb = runs.read_json(directory / runs.HEARTBEAT)
             if hb is not None and (hb.get("ts") or 0) >= started - 1 and hb.get("iter") != last_iter:
@@ -413,6 +433,15 @@ class ShardRunner:
                 reason: str | None) -> str:
         path = directory / runs.SUMMARY
         summary = runs.read_json(path) if _mtime(path) >= started - 1 else None
+        if reason == "cancelled":
+            error = "cancelled by sweepctl cancel"
+            if summary is None:
+                self._write_runner_summary(planned, directory, started, error_class="cancelled", error=error, rc=rc,
+                                           status="cancelled")
+            else:
+                summary.update(ok=False, status="cancelled", error_class="cancelled", error=error)
+                runs.write_json_atomic(path, summary)
+            return "cancelled"
         if reason is not None:
             error = (f"no progress for {self.o.stall_after_s:g} s" if reason == "stalled"
                      else f"ran longer than --run-timeout {self.o.run_timeout_s:g} s")
@@ -458,9 +487,11 @@ class ShardRunner:
 
 def end_line(session: str, outcomes: Sequence[Any], *, stopped: bool, elapsed_s: float) -> tuple[dict[str, int], str]:
     """Counts per result and the one line a finished runner (or Ray driver) leaves in its pane."""
-    counts = {k: sum(1 for o in outcomes if o.result == k) for k in ("ok", "failed", "interrupted", "skipped")}
+    counts = {k: sum(1 for o in outcomes if o.result == k)
+              for k in ("ok", "failed", "interrupted", "skipped", "cancelled")}
+    cancelled = f", {counts['cancelled']} cancelled" if counts["cancelled"] else ""
     line = (f"{session} done{' (stopped)' if stopped else ''}: {counts['ok']} ok, {counts['failed']} failed, "
-            f"{counts['interrupted']} interrupted, {counts['skipped']} skipped in {elapsed_s:.0f} s")
+            f"{counts['interrupted']} interrupted{cancelled}, {counts['skipped']} skipped in {elapsed_s:.0f} s")
     failed = [o.run_id for o in outcomes if o.result == "failed"]
     if failed:
         line += f"; failed: {', '.join(failed)}"

@@ -157,7 +157,8 @@ def _round(v: float | None, digits: int) -> float | None:
 
 # --- rendering (the same for a local and a remote dict) -------------------------------------------
 
-STATE_STYLE = {"ok": "green", "running": "cyan", "pending": "dim", "failed": "bold red", "stale": "yellow"}
+STATE_STYLE = {"ok": "green", "running": "cyan", "pending": "dim", "failed": "bold red", "stale": "yellow",
+               "cancelled": "magenta"}
 
 
 def render(model: dict[str, Any]) -> Any:

@@ -32,6 +32,8 @@ def launch(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again (resuming when possible)."),
     skip_failed: bool = typer.Option(False, "--skip-failed", help="Leave failed runs as they are."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="A shard stops at its first failed run."),
+    include_cancelled: bool = typer.Option(False, "--include-cancelled",
+                                           help="Run rows `sweepctl cancel` withdrew (skipped otherwise)."),
     schedule: str = typer.Option("static", "--schedule", help="static (row i -> shard i % N) or dynamic (claim)."),
     gpus_per_shard: int = typer.Option(1, "--gpus-per-shard", help="GPUs per shard (K): shard i gets i*K..i*K+K-1."),
     max_retries: int = typer.Option(0, "--max-retries", help="Retry a failed run up to R times."),
@@ -107,7 +109,8 @@ def launch(
                                 name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
                                 retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
                                 max_retries=max_retries, stall_after_s=stall_after or None,
-                                run_timeout_s=run_timeout, placed_on=placed_on)
+                                run_timeout_s=run_timeout, include_cancelled=include_cancelled,
+                                placed_on=placed_on)
     preview = lib.prepare(csv_path, options, settings)
     model = run_views.launch_model(preview)
     if not as_json:
@@ -137,7 +140,7 @@ def status(
     sweep: str | None = typer.Option(None, "--sweep", help="Sweep name (default: the latest launched)."),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     watch: bool = typer.Option(False, "--watch", help="Redraw every 2 s until Ctrl-C."),
-    state: str | None = typer.Option(None, "--state", help="Only runs in this state: pending running ok failed stale."),
+    state: str | None = typer.Option(None, "--state", help="Only runs in this state: pending running ok failed stale cancelled."),
     host: list[str] | None = remote_opts.HOST,
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
