@@ -7,15 +7,18 @@ end-to-end cases launch real tmux runners and the real trainer on tiny CPU model
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
 
-from sweepctl import runs
+from sweepctl import runs, status
 from sweepctl.plan import claim_order
 from sweepctl.runner import RunnerOptions, ShardRunner
 from sweepctl.spec import read_sweep
 from test_runner import FAKE_TRAINER, make_plan
+
+pytest_plugins = ["sweep_fixtures"]
 
 
 @pytest.fixture()
@@ -146,3 +149,108 @@ def test_classify_cancelled_is_neither_failed_nor_pending() -> None:
     assert state(summary={"ok": False, "status": "failed"}, cancelled=True) == "cancelled"
     assert state(summary={"ok": True}, cancelled=True) == "ok"  # finished before the cancel took effect
     assert state(summary={"ok": False, "status": "interrupted"}) == "failed"
+
+
+# --- end to end: real tmux runners, the real trainer on tiny CPU models -----------------------------
+
+LONG = "max_iters=100000 lr_decay_iters=100000 eval_interval=100000"  # runs until cancelled
+
+
+def write_csv(path: Path, rows: list[tuple[str, int, str, str]]) -> Path:
+    """A sweep CSV of (run_id, seed, extra overrides, priority) rows on the tiny CPU model."""
+    from sweep_helpers import TINY
+
+    lines = ["run_id,config,seed,overrides,notes,priority"]
+    lines += [f'{run_id},base,{seed},"{f"{TINY} {extra}".strip()}",,{priority}' for run_id, seed, extra, priority in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def launch_in_subprocess(csv: Path, *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "sweepctl", "launch", str(csv), "--name", "live", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_rows_added_cancelled_and_prioritized_while_a_dynamic_sweep_runs(
+        workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli import run_cli
+    from test_launch import wait_for
+
+    ws = workspace
+    base = [("long", 1, LONG, ""), ("p1", 2, "", "")]
+    csv = write_csv(ws.root / "live.csv", base)
+    r = run_cli(capsys, "launch", str(csv), "--name", "live", "--shards", "1", "--schedule", "dynamic")
+    assert r.code == 0, r.err
+    wait_for(lambda: runs.read_run(ws.run_dir("long"), stale_after_s=60).state == "running", "long to run")
+
+    # p1 waits behind long on the one shard; cancel it before it is claimed
+    r = run_cli(capsys, "cancel", "p1")
+    assert (r.code, r.out) == (0, "cancelled p1 (pending): will not start\n"), r.err
+
+    # two launches add rows at the same moment: each CSV holds the old rows and one new row
+    first = launch_in_subprocess(write_csv(ws.root / "a.csv", [*base, ("add1", 3, "", "")]))
+    second = launch_in_subprocess(write_csv(ws.root / "b.csv", [*base, ("add2", 4, "", "5")]))
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    assert "joined the live queue of sweep-0: 1 row(s) added (add1), 0 updated" in outs[0][0]
+    assert "joined the live queue of sweep-0: 1 row(s) added (add2), 0 updated" in outs[1][0]
+    sweep_dir = ws.out_root / ".sweeps" / "live"
+    plan = json.loads((sweep_dir / "plan.json").read_text())
+    assert sorted(row["run_id"] for row in plan["runs"]) == ["add1", "add2", "long", "p1"]
+
+    # a row that has started cannot change its config under the same run_id
+    changed = write_csv(ws.root / "c.csv", [("long", 1, f"{LONG} learning_rate=0.001", "")])
+    r = run_cli(capsys, "launch", str(changed), "--name", "live")
+    assert (r.code, r.out) == (2, "")
+    assert r.err == (f"error: 1 row(s) already started with a different config: {changed}:2: long (learning_rate: "
+                     "0.0006 -> 0.001) — give a changed row a new run_id (e.g. add -v2), or put its old values back\n")
+
+    # add1 goes first now; add2 had priority 5 from its CSV
+    r = run_cli(capsys, "prioritize", "add1", "--priority", "9")
+    assert (r.code, r.out) == (0, "prioritized add1 (pending): priority 9\n"), r.err
+
+    # the running row ends cancelled; the runner goes on with the rows added, each once
+    r = run_cli(capsys, "cancel", "lo*")
+    assert r.code == 0 and r.out.startswith("cancelling long (running): its runner ends the trainer"), r.out
+    done = wait_for(lambda: summaries_of(ws, ["add1", "add2"]), "the added rows")
+    assert all(s["ok"] for s in done.values())
+    wait_for(lambda: not Tmux_alive(), "the runner to end")
+    claims = sorted((p.name, json.loads(p.read_text())["ts"]) for p in sweep_dir.glob("claims/*/*"))
+    assert [name for name, _ in claims] == ["add1", "add2", "long"]
+    assert [name for name, _ in sorted(claims, key=lambda c: c[1])] == ["long", "add1", "add2"]
+    for run_id in ("add1", "add2"):
+        assert json.loads((ws.run_dir(run_id) / runs.METADATA).read_text())["attempt"] == 1
+        assert not list(ws.run_dir(run_id).glob("*.bak-*"))  # trained once: no earlier attempt moved aside
+    assert sorted(p.name for p in ws.run_dir("p1").iterdir()) == [runs.CANCEL]
+    model = status.collect(ws.out_root, with_gpus=False, with_sessions=False)
+    assert {row["run_id"]: row["state"] for row in model["runs"]} == {
+        "long": "cancelled", "p1": "cancelled", "add1": "ok", "add2": "ok"}
+    assert model["counts"] == {"pending": 0, "running": 0, "ok": 2, "failed": 0, "stale": 0, "cancelled": 2}
+
+    # a relaunch skips the cancelled rows; the report leaves them out
+    r = run_cli(capsys, "launch", str(csv), "--name", "live", "--shards", "1", "--dry-run", "--json")
+    assert r.code == 0, r.err
+    assert {row["run_id"]: (row["action"], row["detail"]) for row in json.loads(r.out)["rows"]} == {
+        "long": ("skip", "cancelled; --include-cancelled runs it"), "p1": ("skip", "cancelled; --include-cancelled runs it")}
+    from sweepctl import report
+
+    data = report.collect(ws.out_root, sweep="live")
+    assert sorted(rid for g in data["groups"] for rid in g["run_ids"]) == ["add1", "add2"]
+    assert "2 cancelled run(s) left out: long, p1" in data["warnings"]
+
+
+def summaries_of(ws, ids: list[str]) -> dict | None:
+    found = {i: runs.read_json(ws.run_dir(i) / runs.SUMMARY) for i in ids}
+    return found if all(v is not None for v in found.values()) else None
+
+
+def Tmux_alive() -> bool:
+    import os
+
+    from sweepctl.tmux import Tmux
+
+    info = Tmux(os.environ["SWEEPCTL_TMUX_SOCKET"]).session("sweep-0")
+    return info is not None and info.alive

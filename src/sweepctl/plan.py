@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from sweepctl.errors import SpecError
+from sweepctl.errors import RefusedError, SpecError
 from sweepctl.spec import RunSpec, Sweep
 from sweepctl.train.config import TrainConfig, format_override
 
@@ -165,3 +165,51 @@ def claim_order(plan: Plan) -> list[str]:
     costs = [run_cost(r.config) for r in plan.runs]
     order = sorted(range(len(plan.runs)), key=lambda i: (-plan.runs[i].priority, -costs[i], i))
     return [plan.runs[i].run_id for i in order]
+
+
+# --- adding rows to a live dynamic queue -----------------------------------------------------------
+
+def merge_plans(live: Plan, wanted: Plan, started: set[str], where: str) -> tuple[Plan, list[str], list[str]]:
+    """The live queue with `wanted`'s rows joined: (merged plan, added run_ids, updated run_ids).
+    `where` is the CSV `wanted` was read from, for the messages.
+
+    A new run_id is appended; a row that has not started takes its new settings and priority; a
+    row of `started` (claimed, running or finished) whose effective config changed is refused,
+    naming the difference — its results would no longer match its row. Rows missing from `wanted`
+    stay: they may be running. The live plan's shards and devices are kept. Pure."""
+    merged = live.model_copy(deep=True)
+    index = {r.run_id: i for i, r in enumerate(merged.runs)}
+    added, updated, conflicts = [], [], []
+    for new in wanted.runs:
+        new = new.model_copy(update={"shard": None})
+        if new.run_id not in index:
+            merged.runs.append(new.model_copy(update={"row_index": len(merged.runs)}))
+            added.append(new.run_id)
+            continue
+        old = merged.runs[index[new.run_id]]
+        differences = describe_difference(old, new)
+        if not differences and old.priority == new.priority:
+            continue
+        if new.run_id in started:
+            if differences:
+                conflicts.append(f"{where}:{new.line}: {new.run_id} ({'; '.join(differences)})")
+            continue  # a priority change means nothing once a row is claimed
+        merged.runs[index[new.run_id]] = new.model_copy(update={"row_index": old.row_index})
+        updated.append(new.run_id)
+    if conflicts:
+        raise RefusedError(f"{len(conflicts)} row(s) already started with a different config: "
+                           + "; ".join(conflicts),
+                           hint="give a changed row a new run_id (e.g. add -v2), or put its old values back")
+    return merged, added, updated
+
+
+def describe_difference(old: PlannedRun, new: PlannedRun, shown: int = 4) -> list[str]:
+    """`key: old -> new` for each setting that differs, then the trainer command if only it does."""
+    keys = sorted(set(old.config) | set(new.config))
+    out = [f"{k}: {old.config.get(k)!r} -> {new.config.get(k)!r}" for k in keys
+           if old.config.get(k) != new.config.get(k)]
+    if old.gpus != new.gpus:
+        out.append(f"gpus: {old.gpus} -> {new.gpus}")
+    if not out and old.argv != new.argv:
+        out.append(f"trainer command: {' '.join(old.argv[3:])} -> {' '.join(new.argv[3:])}")
+    return out[:shown] + ([f"{len(out) - shown} more"] if len(out) > shown else [])

@@ -240,7 +240,8 @@ class ShardRunner:
     def _write_state(self, **fields: Any) -> None:
         runs.write_json_atomic(self.state_path, {
             "session": self.o.session, "shard": self.o.shard, "pid": os.getpid(), "host": runs.HOST,
-            "devices": self.o.devices, "launched_at": self.o.launched_at, **fields})
+            "devices": self.o.devices, "launched_at": self.o.launched_at,
+            "claims_dir": str(self.o.claims_dir) if self.o.claims_dir else None, **fields})
 
     def run_row(self, planned: PlannedRun) -> Outcome:
         directory = Path(planned.config["out_dir"])

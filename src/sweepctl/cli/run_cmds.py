@@ -100,6 +100,8 @@ def launch(
             skip_failed=skip_failed, max_retries=max_retries, stall_after_s=stall_after or None,
             run_timeout_s=run_timeout, placed_on=placed_on)
     if shards is None:
+        shards = lib.live_shard_count(csv_path, name, settings)  # rows joining a live sweep keep its shards
+    if shards is None:
         from sweepctl.gpus import query_gpus
         from sweepctl.hosts import default_shards
 
