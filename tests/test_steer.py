@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,90 @@ def test_classify_cancelled_is_neither_failed_nor_pending() -> None:
     assert state(summary={"ok": False, "status": "interrupted"}) == "failed"
 
 
+# --- notifications ---------------------------------------------------------------------------------
+
+class Webhook:
+    """A local HTTP server on loopback that records every POST; answers `statuses` in turn, then 200."""
+
+    def __init__(self, statuses: list[int] | None = None):
+        import http.server
+        import threading
+
+        self.bodies: list[dict] = []
+        self.statuses = list(statuses or [])
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.bodies.append({"path": self.path, "type": self.headers["Content-Type"],
+                                    "json": json.loads(body)})
+                self.send_response(hook.statuses.pop(0) if hook.statuses else 200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/sEcReT"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def texts(self) -> list[str]:
+        return [b["json"]["text"] for b in self.bodies]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture()
+def webhook():
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+def test_a_failed_run_sends_one_notification_and_the_sweep_end_one_more(tmp_path: Path, fake: Path, webhook) -> None:
+    from test_runner import run_shard
+
+    plan = make_plan(tmp_path, fake, {"bad": "exit3", "good": "ok"})
+    _, code, pane = run_shard(tmp_path, plan, notify_url=webhook.url, notify_delays_s=(0.05,))
+    assert code == 1
+    host = runs.HOST
+    assert webhook.bodies == [
+        {"path": "/services/T000/B000/sEcReT", "type": "application/json",
+         "json": {"text": f"sweep t: bad failed (nonzero_exit) on {host} (sweep-0). Logs: sweepctl logs bad",
+                  "content": f"sweep t: bad failed (nonzero_exit) on {host} (sweep-0). Logs: sweepctl logs bad"}},
+        {"path": "/services/T000/B000/sEcReT", "type": "application/json",
+         "json": {"text": f"sweep t done on {host}: 1 ok, 1 failed.", "content": f"sweep t done on {host}: 1 ok, 1 failed."}},
+    ]
+    assert "sEcReT" not in pane and "B000" not in pane  # the URL is a secret: never in a log
+    # a second runner that ends after the sweep is done sends nothing again: one message per event
+    run_shard(tmp_path, plan, shard=1, session="sweep-1", notify_url=webhook.url, notify_delays_s=(0.05,))
+    assert len(webhook.bodies) == 2
+    markers = sorted(p.name for p in (tmp_path / "out" / ".sweeps" / "t" / "notified").iterdir())
+    assert len(markers) == 2 and re.fullmatch(r"done-[0-9a-f]{12}", markers[0]) and markers[1] == "failed-bad-1"
+
+
+def test_a_notification_is_retried_with_backoff_and_the_url_stays_hidden(tmp_path: Path, fake: Path) -> None:
+    from test_runner import run_shard
+
+    hook = Webhook(statuses=[503, 500])
+    try:
+        _, _, pane = run_shard(tmp_path, make_plan(tmp_path, fake, {"bad": "exit3"}), notify_url=hook.url,
+                               notify_delays_s=(0.05, 0.1, 0.1))
+    finally:
+        hook.close()
+    failed = f"sweep t: bad failed (nonzero_exit) on {runs.HOST} (sweep-0). Logs: sweepctl logs bad"
+    done = f"sweep t done on {runs.HOST}: 1 failed."
+    # two of the four POSTs met the failing answers, whichever event they carried; each event got through
+    assert len(hook.bodies) == 4 and set(hook.texts()) == {failed, done}
+    assert pane.count("notification to http://127.0.0.1/… failed (HTTP 50") == 2
+    assert "sEcReT" not in pane
+
+
 # --- end to end: real tmux runners, the real trainer on tiny CPU models -----------------------------
 
 LONG = "max_iters=100000 lr_decay_iters=100000 eval_interval=100000"  # runs until cancelled
@@ -175,14 +260,15 @@ def launch_in_subprocess(csv: Path, *args: str):
 
 
 def test_rows_added_cancelled_and_prioritized_while_a_dynamic_sweep_runs(
-        workspace, capsys: pytest.CaptureFixture[str]) -> None:
+        workspace, capsys: pytest.CaptureFixture[str], webhook) -> None:
     from cli import run_cli
     from test_launch import wait_for
 
     ws = workspace
     base = [("long", 1, LONG, ""), ("p1", 2, "", "")]
     csv = write_csv(ws.root / "live.csv", base)
-    r = run_cli(capsys, "launch", str(csv), "--name", "live", "--shards", "1", "--schedule", "dynamic")
+    r = run_cli(capsys, "launch", str(csv), "--name", "live", "--shards", "1", "--schedule", "dynamic",
+                "--notify", webhook.url)
     assert r.code == 0, r.err
     wait_for(lambda: runs.read_run(ws.run_dir("long"), stale_after_s=60).state == "running", "long to run")
 
@@ -229,6 +315,13 @@ def test_rows_added_cancelled_and_prioritized_while_a_dynamic_sweep_runs(
     assert {row["run_id"]: row["state"] for row in model["runs"]} == {
         "long": "cancelled", "p1": "cancelled", "add1": "ok", "add2": "ok"}
     assert model["counts"] == {"pending": 0, "running": 0, "ok": 2, "failed": 0, "stale": 0, "cancelled": 2}
+
+    # the pod told the webhook once, at the end: cancelled rows are no failures
+    assert len(webhook.bodies) == 1, webhook.texts()
+    assert re.fullmatch(rf"sweep live done on {re.escape(runs.HOST)}: 2 ok, 2 cancelled\. Best \(mean best val loss\): "
+                        r"add[12] \d+\.\d{4} \(1 run\); add[12] \d+\.\d{4} \(1 run\)\.", webhook.texts()[0])
+    leaked = [p for p in ws.root.rglob("*") if p.is_file() and b"sEcReT" in p.read_bytes()]
+    assert leaked == []  # the URL is in no file: not launch.json, not a log
 
     # a relaunch skips the cancelled rows; the report leaves them out
     r = run_cli(capsys, "launch", str(csv), "--name", "live", "--shards", "1", "--dry-run", "--json")

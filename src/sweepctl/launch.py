@@ -421,6 +421,11 @@ def runner_argv(preview: LaunchPreview, shard: int, *, launch_id: str, launched_
                                       run_timeout_s=o.run_timeout_s)
 
 
+def notify_env(settings: Settings) -> dict[str, str]:
+    """The webhook reaches the runners through their environment, never argv or a file: it is a secret."""
+    return {"SWEEPCTL_NOTIFY_URL": settings.notify_url.get_secret_value()} if settings.notify_url else {}
+
+
 def runner_policy_flags(*, retry_failed: bool, stall_after_s: float | None, run_timeout_s: float | None
                         ) -> list[str]:
     """The hidden runner's per-row policy flags, shared by every launcher of runners (tmux, Slurm)."""
@@ -462,7 +467,8 @@ def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult
         argv = runner_argv(preview, s, launch_id=launch_id, launched_at=launched_at, claims_dir=claims_dir)
         name = shard_session(s)
         try:
-            how = tmux.start(name, argv, env={"CUDA_VISIBLE_DEVICES": devices}, cwd=Path.cwd())
+            how = tmux.start(name, argv, env={"CUDA_VISIBLE_DEVICES": devices, **notify_env(preview.settings)},
+                             cwd=Path.cwd())
         except RefusedError:  # became busy since we looked
             refused.append(name)
             continue

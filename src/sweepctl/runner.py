@@ -18,6 +18,7 @@ This is the only module that starts the trainer as a subprocess.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from sweepctl import runs
+from sweepctl import notify, runs
 from sweepctl.plan import Plan, PlannedRun, claim_order
 
 OnFailed = Literal["skip", "retry"]
@@ -39,6 +40,8 @@ RUN_CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
 DEFAULT_STALL_AFTER_S = 1800.0  # no iteration for 30 min: hung (NCCL, a dead filesystem), not slow
 POLL_S = 0.5
 EXPLICIT_ROW_LOCK_WAIT_S = 30.0
+NOTIFY_WAIT_S = 30.0  # at a runner's end, how long queued notifications get to go out
+FINAL_STATES = ("ok", "failed", "cancelled")  # a sweep whose rows are all in these is done
 
 
 @dataclass
@@ -58,6 +61,8 @@ class RunnerOptions:
     launched_at: float = field(default_factory=time.time)
     kill_grace_s: float = 30.0  # after SIGTERM, how long the trainer gets to write its summary
     stale_after_s: float = 120.0
+    notify_url: str | None = None  # a webhook told of failed runs and of the sweep's end (a secret)
+    notify_delays_s: tuple[float, ...] = notify.RETRY_DELAYS_S
 
 
 @dataclass
@@ -128,6 +133,8 @@ class ShardRunner:
         self.child: subprocess.Popen[bytes] | None = None
         self.outcomes: list[Outcome] = []
         self._plan_key: tuple[int, int, int] | None = None  # plan.json as last read (inode, mtime, size)
+        self.notifier = (notify.Notifier(options.notify_url, say=self.say, delays_s=options.notify_delays_s)
+                         if options.notify_url else None)
 
     # output ----------------------------------------------------------------------------------
     def emit(self, data: bytes) -> None:
@@ -227,6 +234,8 @@ class ShardRunner:
                 break
             outcome = self.run_row(planned)
             self.outcomes.append(outcome)
+            if outcome.result == "failed":
+                self._notify_failed(planned)
             if outcome.result == "failed" and self.o.fail_fast:
                 self.say("--fail-fast: stopping this shard after a failed row")
                 break
@@ -234,8 +243,48 @@ class ShardRunner:
                                 elapsed_s=time.time() - start)
         self._write_state(started=start, finished=time.time(), counts=counts)
         self.say(line)
+        if self.notifier is not None:
+            if self.stop_signal is None and self.o.only is None:
+                self._notify_done_if_last()
+            self.notifier.wait(NOTIFY_WAIT_S)  # every row has ended: nothing is held up but the pane
         self.shard_log.close()
         return 1 if counts["failed"] else 0
+
+    # notifications -----------------------------------------------------------------------------
+    def _notify_failed(self, planned: PlannedRun) -> None:
+        if self.notifier is None:
+            return
+        directory = Path(planned.config["out_dir"])
+        summary = runs.read_json(directory / runs.SUMMARY) or {}
+        attempt = (runs.read_json(directory / runs.OWNER) or {}).get("attempt") or 0
+        text = notify.failed_text(self.plan.sweep, planned.run_id, summary, host=runs.HOST, session=self.o.session)
+        self.notifier.send_once(self.o.sweep_dir / notify.NOTIFIED_DIR, f"failed-{planned.run_id}-{attempt}", text)
+
+    def _notify_done_if_last(self) -> None:
+        """When every row of the sweep has ended (ok, failed or cancelled), the first runner to see it
+        tells the webhook, with the counts and the best groups; rows added later make a new event."""
+        assert self.notifier is not None
+        self._reload_plan()
+        views = [runs.read_run(Path(r.config["out_dir"]), stale_after_s=self.o.stale_after_s, run_id=r.run_id)
+                 for r in self.plan.runs]
+        if any(v.state not in FINAL_STATES for v in views):
+            return  # another runner is still at work; the last one to end sends it
+        counts = {s: sum(1 for v in views if v.state == s) for s in FINAL_STATES}
+        event = "done-" + hashlib.sha1(" ".join(sorted(v.run_id for v in views)).encode()).hexdigest()[:12]
+        text = notify.done_text(self.plan.sweep, counts, self._best_groups(), host=runs.HOST)
+        self.notifier.send_once(self.o.sweep_dir / notify.NOTIFIED_DIR, event, text)
+
+    def _best_groups(self, shown: int = 3) -> list[dict[str, Any]]:
+        from sweepctl import report
+
+        try:
+            data = report.collect(self.o.sweep_dir.parent.parent, sweep=self.plan.sweep,
+                                  stale_after_s=self.o.stale_after_s)
+        except Exception as e:  # a report problem must not cost the message its counts
+            self.say(f"no best groups in the notification: {e}")
+            return []
+        groups = [{"label": g["label"], **g["best_val"]} for g in data["groups"] if g["best_val"]["n"]]
+        return sorted(groups, key=lambda g: g["mean"])[:shown]
 
     def _write_state(self, **fields: Any) -> None:
         runs.write_json_atomic(self.state_path, {

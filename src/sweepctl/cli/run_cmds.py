@@ -34,6 +34,9 @@ def launch(
     fail_fast: bool = typer.Option(False, "--fail-fast", help="A shard stops at its first failed run."),
     include_cancelled: bool = typer.Option(False, "--include-cancelled",
                                            help="Run rows `sweepctl cancel` withdrew (skipped otherwise)."),
+    notify: str | None = typer.Option(None, "--notify", metavar="URL", show_default=False,
+                                      help="Webhook (Slack, Discord) the pod tells when a run fails and when the "
+                                           "sweep is done \\[default: notify_url from the settings]."),
     schedule: str = typer.Option("static", "--schedule", help="static (row i -> shard i % N) or dynamic (claim)."),
     gpus_per_shard: int = typer.Option(1, "--gpus-per-shard", help="GPUs per shard (K): shard i gets i*K..i*K+K-1."),
     max_retries: int = typer.Option(0, "--max-retries", help="Retry a failed run up to R times."),
@@ -88,7 +91,7 @@ def launch(
     from sweepctl.errors import RefusedError, SweepctlError
     from sweepctl.settings import load_settings
 
-    settings = load_settings(out_root=out_root, data_dir=data_dir)
+    settings = load_settings(out_root=out_root, data_dir=data_dir, notify_url=notify)
     if backend != "tmux":  # Ray, not shards, places the rows: one driver session, no shard options
         from sweepctl.cli import cluster_cmds
 
@@ -299,12 +302,26 @@ def runner(
 
         only = [run_id_of_row(lib.load_plan(sweep_dir), row_index, sweep_dir)]
     options = lib.RunnerOptions(sweep_dir=sweep_dir, shard=shard, devices=devices, session=session,
+                                notify_url=_notify_url(),
                                 claims_dir=claims, only=only or None, fail_fast=fail_fast, max_retries=max_retries,
                                 stall_after_s=stall_after, run_timeout_s=run_timeout,
                                 on_failed=on_failed,  # type: ignore[arg-type]
                                 force=force, launched_at=launched_at, stale_after_s=stale_after,
                                 kill_grace_s=kill_grace)
     raise typer.Exit(lib.main(options))
+
+
+def _notify_url() -> str | None:
+    """The runner's webhook: SWEEPCTL_NOTIFY_URL from launch, else the project file's notify_url. A bad
+    project file must not stop the runs, so it only costs the notifications."""
+    from sweepctl.errors import SweepctlError
+    from sweepctl.settings import load_settings
+
+    try:
+        url = load_settings().notify_url
+    except SweepctlError:
+        return None
+    return url.get_secret_value() if url else None
 
 
 def register(app: typer.Typer) -> None:
