@@ -17,9 +17,10 @@ from sweepctl import runs, status
 from sweepctl.plan import claim_order
 from sweepctl.runner import RunnerOptions, ShardRunner
 from sweepctl.spec import read_sweep
+from test_remote_cli import pod as pod  # a fixture
 from test_runner import FAKE_TRAINER, make_plan
 
-pytest_plugins = ["sweep_fixtures"]
+pytest_plugins = ["sshd", "sweep_fixtures"]
 
 
 @pytest.fixture()
@@ -347,3 +348,59 @@ def Tmux_alive() -> bool:
 
     info = Tmux(os.environ["SWEEPCTL_TMUX_SOCKET"]).session("sweep-0")
     return info is not None and info.alive
+
+
+def test_rows_cannot_join_a_live_static_sweep_and_launch_says_what_to_do(
+        workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli import run_cli
+    from test_launch import wait_for
+
+    ws = workspace
+    csv = write_csv(ws.root / "st.csv", [("long", 1, LONG, "")])
+    r = run_cli(capsys, "launch", str(csv), "--shards", "1")
+    assert r.code == 0, r.err
+    wait_for(lambda: runs.read_run(ws.run_dir("long"), stale_after_s=60).state == "running", "long to run")
+    more = write_csv(ws.root / "st.csv", [("long", 1, LONG, ""), ("more", 2, "", "")])
+    r = run_cli(capsys, "launch", str(more))
+    assert (r.code, r.out) == (2, "")
+    assert r.err == (f"error: {ws.out_root}/.sweeps/st/plan.json: sweep st is running (sweep-0) under the static "
+                     "schedule: its rows were dealt to the shards at launch, so new rows cannot join them — wait for "
+                     "it to finish and launch again, or stop it and relaunch under the dynamic schedule (interrupted "
+                     f"rows resume): sweepctl stop --all && sweepctl launch {more} --schedule dynamic --retry-failed\n")
+    assert not ws.run_dir("more").exists()
+    assert run_cli(capsys, "cancel", "long").code == 0
+    wait_for(lambda: runs.read_run(ws.run_dir("long"), stale_after_s=60).state == "cancelled", "long to end")
+
+
+def test_add_cancel_and_prioritize_over_ssh(pod, workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli import run_cli
+    from test_remote_cli import wait_for
+
+    ws = workspace
+    base = [("long", 1, LONG, "")]
+    csv = write_csv(ws.root / "remote.csv", base)
+    r = run_cli(capsys, "launch", str(csv), "--host", "pod", "--shards", "1", "--schedule", "dynamic")
+    assert r.code == 0, r.err
+    wait_for(lambda: runs.read_run(pod.run_dir("long"), stale_after_s=60).state == "running", "long to run",
+             pod.tmux_socket)
+    grown = write_csv(ws.root / "remote.csv", [*base, ("more", 2, "", ""), ("most", 3, "", "")])
+    r = run_cli(capsys, "launch", str(grown), "--host", "pod")
+    assert r.code == 0, r.err
+    assert "joined the live queue of sweep-0: 2 row(s) added (more, most), 0 updated" in r.out
+    layout = json.loads((pod.out_root / ".sweeps" / "remote" / "upload" / "hosts.json").read_text())
+    assert layout["placed"] == {"long": "pod", "more": "pod", "most": "pod"}  # the placement record has them
+    r = run_cli(capsys, "prioritize", "most", "--host", "pod")
+    assert (r.code, r.out) == (0, "prioritized most (pending): priority 1\n"), r.err
+    r = run_cli(capsys, "cancel", "long", "--host", "pod")
+    assert r.code == 0 and r.out.startswith("cancelling long (running): its runner ends the trainer"), r.err
+    wait_for(lambda: summaries_of_dirs([pod.run_dir("more"), pod.run_dir("most")]), "the added rows",
+             pod.tmux_socket)
+    r = run_cli(capsys, "status", "--host", "pod", "--json")
+    assert {row["run_id"]: row["state"] for row in json.loads(r.out)["runs"]} == {
+        "long": "cancelled", "more": "ok", "most": "ok"}
+    started = {rid: runs.read_json(pod.run_dir(rid) / runs.OWNER)["started"] for rid in ("more", "most")}
+    assert started["most"] < started["more"]  # prioritized: claimed first
+
+
+def summaries_of_dirs(dirs: list[Path]) -> bool:
+    return all((d / runs.SUMMARY).exists() for d in dirs)

@@ -55,8 +55,7 @@ def prioritize(
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
-    """Move rows not yet claimed up (or down) the queue of a dynamic sweep; the runners see it at
-    their next claim."""
+    """Move unclaimed rows of a dynamic sweep up the queue; the runners see it at their next claim."""
     from sweepctl import control
     from sweepctl.settings import load_settings
 
