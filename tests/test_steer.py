@@ -82,6 +82,26 @@ def test_a_dynamic_runner_claims_rows_appended_to_plan_json_while_it_walks(tmp_p
     runner.shard_log.close()
 
 
+
+def test_a_runner_that_runs_out_of_rows_says_so_under_the_sweep_lock(tmp_path: Path, fake: Path) -> None:
+    from sweepctl.launch import live_runners
+
+    sweep_dir = tmp_path / "out" / ".sweeps" / "t"
+    sweep_dir.mkdir(parents=True)
+    write_plan(sweep_dir, make_plan(tmp_path, fake, {"a": "ok"}, schedule="dynamic", shards=2))
+    runner = runner_of(tmp_path, sweep_dir)
+    runner._write_state(started=runner.started)  # as run() does first
+    assert [r["session"] for r in live_runners(sweep_dir)] == ["sweep-0"]  # claiming: rows may join it
+    walk = runner.rows()
+    assert next(walk).run_id == "a"
+    with runs.sweep_lock(sweep_dir):  # a launch merging rows: the runner cannot drain meanwhile
+        grown = make_plan(tmp_path, fake, {"a": "ok", "b": "ok"}, schedule="dynamic", shards=2)
+        write_plan(sweep_dir, grown)
+    assert [r.run_id for r in walk] == ["b"]
+    assert runs.read_json(sweep_dir / "shard-0.json")["drained"] > 0
+    assert live_runners(sweep_dir) == []  # drained: a launch now must start runners itself
+    runner.shard_log.close()
+
 # --- cancel ----------------------------------------------------------------------------------------
 
 def cancel_marker(tmp_path: Path, run_id: str) -> None:

@@ -104,6 +104,7 @@ class LiveQueue:
     wanted: Plan  # the CSV as planned now; merged into plan.json again under the lock at execute
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
+    drained: bool = False  # every live runner had found the queue empty before the rows were written
 
     @property
     def todo(self) -> list[RowDecision]:
@@ -174,8 +175,8 @@ def live_runners(sweep_dir: Path) -> list[dict[str, Any]]:
     for state_file in sorted(sweep_dir.glob("shard-*.json")):
         record = runs.read_json(state_file) or {}
         pid = record.get("pid")
-        if (isinstance(pid, int) and not record.get("finished") and record.get("host") in (None, runs.HOST)
-                and runs.pid_alive(pid)):
+        if (isinstance(pid, int) and not record.get("finished") and not record.get("drained")
+                and record.get("host") in (None, runs.HOST) and runs.pid_alive(pid)):
             live.append(record)
     return live
 
@@ -401,7 +402,9 @@ def join(preview: LaunchPreview) -> None:
                                            started_rows(d, joining.claims_dir, preview.out_root),
                                            str(preview.sweep.csv_path))
         runs.write_json_atomic(d / PLAN_FILE, plan.model_dump(mode="json"))
+        still_claiming = live_runners(d)  # a runner drains under this lock: after it, none claims
     preview.plan, joining.added, joining.updated = plan, added, updated
+    joining.drained = not still_claiming
 
 
 def runner_argv(preview: LaunchPreview, shard: int, *, launch_id: str, launched_at: float,
@@ -474,6 +477,12 @@ def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult
             continue
         n = len(preview.plan.shards[s].run_ids) if preview.plan.schedule == "static" else None
         started.append(StartedShard(s, name, devices, n, how))
+    if preview.joining is not None and preview.joining.drained and not started and preview.joining.added:
+        raise RefusedError(f"rows {', '.join(preview.joining.added)} were added to sweep {preview.sweep.name}'s queue, "
+                           "but its runners had just run out of rows and are ending, so none will claim them",
+                           where=str(preview.sweep_dir / PLAN_FILE),
+                           hint=f"launch again once they have ended (seconds): sweepctl launch "
+                                f"{shlex.quote(str(preview.sweep.csv_path))}")
     return LaunchResult(preview, started, refused, attach_command(started[0].session, socket) if started else attach,
                         status_cmd)
 

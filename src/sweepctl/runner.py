@@ -132,6 +132,7 @@ class ShardRunner:
         self.stop_signal: int | None = None
         self.child: subprocess.Popen[bytes] | None = None
         self.outcomes: list[Outcome] = []
+        self.started = time.time()
         self._plan_key: tuple[int, int, int] | None = None  # plan.json as last read (inode, mtime, size)
         self.notifier = (notify.Notifier(options.notify_url, say=self.say, delays_s=options.notify_delays_s)
                          if options.notify_url else None)
@@ -194,17 +195,28 @@ class ShardRunner:
         before every claim, so rows a later `launch` appended, and priorities `prioritize` changed,
         count without restarting this runner. Ends when every row is claimed."""
         while True:
-            self._reload_plan()
-            for run_id in claim_order(self.plan):
-                if (claims_dir / run_id).exists():
-                    continue  # claimed already; exists() is cheaper than a failing O_EXCL open
-                if cancel_requested(self.plan.run(run_id)):
-                    continue  # never claimed: a later `launch --include-cancelled` may still run it
-                if claim(claims_dir, run_id, self.o.shard):
-                    yield self.plan.run(run_id)
-                    break
-            else:
-                return
+            planned = self._claim_next(claims_dir)
+            if planned is None:
+                # Say "drained" under the sweep's lock, after one more look: a `launch` adding rows
+                # holds that lock while it merges, so it either sees this runner drained (and starts
+                # runners itself) or wrote its rows before this last look.
+                with runs.sweep_lock(self.o.sweep_dir):
+                    planned = self._claim_next(claims_dir)
+                    if planned is None:
+                        self._write_state(started=self.started, drained=time.time())
+                        return
+            yield planned
+
+    def _claim_next(self, claims_dir: Path) -> PlannedRun | None:
+        self._reload_plan()
+        for run_id in claim_order(self.plan):
+            if (claims_dir / run_id).exists():
+                continue  # claimed already; exists() is cheaper than a failing O_EXCL open
+            if cancel_requested(self.plan.run(run_id)):
+                continue  # never claimed: a later `launch --include-cancelled` may still run it
+            if claim(claims_dir, run_id, self.o.shard):
+                return self.plan.run(run_id)
+        return None
 
     def _reload_plan(self) -> None:
         """The newest plan.json, when it changed (written atomically: old or new, never half)."""
@@ -225,7 +237,7 @@ class ShardRunner:
 
     def run(self) -> int:
         """Walk the rows; 0 when nothing failed. Leaves a one-line summary as the pane's last line."""
-        start = time.time()
+        start = self.started = time.time()
         self._write_state(started=start)
         self.say(f"sweep {self.plan.sweep}: runner pid {os.getpid()}, CUDA_VISIBLE_DEVICES={self.o.devices}, "
                  f"schedule {self.plan.schedule}")
