@@ -424,3 +424,35 @@ def test_add_cancel_and_prioritize_over_ssh(pod, workspace, capsys: pytest.Captu
 
 def summaries_of_dirs(dirs: list[Path]) -> bool:
     return all((d / runs.SUMMARY).exists() for d in dirs)
+
+
+def test_cancel_and_prioritize_say_what_they_did_to_each_row_and_refuse_a_typo(
+        tmp_path: Path, fake: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli import run_cli
+
+    monkeypatch.setenv("SWEEPCTL_OUT_ROOT", str(tmp_path / "out"))
+    sweep_dir = tmp_path / "out" / ".sweeps" / "t"
+    sweep_dir.mkdir(parents=True)
+    write_plan(sweep_dir, make_plan(tmp_path, fake, {"m-6l-s1": "ok", "m-6l-s2": "ok", "m-48l-s1": "ok"},
+                                    schedule="dynamic", shards=2))
+    runs.write_json_atomic(sweep_dir / "launch.json", {"ts": 1.0, "launch_id": "L1"})
+    runs.write_json_atomic(tmp_path / "out" / "m-6l-s1" / runs.SUMMARY, {"ok": True})
+
+    r = run_cli(capsys, "cancel", "m-6l-*", "--sweep", "t")
+    assert (r.code, r.out) == (0, "left m-6l-s1 (ok): finished ok; nothing to cancel\n"
+                                  "cancelled m-6l-s2 (pending): will not start\n"), r.err
+    r = run_cli(capsys, "cancel", "m-6l-s2")
+    assert (r.code, r.out) == (0, "left m-6l-s2 (cancelled): cancelled already\n")
+    r = run_cli(capsys, "cancel", "m-84l-*")
+    assert (r.code, r.out) == (1, "")
+    assert r.err == (f"error: {sweep_dir}/plan.json: 'm-84l-*' matches no row of sweep t — see its rows with: "
+                     "sweepctl status --sweep t\n")
+
+    # prioritize: the default goes one above the highest; a claimed row is left as it is
+    (sweep_dir / "claims" / "L1").mkdir(parents=True)
+    (sweep_dir / "claims" / "L1" / "m-6l-s2").write_text("{}")
+    r = run_cli(capsys, "prioritize", "m-48l-s1", "m-6l-s2")
+    assert (r.code, r.out) == (0, "left m-6l-s2 (claimed): already claimed; the order no longer matters for it\n"
+                                  "prioritized m-48l-s1 (pending): priority 1\n"), r.err
+    plan = json.loads((sweep_dir / "plan.json").read_text())
+    assert {row["run_id"]: row["priority"] for row in plan["runs"]} == {"m-6l-s1": 0, "m-6l-s2": 0, "m-48l-s1": 1}

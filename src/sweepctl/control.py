@@ -131,6 +131,8 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
     if view.state == "ok" and not force:
         raise RefusedError("the run finished ok", where=run_id,
                            hint="pass --force to run it again (its files are kept as .bak-)")
+    if view.state == "cancelled":  # asked for by name: the cancel is withdrawn (its marker kept as .bak-)
+        runs.backup(view.directory, [runs.CANCEL])
     session = rerun_session(run_id)
     sweep_dir = runs.sweep_dir(out_root, name)
     launched = (runs.read_json(sweep_dir / LAUNCH_FILE) or {}).get("options") or {}
@@ -187,12 +189,13 @@ class Steered:
         return {"run_id": self.run_id, "state": self.state, "action": self.action, "detail": self.detail}
 
 
-def select_rows(plan: Plan, patterns: list[str], where: str) -> list[str]:
+def select_rows(plan: Plan, patterns: list[str], where: str, *, unmatched_ok: bool = False) -> list[str]:
     """The plan's run_ids matching any pattern (an exact run_id or a glob such as `*-mhc-48l-*`), in
-    plan order. A pattern matching nothing is an error: a typo must not pass as "nothing to do"."""
+    plan order. A pattern matching nothing is an error: a typo must not pass as "nothing to do".
+    `unmatched_ok`: one pod of several, whose rows are a part of the sweep (the laptop checks the whole)."""
     ids = [r.run_id for r in plan.runs]
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(i, p) for i in ids)]
-    if unmatched:
+    if unmatched and not unmatched_ok:
         raise SweepctlError(f"{', '.join(map(repr, unmatched))} matches no row of sweep {plan.sweep}", where=where,
                             hint=f"see its rows with: sweepctl status --sweep {plan.sweep}")
     return [i for i in ids if any(fnmatch.fnmatchcase(i, p) for p in patterns)]
@@ -207,14 +210,15 @@ def _manifest(out_root: Path, sweep: str | None) -> tuple[Path, str, Plan]:
     return out_root, name, plan
 
 
-def cancel(out_root: Path, patterns: list[str], *, sweep: str | None = None, stale_after_s: float = 120.0
-           ) -> list[Steered]:
+def cancel(out_root: Path, patterns: list[str], *, sweep: str | None = None, stale_after_s: float = 120.0,
+           unmatched_ok: bool = False) -> list[Steered]:
     """Mark rows cancelled (`<run_dir>/cancel.json`): a pending row is never claimed or started, a
     running one is ended by its runner (SIGTERM to the trainer, as `stop` does) and ends `cancelled`.
     An ok run is left as it is; nothing is deleted."""
     out_root, name, plan = _manifest(out_root, sweep)
     done: list[Steered] = []
-    for run_id in select_rows(plan, patterns, str(runs.sweep_dir(out_root, name) / PLAN_FILE)):
+    for run_id in select_rows(plan, patterns, str(runs.sweep_dir(out_root, name) / PLAN_FILE),
+                              unmatched_ok=unmatched_ok):
         directory = runs.run_dir(out_root, run_id)
         view = runs.read_run(directory, stale_after_s=stale_after_s)
         if view.state == "ok":
@@ -246,8 +250,8 @@ def _end_orphan(directory: Path) -> str | None:
     return None
 
 
-def prioritize(out_root: Path, patterns: list[str], *, sweep: str | None = None, priority: int | None = None
-               ) -> list[Steered]:
+def prioritize(out_root: Path, patterns: list[str], *, sweep: str | None = None, priority: int | None = None,
+               unmatched_ok: bool = False) -> list[Steered]:
     """Set the priority of rows not yet claimed, in plan.json (under the sweep's lock): the live
     runners read it before their next claim. Default: one above the highest priority in the plan,
     so the rows named go next."""
@@ -260,7 +264,7 @@ def prioritize(out_root: Path, patterns: list[str], *, sweep: str | None = None,
                                "so there is no queue to reorder", where=str(d / PLAN_FILE),
                                hint="reorder the CSV and launch it with --schedule dynamic after the current runs "
                                     "(sweepctl launch SWEEP.csv --schedule dynamic)")
-        ids = select_rows(plan, patterns, str(d / PLAN_FILE))
+        ids = select_rows(plan, patterns, str(d / PLAN_FILE), unmatched_ok=unmatched_ok)
         level = priority if priority is not None else max(r.priority for r in plan.runs) + 1
         claims = d / "claims" / str(record.get("launch_id") or "")
         done = []

@@ -5,6 +5,7 @@ With --host the pod runs the same subcommand with --json; the laptop renders its
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,15 @@ import typer
 
 from sweepctl.cli import remote_opts
 from sweepctl.console import console
+from sweepctl.errors import SweepctlError
 
 ROWS_ARG = typer.Argument(..., metavar="RUN_ID...", show_default=False,
                           help="run_ids, or glob patterns over them (quote them: '*-mhc-48l-*').")
 SWEEP = typer.Option(None, "--sweep", help="Sweep name (default: the latest launched).")
 OUT_ROOT = typer.Option(None, "--out-root", help="Where run directories live (default: settings).")
 AS_JSON = typer.Option(False, "--json", help="Print what was done to each row as JSON.")
+UNMATCHED_OK = typer.Option(False, "--unmatched-ok", hidden=True,
+                            help="Set by --host with several pods: each holds a part of the sweep's rows.")
 
 VERB = {"cancelled": "cancelled", "ending": "cancelling", "left": "left", "prioritized": "prioritized"}
 
@@ -28,6 +32,7 @@ def cancel(
     sweep: str | None = SWEEP,
     out_root: str | None = OUT_ROOT,
     as_json: bool = AS_JSON,
+    unmatched_ok: bool = UNMATCHED_OK,
     host: list[str] | None = remote_opts.HOST,
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
@@ -39,7 +44,8 @@ def cancel(
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         return _remote(pods, "cancel", rows, as_json=as_json)
     settings = load_settings(out_root=out_root)
-    done = control.cancel(Path(settings.out_root), rows, sweep=sweep, stale_after_s=settings.stale_after_s)
+    done = control.cancel(Path(settings.out_root), rows, sweep=sweep, stale_after_s=settings.stale_after_s,
+                          unmatched_ok=unmatched_ok)
     _show([s.to_json() for s in done], as_json=as_json)
 
 
@@ -51,6 +57,7 @@ def prioritize(
     sweep: str | None = SWEEP,
     out_root: str | None = OUT_ROOT,
     as_json: bool = AS_JSON,
+    unmatched_ok: bool = UNMATCHED_OK,
     host: list[str] | None = remote_opts.HOST,
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
@@ -62,7 +69,8 @@ def prioritize(
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         return _remote(pods, "prioritize", rows, as_json=as_json)
     settings = load_settings(out_root=out_root)
-    done = control.prioritize(Path(settings.out_root), rows, sweep=sweep, priority=priority)
+    done = control.prioritize(Path(settings.out_root), rows, sweep=sweep, priority=priority,
+                              unmatched_ok=unmatched_ok)
     _show([s.to_json() for s in done], as_json=as_json)
 
 
@@ -76,7 +84,9 @@ def _show(model: list[dict[str, Any]], *, as_json: bool, prefix: str = "") -> No
 
 
 def _remote(pods: remote_opts.Pods, command: str, rows: list[str], *, as_json: bool) -> None:
-    args = [command, *rows, *remote_opts.forwarded(exclude=("as_json",)), "--json"]
+    args = [command, *rows, *remote_opts.forwarded(exclude=("as_json", "unmatched_ok")), "--json"]
+    if not pods.single:  # each pod holds its part of the rows; the patterns are checked against them all
+        args.append("--unmatched-ok")
     answers = pods.each(lambda h, t: pods.sweepctl_json(t, args))
     if as_json:
         out = answers[0].value if pods.single else {a.host: a.value if a.error is None else {"error": str(a.error)}
@@ -90,6 +100,11 @@ def _remote(pods: remote_opts.Pods, command: str, rows: list[str], *, as_json: b
             elif not pods.single:
                 console.print(f"{a.host}: {a.describe()}", style="red", markup=False, highlight=False)
     remote_opts.raise_if_failed(answers)
+    seen = [s["run_id"] for a in answers for s in a.value or []]
+    unmatched = [p for p in rows if not any(fnmatch.fnmatchcase(i, p) for i in seen)]
+    if unmatched:  # several pods: each took what it holds; a pattern none holds is a typo
+        raise SweepctlError(f"{', '.join(map(repr, unmatched))} matches no row on {', '.join(pods.hosts)}",
+                            hint=f"see the sweep's rows with: sweepctl status --host {' --host '.join(pods.hosts)}")
 
 
 def register(app: typer.Typer) -> None:
