@@ -133,6 +133,7 @@ class ShardRunner:
         self.child: subprocess.Popen[bytes] | None = None
         self.outcomes: list[Outcome] = []
         self.started = time.time()
+        self._order: tuple[Plan | None, list[PlannedRun]] = (None, [])  # claim_order of the plan it was made from
         self._plan_key: tuple[int, int, int] | None = None  # plan.json as last read (inode, mtime, size)
         self.notifier = (notify.Notifier(options.notify_url, say=self.say, delays_s=options.notify_delays_s)
                          if options.notify_url else None)
@@ -209,13 +210,20 @@ class ShardRunner:
 
     def _claim_next(self, claims_dir: Path) -> PlannedRun | None:
         self._reload_plan()
-        for run_id in claim_order(self.plan):
-            if (claims_dir / run_id).exists():
-                continue  # claimed already; exists() is cheaper than a failing O_EXCL open
-            if cancel_requested(self.plan.run(run_id)):
+        if self._order[0] is not self.plan:  # costed and sorted once per plan read, not per claim
+            by_id = {r.run_id: r for r in self.plan.runs}
+            self._order = (self.plan, [by_id[i] for i in claim_order(self.plan)])
+        try:
+            claimed = set(os.listdir(claims_dir))  # one read of the folder, not a stat per claimed row
+        except FileNotFoundError:
+            claimed = set()
+        for planned in self._order[1]:
+            if planned.run_id in claimed:
+                continue
+            if cancel_requested(planned):
                 continue  # never claimed: a later `launch --include-cancelled` may still run it
-            if claim(claims_dir, run_id, self.o.shard):
-                return self.plan.run(run_id)
+            if claim(claims_dir, planned.run_id, self.o.shard):
+                return planned
         return None
 
     def _reload_plan(self) -> None:
