@@ -91,7 +91,7 @@ def test_six_rows_over_two_shards_complete_and_a_relaunch_skips_them(
     assert [set(d) for d in model["disks"]] == [{"free_bytes", "total_bytes", "volume", "read_only", "full"}]
     assert (model["disks"][0]["read_only"], model["disks"][0]["full"]) == (False, False)
     assert 0 < model["disks"][0]["free_bytes"] <= model["disks"][0]["total_bytes"]
-    assert model["counts"] == {"pending": 0, "running": 0, "ok": 6, "failed": 0, "stale": 0}
+    assert model["counts"] == {"pending": 0, "running": 0, "ok": 6, "failed": 0, "stale": 0, "cancelled": 0}
     assert [set(run) for run in model["runs"]] == [set(status.RUN_KEYS)] * 6
     assert [run["shard"] for run in model["runs"]] == [0, 1, 0, 1, 0, 1]
     assert all(run["iter"] == 20 and run["max_iters"] == 20 and run["val_loss"] > 0 for run in model["runs"])

@@ -229,7 +229,8 @@ def test_status_reads_2000_run_directories_in_well_under_a_second(tmp_path: Path
             (d / runs.STDOUT_LOG).write_text("x" * 100_000)
     collect(out, with_gpus=False, with_sessions=False)  # warm the page cache, as a refreshing --watch has
     model, elapsed = timed(lambda: collect(out, stale_after_s=60, with_gpus=False, with_sessions=False))
-    assert model["counts"] == {"pending": 0, "running": n // 4, "ok": n // 4, "failed": n // 4, "stale": n // 4}
+    assert model["counts"] == {"pending": 0, "running": n // 4, "ok": n // 4, "failed": n // 4, "stale": n // 4,
+                               "cancelled": 0}
     assert elapsed < 1.0, f"status took {elapsed:.2f} s for {n} run directories"
     running = next(r for r in model["runs"] if r["state"] == "running")
     assert running["iter"] == 390 and running["train_loss"] == 3.0 and running["eta_s"] == pytest.approx(1.0)

@@ -70,7 +70,8 @@ def test_one_array_task_run_here_makes_exactly_its_rows_run_directory(
     assert (d / runs.SUMMARY).stat().st_mtime_ns == before
 
     r = run_cli(capsys, "status", "--json", "--sweep", "grid")
-    assert json.loads(r.out)["counts"] == {"pending": 2, "running": 0, "ok": 1, "failed": 0, "stale": 0}
+    assert json.loads(r.out)["counts"] == {"pending": 2, "running": 0, "ok": 1, "failed": 0, "stale": 0,
+                                                "cancelled": 0}
 
 
 def test_script_defaults_gpu_count_and_refusals(workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:

@@ -231,7 +231,7 @@ def test_plan_static_sharding_and_json_shape(sweep_dir, capsys):
     assert [s["devices"] for s in plan["shards"]] == [[0, 1], [2, 3], [4, 5]]
     assert plan["shards"][1]["run_ids"] == ["r1", "r4"]
     for i, run in enumerate(plan["runs"]):
-        assert set(run) == {"run_id", "line", "row_index", "shard", "seed", "gpus", "config", "argv"}
+        assert set(run) == {"run_id", "line", "row_index", "shard", "seed", "gpus", "priority", "config", "argv"}
         assert run["row_index"] == i and run["shard"] == i % 3 and run["line"] == i + 2
         assert set(run["config"]) == set(TrainConfig.model_fields)
         assert run["config"]["out_dir"] == f"/o/r{i}" and run["config"]["data_dir"] == "/d"

@@ -1,7 +1,10 @@
-"""Acting on a launched sweep: stop its runners, rerun one run. Library functions returning data.
+"""Acting on a launched sweep: stop its runners, rerun one run, cancel or prioritize rows.
+Library functions returning data.
 
     stop(out_root, shard=3)               # SIGINT: trainers write `interrupted`, sessions stay
     rerun(out_root, "fineweb-mhc-6l-s1337", force=True, settings=settings)
+    cancel(out_root, ["*-mhc-48l-*"])     # pending rows never start, running ones end `cancelled`
+    prioritize(out_root, ["*-6l-*"])      # the next claims take these rows
 
 Signals go only to processes this machine can prove are sweepctl's own: a runner recorded in the
 sweep's `shard-<i>.json` that is still alive and whose command line is the sweepctl runner, or a
@@ -10,6 +13,7 @@ trainer recorded in a run's `runner.json` whose runner is gone.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 import sys
@@ -22,7 +26,7 @@ from sweepctl import runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import least_busy, query_gpus
 from sweepctl.launch import LAUNCH_FILE, PLAN_FILE, find_run, latest_sweep, load_manifest
-from sweepctl.plan import cuda_visible_devices
+from sweepctl.plan import Plan, cuda_visible_devices
 from sweepctl.settings import Settings
 from sweepctl.tmux import Tmux, attach_command, rerun_session
 
@@ -206,6 +210,8 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
     if view.state == "ok" and not force:
         raise RefusedError("the run finished ok", where=run_id,
                            hint="pass --force to run it again (its files are kept as .bak-)")
+    if view.state == "cancelled":  # asked for by name: the cancel is withdrawn (its marker kept as .bak-)
+        runs.backup(view.directory, [runs.CANCEL])
     session = rerun_session(run_id)
     sweep_dir = runs.sweep_dir(out_root, name)
     launched = (runs.read_json(sweep_dir / LAUNCH_FILE) or {}).get("options") or {}
@@ -253,3 +259,109 @@ def _rerun_devices(plan: Any, run_id: str, k: int, device: str | None, gpu: int 
         raise SweepctlError(f"the run needs {k} GPU(s) and {len(visible)} are visible", where=run_id,
                             hint="run it where GPUs are, or set device='cpu' in its row")
     return ",".join(map(str, least_busy(visible, k)))
+
+
+# --- steering a running sweep: cancel, prioritize --------------------------------------------------
+
+@dataclass
+class Steered:
+    """What `cancel` or `prioritize` did to one row."""
+
+    run_id: str
+    state: str  # the run's state when asked
+    action: str  # cancelled | ending | left | prioritized
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "state": self.state, "action": self.action, "detail": self.detail}
+
+
+def select_rows(plan: Plan, patterns: list[str], where: str, *, unmatched_ok: bool = False) -> list[str]:
+    """The plan's run_ids matching any pattern (an exact run_id or a glob such as `*-mhc-48l-*`), in
+    plan order. A pattern matching nothing is an error: a typo must not pass as "nothing to do".
+    `unmatched_ok`: one pod of several, whose rows are a part of the sweep (the laptop checks the whole)."""
+    ids = [r.run_id for r in plan.runs]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(i, p) for i in ids)]
+    if unmatched and not unmatched_ok:
+        raise SweepctlError(f"{', '.join(map(repr, unmatched))} matches no row of sweep {plan.sweep}", where=where,
+                            hint=f"see its rows with: sweepctl status --sweep {plan.sweep}")
+    return [i for i in ids if any(fnmatch.fnmatchcase(i, p) for p in patterns)]
+
+
+def _manifest(out_root: Path, sweep: str | None) -> tuple[Path, str, Plan]:
+    out_root = Path(out_root).expanduser().absolute()
+    name = sweep or latest_sweep(out_root)
+    if name is None:
+        raise SweepctlError(f"no launched sweep under {out_root}", hint="pass --out-root or --sweep")
+    plan, _ = load_manifest(out_root, name)
+    return out_root, name, plan
+
+
+def cancel(out_root: Path, patterns: list[str], *, sweep: str | None = None, stale_after_s: float = 120.0,
+           unmatched_ok: bool = False) -> list[Steered]:
+    """Mark rows cancelled (`<run_dir>/cancel.json`): a pending row is never claimed or started, a
+    running one is ended by its runner (SIGTERM to the trainer, as `stop` does) and ends `cancelled`.
+    An ok run is left as it is; nothing is deleted."""
+    out_root, name, plan = _manifest(out_root, sweep)
+    done: list[Steered] = []
+    for run_id in select_rows(plan, patterns, str(runs.sweep_dir(out_root, name) / PLAN_FILE),
+                              unmatched_ok=unmatched_ok):
+        directory = runs.run_dir(out_root, run_id)
+        view = runs.read_run(directory, stale_after_s=stale_after_s)
+        if view.state == "ok":
+            done.append(Steered(run_id, view.state, "left", "finished ok; nothing to cancel"))
+            continue
+        if view.state == "cancelled" and (directory / runs.CANCEL).exists():
+            done.append(Steered(run_id, view.state, "left", "cancelled already"))
+            continue
+        runs.write_json_atomic(directory / runs.CANCEL, {"run_id": run_id, "sweep": name, "ts": time.time(),
+                                                         "host": runs.HOST, "user": os.environ.get("USER")})
+        if view.state != "running":
+            done.append(Steered(run_id, view.state, "cancelled", "will not start"))
+            continue
+        done.append(Steered(run_id, view.state, "ending", _end_orphan(directory) or "its runner ends the trainer"))
+    return done
+
+
+def _end_orphan(directory: Path) -> str | None:
+    """A running trainer whose runner is gone has nobody to read the marker: SIGTERM it directly."""
+    owner = runs.read_json(directory / runs.OWNER) or {}
+    child, runner = owner.get("child_pid"), owner.get("runner_pid")
+    if owner.get("host") not in (None, runs.HOST) or not isinstance(child, int):
+        return None
+    if isinstance(runner, int) and runs.pid_alive(runner):
+        return None
+    if _is_ours(child, "sweepctl"):
+        os.kill(child, signal.SIGTERM)
+        return f"its runner is gone; sent SIGTERM to trainer pid {child}"
+    return None
+
+
+def prioritize(out_root: Path, patterns: list[str], *, sweep: str | None = None, priority: int | None = None,
+               unmatched_ok: bool = False) -> list[Steered]:
+    """Set the priority of rows not yet claimed, in plan.json (under the sweep's lock): the live
+    runners read it before their next claim. Default: one above the highest priority in the plan,
+    so the rows named go next."""
+    out_root, name, _ = _manifest(out_root, sweep)
+    d = runs.sweep_dir(out_root, name)
+    with runs.sweep_lock(d):
+        plan, record = load_manifest(out_root, name)
+        if plan.schedule != "dynamic":
+            raise RefusedError(f"sweep {name} runs the static schedule: each shard walks its rows in CSV order, "
+                               "so there is no queue to reorder", where=str(d / PLAN_FILE),
+                               hint="reorder the CSV and launch it with --schedule dynamic after the current runs "
+                                    "(sweepctl launch SWEEP.csv --schedule dynamic)")
+        ids = select_rows(plan, patterns, str(d / PLAN_FILE), unmatched_ok=unmatched_ok)
+        level = priority if priority is not None else max(r.priority for r in plan.runs) + 1
+        claims = d / "claims" / str(record.get("launch_id") or "")
+        done = []
+        for run_id in ids:
+            planned = plan.run(run_id)
+            if (claims / run_id).exists() or runs.run_dir(out_root, run_id).joinpath(runs.OWNER).exists():
+                done.append(Steered(run_id, "claimed", "left", "already claimed; the order no longer matters for it"))
+                continue
+            planned.priority = level
+            done.append(Steered(run_id, "pending", "prioritized", f"priority {level}"))
+        if any(s.action == "prioritized" for s in done):
+            runs.write_json_atomic(d / PLAN_FILE, plan.model_dump(mode="json"))
+    return done

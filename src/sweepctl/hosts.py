@@ -42,7 +42,7 @@ from typing import Any
 
 from sweepctl.errors import RefusedError, SweepctlError
 
-RUN_STATES = ("pending", "running", "ok", "failed", "stale")  # the order status counts them in
+RUN_STATES = ("pending", "running", "ok", "failed", "stale", "cancelled")  # the order status counts them in
 UPLOAD_DIR = "upload"  # <out_root>/.sweeps/<name>/upload/ on a pod: the CSV and config files launched there
 LAYOUT_FILE = "hosts.json"  # next to them: which pod each row of the sweep was given to (`layout_json`)
 

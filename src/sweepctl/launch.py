@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -27,14 +28,14 @@ from typing import Any
 from sweepctl import __version__, runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import GpuQuery, query_gpus
-from sweepctl.plan import Plan, Schedule, cuda_visible_devices, make_plan
-from sweepctl.runner import DEFAULT_STALL_AFTER_S
+from sweepctl.plan import Plan, Schedule, cuda_visible_devices, make_plan, merge_plans
+from sweepctl.runner import DEFAULT_STALL_AFTER_S, PLAN_FILE
 from sweepctl.settings import Settings
-from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
+from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep, sweep_name_of
 from sweepctl.tmux import Tmux, attach_command, shard_session, tmux_version
 
 MIN_FREE_BYTES = 1 << 30  # checkpoints of a 48-layer model are hundreds of MB each
-PLAN_FILE, LAUNCH_FILE, LAUNCH_HISTORY = "plan.json", "launch.json", "launches.jsonl"
+LAUNCH_FILE, LAUNCH_HISTORY = "launch.json", "launches.jsonl"
 
 
 @dataclass
@@ -52,6 +53,7 @@ class LaunchOptions:
     max_retries: int = 0
     stall_after_s: float | None = DEFAULT_STALL_AFTER_S
     run_timeout_s: float | None = None
+    include_cancelled: bool = False  # run rows `sweepctl cancel` withdrew (their markers are moved aside)
     # Set only by the laptop's `launch --host` (hidden `--placed-on`): this pod's name in the sweep's
     # multi-pod layout, and that the laptop placed these rows against every pod's record.
     placed_on: str | None = None
@@ -90,6 +92,19 @@ class LaunchPreview:
     shards_to_start: list[int]
     refusals: list[str] = field(default_factory=list)  # run-table refusals: failed rows, --force on live rows
     pod: str | None = None  # this machine's name in the sweep's hosts.json (kept in launch.json), if known
+    joining: LiveQueue | None = None  # the sweep's runners are live: the CSV's rows join their queue
+
+
+@dataclass
+class LiveQueue:
+    """A dynamic sweep whose runners are working: where their claims are, and what joins them."""
+
+    sessions: list[str]  # the live runners' tmux sessions
+    claims_dir: Path
+    wanted: Plan  # the CSV as planned now; merged into plan.json again under the lock at execute
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    drained: bool = False  # every live runner had found the queue empty before the rows were written
 
     @property
     def todo(self) -> list[RowDecision]:
@@ -134,17 +149,83 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
     plan = make_plan(sweep, shards=options.shards, schedule=options.schedule,
                      gpus_per_shard=options.gpus_per_shard, out_root=out_root, data_dir=data_dir,
                      no_wandb=options.no_wandb, config_refs={src: str(dst) for src, dst in copies.items()})
+    joining = None
+    if (live := live_runners(sweep_dir)) and (sweep_dir / PLAN_FILE).exists():
+        joining = join_live_queue(sweep_dir, plan, live, out_root, csv_path, options)
+        plan = merge_plans(load_plan(sweep_dir), plan, started_rows(sweep_dir, joining.claims_dir, out_root),
+                           str(csv_path))[0]
     gpus = query_gpus()
     checks = preflight(plan, gpus, out_root)
     rows, refusals = apply_run_table(plan, options, out_root, settings.stale_after_s)
     todo = {r.run_id for r in rows if r.action != "skip"}
-    if plan.schedule == "static":
+    if joining is not None:  # every shard whose runner has ended gets a new one on the same claims
+        shards = list(range(plan.shard_count))
+    elif plan.schedule == "static":
         shards = [s.index for s in plan.shards if todo.intersection(s.run_ids)]
     else:
         shards = list(range(min(plan.shard_count, len(todo))))
     return LaunchPreview(sweep=sweep, plan=plan, options=options, settings=settings, out_root=out_root,
                          sweep_dir=sweep_dir, config_copies=copies, gpus=gpus, checks=checks, rows=rows,
-                         shards_to_start=shards, refusals=refusals, pod=pod)
+                         shards_to_start=shards, refusals=refusals, pod=pod, joining=joining)
+
+
+def live_runners(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The state records (`shard-<i>.json`) of this sweep's shard runners alive on this machine."""
+    live = []
+    for state_file in sorted(sweep_dir.glob("shard-*.json")):
+        record = runs.read_json(state_file) or {}
+        pid = record.get("pid")
+        if (isinstance(pid, int) and not record.get("finished") and not record.get("drained")
+                and record.get("host") in (None, runs.HOST) and runs.pid_alive(pid)):
+            live.append(record)
+    return live
+
+
+def live_shard_count(csv_path: Path, name: str | None, settings: Settings) -> int | None:
+    """The shard count of the CSV's sweep when its runners are live here (rows then join them)."""
+    sweep_dir = runs.sweep_dir(Path(settings.out_root).expanduser().absolute(), name or sweep_name_of(csv_path))
+    if not live_runners(sweep_dir):
+        return None
+    try:
+        return load_plan(sweep_dir).shard_count
+    except (OSError, ValueError):
+        return None
+
+
+def join_live_queue(sweep_dir: Path, wanted: Plan, live: list[dict[str, Any]], out_root: Path, csv_path: Path,
+                    options: LaunchOptions) -> LiveQueue:
+    """Check that the CSV's rows can join the live runners' queue (a dynamic schedule, no option
+    that would redo their rows), and where their claims are."""
+    sessions = [str(r.get("session")) for r in live]
+    current = load_plan(sweep_dir)
+    where = str(sweep_dir / PLAN_FILE)
+    if current.schedule != "dynamic":
+        raise RefusedError(f"sweep {current.sweep} is running ({', '.join(sessions)}) under the static schedule: "
+                           "its rows were dealt to the shards at launch, so new rows cannot join them", where=where,
+                           hint="wait for it to finish and launch again, or stop it and relaunch under the dynamic "
+                                "schedule (interrupted rows resume): sweepctl stop --all && sweepctl launch "
+                                f"{shlex.quote(str(csv_path))} --schedule dynamic --retry-failed")
+    if options.force:
+        raise RefusedError(f"--force would start over rows that sweep {current.sweep}'s live runners "
+                           f"({', '.join(sessions)}) may be running", where=where,
+                           hint=f"add rows without --force: sweepctl launch {shlex.quote(str(csv_path))} "
+                                "--schedule dynamic")
+    claims = next((Path(r["claims_dir"]) for r in live if r.get("claims_dir")), None)
+    if claims is None:  # a runner from before claims were recorded: the last launch's
+        record = runs.read_json(sweep_dir / LAUNCH_FILE) or {}
+        claims = sweep_dir / "claims" / str(record.get("launch_id") or "")
+    return LiveQueue(sessions=sessions, claims_dir=claims, wanted=wanted)
+
+
+def started_rows(sweep_dir: Path, claims_dir: Path, out_root: Path) -> set[str]:
+    """Rows a change may no longer touch: claimed in the live queue, or with a runner record."""
+    claimed = {p.name for p in claims_dir.iterdir()} if claims_dir.is_dir() else set()
+    plan = load_plan(sweep_dir)
+    return claimed | {r.run_id for r in plan.runs if (runs.run_dir(out_root, r.run_id) / runs.OWNER).exists()}
+
+
+def load_plan(sweep_dir: Path) -> Plan:
+    return Plan.model_validate_json((sweep_dir / PLAN_FILE).read_text())
 
 
 def check_placement(sweep: Sweep, sweep_dir: Path, placed_on: str | None = None) -> str | None:
@@ -278,6 +359,12 @@ def apply_run_table(plan: Plan, options: LaunchOptions, out_root: Path, stale_af
         elif s == "stale":
             how = "restart" if options.force or not view.has_checkpoint else "resume"
             rows.append(RowDecision(r.run_id, s, how, view.why))
+        elif s == "cancelled":
+            if options.include_cancelled:
+                how = "restart" if options.force or not view.has_checkpoint else "resume"
+                rows.append(RowDecision(r.run_id, s, how, "--include-cancelled"))
+            else:
+                rows.append(RowDecision(r.run_id, s, "skip", "cancelled; --include-cancelled runs it"))
         else:
             rows.append(RowDecision(r.run_id, s, "run"))
     refusals = []
@@ -303,20 +390,43 @@ def refuse_if_needed(preview: LaunchPreview) -> None:
         raise RefusedError("launch refused: " + "; ".join(preview.refusals), hint=hint)
 
 
-def runner_argv(preview: LaunchPreview, shard: int, *, launch_id: str, launched_at: float) -> list[str]:
+def join(preview: LaunchPreview) -> None:
+    """Merge the CSV's rows into plan.json under the sweep's lock, against plan.json as it is now
+    (another `launch` may have added rows since `prepare`), and write it atomically: the live
+    runners read it before their next claim."""
+    joining = preview.joining
+    assert joining is not None
+    d = preview.sweep_dir
+    with runs.sweep_lock(d):
+        plan, added, updated = merge_plans(load_plan(d), joining.wanted,
+                                           started_rows(d, joining.claims_dir, preview.out_root),
+                                           str(preview.sweep.csv_path))
+        runs.write_json_atomic(d / PLAN_FILE, plan.model_dump(mode="json"))
+        still_claiming = live_runners(d)  # a runner drains under this lock: after it, none claims
+    preview.plan, joining.added, joining.updated = plan, added, updated
+    joining.drained = not still_claiming
+
+
+def runner_argv(preview: LaunchPreview, shard: int, *, launch_id: str, launched_at: float,
+                claims_dir: Path | None = None) -> list[str]:
     o = preview.options
     argv = [sys.executable, "-m", "sweepctl", "runner", str(preview.sweep_dir), "--shard", str(shard),
             "--devices", cuda_visible_devices(preview.plan, shard), "--session", shard_session(shard),
             "--launched-at", repr(launched_at), "--max-retries", str(o.max_retries),
             "--stale-after", repr(preview.settings.stale_after_s)]
     if preview.plan.schedule == "dynamic":
-        argv += ["--claims", str(preview.sweep_dir / "claims" / launch_id)]
+        argv += ["--claims", str(claims_dir or preview.sweep_dir / "claims" / launch_id)]
     if o.fail_fast:
         argv.append("--fail-fast")
     if o.force:
         argv.append("--force")
     return argv + runner_policy_flags(retry_failed=o.retry_failed, stall_after_s=o.stall_after_s,
                                       run_timeout_s=o.run_timeout_s)
+
+
+def notify_env(settings: Settings) -> dict[str, str]:
+    """The webhook reaches the runners through their environment, never argv or a file: it is a secret."""
+    return {"SWEEPCTL_NOTIFY_URL": settings.notify_url.get_secret_value()} if settings.notify_url else {}
 
 
 def runner_policy_flags(*, retry_failed: bool, stall_after_s: float | None, run_timeout_s: float | None
@@ -342,30 +452,51 @@ def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult
     tmux = tmux or Tmux(socket)
     busy = [s for s in preview.shards_to_start if (info := tmux.session(shard_session(s))) and info.alive]
     free = [s for s in preview.shards_to_start if s not in busy]
-    if not free:
+    if not free and preview.joining is None:
         raise RefusedError(f"every shard's tmux session is still running: {', '.join(map(shard_session, busy))}",
                            hint="a live session is never killed; wait for it or `sweepctl stop --all` first")
     launched_at = time.time()
     launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
+    claims_dir = None
+    if preview.joining is not None:
+        join(preview)
+        claims_dir = preview.joining.claims_dir
+        launch_id = claims_dir.name  # the live runners' launch: its claims are the queue's
     write_plan_files(preview)
-    started, refused = [], [shard_session(s) for s in busy]
+    include_cancelled(preview)
+    started, refused = [], [] if preview.joining is not None else [shard_session(s) for s in busy]
     for s in free:
         devices = cuda_visible_devices(preview.plan, s)
-        argv = runner_argv(preview, s, launch_id=launch_id, launched_at=launched_at)
+        argv = runner_argv(preview, s, launch_id=launch_id, launched_at=launched_at, claims_dir=claims_dir)
         name = shard_session(s)
         try:
-            how = tmux.start(name, argv, env={"CUDA_VISIBLE_DEVICES": devices}, cwd=Path.cwd())
+            how = tmux.start(name, argv, env={"CUDA_VISIBLE_DEVICES": devices, **notify_env(preview.settings)},
+                             cwd=Path.cwd())
         except RefusedError:  # became busy since we looked
             refused.append(name)
             continue
         n = len(preview.plan.shards[s].run_ids) if preview.plan.schedule == "static" else None
         started.append(StartedShard(s, name, devices, n, how))
-    if not started:  # refused after all: the record of the last launch that did start stays as it was
+    if preview.joining is not None and preview.joining.drained and not started and preview.joining.added:
+        raise RefusedError(f"rows {', '.join(preview.joining.added)} were added to sweep {preview.sweep.name}'s queue, "
+                           "but its runners had just run out of rows and are ending, so none will claim them",
+                           where=str(preview.sweep_dir / PLAN_FILE),
+                           hint=f"launch again once they have ended (seconds): sweepctl launch "
+                                f"{shlex.quote(str(preview.sweep.csv_path))}")
+    if not started and preview.joining is None:  # refused after all: the last launch's record stays as it was
         raise RefusedError(f"no shard started: their tmux sessions became busy ({', '.join(refused)})",
                            hint="a live session is never killed; wait for it or `sweepctl stop --all` first")
-    record_launch(preview, launch_id=launch_id, launched_at=launched_at, shards=[s.shard for s in started])
+    if started:
+        record_launch(preview, launch_id=launch_id, launched_at=launched_at, shards=[s.shard for s in started])
     return LaunchResult(preview, started, refused, attach_command(started[0].session, socket) if started else attach,
                         status_cmd)
+
+
+def include_cancelled(preview: LaunchPreview) -> None:
+    """Move the cancel markers of the rows `--include-cancelled` runs aside (kept as `.bak-`)."""
+    for row in preview.rows:
+        if row.state == "cancelled" and row.action != "skip":
+            runs.backup(runs.run_dir(preview.out_root, row.run_id), [runs.CANCEL])
 
 
 def write_manifest(preview: LaunchPreview, *, launch_id: str, launched_at: float, shards: list[int]) -> None:
@@ -385,8 +516,9 @@ def write_plan_files(preview: LaunchPreview) -> None:
     for src, dst in preview.config_copies.items():
         dst.parent.mkdir(parents=True, exist_ok=True)
         _replace_keeping_old(dst, src.read_bytes())
-    plan_text = json.dumps(preview.plan.model_dump(mode="json"), indent=2) + "\n"
-    _replace_keeping_old(d / PLAN_FILE, plan_text.encode())
+    if preview.joining is None:  # joining, `join` has written it under the sweep's lock
+        plan_text = json.dumps(preview.plan.model_dump(mode="json"), indent=2) + "\n"
+        _replace_keeping_old(d / PLAN_FILE, plan_text.encode())
 
 
 def record_launch(preview: LaunchPreview, *, launch_id: str, launched_at: float, shards: list[int]) -> None:

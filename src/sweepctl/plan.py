@@ -3,9 +3,10 @@
 Static schedule: row i (0-based, file order) goes to shard i % N, and shard i owns devices
 [i*K .. i*K+K-1] — so N shards on an N-GPU pod use every GPU (the postmortem's sweep used one).
 Dynamic schedule: every shard claims the next unclaimed row at run time, which keeps all GPUs busy
-when run lengths differ; the plan then fixes only the devices. Rows are claimed longest first
-(`claim_order`: estimated training FLOPs, descending, ties in row order), so the long runs do not
-start last and leave the other GPUs idle at the end.
+when run lengths differ; the plan then fixes only the devices. Rows are claimed by the CSV's optional
+`priority` column (higher first), then longest first (`claim_order`: estimated training FLOPs,
+descending, ties in row order), so the long runs do not start last and leave the other GPUs idle at
+the end.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from sweepctl.errors import SpecError
+from sweepctl.errors import RefusedError, SpecError
 from sweepctl.spec import RunSpec, Sweep, shared_fields_set
 from sweepctl.train.config import TrainConfig, format_override
 
@@ -37,6 +38,7 @@ class PlannedRun(BaseModel):
     shard: int | None  # None under the dynamic schedule
     seed: int
     gpus: int
+    priority: int = 0  # dynamic schedule: claimed before every row of a lower priority
     config: dict[str, Any]  # every TrainConfig field after preset, config file, overrides, launch settings
     argv: list[str]  # the trainer command; "python" is replaced by the runner's interpreter
 
@@ -118,7 +120,7 @@ def make_plan(sweep: Sweep, *, shards: int, schedule: Schedule = "static", gpus_
         ref = (config_refs or {}).get(r.config_path) if r.config_path else None
         # Built from checked values: a validated PlannedRun would copy its 50-key config dict again.
         runs.append(shared_fields_set(PlannedRun.model_construct(
-            run_id=r.run_id, line=r.line, row_index=r.row_index, shard=shard, seed=r.seed, gpus=r.gpus,
+            run_id=r.run_id, line=r.line, row_index=r.row_index, shard=shard, seed=r.seed, gpus=r.gpus, priority=r.priority,
             config=config.model_dump(mode="json"), argv=trainer_argv(r, extra, ref))))
         if shard is not None:
             shard_plans[shard].run_ids.append(r.run_id)
@@ -158,6 +160,57 @@ def longest_first(costs: Sequence[float]) -> list[int]:
 
 
 def claim_order(plan: Plan) -> list[str]:
-    """The run_ids in the order dynamic runners claim them: estimated cost descending (LPT), which
-    brings the sweep's end close to max(longest run, total / shards)."""
-    return [plan.runs[i].run_id for i in longest_first([run_cost(r.config) for r in plan.runs])]
+    """The run_ids in the order dynamic runners claim them: priority descending (the researcher's
+    word), then estimated cost descending (LPT), which brings the sweep's end close to
+    max(longest run, total / shards), then row order."""
+    costs = [run_cost(r.config) for r in plan.runs]
+    order = sorted(range(len(plan.runs)), key=lambda i: (-plan.runs[i].priority, -costs[i], i))
+    return [plan.runs[i].run_id for i in order]
+
+
+# --- adding rows to a live dynamic queue -----------------------------------------------------------
+
+def merge_plans(live: Plan, wanted: Plan, started: set[str], where: str) -> tuple[Plan, list[str], list[str]]:
+    """The live queue with `wanted`'s rows joined: (merged plan, added run_ids, updated run_ids).
+    `where` is the CSV `wanted` was read from, for the messages.
+
+    A new run_id is appended; a row that has not started takes its new settings and priority; a
+    row of `started` (claimed, running or finished) whose effective config changed is refused,
+    naming the difference — its results would no longer match its row. Rows missing from `wanted`
+    stay: they may be running. The live plan's shards and devices are kept. Pure."""
+    merged = live.model_copy(deep=True)
+    index = {r.run_id: i for i, r in enumerate(merged.runs)}
+    added, updated, conflicts = [], [], []
+    for new in wanted.runs:
+        new = new.model_copy(update={"shard": None})
+        if new.run_id not in index:
+            merged.runs.append(new.model_copy(update={"row_index": len(merged.runs)}))
+            added.append(new.run_id)
+            continue
+        old = merged.runs[index[new.run_id]]
+        differences = describe_difference(old, new)
+        if not differences and old.priority == new.priority:
+            continue
+        if new.run_id in started:
+            if differences:
+                conflicts.append(f"{where}:{new.line}: {new.run_id} ({'; '.join(differences)})")
+            continue  # a priority change means nothing once a row is claimed
+        merged.runs[index[new.run_id]] = new.model_copy(update={"row_index": old.row_index})
+        updated.append(new.run_id)
+    if conflicts:
+        raise RefusedError(f"{len(conflicts)} row(s) already started with a different config: "
+                           + "; ".join(conflicts),
+                           hint="give a changed row a new run_id (e.g. add -v2), or put its old values back")
+    return merged, added, updated
+
+
+def describe_difference(old: PlannedRun, new: PlannedRun, shown: int = 4) -> list[str]:
+    """`key: old -> new` for each setting that differs, then the trainer command if only it does."""
+    keys = sorted(set(old.config) | set(new.config))
+    out = [f"{k}: {old.config.get(k)!r} -> {new.config.get(k)!r}" for k in keys
+           if old.config.get(k) != new.config.get(k)]
+    if old.gpus != new.gpus:
+        out.append(f"gpus: {old.gpus} -> {new.gpus}")
+    if not out and old.argv != new.argv:
+        out.append(f"trainer command: {' '.join(old.argv[3:])} -> {' '.join(new.argv[3:])}")
+    return out[:shown] + ([f"{len(out) - shown} more"] if len(out) > shown else [])

@@ -495,9 +495,15 @@ def collect(out_root: str | Path, sweep: str | None = None, group_by: str = "see
 
 def assemble(records: list[dict[str, Any]], *, out_root: str, sweep: str | None, group_by: str,
              now: float) -> dict[str, Any]:
-    """Group run records (from `read_run`, possibly from several pods' JSON) into the report dict."""
+    """Group run records (from `read_run`, possibly from several pods' JSON) into the report dict.
+
+    Cancelled runs are left out: the researcher withdrew them, so they are no seed of any group."""
+    cancelled = [r["run_id"] for r in records if r["state"] == "cancelled"]
+    records = [r for r in records if r["state"] != "cancelled"]
     labels, warnings = _group_labels(records, group_by)
     at = common_point(records)
+    if cancelled:
+        warnings.append(f"{len(cancelled)} cancelled run(s) left out: {', '.join(cancelled)}")
     members: dict[str, list[dict[str, Any]]] = {}
     for label, rec in zip(labels, records, strict=True):
         rec["group"] = label

@@ -25,6 +25,7 @@ This is the only module that starts the trainer as a subprocess.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -37,15 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from sweepctl import runs
+from sweepctl import notify, runs
 from sweepctl.plan import Plan, PlannedRun, claim_order
 from sweepctl.train.rundir import disk_error_text, is_disk_error
 
 OnFailed = Literal["skip", "retry"]
+PLAN_FILE = "plan.json"  # the sweep's queue in its manifest folder, re-read before every claim
 RUN_CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
 DEFAULT_STALL_AFTER_S = 1800.0  # no iteration for 30 min: hung (NCCL, a dead filesystem), not slow
 POLL_S = 0.5
 EXPLICIT_ROW_LOCK_WAIT_S = 30.0
+NOTIFY_WAIT_S = 30.0  # at a runner's end, how long queued notifications get to go out
+FINAL_STATES = ("ok", "failed", "cancelled")  # a sweep whose rows are all in these is done
 
 
 @dataclass
@@ -65,6 +69,8 @@ class RunnerOptions:
     launched_at: float = field(default_factory=time.time)
     kill_grace_s: float = 30.0  # after SIGTERM, how long the trainer gets to write its summary
     stale_after_s: float = 120.0
+    notify_url: str | None = None  # a webhook told of failed runs and of the sweep's end (a secret)
+    notify_delays_s: tuple[float, ...] = notify.RETRY_DELAYS_S
 
 
 class VolumeUnusable(Exception):
@@ -74,7 +80,7 @@ class VolumeUnusable(Exception):
 @dataclass
 class Outcome:
     run_id: str
-    result: str  # ok | failed | interrupted | skipped
+    result: str  # ok | failed | interrupted | skipped | cancelled
     detail: str = ""
 
 
@@ -90,6 +96,11 @@ def claim(claims_dir: Path, run_id: str, shard: int | None) -> bool:
     with os.fdopen(fd, "w") as f:
         json.dump({"shard": shard, "pid": os.getpid(), "host": runs.HOST, "ts": time.time()}, f)
     return True
+
+
+def cancel_requested(planned: PlannedRun) -> bool:
+    """`sweepctl cancel` marked the row: a claimer passes it by, a runner ends its trainer."""
+    return (Path(planned.config["out_dir"]) / runs.CANCEL).exists()
 
 
 def claimed_rows(run_ids: list[str], claims_dir: Path, shard: int | None) -> Iterator[str]:
@@ -139,6 +150,11 @@ class ShardRunner:
         self.stop_signal: int | None = None
         self.child: subprocess.Popen[bytes] | None = None
         self.outcomes: list[Outcome] = []
+        self.started = time.time()
+        self._order: tuple[Plan | None, list[PlannedRun]] = (None, [])  # claim_order of the plan it was made from
+        self._plan_key: tuple[int, int, int] | None = None  # plan.json as last read (inode, mtime, size)
+        self.notifier = (notify.Notifier(options.notify_url, say=self.say, delays_s=options.notify_delays_s)
+                         if options.notify_url else None)
 
     # output ----------------------------------------------------------------------------------
     def emit(self, data: bytes) -> None:
@@ -186,15 +202,70 @@ class ShardRunner:
         else:
             ids = [r.run_id for r in self.plan.runs]
         if self.o.claims_dir is not None and self.o.only is None:
+            if self.plan.schedule == "dynamic":
+                yield from self._live_queue(self.o.claims_dir)
+                return
             ids_iter: Iterator[str] = claimed_rows(ids, self.o.claims_dir, self.o.shard)
         else:
             ids_iter = iter(ids)
         for run_id in ids_iter:
             yield self.plan.run(run_id)
 
+    def _live_queue(self, claims_dir: Path) -> Iterator[PlannedRun]:
+        """Claim the first unclaimed row of the sweep's queue as it is now: plan.json is read again
+        before every claim, so rows a later `launch` appended, and priorities `prioritize` changed,
+        count without restarting this runner. Ends when every row is claimed."""
+        while True:
+            planned = self._claim_next(claims_dir)
+            if planned is None:
+                # Say "drained" under the sweep's lock, after one more look: a `launch` adding rows
+                # holds that lock while it merges, so it either sees this runner drained (and starts
+                # runners itself) or wrote its rows before this last look.
+                with runs.sweep_lock(self.o.sweep_dir):
+                    planned = self._claim_next(claims_dir)
+                    if planned is None:
+                        self._write_state(started=self.started, drained=time.time())
+                        return
+            yield planned
+
+    def _claim_next(self, claims_dir: Path) -> PlannedRun | None:
+        self._reload_plan()
+        if self._order[0] is not self.plan:  # costed and sorted once per plan read, not per claim
+            by_id = {r.run_id: r for r in self.plan.runs}
+            self._order = (self.plan, [by_id[i] for i in claim_order(self.plan)])
+        try:
+            claimed = set(os.listdir(claims_dir))  # one read of the folder, not a stat per claimed row
+        except FileNotFoundError:
+            claimed = set()
+        for planned in self._order[1]:
+            if planned.run_id in claimed:
+                continue
+            if cancel_requested(planned):
+                continue  # never claimed: a later `launch --include-cancelled` may still run it
+            if claim(claims_dir, planned.run_id, self.o.shard):
+                return planned
+        return None
+
+    def _reload_plan(self) -> None:
+        """The newest plan.json, when it changed (written atomically: old or new, never half)."""
+        path = self.o.sweep_dir / PLAN_FILE
+        try:
+            st = path.stat()
+        except OSError:
+            return  # a plan handed in without a manifest (tests, a rerun): keep it
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key == self._plan_key:
+            return
+        try:
+            self.plan = Plan.model_validate_json(path.read_text())
+        except (OSError, ValueError) as e:
+            self.say(f"cannot read {path}: {e}; claiming from the plan read before")
+            return
+        self._plan_key = key
+
     def run(self) -> int:
         """Walk the rows; 0 when nothing failed. Leaves a one-line summary as the pane's last line."""
-        start = time.time()
+        start = self.started = time.time()
         self.say(f"sweep {self.plan.sweep}: runner pid {os.getpid()}, CUDA_VISIBLE_DEVICES={self.o.devices}, "
                  f"schedule {self.plan.schedule}")
         stopped_by = self.early_problem
@@ -216,6 +287,8 @@ class ShardRunner:
                 stopped_by = str(e)
                 break
             self.outcomes.append(outcome)
+            if outcome.result == "failed":
+                self._notify_failed(planned)
             if outcome.result == "failed" and self.o.fail_fast:
                 self.say("--fail-fast: stopping this shard after a failed row")
                 break
@@ -227,17 +300,58 @@ class ShardRunner:
         self._write_state(started=start, finished=time.time(), counts=counts,
                           **({"stopped_by": stopped_by} if stopped_by else {}))
         self.say(line)
+        if self.notifier is not None:
+            if self.stop_signal is None and self.o.only is None:
+                self._notify_done_if_last()
+            self.notifier.wait(NOTIFY_WAIT_S)  # every row has ended: nothing is held up but the pane
         if self.shard_log is not None:
             with contextlib.suppress(OSError):  # a full volume: what was not flushed is in the pane
                 self.shard_log.close()
         return 1 if counts["failed"] or stopped_by else 0
+
+    # notifications -----------------------------------------------------------------------------
+    def _notify_failed(self, planned: PlannedRun) -> None:
+        if self.notifier is None:
+            return
+        directory = Path(planned.config["out_dir"])
+        summary = runs.read_json(directory / runs.SUMMARY) or {}
+        attempt = (runs.read_json(directory / runs.OWNER) or {}).get("attempt") or 0
+        text = notify.failed_text(self.plan.sweep, planned.run_id, summary, host=runs.HOST, session=self.o.session)
+        self.notifier.send_once(self.o.sweep_dir / notify.NOTIFIED_DIR, f"failed-{planned.run_id}-{attempt}", text)
+
+    def _notify_done_if_last(self) -> None:
+        """When every row of the sweep has ended (ok, failed or cancelled), the first runner to see it
+        tells the webhook, with the counts and the best groups; rows added later make a new event."""
+        assert self.notifier is not None
+        self._reload_plan()
+        views = [runs.read_run(Path(r.config["out_dir"]), stale_after_s=self.o.stale_after_s, run_id=r.run_id)
+                 for r in self.plan.runs]
+        if any(v.state not in FINAL_STATES for v in views):
+            return  # another runner is still at work; the last one to end sends it
+        counts = {s: sum(1 for v in views if v.state == s) for s in FINAL_STATES}
+        event = "done-" + hashlib.sha1(" ".join(sorted(v.run_id for v in views)).encode()).hexdigest()[:12]
+        text = notify.done_text(self.plan.sweep, counts, self._best_groups(), host=runs.HOST)
+        self.notifier.send_once(self.o.sweep_dir / notify.NOTIFIED_DIR, event, text)
+
+    def _best_groups(self, shown: int = 3) -> list[dict[str, Any]]:
+        from sweepctl import report
+
+        try:
+            data = report.collect(self.o.sweep_dir.parent.parent, sweep=self.plan.sweep,
+                                  stale_after_s=self.o.stale_after_s)
+        except Exception as e:  # a report problem must not cost the message its counts
+            self.say(f"no best groups in the notification: {e}")
+            return []
+        groups = [{"label": g["label"], **g["best_val"]} for g in data["groups"] if g["best_val"]["n"]]
+        return sorted(groups, key=lambda g: g["mean"])[:shown]
 
     def _write_state(self, **fields: Any) -> str | None:
         """The runner's record (stop finds it there); returns the disk problem when it cannot be written."""
         try:
             runs.write_json_atomic(self.state_path, {
                 "session": self.o.session, "shard": self.o.shard, "pid": os.getpid(), "host": runs.HOST,
-                "devices": self.o.devices, "launched_at": self.o.launched_at, **fields})
+                "devices": self.o.devices, "launched_at": self.o.launched_at,
+                "claims_dir": str(self.o.claims_dir) if self.o.claims_dir else None, **fields})
         except OSError as e:
             problem = _describe(e, self.state_path)
             self.say(f"cannot write {self.state_path.name}: {problem}")
@@ -285,6 +399,11 @@ class ShardRunner:
         --force and --retry-failed apply only to results older than the launch: a row finished
         by another runner of this launch is never redone."""
         older = view.summary is not None and _mtime(view.directory / runs.SUMMARY) < self.o.launched_at
+        if view.state == "cancelled":
+            if (view.directory / runs.CANCEL).exists():
+                return "skip", "cancelled (sweepctl cancel)"
+            # cancelled before, and `launch --include-cancelled` has moved the marker aside since
+            return self._resume_or_restart(view, "cancelled before, included again")
         if view.state == "ok":
             if self.o.force and older:
                 return "restart", "--force"
@@ -329,6 +448,9 @@ class ShardRunner:
                 return Outcome(planned.run_id, "ok")
             error_class = summary.get("error_class") or "unknown"
             detail = f"{error_class}: {summary.get('error') or ''}".strip()
+            if result == "cancelled":
+                self.say(f"{planned.run_id}: cancelled (sweepctl cancel)")
+                return Outcome(planned.run_id, "cancelled")
             if result == "interrupted" or self.stop_signal is not None:
                 self.say(f"{planned.run_id}: interrupted")
                 return Outcome(planned.run_id, "interrupted", detail)
@@ -350,7 +472,7 @@ class ShardRunner:
 
     def _attempt(self, planned: PlannedRun, directory: Path, lock: runs.RunLock, *, attempt: int,
                  resume: bool) -> str:
-        """One trainer process, start to end. Returns ok | failed | interrupted."""
+        """One trainer process, start to end. Returns ok | failed | interrupted | cancelled."""
         argv = trainer_command(planned.argv, gpus=planned.gpus, resume=resume)
         cvd = devices_for(self.o.devices, planned.gpus)
         context = {"sweep": {"name": self.plan.sweep, "row_index": planned.row_index, "shard_index": self.o.shard,
@@ -410,7 +532,8 @@ class ShardRunner:
             self.emit(data)
 
     def _watch(self, child: subprocess.Popen[bytes], directory: Path, started: float) -> str | None:
-        """Wait for the child; end it when it stalls or runs out of time. Returns stalled/timeout/None."""
+        """Wait for the child; end it when it stalls, runs out of time or is cancelled.
+        Returns stalled/timeout/cancelled/None."""
         last_iter: Any = None
         last_progress = started
         while True:
@@ -419,6 +542,10 @@ class ShardRunner:
                 return None
             except subprocess.TimeoutExpired:
                 pass
+            if (directory / runs.CANCEL).exists():
+                self.say(f"{directory.name}: cancelled (sweepctl cancel); ending it")
+                self._end(child)
+                return "cancelled"
             now = time.time()
             hb = runs.read_json(directory / runs.HEARTBEAT)
             if hb is not None and (hb.get("ts") or 0) >= started - 1 and hb.get("iter") != last_iter:
@@ -451,6 +578,15 @@ class ShardRunner:
                 reason: str | None) -> str:
         path = directory / runs.SUMMARY
         summary = runs.read_json(path) if _mtime(path) >= started - 1 else None
+        if reason == "cancelled":
+            error = "cancelled by sweepctl cancel"
+            if summary is None:
+                self._write_runner_summary(planned, directory, started, error_class="cancelled", error=error, rc=rc,
+                                           status="cancelled")
+            else:
+                summary.update(ok=False, status="cancelled", error_class="cancelled", error=error)
+                runs.write_json_atomic(path, summary)
+            return "cancelled"
         if reason is not None:
             error = (f"no progress for {self.o.stall_after_s:g} s" if reason == "stalled"
                      else f"ran longer than --run-timeout {self.o.run_timeout_s:g} s")
@@ -501,9 +637,11 @@ class ShardRunner:
 
 def end_line(session: str, outcomes: Sequence[Any], *, stopped: bool, elapsed_s: float) -> tuple[dict[str, int], str]:
     """Counts per result and the one line a finished runner (or Ray driver) leaves in its pane."""
-    counts = {k: sum(1 for o in outcomes if o.result == k) for k in ("ok", "failed", "interrupted", "skipped")}
+    counts = {k: sum(1 for o in outcomes if o.result == k)
+              for k in ("ok", "failed", "interrupted", "skipped", "cancelled")}
+    cancelled = f", {counts['cancelled']} cancelled" if counts["cancelled"] else ""
     line = (f"{session} done{' (stopped)' if stopped else ''}: {counts['ok']} ok, {counts['failed']} failed, "
-            f"{counts['interrupted']} interrupted, {counts['skipped']} skipped in {elapsed_s:.0f} s")
+            f"{counts['interrupted']} interrupted{cancelled}, {counts['skipped']} skipped in {elapsed_s:.0f} s")
     failed = [o.run_id for o in outcomes if o.result == "failed"]
     if failed:
         line += f"; failed: {', '.join(failed)}"
@@ -547,7 +685,7 @@ def _fmt(v: Any) -> str:
 
 
 def load_plan(sweep_dir: Path) -> Plan:
-    return Plan.model_validate_json((sweep_dir / "plan.json").read_text())
+    return Plan.model_validate_json((sweep_dir / PLAN_FILE).read_text())
 
 
 def main(options: RunnerOptions) -> int:

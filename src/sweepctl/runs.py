@@ -1,7 +1,7 @@
 """The run directory, seen from the orchestration side: paths, atomic JSON, and a run's state.
 
     view = read_run(Path("/mnt/pod_artifacts/outputs/fineweb10B-mhc-6l-s1337"), stale_after_s=120)
-    view.state  # pending | running | ok | failed | stale
+    view.state  # pending | running | ok | failed | stale | cancelled
 
 The state follows the run table in DESIGN.md. Reads are cheap on purpose — `status` reads
 thousands of run directories per refresh: summary.json and heartbeat.json are small, the runner's
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-RunState = Literal["pending", "running", "ok", "failed", "stale"]
-STATES: tuple[RunState, ...] = ("pending", "running", "ok", "failed", "stale")
+RunState = Literal["pending", "running", "ok", "failed", "stale", "cancelled"]
+STATES: tuple[RunState, ...] = ("pending", "running", "ok", "failed", "stale", "cancelled")
 
 # The trainer's files (contract_version 1).
 STDOUT_LOG = "stdout.log"
@@ -41,6 +41,9 @@ SUMMARY = "summary.json"
 # The runner's files: who owns the run now (and owned it last), and the lock that proves it.
 OWNER = "runner.json"
 LOCK = ".sweepctl.lock"
+# `sweepctl cancel`'s marker: no runner starts the run while it exists, and a runner working on it
+# ends its trainer. `launch --include-cancelled` moves it aside.
+CANCEL = "cancel.json"
 
 # A complete, finished run directory has these (stdout.log is the runner's tee of the trainer).
 COMPLETE_FILES = (STDOUT_LOG, COMMAND, METADATA, CONFIG_EFFECTIVE, DATASET_MANIFEST, METRICS, HEARTBEAT,
@@ -225,6 +228,27 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing our copy; a still-running child keeps the lock alive
             self.fd = None
+
+
+@contextlib.contextmanager
+def sweep_lock(directory: Path, timeout_s: float = 60.0) -> Iterator[None]:
+    """An exclusive flock on `<sweep_dir>/.plan.lock` around a read-modify-write of plan.json, so
+    two `launch`es adding rows, or a `prioritize`, never lose each other's change."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".plan.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                    raise TimeoutError(f"{directory / '.plan.lock'} held for {timeout_s:g} s") from e
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
 
 
 def lock_held(directory: str | Path) -> bool:
@@ -418,14 +442,20 @@ class RunView:
 
 def classify(*, summary: dict[str, Any] | None, heartbeat: dict[str, Any] | None, held: bool,
              owner_started: float | None, now: float, stale_after_s: float,
-             checkpoint: bool = False) -> tuple[RunState, str]:
+             checkpoint: bool = False, cancelled: bool = False) -> tuple[RunState, str]:
     """The run table's state, from what is on disk and whether the lock is held. Pure.
 
     A trainer that died while its runner still lives (the lock is held) is stale, not running:
     its heartbeat was written in this attempt by a pid that is gone. The runner writes the summary
     moments later and the run becomes failed."""
+    if summary is not None and summary.get("ok") is True:
+        return "ok", ""
+    # A cancelled run is neither failed nor pending: it ends as the researcher asked. While its
+    # runner still holds the lock it is ending, and counts as running until it has.
+    if (cancelled and not held) or (summary is not None and summary.get("status") == "cancelled"):
+        return "cancelled", ""
     if summary is not None:
-        return ("ok", "") if summary.get("ok") is True else ("failed", "")
+        return "failed", ""
     hb_pid = _int(heartbeat.get("pid")) if heartbeat else None
     hb_ts = _float(heartbeat.get("ts")) if heartbeat else None
     local = heartbeat is not None and heartbeat.get("host") in (None, HOST)
@@ -455,13 +485,16 @@ def read_run(directory: Path, *, stale_after_s: float, now: float | None = None,
     owner = read_json(os.path.join(d, OWNER))  # small; says which shard ran it under the dynamic schedule
     heartbeat = None
     held = checkpoint = False
+    cancelled = False
+    if summary is None or summary.get("ok") is not True:  # an ok run needs no heartbeat, lock probe, marker
+        cancelled = os.path.exists(os.path.join(d, CANCEL))
     if summary is None:  # a finished run needs neither its heartbeat nor a lock probe
         heartbeat = read_json(os.path.join(d, HEARTBEAT))
         held = probe_lock and lock_held(d)
         checkpoint = heartbeat is None and os.path.exists(os.path.join(d, CHECKPOINT))
     state, why = classify(summary=summary, heartbeat=heartbeat, held=held,
                           owner_started=_float(owner.get("started")) if owner else None,
-                          now=now, stale_after_s=stale_after_s, checkpoint=checkpoint)
+                          now=now, stale_after_s=stale_after_s, checkpoint=checkpoint, cancelled=cancelled)
     age = None
     if heartbeat is not None and _float(heartbeat.get("ts")) is not None:
         age = max(0.0, now - float(heartbeat["ts"]))
@@ -480,7 +513,7 @@ def list_run_dirs(out_root: Path) -> list[Path]:
         if e.name.startswith(".") or not e.is_dir():
             continue
         if any(os.path.exists(os.path.join(e.path, name)) for name in (SUMMARY, HEARTBEAT, METADATA, OWNER,
-                                                                         STDOUT_LOG)):
+                                                                         STDOUT_LOG, CANCEL)):
             dirs.append(Path(e.path))
     return sorted(dirs)
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     venv: str | None = Field(None, description="the pod's virtualenv (written by bootstrap)")
     tmux_socket: str | None = Field(None, description="tmux server socket path; unset = the default server")
     stale_after_s: float = Field(120.0, gt=0, description="a heartbeat older than this means the run is dead")
+    notify_url: SecretStr | None = Field(None, description="webhook (Slack, Discord) told of failed runs and the "
+                                                           "sweep's end, by the pod; a secret")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

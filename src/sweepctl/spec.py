@@ -1,6 +1,6 @@
 """Sweep CSV -> validated `RunSpec`s. Every problem is reported at once, as `CSVFILE:LINE: message`.
 
-    run_id,config,seed,overrides,notes[,gpus]
+    run_id,config,seed,overrides,notes[,gpus][,priority]
     fineweb10B-mhc-6l-s1337,mhc,1337,"mhc_h_res_proj='orthostochastic' wandb_log=false",
 
 `config` is a preset name, or a nanoGPT-style config file (relative to the CSV's folder, else the
@@ -37,7 +37,7 @@ from sweepctl.train.config import (
 )
 
 REQUIRED_COLUMNS = ("run_id", "config", "seed")
-OPTIONAL_COLUMNS = ("overrides", "notes", "gpus")
+OPTIONAL_COLUMNS = ("overrides", "notes", "gpus", "priority")
 # Bytes no command line can carry (NUL) or that rewrite what a terminal shows (other C0, DEL, C1).
 # Tab and line breaks are whitespace to the override parser and the notes, so they stay allowed.
 CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -69,6 +69,7 @@ class RunSpec(BaseModel):
     override_words: tuple[str, ...] = ()  # the overrides as written in the CSV
     notes: str = ""
     gpus: int = 1
+    priority: int = 0  # dynamic schedule: higher is claimed first, then longest first
     config: TrainConfig
 
 
@@ -260,6 +261,14 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
         else:
             errs.append(f"gpus {raw_gpus!r} is not a positive integer")
 
+    priority = 0
+    raw_priority = cells.get("priority", "").strip()
+    if raw_priority:
+        try:
+            priority = int(raw_priority)
+        except ValueError:
+            errs.append(f"priority {raw_priority!r} is not an integer (higher is claimed first)")
+
     ref = cells.get("config", "")
     values: dict[str, Any] = {}
     names: dict[str, Any] = {}
@@ -328,7 +337,7 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
     return shared_fields_set(RunSpec.model_construct(
         run_id=run_id, line=line, row_index=row_index, config_ref=ref, config_path=config_path, seed=config.seed,
         overrides=tuple(canonical), override_words=tuple(words), notes=cells.get("notes", ""), gpus=gpus,
-        config=config)), []
+        priority=priority, config=config)), []
 
 
 _FIELDS_SETS: dict[frozenset[str], set[str]] = {}

@@ -179,7 +179,8 @@ def _round(v: float | None, digits: int) -> float | None:
 
 # --- rendering (the same for a local and a remote dict) -------------------------------------------
 
-STATE_STYLE = {"ok": "green", "running": "cyan", "pending": "dim", "failed": "bold red", "stale": "yellow"}
+STATE_STYLE = {"ok": "green", "running": "cyan", "pending": "dim", "failed": "bold red", "stale": "yellow",
+               "cancelled": "magenta"}
 
 
 SUMMARISE_ABOVE = 200  # runs; a bigger table is summarised unless --all

@@ -63,7 +63,8 @@ def _register() -> None:
     from sweepctl.cli import spec_cmds
 
     spec_cmds.register(app)
-    for name in ("run_cmds", "remote_cmds", "pod_cmds", "report_cmds", "train_cmd", "demo_cmd", "cluster_cmds"):
+    for name in ("run_cmds", "remote_cmds", "pod_cmds", "report_cmds", "train_cmd", "demo_cmd", "cluster_cmds",
+                 "steer_cmds"):
         try:
             module = __import__(f"sweepctl.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -73,6 +73,14 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
     run.render(as_json=as_json)
 
 
+def _live_shards(record: PodRecord) -> int | None:
+    """A pod whose runners are live keeps its shard count: rows added now join their queue."""
+    if not record.live_sessions or not record.layout:
+        return None
+    return next((int(part["shards"]) for part in record.layout.get("hosts") or [] if part.get("host") == record.host),
+                None)
+
+
 def _read_sweep(csv_path: Path, name: str | None, *, as_json: bool) -> Sweep:
     sweep = read_sweep(csv_path, name=name)
     if not RUN_ID_RE.fullmatch(sweep.name):
@@ -203,7 +211,8 @@ class _RemoteLaunch:
 
     def _survey_pod(self, host: str, t: Transport) -> tuple[str, int, PodRecord]:
         out_root, record = self._record_of(host, t)
-        count = self.pods.shards.get(host) or self.shards or _pod_gpu_shards(t, host, self.gpus_per_shard)
+        count = (self.pods.shards.get(host) or self.shards or _live_shards(record)
+                 or _pod_gpu_shards(t, host, self.gpus_per_shard))
         return out_root, count, record
 
     def _survey_left_out(self, recorded: Recorded) -> None:

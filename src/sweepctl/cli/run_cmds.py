@@ -31,6 +31,11 @@ def launch(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again (resuming when possible)."),
     skip_failed: bool = typer.Option(False, "--skip-failed", help="Leave failed runs as they are."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="A shard stops at its first failed run."),
+    include_cancelled: bool = typer.Option(False, "--include-cancelled",
+                                           help="Run rows `sweepctl cancel` withdrew (skipped otherwise)."),
+    notify: str | None = typer.Option(None, "--notify", metavar="URL", show_default=False,
+                                      help="Webhook (Slack, Discord) the pod tells when a run fails and when the "
+                                           "sweep is done \\[default: notify_url from the settings]."),
     schedule: str = typer.Option("static", "--schedule", help="static (row i -> shard i % N) or dynamic (claim)."),
     gpus_per_shard: int = typer.Option(1, "--gpus-per-shard", help="GPUs per shard (K): shard i gets i*K..i*K+K-1."),
     max_retries: int = typer.Option(0, "--max-retries", help="Retry a failed run up to R times."),
@@ -85,7 +90,7 @@ def launch(
     from sweepctl.errors import RefusedError, SweepctlError
     from sweepctl.settings import load_settings
 
-    settings = load_settings(out_root=out_root, data_dir=data_dir)
+    settings = load_settings(out_root=out_root, data_dir=data_dir, notify_url=notify)
     if backend != "tmux":  # Ray, not shards, places the rows: one driver session, no shard options
         from sweepctl.cli import cluster_cmds
 
@@ -97,6 +102,8 @@ def launch(
             skip_failed=skip_failed, max_retries=max_retries, stall_after_s=stall_after or None,
             run_timeout_s=run_timeout, placed_on=placed_on)
     if shards is None:
+        shards = lib.live_shard_count(csv_path, name, settings)  # rows joining a live sweep keep its shards
+    if shards is None:
         from sweepctl.gpus import query_gpus
         from sweepctl.hosts import default_shards
 
@@ -106,7 +113,8 @@ def launch(
                                 name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
                                 retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
                                 max_retries=max_retries, stall_after_s=stall_after or None,
-                                run_timeout_s=run_timeout, placed_on=placed_on)
+                                run_timeout_s=run_timeout, include_cancelled=include_cancelled,
+                                placed_on=placed_on)
     preview = lib.prepare(csv_path, options, settings)
     model = run_views.launch_model(preview)
     if not as_json:
@@ -138,7 +146,7 @@ def status(
     watch: bool = typer.Option(False, "--watch", help="Redraw every --interval seconds until Ctrl-C (without a "
                                "terminal: a line per change)."),
     interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between refreshes with --watch."),
-    state: str | None = typer.Option(None, "--state", help="Only runs in this state: pending running ok failed stale."),
+    state: str | None = typer.Option(None, "--state", help="Only runs in this state: pending running ok failed stale cancelled."),
     show_all: bool = typer.Option(False, "--all", help="Every run in the table (beyond 200 runs it is summarised)."),
     host: list[str] | None = remote_opts.HOST,
     remote_bin: str | None = remote_opts.REMOTE_BIN,
@@ -330,6 +338,7 @@ def runner(
 
         only = [run_id_of_row(lib.load_plan(sweep_dir), row_index, sweep_dir)]
     options = lib.RunnerOptions(sweep_dir=sweep_dir, shard=shard, devices=devices, session=session,
+                                notify_url=_notify_url(),
                                 claims_dir=claims, only=only or None, fail_fast=fail_fast, max_retries=max_retries,
                                 stall_after_s=stall_after, run_timeout_s=run_timeout,
                                 on_failed=on_failed,  # type: ignore[arg-type]
@@ -345,6 +354,19 @@ def check_run_id(run_id: str) -> None:
 
     if problem := run_id_problem(run_id):
         raise SweepctlError(problem, hint="see the run_ids with: sweepctl status")
+
+
+def _notify_url() -> str | None:
+    """The runner's webhook: SWEEPCTL_NOTIFY_URL from launch, else the project file's notify_url. A bad
+    project file must not stop the runs, so it only costs the notifications."""
+    from sweepctl.errors import SweepctlError
+    from sweepctl.settings import load_settings
+
+    try:
+        url = load_settings().notify_url
+    except SweepctlError:
+        return None
+    return url.get_secret_value() if url else None
 
 
 def register(app: typer.Typer) -> None:

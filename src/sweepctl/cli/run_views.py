@@ -39,6 +39,9 @@ def launch_model(preview: Any, result: Any | None = None) -> dict[str, Any]:
         "refused_sessions": list(result.refused_sessions) if result else [],
         "attach": result.attach if result else None,
         "status_command": result.status_command if result else None,
+        # the sweep's runners were live: the CSV's rows joined their queue (None otherwise)
+        "joined": ({"sessions": j.sessions, "added": j.added, "updated": j.updated}
+                   if (j := preview.joining) is not None else None),
     }
 
 
@@ -81,8 +84,15 @@ def render_launch_outcome(model: dict[str, Any], *, attach: str | None = None, s
         console.print(f"{prefix}dry run: would start {sessions_text(model['shards_to_start'])}; "
                       "nothing written, nothing started.", highlight=False)
         return
+    if joined := model.get("joined"):
+        added, updated = joined["added"], joined["updated"]
+        console.print(f"{prefix}joined the live queue of {', '.join(joined['sessions'])}: {len(added)} row(s) added"
+                      + (f" ({', '.join(added)})" if added else "") + f", {len(updated)} updated"
+                      + (f" ({', '.join(updated)})" if updated else "")
+                      + "; the runners claim them without a restart", highlight=False)
     if not model["started"]:
-        console.print(f"{prefix}nothing to start: every run is ok, running, or skipped.", highlight=False)
+        if not joined:
+            console.print(f"{prefix}nothing to start: every run is ok, running, or skipped.", highlight=False)
         return
     for s in model["started"]:
         rows = f"{s['rows']} rows" if s["rows"] is not None else "claims rows"
