@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sweepctl.train.data import write_shard
+from sweepctl.train.data import rank_slice, write_shard
 from sweepctl.train.train import main
 from test_train_run import args, finish, learnable_tokens, rows, summary
 
@@ -65,6 +65,12 @@ def test_identical_weights_score_the_same_loss_across_batch_accumulation_ranks_a
     assert all(m["eval"] == manifests[0]["eval"] for m in manifests)
     assert manifests[0]["eval"]["windows"] == 16 and manifests[0]["eval"]["val"]["tokens"] == 512
     assert rows(other_seed, "eval")[0]["val"] != evals[0][0]["val"]  # another seed: other weights, same tokens
+
+
+def test_ranks_split_the_eval_set_into_contiguous_slices_that_cover_it_once():
+    assert [list(rank_slice(5, r, 2)) for r in range(2)] == [[0, 1], [2, 3, 4]]
+    assert [list(rank_slice(2, r, 3)) for r in range(3)] == [[], [0], [1]]  # a rank may score nothing
+    assert [i for r in range(8) for i in rank_slice(100, r, 8)] == list(range(100))
 
 
 def test_every_record_carries_the_tokens_seen_the_same_for_every_split_of_a_step(tmp_path, data_dir):
