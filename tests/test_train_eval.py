@@ -150,3 +150,18 @@ def test_a_resume_on_the_same_shards_moved_elsewhere_continues(tmp_path, own_dat
     assert main(args(out, moved, "max_iters=6", "eval_interval=2", "resume=True")) == 0
     s = summary(out)
     assert s["ok"] and s["resumed_from_iter"] == 4 and s["iter_num"] == 6
+
+
+def test_every_rank_of_a_ddp_resume_on_other_data_stops(tmp_path, own_data):
+    """Rank 0 decides (it has the run directory) and tells the others: no rank is left waiting in a
+    collective for a rank that refused."""
+    out = tmp_path / "run"
+    common = ["eval_interval=2", "batch_size=2", "gradient_accumulation_steps=2"]
+    assert torchrun(args(out, own_data, "max_iters=2", *common), tmp_path / "first.log") == 0
+    expected = changed_val_tokens(own_data)
+    log = tmp_path / "resume.log"
+    assert torchrun(args(out, own_data, "max_iters=4", *common, "resume=True"), log) != 0, log.read_text()[-3000:]
+    s = summary(out)
+    assert s["status"] == "failed" and expected in s["error"] and s["error"].endswith(
+        "sweepctl rerun --force run (or the trainer without resume=True)")
+    assert [r["iter"] for r in rows(out, "train")] == [2]  # nothing trained after the refusal
