@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sweepctl.train.data import write_shard
+from sweepctl.train.data import rank_slice, write_shard
 from sweepctl.train.train import main
 from test_train_run import args, finish, learnable_tokens, rows, summary
 
-# float32 forward passes of a tiny model, summed in float64 over 16 windows of 32 tokens: batch
+# float32 forward passes of a tiny model, summed in float64 over 64 windows of 32 tokens: batch
 # composition changes the per-token losses by a few float32 ulps (~1e-7 relative), far below this.
 SAME_LOSS = 1e-5
 
@@ -40,8 +40,7 @@ def torchrun(argv: list[str], log: Path) -> int:
 
 
 def test_identical_weights_score_the_same_loss_across_batch_accumulation_ranks_and_seeds(tmp_path, data_dir):
-    # eval_batch_size=None: the eval set is eval_iters x one step's sequences (8), however they are split
-    common = ["eval_only=True", "eval_batch_size=None", "seed=3"]
+    common = ["eval_only=True", "seed=3"]  # the eval set: eval_iters (2) x eval_batch_size (32) windows
     splits = {"batch 8": ["batch_size=8", "gradient_accumulation_steps=1"],
               "batch 4 x accum 2": ["batch_size=4", "gradient_accumulation_steps=2"]}
     for name, split in splits.items():
@@ -51,7 +50,7 @@ def test_identical_weights_score_the_same_loss_across_batch_accumulation_ranks_a
     assert torchrun(args(two_ranks, data_dir, *common, "batch_size=4", "gradient_accumulation_steps=2"), log) == 0, \
         log.read_text()[-3000:]
     other_seed = tmp_path / "seed4"
-    assert main(args(other_seed, data_dir, "eval_only=True", "eval_batch_size=None", "seed=4", "batch_size=8")) == 0
+    assert main(args(other_seed, data_dir, "eval_only=True", "seed=4", "batch_size=8")) == 0
 
     outs = [tmp_path / "batch8", tmp_path / "batch4xaccum2", two_ranks]
     assert summary(two_ranks)["world_size"] == 2
@@ -60,11 +59,17 @@ def test_identical_weights_score_the_same_loss_across_batch_accumulation_ranks_a
     for split in ("val", "train"):
         losses = [e[0][split] for e in evals]
         assert max(losses) - min(losses) < SAME_LOSS, (split, losses)
-    # the same tokens, recorded: 2 x 8 windows of 32 from the start of each split, for every run
+    # the same tokens, recorded: 2 x 32 windows of 32 from the start of each split, for every run
     manifests = [json.loads((out / "dataset_manifest.json").read_text()) for out in [*outs, other_seed]]
     assert all(m["eval"] == manifests[0]["eval"] for m in manifests)
-    assert manifests[0]["eval"]["windows"] == 16 and manifests[0]["eval"]["val"]["tokens"] == 512
+    assert manifests[0]["eval"]["windows"] == 64 and manifests[0]["eval"]["val"]["tokens"] == 2048
     assert rows(other_seed, "eval")[0]["val"] != evals[0][0]["val"]  # another seed: other weights, same tokens
+
+
+def test_ranks_split_the_eval_set_into_contiguous_slices_that_cover_it_once():
+    assert [list(rank_slice(5, r, 2)) for r in range(2)] == [[0, 1], [2, 3, 4]]
+    assert [list(rank_slice(2, r, 3)) for r in range(3)] == [[], [0], [1]]  # a rank may score nothing
+    assert [i for r in range(8) for i in rank_slice(100, r, 8)] == list(range(100))
 
 
 def test_every_record_carries_the_tokens_seen_the_same_for_every_split_of_a_step(tmp_path, data_dir):
@@ -144,3 +149,18 @@ def test_a_resume_on_the_same_shards_moved_elsewhere_continues(tmp_path, own_dat
     assert main(args(out, moved, "max_iters=6", "eval_interval=2", "resume=True")) == 0
     s = summary(out)
     assert s["ok"] and s["resumed_from_iter"] == 4 and s["iter_num"] == 6
+
+
+def test_every_rank_of_a_ddp_resume_on_other_data_stops(tmp_path, own_data):
+    """Rank 0 decides (it has the run directory) and tells the others: no rank is left waiting in a
+    collective for a rank that refused."""
+    out = tmp_path / "run"
+    common = ["eval_interval=2", "batch_size=2", "gradient_accumulation_steps=2"]
+    assert torchrun(args(out, own_data, "max_iters=2", *common), tmp_path / "first.log") == 0
+    expected = changed_val_tokens(own_data)
+    log = tmp_path / "resume.log"
+    assert torchrun(args(out, own_data, "max_iters=4", *common, "resume=True"), log) != 0, log.read_text()[-3000:]
+    s = summary(out)
+    assert s["status"] == "failed" and expected in s["error"] and s["error"].endswith(
+        "sweepctl rerun --force run (or the trainer without resume=True)")
+    assert [r["iter"] for r in rows(out, "train")] == [2]  # nothing trained after the refusal

@@ -140,3 +140,47 @@ def test_always_save_checkpoint_false_keeps_the_best_checkpoint(tmp_path, data_d
     ckpt = torch.load(out / "ckpt.pt", weights_only=False)
     assert ckpt["iter_num"] == saved_at and ckpt["best_val_loss"] == evals[0]["val"]
     assert json.loads((out / "summary.json").read_text())["best_val_loss"] == evals[0]["val"]
+
+
+def test_every_setting_of_nanogpts_train_py_is_accepted(tmp_path):
+    # karpathy/nanoGPT train.py's configurable globals, at its defaults (dtype and a laptop device aside)
+    path = tmp_path / "nanogpt_defaults.py"
+    path.write_text("""\
+out_dir = 'out'
+eval_interval = 2000
+log_interval = 1
+eval_iters = 200
+eval_only = False
+always_save_checkpoint = True
+init_from = 'scratch'
+wandb_log = False
+wandb_project = 'owt'
+wandb_run_name = 'gpt2'
+dataset = 'openwebtext'
+gradient_accumulation_steps = 5 * 8
+batch_size = 12
+block_size = 1024
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0
+bias = False
+learning_rate = 6e-4
+max_iters = 600000
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 600000
+min_lr = 6e-5
+backend = 'nccl'
+device = 'cuda'
+dtype = 'bfloat16'
+compile = True
+""")
+    cfg = resolve_config(str(path))
+    assert (cfg.gradient_accumulation_steps, cfg.tokens_per_iter, cfg.compile_model, cfg.dataset) == (
+        40, 40 * 12 * 1024, True, "openwebtext")
+    assert cfg.eval_windows == 200 * 32  # eval_batch_size unset: its default, whatever batch_size is

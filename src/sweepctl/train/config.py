@@ -71,10 +71,10 @@ class TrainConfig(BaseModel):
     eval_interval: int = Field(500, gt=0)  # iterations between evals (and checkpoints)
     log_interval: int = Field(10, gt=0)  # iterations between progress lines / metrics rows
     eval_iters: int = Field(100, gt=0)  # eval batches per split at each eval
-    # sequences per eval batch, total over all processes; None: batch_size * gradient_accumulation_steps
-    # (one optimizer step's sequences). With eval_iters it fixes the eval set: the first
-    # eval_iters * eval_batch_size windows of block_size tokens of the val (and train) shards.
-    eval_batch_size: int | None = Field(None, gt=0)
+    # sequences per eval batch, total over all processes, whatever batch_size is. With eval_iters it
+    # fixes the eval set: the first eval_iters * eval_batch_size windows of block_size tokens of the
+    # val (and train) shards, the same for every seed, batch split and world size.
+    eval_batch_size: int = Field(32, gt=0)
     eval_only: bool = False  # nanoGPT's: evaluate once (the checkpoint when resuming), then stop
     # --- length and batch ---
     max_iters: int = Field(5000, gt=0)  # optimizer steps in the run
@@ -225,10 +225,8 @@ class TrainConfig(BaseModel):
 
     @property
     def eval_windows(self) -> int:
-        """Windows of block_size tokens scored per split at each eval: the same for every split of
-        one step's tokens into batch x accumulation x processes (see eval_batch_size)."""
-        per_batch = self.eval_batch_size or self.batch_size * self.gradient_accumulation_steps
-        return self.eval_iters * per_batch
+        """Windows of block_size tokens scored per split at each eval (see eval_batch_size)."""
+        return self.eval_iters * self.eval_batch_size
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(TrainConfig.model_fields)
@@ -246,8 +244,8 @@ def canonical_key(name: str) -> str:
 
 # Presets of one depth differ only in the residual stream (tests/test_train_presets.py): the same
 # tokens per iteration, iterations, LR schedule, eval cadence and eval set, so that a difference in
-# loss is the variant's. eval_batch_size keeps the eval set (eval_iters x eval_batch_size windows)
-# the same when a row changes batch_size or gradient_accumulation_steps.
+# loss is the variant's. The 48-layer ones score 100 x 16 eval windows (not 32): evals cost what
+# they cost before the eval set was fixed.
 _BASE_6L: dict[str, Any] = dict(
     n_layer=6, n_head=6, n_embd=288, block_size=1024, batch_size=32, gradient_accumulation_steps=4,
     max_iters=5000, lr_decay_iters=5000, eval_interval=500, eval_iters=100, eval_batch_size=32, log_interval=10,

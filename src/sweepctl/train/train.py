@@ -449,7 +449,7 @@ class Run:
             "data_dir": str(Path(cfg.data_dir).resolve()),
             "train": shard_manifest(train_paths), "val": shard_manifest(val_paths),
             "eval": {"block_size": cfg.block_size, "eval_iters": cfg.eval_iters,
-                     "eval_batch_size": cfg.eval_windows // cfg.eval_iters, "windows": cfg.eval_windows,
+                     "eval_batch_size": cfg.eval_batch_size, "windows": cfg.eval_windows,
                      **{split: w.record() for split, w in self.eval_sets.items()}},
         }
         if resuming:
