@@ -105,6 +105,11 @@ def test_a_full_volume_fails_the_row_not_the_shard_and_retry_failed_resumes_from
         last_good = torch.load(big / runs.CHECKPOINT, weights_only=False)["iter_num"]
         assert last_good >= 10
         filler.unlink()
+        from sweepctl.tmux import Tmux
+
+        # its last line is written just before it exits: a relaunch while the pane lives is refused
+        wait_for(lambda: not ((s := Tmux(os.environ["SWEEPCTL_TMUX_SOCKET"]).session("sweep-0")) and s.alive),
+                 "sweep-0's runner to exit")
         r = run_cli(capsys, "launch", str(csv), "--shards", "1", "--retry-failed")
         assert r.code == 0, r.err
         wait_for(lambda: (runs.read_json(big / runs.SUMMARY) or {}).get("ok") is True, "big to finish on retry")

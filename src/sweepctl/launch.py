@@ -152,6 +152,7 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
     joining = None
     if (live := live_runners(sweep_dir)) and (sweep_dir / PLAN_FILE).exists():
         joining = join_live_queue(sweep_dir, plan, live, out_root, csv_path, options)
+    if joining is not None:
         plan = merge_plans(load_plan(sweep_dir), plan, started_rows(sweep_dir, joining.claims_dir, out_root),
                            str(csv_path))[0]
     gpus = query_gpus()
@@ -193,13 +194,17 @@ def live_shard_count(csv_path: Path, name: str | None, settings: Settings) -> in
 
 
 def join_live_queue(sweep_dir: Path, wanted: Plan, live: list[dict[str, Any]], out_root: Path, csv_path: Path,
-                    options: LaunchOptions) -> LiveQueue:
+                    options: LaunchOptions) -> LiveQueue | None:
     """Check that the CSV's rows can join the live runners' queue (a dynamic schedule, no option
-    that would redo their rows), and where their claims are."""
+    that would redo their rows), and where their claims are. None: a static sweep's CSV brings
+    nothing new, so this is a plain relaunch (its shards whose runner ended get a new one)."""
     sessions = [str(r.get("session")) for r in live]
     current = load_plan(sweep_dir)
     where = str(sweep_dir / PLAN_FILE)
     if current.schedule != "dynamic":
+        planned = {r.run_id: r.config for r in current.runs}
+        if all(planned.get(r.run_id) == r.config for r in wanted.runs):
+            return None
         raise RefusedError(f"sweep {current.sweep} is running ({', '.join(sessions)}) under the static schedule: "
                            "its rows were dealt to the shards at launch, so new rows cannot join them", where=where,
                            hint="wait for it to finish and launch again, or stop it and relaunch under the dynamic "

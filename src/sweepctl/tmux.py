@@ -103,16 +103,20 @@ class Tmux:
         Returns "started" or "replaced". The pane keeps its output after the command ends."""
         existing = self.session(name)
         how = "started"
+        replace: tuple[str, ...] = ()
         if existing is not None:
             if existing.alive:
                 raise RefusedError(f"tmux session {name!r} is still running", where=name,
                                    hint=f"wait for it, or look: {attach_command(name, self.socket)}")
-            self._cmd("kill-session", "-t", f"={name}")  # its command has ended; only the pane remains
+            # Its command has ended; only the pane remains. Killed in the same invocation as the new
+            # session is made: killed alone, the server's last session takes the server with it
+            # (exit-empty), and a new-session sent a moment later finds it exiting.
+            replace = ("kill-session", "-t", f"={name}", ";")
             how = "replaced"
         command = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), *argv])
         # One tmux invocation, so remain-on-exit is set before a quickly failing command could end
         # and take its error message with it.
-        self._cmd("new-session", "-d", "-s", name, "-x", str(PANE_WIDTH), "-y", str(PANE_HEIGHT),
+        self._cmd(*replace, "new-session", "-d", "-s", name, "-x", str(PANE_WIDTH), "-y", str(PANE_HEIGHT),
                   "-c", str(cwd), command, ";", "set-option", "-w", "-t", f"={name}:", "remain-on-exit", "on")
         return how
 
