@@ -6,11 +6,13 @@ None of them may kill a shard or make sweepctl read or write outside the out-roo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -56,6 +58,24 @@ def wait_for(predicate, what: str, timeout: float = RUN_TIMEOUT):
 
 # --- 1. a full volume ----------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def paused_between_saves(run_dir: Path) -> Iterator[None]:
+    """SIGSTOP the run's trainer at a moment when it holds no partial checkpoint; SIGCONT after."""
+    pid = runs.read_json(run_dir / runs.HEARTBEAT)["pid"]
+    deadline = time.monotonic() + 60
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        if not list(run_dir.glob(".ckpt.pt.tmp-*")):
+            break
+        os.kill(pid, signal.SIGCONT)  # mid-save: let it finish and try again
+        assert time.monotonic() < deadline, f"trainer {pid} was always saving"
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_a_full_volume_fails_the_row_not_the_shard_and_retry_failed_resumes_from_the_last_checkpoint(
         workspace: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """fallocate fills a small tmpfs while a run checkpoints: the trainer's save fails, its partial
@@ -74,7 +94,10 @@ def test_a_full_volume_fails_the_row_not_the_shard_and_retry_failed_resumes_from
         big = ws.run_dir("big")
         wait_for(lambda: "eval iter 20:" in _text(big / runs.STDOUT_LOG), "big's checkpoint at iter 10")
         assert (big / runs.CHECKPOINT).stat().st_size > 2 << 20
-        filler = fill(vol, leave_bytes=1 << 20)  # start files, logs and a summary fit; a checkpoint does not
+        # Filled while big's trainer is stopped between two saves: a partial checkpoint present now
+        # would be removed when its save fails, and give the next row room for a whole one.
+        with paused_between_saves(big):
+            filler = fill(vol, leave_bytes=1 << 20)  # start files, logs and a summary fit; a checkpoint does not
 
         done = wait_for(lambda: all((ws.run_dir(r) / runs.SUMMARY).exists() for r in ("big", "after")),
                         "both rows to end")
