@@ -32,8 +32,13 @@ def launch(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again (resuming when possible)."),
     skip_failed: bool = typer.Option(False, "--skip-failed", help="Leave failed runs as they are."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="A shard stops at its first failed run."),
-    schedule: str = typer.Option("static", "--schedule", help="static (row i -> shard i % N) or dynamic (claim)."),
+    schedule: str | None = typer.Option(None, "--schedule", show_default=False,
+                                        help="static (row i -> shard i % N) or dynamic (claim) "
+                                             "\\[default: static; dynamic with --runs-per-gpu > 1]."),
     gpus_per_shard: int = typer.Option(1, "--gpus-per-shard", help="GPUs per shard (K): shard i gets i*K..i*K+K-1."),
+    runs_per_gpu: int | None = typer.Option(None, "--runs-per-gpu", show_default=False,
+                                            help="Slots per GPU: K runs share each GPU, each slot a session "
+                                                 "sweep-<i> \\[default: settings, 1]."),
     max_retries: int = typer.Option(0, "--max-retries", help="Retry a failed run up to R times."),
     name: str | None = typer.Option(None, "--name", help="Sweep name (default: the CSV file name)."),
     stall_after: float = typer.Option(1800.0, "--stall-after",
@@ -86,14 +91,15 @@ def launch(
     from sweepctl.errors import RefusedError, SweepctlError
     from sweepctl.settings import load_settings
 
-    settings = load_settings(out_root=out_root, data_dir=data_dir)
+    settings = load_settings(out_root=out_root, data_dir=data_dir, runs_per_gpu=runs_per_gpu)
     if backend != "tmux":  # Ray, not shards, places the rows: one driver session, no shard options
         from sweepctl.cli import cluster_cmds
 
         return cluster_cmds.launch_on_backend(
             backend, csv_path, settings, ray_address=ray_address, as_json=as_json,
-            shard_flags={"--shards": shards not in (None, 1), "--schedule": schedule != "static",
-                         "--gpus-per-shard": gpus_per_shard != 1, "--fail-fast": fail_fast},
+            shard_flags={"--shards": shards not in (None, 1), "--schedule": schedule not in (None, "static"),
+                         "--gpus-per-shard": gpus_per_shard != 1, "--fail-fast": fail_fast,
+                         "--runs-per-gpu": runs_per_gpu not in (None, 1)},
             name=name, no_wandb=no_wandb, dry_run=dry_run, force=force, retry_failed=retry_failed,
             skip_failed=skip_failed, max_retries=max_retries, stall_after_s=stall_after or None,
             run_timeout_s=run_timeout, placed_on=placed_on)
@@ -103,7 +109,10 @@ def launch(
 
         found = query_gpus()
         shards = default_shards(len(found.gpus), gpus_per_shard, where="this machine", problem=found.problem)
+    # slots claim rows: K > 1 means the dynamic schedule unless static was asked for (make_plan refuses that)
+    schedule = schedule or ("dynamic" if settings.runs_per_gpu > 1 else "static")
     options = lib.LaunchOptions(shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,  # type: ignore[arg-type]
+                                runs_per_gpu=settings.runs_per_gpu,
                                 name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
                                 retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
                                 max_retries=max_retries, stall_after_s=stall_after or None,

@@ -29,6 +29,7 @@ def launch_model(preview: Any, result: Any | None = None) -> dict[str, Any]:
                  for r in preview.rows],
         "shard_count": preview.plan.shard_count,
         "schedule": preview.plan.schedule,
+        "runs_per_gpu": preview.plan.runs_per_gpu,
         "shards_to_start": list(preview.shards_to_start),
         "dry_run": preview.options.dry_run,
         "started": [asdict(s) for s in result.started] if result else [],
@@ -82,7 +83,9 @@ def render_launch_outcome(model: dict[str, Any], *, attach: str | None = None, s
         return
     for s in model["started"]:
         rows = f"{s['rows']} rows" if s["rows"] is not None else "claims rows"
-        console.print(f"{prefix}{s['how']} {s['session']}: CUDA_VISIBLE_DEVICES={s['devices']}, {rows}",
+        k = model.get("runs_per_gpu") or 1
+        slot = f" (slot {s['shard'] % k + 1} of {k})" if k > 1 else ""
+        console.print(f"{prefix}{s['how']} {s['session']}: CUDA_VISIBLE_DEVICES={s['devices']}{slot}, {rows}",
                       highlight=False)
     console.print(f"attach: {attach or model['attach']}", highlight=False)
     if show_status:
