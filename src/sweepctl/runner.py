@@ -348,7 +348,7 @@ class ShardRunner:
         owner = {"run_id": planned.run_id, "sweep": self.plan.sweep, "row_index": planned.row_index,
                  "shard": self.o.shard, "session": self.o.session, "host": runs.HOST, "runner_pid": os.getpid(),
                  "child_pid": None, "cuda_visible_devices": cvd, "attempt": attempt, "resume": resume,
-                 "started": started, "argv": argv}
+                 "started": started, "argv": argv, "slot": context.get("slot")}
         runs.write_json_atomic(directory / runs.OWNER, owner)
         log = open(directory / runs.STDOUT_LOG, "ab")  # noqa: SIM115 (closed after the tee thread ends)
         try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import time
@@ -86,14 +87,21 @@ def _wait_lock(fd: int, how: int, stopped: Callable[[], bool]) -> bool:
 
 # --- memory ------------------------------------------------------------------------------------------
 
-def memory_key(config: Mapping[str, Any]) -> str:
-    """The shape of a run that decides its memory: residual variant, size, batch, dtype, compile."""
+_KEY_FIELDS = ("hc_disable", "hc_num_streams", "mhc", "v_residual", "n_layer", "n_embd", "n_head", "batch_size",
+               "block_size", "vocab_size", "dtype", "compile_model")
+
+
+@functools.cache
+def _key_defaults() -> dict[str, Any]:
     from sweepctl.train.config import TrainConfig
 
-    defaults = TrainConfig.model_fields
-    v = {k: config.get(k, defaults[k].default) for k in (
-        "hc_disable", "hc_num_streams", "mhc", "v_residual", "n_layer", "n_embd", "n_head", "batch_size",
-        "block_size", "vocab_size", "dtype", "compile_model")}
+    return {k: TrainConfig.model_fields[k].default for k in _KEY_FIELDS}
+
+
+def memory_key(config: Mapping[str, Any]) -> str:
+    """The shape of a run that decides its memory (and its speed): residual variant, size, batch,
+    dtype, compile."""
+    v = {k: config.get(k, d) for k, d in _key_defaults().items()}
     variant = "base" if v["hc_disable"] else f"{'mhc' if v['mhc'] else 'hc'}{v['hc_num_streams']}"
     if v["v_residual"]:
         variant += "+vres"

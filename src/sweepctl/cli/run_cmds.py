@@ -147,6 +147,9 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
     watch: bool = typer.Option(False, "--watch", help="Redraw every 2 s until Ctrl-C."),
     state: str | None = typer.Option(None, "--state", help="Only runs in this state: pending running ok failed stale."),
+    gpu_hour_price: float | None = typer.Option(None, "--gpu-hour-price", metavar="PRICE",
+                                                help="Price of one GPU-hour: the sweep's cost so far and left "
+                                                     "\\[default: settings]."),
     host: list[str] | None = remote_opts.HOST,
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
@@ -164,11 +167,11 @@ def status(
 
         return remote_cmds.status(pods, remote_opts.forwarded(exclude=("as_json", "watch")), as_json=as_json,
                                   watch=watch)
-    settings = load_settings(out_root=out_root)
+    settings = load_settings(out_root=out_root, gpu_hour_price=gpu_hour_price)
 
     def model() -> dict:
         return lib.collect(Path(settings.out_root), sweep=sweep, stale_after_s=settings.stale_after_s,
-                           tmux_socket=settings.tmux_socket, state=state)
+                           tmux_socket=settings.tmux_socket, state=state, gpu_hour_price=settings.gpu_hour_price)
 
     if as_json:
         typer.echo(json.dumps(model(), indent=2))
