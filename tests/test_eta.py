@@ -119,3 +119,24 @@ def test_nothing_observed_means_no_estimate_and_says_so(tmp_path: Path) -> None:
     Console(file=buf, width=300).print(status.render(model))
     assert ("sweep: 0 done, 0 running, 1 left; GPU-hours 0.00 used, left unknown (1 run(s) of shapes not "
             "observed yet); ETA unknown") in buf.getvalue()
+
+
+def test_report_gives_gpu_hours_per_run_and_per_group(sweep: tuple[Path, object],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from sweepctl import report
+
+    out, _ = sweep
+    data = report.collect(out, sweep="eta")
+    hours = {r["run_id"]: r["gpu_hours"] for r in data["runs"]}
+    s1, s2 = (runs.read_json(out / r / runs.SUMMARY) for r in ("a-s1", "a-s2"))
+    assert hours == {"a-s1": s1["elapsed_s"] / 3600, "a-s2": s2["elapsed_s"] / 3600, "a-s3": None, "b-s1": None}
+    groups = {g["label"]: g["gpu_hours"] for g in data["groups"]}
+    assert groups == {"a": hours["a-s1"] + hours["a-s2"], "b": 0.0}
+
+    from cli import run_cli
+
+    r = run_cli(capsys, "report", "--out-root", str(out), "--sweep", "eta", "--format", "csv")
+    assert r.code == 0, r.err
+    rows = [line.split(",") for line in r.out.splitlines()]
+    col = rows[0].index("gpu_hours")
+    assert {row[0]: row[col] for row in rows[1:]} == {"a": repr(groups["a"]), "b": "0.0"}

@@ -75,14 +75,16 @@ def group_cells(g: dict[str, Any]) -> list[str]:
     """The columns of one group row, shared by the table and the markdown."""
     return [g["label"], g["variant"] or "—", str(g["ok"]), str(g["failed"]), str(g["pending"]),
             fmt_loss(g["final_val"]), fmt_loss(g["best_val"]), fmt_si(g["tokens_seen"]["mean"]),
-            fmt_si(g["tok_per_s"]["mean"]), fmt_duration(g["elapsed_s"]["mean"]), fmt_errors(g)]
+            fmt_si(g["tok_per_s"]["mean"]), fmt_duration(g["elapsed_s"]["mean"]), f"{g.get('gpu_hours') or 0:.2f}",
+            fmt_errors(g)]
 
 
 GROUP_HEADERS = ["group", "variant", "ok", "failed", "pending", "final val loss", "best val loss", "tokens",
-                 "tok/s", "wall", "errors"]
+                 "tok/s", "wall", "GPU-h", "errors"]
 COMPARE_HEADERS = ["rank", "group", "n", "Δ final val (± SE)", "beyond noise", "ranges overlap", "Δ best val"]
 STATS_NOTE = ("Loss is mean ± sample std over ok seeds (nats/token); failed and unfinished runs are counted, "
-              "never averaged. tokens, tok/s and wall time are means over ok runs.")
+              "never averaged. tokens, tok/s and wall time are means over ok runs; GPU-h is the group's total "
+              "(every run's last attempt, a packed run's share of its GPU).")
 
 
 def compare_cells(rank: int, row: dict[str, Any]) -> list[str]:
@@ -100,7 +102,8 @@ def render_table(data: dict[str, Any], comparison: dict[str, Any] | None) -> Non
     label_width = min(40, max((len(g["label"]) for g in data["groups"]), default=5))
     for h in GROUP_HEADERS:
         # numbers never wrap mid-value; on a narrow terminal the label and error columns fold instead
-        table.add_column(h, justify="right" if h in ("ok", "failed", "pending", "tokens", "tok/s", "wall") else "left",
+        table.add_column(h, justify="right" if h in ("ok", "failed", "pending", "tokens", "tok/s", "wall", "GPU-h")
+                         else "left",
                          no_wrap=h not in ("group", "errors"), overflow="fold",
                          min_width=label_width if h == "group" else None)
     for g in data["groups"]:
@@ -187,7 +190,7 @@ def render_csv(data: dict[str, Any], comparison: dict[str, Any] | None) -> str:
     w = csv.writer(buf, lineterminator="\n")
     stat_cols = ("final_val", "best_val", "tokens_seen", "tok_per_s", "elapsed_s")
     header = ["group", "variant", "runs", "ok", "failed", "pending", "seeds"]
-    header += [f"{c}_{s}" for c in stat_cols for s in ("mean", "std", "n")] + ["error_classes"]
+    header += [f"{c}_{s}" for c in stat_cols for s in ("mean", "std", "n")] + ["gpu_hours", "error_classes"]
     if comparison is not None:
         header += ["baseline", "delta_final_val", "se_final_val", "beyond_noise"]
     w.writerow(header)
@@ -195,6 +198,7 @@ def render_csv(data: dict[str, Any], comparison: dict[str, Any] | None) -> str:
         row: list[Any] = [g["label"], g["variant"] or "", len(g["run_ids"]), g["ok"], g["failed"], g["pending"],
                           " ".join(map(str, g["seeds"]))]
         row += [_csv(g[c][s]) for c in stat_cols for s in ("mean", "std", "n")]
+        row.append(_csv(g.get("gpu_hours")))
         row.append(" ".join(f"{k}={v}" for k, v in sorted(g["error_classes"].items())))
         if comparison is not None:
             f = by_label.get(g["label"], {}).get("final") or {}
