@@ -6,6 +6,7 @@ GPUs are the stand-in nvidia-smi; the trainers are real tiny CPU runs.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -13,10 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from cli import run_cli
 from sweep_helpers import Workspace, gpu_row, panes, wait_until
-from sweepctl import runs, slots
+from sweepctl import runs, slots, status
 from sweepctl.slots import GpuGate
 from sweepctl.tmux import Tmux
 
@@ -68,6 +70,55 @@ def test_two_runs_per_gpu_on_two_gpus_start_four_slots_sharing_each_gpu(
     plan = json.loads((ws.out_root / ".sweeps" / "packed" / "plan.json").read_text())
     assert (plan["runs_per_gpu"], plan["shard_count"], plan["schedule"]) == (2, 4, "dynamic")
     assert [s["devices"] for s in plan["shards"]] == [[0], [0], [1], [1]]
+
+    def ended() -> bool:
+        return all(not s.alive for s in Tmux(tmux_socket).sessions())
+
+    wait_for(ended, "every slot's runner to end")
+    model = status.collect(ws.out_root, with_gpus=False)
+    assert model["slots"] == [{"devices": "0", "sessions": ["sweep-0", "sweep-1"], "alive": []},
+                              {"devices": "1", "sessions": ["sweep-2", "sweep-3"], "alive": []}]
+    buf = io.StringIO()
+    Console(file=buf, width=300).print(status.render(model))
+    text = buf.getvalue()
+    assert "slots: GPU 0: sweep-0, sweep-1 (0 of 2 alive); GPU 1: sweep-2, sweep-3 (0 of 2 alive)" in text
+    used = model["eta"]["gpu_hours_used"]
+    assert f"sweep: 4 done, 0 running, 0 left; GPU-hours {used:,.2f} used, 0.00 left\n" in text
+    # each packed run counts half its wall time: two runs shared each GPU
+    elapsed = sum(d["elapsed_s"] for d in done.values())
+    assert used == pytest.approx(elapsed / 2 / 3600, abs=1e-4)
+
+
+def test_a_two_gpu_row_never_shares_its_gpus_with_a_packed_run(
+        workspace: Workspace, tmux_socket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from sweep_helpers import TINY
+
+    ws = workspace
+    ws.gpus.set(2)
+    csv = ws.root / "mixed.csv"
+    ddp = TINY.replace("gradient_accumulation_steps=1", "gradient_accumulation_steps=2")
+    csv.write_text("run_id,config,seed,overrides,notes,gpus\n"
+                   f'one-a,base,1,"{TINY}",,1\n'
+                   f'pair,base,1,"{ddp} n_layer=2",,2\n'  # the costliest row: claimed first
+                   f'one-b,base,2,"{TINY}",,1\n'
+                   f'one-c,base,3,"{TINY}",,1\n')
+    r = run_cli(capsys, "launch", str(csv), "--shards", "1", "--gpus-per-shard", "2", "--runs-per-gpu", "2")
+    assert r.code == 0, r.err
+    ids = ["one-a", "pair", "one-b", "one-c"]
+    done = wait_for(lambda: summaries(ws, ids), "all four rows")
+    assert all(s["ok"] for s in done.values()), done
+
+    def ended() -> dict[str, dict] | None:  # the runner notes the end just after the trainer's summary
+        owners = {i: runs.read_json(ws.run_dir(i) / runs.OWNER) or {} for i in ids}
+        return owners if all("ended" in o for o in owners.values()) else None
+
+    spans = {i: (o["started"], o["ended"]) for i, o in wait_for(ended, "every attempt's end").items()}
+    p0, p1 = spans["pair"]
+    for other in ("one-a", "one-b", "one-c"):
+        o0, o1 = spans[other]
+        assert o1 <= p0 or o0 >= p1, f"{other} ran beside the two-GPU row: {spans}"
+    meta = json.loads((ws.run_dir("pair") / runs.METADATA).read_text())
+    assert meta["slot"]["alone"] is True and meta["cuda_visible_devices"] == "0,1"
 
 
 def test_static_schedule_with_slots_is_refused_with_the_fix(
