@@ -86,7 +86,10 @@ def test_six_rows_over_two_shards_complete_and_a_relaunch_skips_them(
     r = run_cli(capsys, "status", "--json")
     assert r.code == 0, r.err
     model = json.loads(r.out)
-    assert set(model) == {"out_root", "sweep", "counts", "runs", "gpus", "sessions", "disks"}
+    assert set(model) == {"out_root", "sweep", "counts", "runs", "gpus", "sessions", "disks", "slots", "eta"}
+    assert model["slots"] == [{"devices": "0", "sessions": ["sweep-0"], "alive": []},
+                              {"devices": "1", "sessions": ["sweep-1"], "alive": []}]
+    assert (model["eta"]["runs_done"], model["eta"]["runs_left"], model["eta"]["gpu_hours_left"]) == (6, 0, 0.0)
     assert [set(d) for d in model["disks"]] == [{"free_bytes", "total_bytes"}]
     assert 0 < model["disks"][0]["free_bytes"] <= model["disks"][0]["total_bytes"]
     assert model["counts"] == {"pending": 0, "running": 0, "ok": 6, "failed": 0, "stale": 0}

@@ -59,7 +59,9 @@ def plan(
     p = make_plan(sweep, shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,  # type: ignore[arg-type]
                   out_root=settings.out_root, data_dir=settings.data_dir)
     if as_json:
-        typer.echo(json.dumps(p.model_dump(mode="json", exclude={"gpus_per_shard"}), indent=2))
+        # the launch-time fields (slots, compile cache) are launch's to set: not part of `plan --json`
+        typer.echo(json.dumps(p.model_dump(mode="json", exclude={"gpus_per_shard", "runs_per_gpu", "compile_cache"}),
+                              indent=2))
         return
     for w in sweep.warnings:
         err_console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True)
