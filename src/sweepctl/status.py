@@ -70,7 +70,10 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
     }
     if plan is not None:
         model["slots"] = slots_per_gpu(plan, found)
-        live = sum(len(g["alive"]) for g in model["slots"]) if with_sessions else plan.shard_count
+        # a Ray driver or a Slurm array runs rows outside the sweep-<i> sessions: at least the rows
+        # running now are running in parallel
+        live = max(sum(len(g["alive"]) for g in model["slots"]), counts["running"]) if with_sessions \
+            else plan.shard_count
         from sweepctl.eta import estimate
 
         model["eta"] = estimate(plan, views, now=now, slots=live, price=gpu_hour_price)
