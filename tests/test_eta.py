@@ -140,3 +140,29 @@ def test_report_gives_gpu_hours_per_run_and_per_group(sweep: tuple[Path, object]
     rows = [line.split(",") for line in r.out.splitlines()]
     col = rows[0].index("gpu_hours")
     assert {row[0]: row[col] for row in rows[1:]} == {"a": repr(groups["a"]), "b": "0.0"}
+
+
+def test_a_running_packed_run_counts_its_progress_its_share_and_its_slot(tmp_path: Path) -> None:
+    from sweepctl.eta import estimate
+    from sweepctl.runs import RunView
+
+    csv = tmp_path / "p.csv"
+    csv.write_text("run_id,config,seed,overrides,notes\n" + "".join(f'r{i},base,{i},"{TINY}",\n' for i in range(3)))
+    plan = make_plan(read_sweep(csv), shards=1, schedule="dynamic", out_root=tmp_path / "out", runs_per_gpu=2)
+    now = 1000.0
+    slot = {"slot": 1, "runs_per_gpu": 2, "alone": False}
+    views = {  # 128 tokens per step (batch 4 x block 32); both attempts trained 256 tok/s of wall time
+        "r0": RunView("r0", tmp_path, "ok", summary={"ok": True, "iter_num": 20, "elapsed_s": 10.0},
+                      owner={"started": now - 20, "ended": now - 10, "slot": slot}),
+        "r1": RunView("r1", tmp_path, "running", heartbeat={"iter": 10},
+                      owner={"started": now - 5.0, "slot": slot, "resume": False}),
+        "r2": RunView("r2", tmp_path, "pending"),
+    }
+    e = estimate(plan, views, now=now, slots=2, price=None)
+    assert e == {"runs_done": 1, "runs_running": 1, "runs_left": 1, "slots": 2,
+                 "gpu_hours_used": round((10.0 + 5.0) / 2 / 3600, 4),  # each held half its GPU
+                 "gpu_hours_left": round((5.0 + 10.0) / 2 / 3600, 4),  # r1: 10 steps left, r2: all 20
+                 "eta_s": 10.0,  # r2 starts now on the free slot while r1 ends at 5 s
+                 "basis": {SHAPE_A: "observed 256 tok/s per run"}, "not_estimated": 0, "gpu_hour_price": None,
+                 "cost_used": None, "cost_left": None}
+    assert estimate(plan, views, now=now, slots=0)["eta_s"] is None  # no live slot, no ETA
