@@ -11,7 +11,9 @@ run's metrics.jsonl: the window between the last first row and the first last ro
 and compile time do not blur it; "summed" is the K runs' tok/s added up, "vs K=1" is that over
 one run alone, and "x" is the time each neighbour adds to a run (the `--extra` of
 bench/schedule_makespan.py). Peak memory is the trainer's own figure (CUDA max allocated; on the
-CPU the process's peak RSS, which says nothing about a GPU).
+CPU the process's peak RSS, which says nothing about a GPU). "max |dloss|" compares the loss curve
+of the seed-0 run of each K with the seed-0 run alone, step by step: packing must not change a
+run's numbers (0 on the CPU; within bf16 noise on a GPU).
 
 With --compile, a last table: the same preset run twice in a row with torch.compile and one
 fresh TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR (what `launch` gives every run of a sweep): the
@@ -107,7 +109,8 @@ def run_k(preset: str, k: int, work: Path, data: Path, args: argparse.Namespace)
         raise SystemExit(f"{preset} K={k}: a trainer failed ({'; '.join(bad)}); see {work}/*.log")
     tpi = summaries[0]["tokens_per_iter"]
     measured = overlap_rates(runs, tpi)
-    return {"preset": preset, "k": k, "rates": measured[0] if measured else None,
+    losses = {row["iter"]: row["loss"] for row in train_rows(runs[0])}
+    return {"preset": preset, "k": k, "rates": measured[0] if measured else None, "losses": losses,
             "window_s": measured[1] if measured else None,
             "peak_mib": max(s["peak_mem_mb"] or 0.0 for s in summaries),
             "config": json.loads((runs[0] / "config_effective.json").read_text()),
@@ -155,15 +158,19 @@ def main() -> int:
     print(f"device {args.device}, {size}, {args.iters} steps, OMP_NUM_THREADS={args.threads} per trainer, "
           f"compile {'on' if args.compile else 'off'}")
     header = (f"{'preset':<8} {'K':>2}  {'tok/s per run':>13}  {'summed tok/s':>12}  {'vs K=1':>6}  {'x':>5}  "
-              f"{'window s':>8}  {'peak MiB':>8}")
+              f"{'window s':>8}  {'peak MiB':>8}  {'max |dloss|':>11}")
     print(header)
     print("-" * len(header))
     results = []
     for preset in args.presets:
         alone = None
+        curve = None
         for k in args.k:
             r = run_k(preset, k, work, data, args)
             results.append(r)
+            curve = curve or r["losses"]
+            shared = set(curve) & set(r["losses"])
+            dloss = f"{max(abs(curve[i] - r['losses'][i]) for i in shared):.2e}" if shared else "-"
             if r["rates"] is None:
                 print(f"{preset:<8} {k:>2}  {'runs did not overlap; raise --iters':>13}  peak {r['peak_mib']:.0f} MiB")
                 continue
@@ -173,7 +180,7 @@ def main() -> int:
             gain = summed / alone if alone else float("nan")
             extra = f"{(k / gain - 1) / (k - 1):.2f}" if k > 1 and alone else "-"
             print(f"{preset:<8} {k:>2}  {summed / k:>13,.0f}  {summed:>12,.0f}  {gain:>5.2f}x  {extra:>5}  "
-                  f"{r['window_s']:>8.1f}  {r['peak_mib']:>8.0f}")
+                  f"{r['window_s']:>8.1f}  {r['peak_mib']:>8.0f}  {dloss:>11}")
     if args.compile:
         print()
         print("torch.compile, two runs in a row sharing one fresh cache")
