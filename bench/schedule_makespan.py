@@ -19,6 +19,16 @@ with `sweepctl.runner.claimed_rows` (the O_CREAT|O_EXCL claim files the shard ru
 order or in `sweepctl.plan.longest_first` order, and sleep length x unit seconds per row as a
 stand-in trainer; makespan is wall time / unit. Without it, the same policies are simulated
 exactly. Either way the table shows makespan next to the lower bound max(longest run, total / N).
+
+Slots (`launch --runs-per-gpu K`): `--runs-per-gpu 1 2 4` adds a second table, the same sweep on N
+GPUs with K LPT slots each. A packed run is slower than a run alone: each neighbour adds `x` of its
+time alone, so it takes length x (1 + (K-1) x); `x` is per preset (`--extra 6l=X 48l=X`; 1.0 means
+packing gains nothing, 0 means the neighbours are free). No GPU figure is built in: by default the
+table spans x = 0.25, 0.5, 1.0; plug in a measurement from bench/packing.py
+(x = (K x tok/s alone / summed tok/s of K - 1) / (K - 1)).
+
+    python bench/schedule_makespan.py --runs-per-gpu 1 2 4 --workers 8
+    python bench/schedule_makespan.py --runs-per-gpu 1 2 4 --workers 8 --extra 6l=0.3 48l=0.7
 """
 
 from __future__ import annotations
@@ -118,6 +128,40 @@ def measure(schedule: str, lengths: list[float], workers: int, unit: float) -> f
         return (time.perf_counter() - t0) / unit
 
 
+def packed_lengths(lengths: list[float], k: int, extra: dict[str, float]) -> list[float]:
+    """Each row's length when it shares its GPU with K-1 others for its whole life (the busy middle of
+    a sweep; at the tail a run may end up alone, so this errs long)."""
+    return [length * (1 + (k - 1) * extra["48l" if length == LONG else "6l"]) for length in lengths]
+
+
+def slots_table(lengths: list[float], gpus: list[int], ks: list[int], extras: list[dict[str, float]]) -> None:
+    """Makespan of the LPT schedule on N GPUs x K slots, and the GPU-hours (in units) it holds the GPUs."""
+    print()
+    print("slots: N GPUs x K runs per GPU, LPT claims; a packed run takes length x (1 + (K-1) x)")
+    header = (f"{'GPUs':>4}  {'K':>2}  {'x 6l':>5}  {'x 48l':>5}  {'makespan':>8}  {'vs K=1':>6}  "
+              f"{'GPU-units':>9}")
+    print(header)
+    print("-" * len(header))
+    order = lpt_order(lengths)
+    for n in gpus:
+        alone = simulate_dynamic(lengths, n, order)
+        for extra in extras:
+            for k in ks:
+                span = simulate_dynamic(packed_lengths(lengths, k, extra), n * k, order)
+                print(f"{n:>4}  {k:>2}  {extra['6l']:>5.2f}  {extra['48l']:>5.2f}  {span:>8.2f}  "
+                      f"{alone / span:>5.2f}x  {span * n:>9.2f}")
+
+
+def _extra(words: list[str] | None) -> list[dict[str, float]]:
+    if not words:
+        return [{"6l": x, "48l": x} for x in (0.25, 0.5, 1.0)]
+    given = dict(w.split("=", 1) for w in words)
+    unknown = set(given) - {"6l", "48l"}
+    if unknown:
+        raise SystemExit(f"--extra takes 6l=X and 48l=X, got {', '.join(sorted(unknown))}")
+    return [{"6l": float(given.get("6l", 1.0)), "48l": float(given.get("48l", 1.0))}]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="worker counts (shards)")
@@ -126,6 +170,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="for --order shuffled")
     ap.add_argument("--real", action="store_true", help="run worker processes with the runner's claim code")
     ap.add_argument("--unit", type=float, default=0.02, help="seconds per unit with --real")
+    ap.add_argument("--runs-per-gpu", type=int, nargs="+", metavar="K",
+                    help="also simulate K slots per GPU (e.g. 1 2 4) on each --workers count of GPUs")
+    ap.add_argument("--extra", nargs="+", metavar="PRESET=X",
+                    help="time a packed run's neighbour adds, as a fraction of its time alone: 6l=X 48l=X "
+                         "(default: a table over X = 0.25, 0.5, 1.0)")
     args = ap.parse_args()
 
     lengths = reference_sweep(args.order, args.seed)
@@ -144,6 +193,8 @@ def main() -> None:
             spans = [simulate_static(lengths, n), simulate_dynamic(lengths, n),
                      simulate_dynamic(lengths, n, lpt_order(lengths))]
         print(f"{n:>7}  {bound:>11.2f}" + "".join(f"  {m:>8.2f}  {m / bound:>6.2f}" for m in spans))
+    if args.runs_per_gpu:
+        slots_table(lengths, args.workers, args.runs_per_gpu, _extra(args.extra))
 
 
 if __name__ == "__main__":

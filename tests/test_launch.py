@@ -86,10 +86,12 @@ def test_six_rows_over_two_shards_complete_and_a_relaunch_skips_them(
     r = run_cli(capsys, "status", "--json")
     assert r.code == 0, r.err
     model = json.loads(r.out)
-    assert set(model) == {"out_root", "sweep", "counts", "runs", "gpus", "sessions", "disks", "retry_command"}
+    assert set(model) == {"out_root", "sweep", "counts", "runs", "gpus", "sessions", "disks", "retry_command", "slots", "eta"}
     assert model["retry_command"] == f"sweepctl launch {csv} --out-root {ws.out_root} --retry-failed"
     assert [set(d) for d in model["disks"]] == [{"free_bytes", "total_bytes", "volume", "read_only", "full"}]
     assert (model["disks"][0]["read_only"], model["disks"][0]["full"]) == (False, False)
+    assert model["slots"] == [{"devices": "0", "sessions": ["sweep-0"], "alive": []},
+                              {"devices": "1", "sessions": ["sweep-1"], "alive": []}]
     assert 0 < model["disks"][0]["free_bytes"] <= model["disks"][0]["total_bytes"]
     assert model["counts"] == {"pending": 0, "running": 0, "ok": 6, "failed": 0, "stale": 0, "cancelled": 0}
     assert [set(run) for run in model["runs"]] == [set(status.RUN_KEYS)] * 6

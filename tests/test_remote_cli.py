@@ -390,9 +390,13 @@ def test_launch_status_logs_rerun_pull_report_over_ssh(
     assert "copied 2 file(s)" in r.out and (dest / "row0" / runs.CHECKPOINT).exists()
     local = run_cli(capsys, "status", "--out-root", str(dest), "--json")  # the pulled copy reads as a sweep
     assert json.loads(local.out)["counts"]["ok"] == 2
+    cache = pod.out_root / ".cache" / "torch-compile"
+    assert (cache / "triton").is_dir()  # the runner made the sweep's compile cache next to the outputs
+    (cache / "kernel.so").write_bytes(b"compiled for the pod's GPU")
     r = run_cli(capsys, "pull", "--host", "pod", "--to", str(ws.root / "everything"), "--all")
     assert r.code == 0 and "pod: every run: copied" in r.out
     assert (ws.root / "everything" / ".sweeps" / "sweep" / "upload" / "configs" / "tiny.py").exists()
+    assert not (ws.root / "everything" / ".cache").exists()  # --all leaves the pod's compile cache there
 
     r = run_cli(capsys, "report", "--host", "pod", "--format", "csv")
     assert r.code == 0, r.err

@@ -378,6 +378,8 @@ def merge_status(answers: list[HostAnswer], *, host_column: bool = True) -> dict
             sweeps.append(m["sweep"])
         roots.append(f"{a.host}:{m.get('out_root')}" if host_column else str(m.get("out_root")))
     merged["counts"] = counts
+    if not host_column and len(answers) == 1 and answers[0].model:  # one pod: its slots and ETA as they are
+        merged.update({k: answers[0].model[k] for k in ("slots", "eta") if k in answers[0].model})
     merged["sweep"] = ", ".join(sweeps) or None
     merged["out_root"] = ", ".join(roots) or "(no host answered)"
     return merged

@@ -30,7 +30,7 @@ from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import GpuQuery, query_gpus
 from sweepctl.plan import Plan, Schedule, cuda_visible_devices, make_plan, merge_plans
 from sweepctl.runner import DEFAULT_STALL_AFTER_S, PLAN_FILE
-from sweepctl.settings import Settings
+from sweepctl.settings import Settings, compile_cache_dir
 from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep, sweep_name_of
 from sweepctl.tmux import Tmux, attach_command, shard_session, tmux_version
 
@@ -54,6 +54,7 @@ class LaunchOptions:
     stall_after_s: float | None = DEFAULT_STALL_AFTER_S
     run_timeout_s: float | None = None
     include_cancelled: bool = False  # run rows `sweepctl cancel` withdrew (their markers are moved aside)
+    runs_per_gpu: int = 1  # slots per GPU group (sessions = shards x runs_per_gpu); > 1 needs the dynamic schedule
     # Set only by the laptop's `launch --host` (hidden `--placed-on`): this pod's name in the sweep's
     # multi-pod layout, and that the laptop placed these rows against every pod's record.
     placed_on: str | None = None
@@ -148,7 +149,8 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
     copies = _config_copies(sweep, sweep_dir)
     plan = make_plan(sweep, shards=options.shards, schedule=options.schedule,
                      gpus_per_shard=options.gpus_per_shard, out_root=out_root, data_dir=data_dir,
-                     no_wandb=options.no_wandb, config_refs={src: str(dst) for src, dst in copies.items()})
+                     no_wandb=options.no_wandb, config_refs={src: str(dst) for src, dst in copies.items()},
+                     runs_per_gpu=options.runs_per_gpu, compile_cache=compile_cache_dir(settings, out_root))
     joining = None
     if (live := live_runners(sweep_dir)) and (sweep_dir / PLAN_FILE).exists():
         joining = join_live_queue(sweep_dir, plan, live, out_root, csv_path, options)
@@ -164,7 +166,8 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
     elif plan.schedule == "static":
         shards = [s.index for s in plan.shards if todo.intersection(s.run_ids)]
     else:
-        shards = list(range(min(plan.shard_count, len(todo))))
+        # slot 0 of every GPU first: fewer rows than slots spread over the GPUs before they pack
+        shards = sorted(range(plan.shard_count), key=lambda i: plan.slot(i)[::-1])[:len(todo)]
     return LaunchPreview(sweep=sweep, plan=plan, options=options, settings=settings, out_root=out_root,
                          sweep_dir=sweep_dir, config_copies=copies, gpus=gpus, checks=checks, rows=rows,
                          shards_to_start=shards, refusals=refusals, pod=pod, joining=joining)
@@ -294,6 +297,8 @@ def preflight(plan: Plan, gpus: GpuQuery, out_root: Path) -> list[Check]:
                             hint="lower --shards / --gpus-per-shard, or set device='cpu' in the rows"))
     else:
         checks.append(Check("GPUs", True, f"{seen}; shards use {', '.join(map(str, needed))}"))
+    if plan.runs_per_gpu > 1:
+        checks.append(_slots_check(plan, gpus))
     for data_dir in sorted({str(r.config.get("data_dir")) for r in plan.runs}):
         checks.append(_data_check(Path(data_dir)))
     checks.append(_out_root_check(out_root))
@@ -301,6 +306,28 @@ def preflight(plan: Plan, gpus: GpuQuery, out_root: Path) -> list[Check]:
     checks.append(Check("tmux", version is not None, version or "tmux not found on PATH",
                         hint="" if version else "install tmux (apt-get install tmux)"))
     return checks
+
+
+def _slots_check(plan: Plan, gpus: GpuQuery) -> Check:
+    """K runs per GPU fit in the smallest GPU used, when the rows' peak memory was measured."""
+    from sweepctl.slots import fit_problem, load_estimates
+
+    k = plan.runs_per_gpu
+    what = f"{k} runs per GPU"
+    used = {d for s in plan.shards for d in s.devices}
+    totals = [g.memory_total_mib for g in gpus.gpus if g.index in used and g.memory_total_mib]
+    packed = [r.config for r in plan.runs if r.gpus == 1 and r.config.get("device") != "cpu"]
+    if not packed:
+        return Check(what, True, "no single-GPU GPU rows to pack")
+    gpu_mib, estimates = (min(totals) if totals else None), load_estimates()
+    problem, known = fit_problem(packed, k, gpu_mib, estimates)
+    if problem:
+        fits = [j for j in range(k - 1, 0, -1) if fit_problem(packed, j, gpu_mib, estimates)[0] is None]
+        return Check(what, False, f"would not fit: {problem} (peak memory measured by bench/packing.py)",
+                     hint=f"relaunch with --runs-per-gpu {fits[0] if fits else 1}")
+    if "no measured" in known or "unknown" in known:
+        known += "; not checked (a run that runs out of memory is retried alone)"
+    return Check(what, True, known)
 
 
 def _data_check(data_dir: Path) -> Check:

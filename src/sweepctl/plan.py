@@ -7,6 +7,11 @@ when run lengths differ; the plan then fixes only the devices. Rows are claimed 
 `priority` column (higher first), then longest first (`claim_order`: estimated training FLOPs,
 descending, ties in row order), so the long runs do not start last and leave the other GPUs idle at
 the end.
+
+Slots (`runs_per_gpu` K > 1): each GPU group of `gpus_per_shard` devices gets K shards, and
+shard i runs on group i // K as its slot i % K — K runners share the group's
+CUDA_VISIBLE_DEVICES. Slots always claim (dynamic schedule): a static split cannot balance K
+runs that slow each other down.
 """
 
 from __future__ import annotations
@@ -50,6 +55,13 @@ class Plan(BaseModel):
     gpus_per_shard: int
     shards: list[ShardPlan]
     runs: list[PlannedRun]
+    runs_per_gpu: int = 1  # slots per GPU group; shard i is slot i % K of group i // K
+    # TORCHINDUCTOR_CACHE_DIR (Triton's cache under it) the runners give every trainer; None: torch's own
+    compile_cache: str | None = None
+
+    def slot(self, shard: int) -> tuple[int, int]:
+        """(GPU group, slot within it) of a shard."""
+        return shard // self.runs_per_gpu, shard % self.runs_per_gpu
 
     def run(self, run_id: str) -> PlannedRun:
         for r in self.runs:
@@ -96,8 +108,10 @@ def trainer_argv(run: RunSpec, extra: dict[str, Any], config_ref: str | None = N
 def make_plan(sweep: Sweep, *, shards: int, schedule: Schedule = "static", gpus_per_shard: int = 1,
               out_root: str | Path, data_dir: str | Path | None = None, no_wandb: bool = False,
               wandb_project: str | None = None, wandb_group: str | None = None,
-              config_refs: dict[Path, str] | None = None) -> Plan:
-    """config_refs maps a config file to the path the trainer should read (a manifest copy)."""
+              config_refs: dict[Path, str] | None = None, runs_per_gpu: int = 1,
+              compile_cache: str | Path | None = None) -> Plan:
+    """config_refs maps a config file to the path the trainer should read (a manifest copy).
+    `shards` counts GPU groups; with runs_per_gpu K the plan has shards x K slots (sessions)."""
     problems = []
     if shards < 1:
         problems.append(f"{sweep.csv_path}:1: --shards must be at least 1 (got {shards})")
@@ -107,10 +121,16 @@ def make_plan(sweep: Sweep, *, shards: int, schedule: Schedule = "static", gpus_
         if r.gpus > gpus_per_shard:
             problems.append(f"{sweep.csv_path}:{r.line}: {r.run_id!r} asks for {r.gpus} GPUs but each shard has "
                             f"{gpus_per_shard}; use --gpus-per-shard {r.gpus}")
+    if runs_per_gpu < 1:
+        problems.append(f"{sweep.csv_path}:1: --runs-per-gpu must be at least 1 (got {runs_per_gpu})")
+    elif runs_per_gpu > 1 and schedule != "dynamic":
+        problems.append(f"{sweep.csv_path}:1: --runs-per-gpu {runs_per_gpu} needs the dynamic schedule (slots claim "
+                        "rows); drop --schedule static or pass --schedule dynamic")
     if problems:
         raise SpecError(problems)
-    shard_plans = [ShardPlan(index=i, devices=list(range(i * gpus_per_shard, (i + 1) * gpus_per_shard)),
-                             run_ids=[]) for i in range(shards)]
+    k = runs_per_gpu
+    shard_plans = [ShardPlan(index=i, devices=list(range((i // k) * gpus_per_shard, (i // k + 1) * gpus_per_shard)),
+                             run_ids=[]) for i in range(shards * k)]
     runs = []
     for r in sweep.runs:
         shard = r.row_index % shards if schedule == "static" else None
@@ -124,8 +144,9 @@ def make_plan(sweep: Sweep, *, shards: int, schedule: Schedule = "static", gpus_
             config=config.model_dump(mode="json"), argv=trainer_argv(r, extra, ref))))
         if shard is not None:
             shard_plans[shard].run_ids.append(r.run_id)
-    return Plan(sweep=sweep.name, shard_count=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,
-                shards=shard_plans, runs=runs)
+    return Plan(sweep=sweep.name, shard_count=shards * k, schedule=schedule, gpus_per_shard=gpus_per_shard,
+                shards=shard_plans, runs=runs, runs_per_gpu=k,
+                compile_cache=str(compile_cache) if compile_cache is not None else None)
 
 
 def cuda_visible_devices(plan: Plan, shard: int) -> str:

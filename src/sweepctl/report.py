@@ -34,6 +34,7 @@ from typing import Any
 
 from sweepctl import runs, ttest
 from sweepctl.errors import SweepctlError
+from sweepctl.eta import attempt_gpu_hours
 from sweepctl.train.config import FIELD_NAMES
 
 REPORT_SCHEMA = "sweepctl.report/2"
@@ -264,6 +265,8 @@ def read_run(directory: Path, *, planned_config: dict[str, Any] | None = None, s
         "tokens_per_iter": tpi,
         "tok_per_s": _num(summary.get("tok_per_s")),
         "elapsed_s": _num(summary.get("elapsed_s", summary.get("elapsed"))),
+        # its last attempt's wall time x GPUs, shared by the runs packed beside it (sweepctl.eta)
+        "gpu_hours": attempt_gpu_hours(view.summary, view.owner, gpus=int(summary.get("world_size") or 1)),
         "iter_num": summary.get("iter_num"),
         "max_iters": summary.get("max_iters") or (config or {}).get("max_iters"),
         "bad_metric_lines": bad_lines,
@@ -404,6 +407,7 @@ def _group(label: str, members: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens_seen": stats([m["tokens_seen"] for m in ok]),
         "tok_per_s": stats([m["tok_per_s"] for m in ok]),
         "elapsed_s": stats([m["elapsed_s"] for m in ok]),
+        "gpu_hours": sum(m.get("gpu_hours") or 0.0 for m in members),  # every run's, failed ones too
         "error_classes": dict(Counter(m["error_class"] or "unknown" for m in failed)),
         "has_gain": any(m["series"]["gain"] for m in members),
         "diag": _group_diag(ok),

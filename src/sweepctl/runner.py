@@ -19,6 +19,11 @@ an argument), finishing it, a full or read-only volume — ends that row with an
 on. Only a volume where not even that summary can be written stops the shard, with the reason in
 the pane and the shard log (when they can still be written).
 
+Slots (`runs_per_gpu` K > 1): K runners share a GPU group; each row holds the group's gate
+(`sweepctl.slots.GpuGate`) shared, a row with `gpus > 1` holds it alone, and a packed run that
+ends with error_class `oom` is retried once alone (its summary says `retried_alone`).
+Every trainer gets the sweep's compile cache (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR).
+
 This is the only module that starts the trainer as a subprocess.
 """
 
@@ -34,12 +39,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from sweepctl import notify, runs
 from sweepctl.plan import Plan, PlannedRun, claim_order
+from sweepctl.slots import GpuGate
 from sweepctl.train.rundir import disk_error_text, is_disk_error
 
 OnFailed = Literal["skip", "retry"]
@@ -121,6 +128,14 @@ def trainer_command(argv: list[str], *, gpus: int, resume: bool) -> list[str]:
         # `python -m torch.distributed.run` is torchrun without relying on PATH.
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *rest]
     return [sys.executable, *rest]
+
+
+def compile_cache_env(cache: str | None) -> dict[str, str]:
+    """The trainer's torch.compile caches: Inductor's, and Triton's beside it (Inductor would put
+    Triton's under /tmp otherwise, which a replaced pod loses)."""
+    if not cache:
+        return {}
+    return {"TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": str(Path(cache) / "triton")}
 
 
 def devices_for(devices: str, gpus: int) -> str:
@@ -437,10 +452,19 @@ class ShardRunner:
             return Outcome(planned.run_id, "skipped", why)
         attempt = int((view.owner or {}).get("attempt") or 0) + 1
         tries = 0
+        first_error: str | None = None  # set when a packed run's oom is being retried alone
         while True:
-            self._prepare(directory, action)
-            self.say(f"{planned.run_id}: attempt {attempt}, {action} ({why})")
-            result = self._attempt(planned, directory, lock, attempt=attempt, resume=action == "resume")
+            alone = planned.gpus > 1 or first_error is not None
+            with self._gpu_gate(planned.run_id, alone=alone) as held:
+                if not held:
+                    self.say(f"{planned.run_id}: stopped while waiting for the GPU")
+                    return Outcome(planned.run_id, "interrupted", "stopped before it started")
+                self._prepare(directory, action)
+                self.say(f"{planned.run_id}: attempt {attempt}, {action} ({why})")
+                result = self._attempt(planned, directory, lock, attempt=attempt, resume=action == "resume",
+                                       alone=alone)
+            if first_error is not None:
+                _note_retried_alone(directory, first_error)
             summary = runs.read_json(directory / runs.SUMMARY) or {}
             if result == "ok":
                 self.say(f"{planned.run_id}: ok (iter {summary.get('iter_num')}, "
@@ -455,12 +479,34 @@ class ShardRunner:
                 self.say(f"{planned.run_id}: interrupted")
                 return Outcome(planned.run_id, "interrupted", detail)
             self.say(f"{planned.run_id}: failed ({detail})")
+            if error_class == "oom" and self._packed() and not alone:
+                # beside K-1 other runs it ran out of memory: once more with the GPU to itself,
+                # outside --max-retries (the row did nothing wrong)
+                first_error = detail
+                attempt += 1
+                view = runs.read_run(directory, stale_after_s=self.o.stale_after_s, probe_lock=False)
+                action, why = self._resume_or_restart(view, "out of memory beside other runs; retrying alone")
+                continue
             if tries >= self.o.max_retries:
                 return Outcome(planned.run_id, "failed", detail)
             tries += 1
             attempt += 1
             view = runs.read_run(directory, stale_after_s=self.o.stale_after_s, probe_lock=False)
             action, why = self._resume_or_restart(view, f"retry {tries} of {self.o.max_retries}")
+
+    def _packed(self) -> bool:
+        """This runner is one of K > 1 slots on its GPUs (a rerun runs outside the slots)."""
+        return self.plan.runs_per_gpu > 1 and self.o.shard is not None and self.o.only is None
+
+    def _gpu_gate(self, run_id: str, *, alone: bool) -> AbstractContextManager[bool]:
+        if not self._packed():
+            return contextlib.nullcontext(True)
+        group = self.o.devices.replace(",", "-") or "none"
+        if alone:
+            self.say(f"{run_id}: runs alone on CUDA_VISIBLE_DEVICES={self.o.devices}; waiting for the other "
+                     "slots' rows to end")
+        return GpuGate(self.o.sweep_dir / "slots", group).hold(alone=alone,
+                                                               stopped=lambda: self.stop_signal is not None)
 
     def _prepare(self, directory: Path, action: str) -> None:
         """Move the previous attempt's files aside (never delete them) before a new attempt."""
@@ -471,20 +517,26 @@ class ShardRunner:
             self.say(f"{directory.name}: kept the previous attempt as {', '.join(p.name for p in moved)}")
 
     def _attempt(self, planned: PlannedRun, directory: Path, lock: runs.RunLock, *, attempt: int,
-                 resume: bool) -> str:
+                 resume: bool, alone: bool = True) -> str:
         """One trainer process, start to end. Returns ok | failed | interrupted | cancelled."""
         argv = trainer_command(planned.argv, gpus=planned.gpus, resume=resume)
         cvd = devices_for(self.o.devices, planned.gpus)
         context = {"sweep": {"name": self.plan.sweep, "row_index": planned.row_index, "shard_index": self.o.shard,
                              "shard_count": self.plan.shard_count, "schedule": self.plan.schedule},
                    "attempt": attempt}
+        if self._packed():
+            _, slot = self.plan.slot(self.o.shard or 0)
+            context["slot"] = {"slot": slot, "runs_per_gpu": self.plan.runs_per_gpu, "alone": alone}
+        cache_env = compile_cache_env(self.plan.compile_cache)
+        for d in cache_env.values():
+            Path(d).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": cvd, RUN_CONTEXT_ENV: json.dumps(context),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", **cache_env}
         started = time.time()
         owner = {"run_id": planned.run_id, "sweep": self.plan.sweep, "row_index": planned.row_index,
                  "shard": self.o.shard, "session": self.o.session, "host": runs.HOST, "runner_pid": os.getpid(),
                  "child_pid": None, "cuda_visible_devices": cvd, "attempt": attempt, "resume": resume,
-                 "started": started, "argv": argv}
+                 "started": started, "argv": argv, "slot": context.get("slot")}
         runs.write_json_atomic(directory / runs.OWNER, owner)
         log = open(directory / runs.STDOUT_LOG, "ab")  # noqa: SIM115 (closed after the tee thread ends)
         try:
@@ -671,6 +723,14 @@ def _volume_problem(directory: Path) -> str | None:
     if free < FULL_BYTES:
         return f"no space left on the volume holding {directory} ({free / 2**20:,.1f} MiB free)"
     return None
+
+
+def _note_retried_alone(directory: Path, first_error: str) -> None:
+    """The summary of a run retried alone says so, with the packed attempt's error."""
+    path = directory / runs.SUMMARY
+    summary = runs.read_json(path)
+    if summary is not None:
+        runs.write_json_atomic(path, {**summary, "retried_alone": True, "first_attempt_error": first_error})
 
 
 def _mtime(path: Path) -> float:

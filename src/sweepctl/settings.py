@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(120.0, gt=0, description="a heartbeat older than this means the run is dead")
     notify_url: SecretStr | None = Field(None, description="webhook (Slack, Discord) told of failed runs and the "
                                                            "sweep's end, by the pod; a secret")
+    runs_per_gpu: int = Field(1, ge=1, description="runs sharing one GPU (slots per GPU); > 1 claims rows (dynamic)")
+    compile_cache: str | None = Field(None, description="torch.compile's cache, shared by the sweep's runs; "
+                                                        "unset = <out_root>/.cache/torch-compile, 'off' = none")
+    gpu_hour_price: float | None = Field(None, ge=0, description="price of one GPU-hour, for status's cost line")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -91,6 +95,19 @@ class Settings(BaseSettings):
 def _file_sources(settings_cls: type[BaseSettings]) -> tuple[PydanticBaseSettingsSource, ...]:
     path = project_file()
     return (TomlConfigSettingsSource(settings_cls, toml_file=path),) if path else ()
+
+
+COMPILE_CACHE_DEFAULT = Path(".cache") / "torch-compile"  # under the out-root, on the pod's volume
+
+
+def compile_cache_dir(settings: Settings, out_root: Path) -> Path | None:
+    """TORCHINDUCTOR_CACHE_DIR for a sweep's trainers: on the volume next to the outputs, so the second
+    run of a preset, and every run after a pod is replaced, starts from a warm cache. None: 'off'."""
+    if settings.compile_cache == "off":
+        return None
+    if settings.compile_cache:
+        return Path(settings.compile_cache).expanduser().absolute()
+    return out_root / COMPILE_CACHE_DEFAULT
 
 
 def load_settings(**flags: Any) -> Settings:

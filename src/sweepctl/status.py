@@ -37,7 +37,8 @@ RUN_KEYS = ("run_id", "state", "shard", "iter", "max_iters", "train_loss", "val_
 
 def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 120.0,
             tmux_socket: str | None = None, state: str | None = None, with_gpus: bool = True,
-            with_sessions: bool = True, now: float | None = None) -> dict[str, Any]:
+            with_sessions: bool = True, now: float | None = None, gpu_hour_price: float | None = None
+            ) -> dict[str, Any]:
     """The whole status of `sweep` (default: the latest launched; none: every run directory)."""
     from sweepctl.launch import latest_sweep, load_manifest
 
@@ -52,9 +53,11 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
     else:
         entries = [(d.name, None, None) for d in runs.list_run_dirs(out_root)]
     rows = []
+    views: dict[str, runs.RunView] = {}
     root = os.fspath(out_root)
     for run_id, shard, max_iters in entries:
         view = runs.read_run(Path(root, run_id), stale_after_s=stale_after_s, now=now, run_id=run_id)
+        views[run_id] = view
         rows.append(run_row(view, shard=shard, max_iters=max_iters))
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in runs.STATES}
     if state is not None:
@@ -64,17 +67,38 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
     out_of_space = any(r["error_class"] == "disk" for r in rows)
     for d in disks:  # a run failed for lack of space and space is still short: the volume is full
         d["full"] = full_disk(d) or (out_of_space and not d["read_only"] and low_disk(d))
-    return {
+    found = sessions(tmux_socket, plan) if with_sessions else []
+    model = {
         "out_root": str(out_root),
         "sweep": name,
         "counts": counts,
         "runs": rows,
         "gpus": [g.to_json() for g in gpus.gpus] if gpus else [],
-        "sessions": sessions(tmux_socket, plan) if with_sessions else [],
+        "sessions": found,
         "disks": disks,
         "retry_command": f"sweepctl launch {launch['csv']} --out-root {out_root} --retry-failed"
                          if launch.get("csv") else None,
     }
+    if plan is not None:
+        model["slots"] = slots_per_gpu(plan, found)
+        # a Ray driver or a Slurm array runs rows outside the sweep-<i> sessions: at least the rows
+        # running now are running in parallel
+        live = max(sum(len(g["alive"]) for g in model["slots"]), counts["running"]) if with_sessions \
+            else plan.shard_count
+        from sweepctl.eta import estimate
+
+        model["eta"] = estimate(plan, views, now=now, slots=live, price=gpu_hour_price)
+    return model
+
+
+def slots_per_gpu(plan: Plan, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """[{devices, sessions, alive}]: the shard sessions (slots) of each GPU group and which are alive."""
+    alive = {s["name"] for s in found if s.get("alive")}
+    groups: dict[str, list[str]] = {}
+    for i in range(plan.shard_count):
+        groups.setdefault(cuda_visible_devices(plan, i), []).append(f"sweep-{i}")
+    return [{"devices": d, "sessions": names, "alive": [n for n in names if n in alive]}
+            for d, names in groups.items()]
 
 
 def disk_usage(out_root: Path) -> list[dict[str, Any]]:
@@ -321,6 +345,7 @@ def _footer(model: dict[str, Any], multi: bool) -> list[Any]:
                           f"({', '.join(disk_failed[:3])}{', ...' if len(disk_failed) > 3 else ''}); once there "
                           f"is space, they resume from their last checkpoint: {retry}", style="bold red"))
 
+    parts.extend(render_slots_and_eta(model))
     alive = [name(s) for s in model.get("sessions", []) if s.get("alive")]
     done = [name(s) for s in model.get("sessions", []) if not s.get("alive")]
     parts.append(Text(f"sessions running: {', '.join(alive) or 'none'}"
@@ -330,6 +355,37 @@ def _footer(model: dict[str, Any], multi: bool) -> list[Any]:
             shown = (f" (showing its answer from {duration(h['age_s'])} ago)"
                      if h.get("age_s") is not None else " (no runs shown for it)")
             parts.append(Text(f"host {h['host']}: {h['error']}{shown}", style="bold red"))
+    return parts
+
+
+def render_slots_and_eta(model: dict[str, Any]) -> list[Any]:
+    """The slots of each GPU (when several runs share one) and the sweep's ETA and cost lines."""
+    from rich.text import Text
+
+    parts: list[Any] = []
+    groups = model.get("slots") or []
+    if any(len(g["sessions"]) > 1 for g in groups):
+        parts.append(Text("slots: " + "; ".join(
+            f"GPU {g['devices']}: {', '.join(g['sessions'])} ({len(g['alive'])} of {len(g['sessions'])} alive)"
+            for g in groups)))
+    e = model.get("eta")
+    if not e:
+        return parts
+    left = (f"{e['gpu_hours_left']:,.2f} left" if e["gpu_hours_left"] is not None
+            else f"left unknown ({e['not_estimated']} run(s) of shapes not observed yet)")
+    line = (f"sweep: {e['runs_done']} done, {e['runs_running']} running, {e['runs_left']} left; "
+            f"GPU-hours {e['gpu_hours_used']:,.2f} used, {left}")
+    if e["runs_running"] or e["runs_left"]:
+        line += (f"; ETA {duration(e['eta_s'])} on {e['slots']} slot(s)" if e["eta_s"] is not None
+                 else "; ETA unknown" + (" (no slot alive)" if e["slots"] == 0 else ""))
+    if e.get("gpu_hour_price") is not None:
+        cost = f"cost {e['cost_used']:,.2f} so far"
+        if e["cost_left"] is not None:
+            cost += f" + {e['cost_left']:,.2f} left = {e['cost_used'] + e['cost_left']:,.2f}"
+        line += f"; {cost} at {e['gpu_hour_price']:g}/GPU-hour"
+    parts.append(Text(line))
+    for key, how in sorted(e.get("basis", {}).items()):
+        parts.append(Text(f"  {key}: {how}", style="dim"))
     return parts
 
 

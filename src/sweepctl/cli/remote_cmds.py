@@ -318,7 +318,7 @@ def pull(
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from sweepctl.runs import SWEEPS_DIR, valid_run_id
-    from sweepctl.settings import load_settings
+    from sweepctl.settings import COMPILE_CACHE_DEFAULT, load_settings
 
     pods = remote_opts.resolve(host, remote_bin, accept_new_host_key)
     if pods is None:
@@ -347,7 +347,10 @@ def pull(
             def tick(done: int, total: int, rel: str) -> None:
                 progress.update(tasks[h], completed=done, total=total or 1, description=f"{h} {rel}"[:60])
 
-            report = t.sync_dir_from(model["out_root"], dest, include=None if all_runs else wanted,
+            def everything(rel: str) -> bool:  # but the pod's compile cache: kernels for its GPU, not results
+                return not rel.startswith(f"{COMPILE_CACHE_DEFAULT.parts[0]}/")
+
+            report = t.sync_dir_from(model["out_root"], dest, include=everything if all_runs else wanted,
                                      include_checkpoints=checkpoints, progress=tick)
             return report, dest, name
 

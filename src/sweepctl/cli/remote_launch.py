@@ -338,10 +338,11 @@ class _RemoteLaunch:
                           f"add --host {host} to launch them there", highlight=False)
         for a in answers:
             part = self.by_host[a.host]
-            if not pods.single:
-                sessions = "sweep-0" if part.shards == 1 else f"sweep-0..sweep-{part.shards - 1}"
-                console.rule(f"{a.host}: {rows_text(len(part.row_indices))} on {sessions}", align="left")
             model = a.value.model if a.value else None
+            if not pods.single:
+                n = (model or {}).get("shard_count") or part.shards  # the pod's sessions: x its --runs-per-gpu
+                sessions = "sweep-0" if n == 1 else f"sweep-0..sweep-{n - 1}"
+                console.rule(f"{a.host}: {rows_text(len(part.row_indices))} on {sessions}", align="left")
             if model is None:
                 continue
             model = dict(model, warnings=[])  # the laptop printed the CSV's warnings once already

@@ -98,15 +98,17 @@ def group_cells(g: dict[str, Any]) -> list[str]:
     """The columns of one group row, shared by the table and the markdown."""
     return [g["label"], g["variant"] or "—", str(g["ok"]), str(g["failed"]), str(g["pending"]),
             fmt_loss(g["final_val"]), fmt_loss(g["best_val"]), fmt_si(g["tokens_seen"]["mean"]),
-            fmt_si(g["tok_per_s"]["mean"]), fmt_duration(g["elapsed_s"]["mean"]), fmt_errors(g)]
+            fmt_si(g["tok_per_s"]["mean"]), fmt_duration(g["elapsed_s"]["mean"]), f"{g.get('gpu_hours') or 0:.2f}",
+            fmt_errors(g)]
 
 
 GROUP_HEADERS = ["group", "variant", "ok", "failed", "pending", "val loss", "best val loss", "tokens",
-                 "tok/s", "wall", "errors"]
+                 "tok/s", "wall", "GPU-h", "errors"]
 COMPARE_HEADERS = ["rank", "group", "seeds", "test", "Δ val loss", "95% CI", "p", "verdict"]
 DIAG_HEADERS = ["group", "fwd gain", "bwd gain", "max |row sum−1|", "max |col sum−1|"]
 STATS_NOTE = ("Loss is mean ± sample std over ok seeds (nats/token); failed and unfinished runs are counted, "
-              "never averaged. tokens, tok/s and wall time are means over ok runs.")
+              "never averaged. tokens, tok/s and wall time are means over ok runs; GPU-h is the group's total "
+              "(every run's last attempt, a packed run's share of its GPU).")
 DIAG_NOTE = ("Residual mixing (mHC paper): gain of the composite map over all sub-layers for the worst token "
              "(forward = max |row sum|, backward = max |column sum|; 1 = no amplification), mean ± std over ok "
              "seeds at the last eval at the compared token count; the errors are the worst of any applied H_res "
@@ -142,7 +144,8 @@ def render_table(data: dict[str, Any], comparison: dict[str, Any] | None) -> Non
     label_width = min(40, max((len(g["label"]) for g in data["groups"]), default=5))
     for h in GROUP_HEADERS:
         # numbers never wrap mid-value; on a narrow terminal the label and error columns fold instead
-        table.add_column(h, justify="right" if h in ("ok", "failed", "pending", "tokens", "tok/s", "wall") else "left",
+        table.add_column(h, justify="right" if h in ("ok", "failed", "pending", "tokens", "tok/s", "wall", "GPU-h")
+                         else "left",
                          no_wrap=h not in ("group", "errors"), overflow="fold",
                          min_width=label_width if h == "group" else None)
     for g in data["groups"]:
@@ -248,7 +251,7 @@ def render_csv(data: dict[str, Any], comparison: dict[str, Any] | None) -> str:
     verdict_cols = ("test", "n", "diff", "ci_low", "ci_high", "p", "verdict")
     at = data["at"] or {}
     header = ["group", "variant", "runs", "ok", "failed", "pending", "seeds", "at", "at_unit"]
-    header += [f"{c}_{s}" for c in stat_cols for s in ("mean", "std", "n")] + ["error_classes"]
+    header += [f"{c}_{s}" for c in stat_cols for s in ("mean", "std", "n")] + ["gpu_hours", "error_classes"]
     header += [f"{c}_{s}" for c in diag_stats for s in ("mean", "std")] + ["h_res_row_err", "h_res_col_err"]
     if comparison is not None:
         header += ["baseline"] + [f"vs_baseline_{c}" for c in verdict_cols]
@@ -257,6 +260,7 @@ def render_csv(data: dict[str, Any], comparison: dict[str, Any] | None) -> str:
         row: list[Any] = [g["label"], g["variant"] or "", len(g["run_ids"]), g["ok"], g["failed"], g["pending"],
                           " ".join(map(str, g["seeds"])), _csv(at.get("x")), at.get("unit", "")]
         row += [_csv(g[c][s]) for c in stat_cols for s in ("mean", "std", "n")]
+        row.append(_csv(g.get("gpu_hours")))
         row.append(" ".join(f"{k}={v}" for k, v in sorted(g["error_classes"].items())))
         d = g["diag"] or {}
         row += [_csv((d.get(c) or {}).get(s)) for c in diag_stats for s in ("mean", "std")]

@@ -36,8 +36,13 @@ def launch(
     notify: str | None = typer.Option(None, "--notify", metavar="URL", show_default=False,
                                       help="Webhook (Slack, Discord) the pod tells when a run fails and when the "
                                            "sweep is done \\[default: notify_url from the settings]."),
-    schedule: str = typer.Option("static", "--schedule", help="static (row i -> shard i % N) or dynamic (claim)."),
+    schedule: str | None = typer.Option(None, "--schedule", show_default=False,
+                                        help="static (row i -> shard i % N) or dynamic (claim) "
+                                             "\\[default: static; dynamic with --runs-per-gpu > 1]."),
     gpus_per_shard: int = typer.Option(1, "--gpus-per-shard", help="GPUs per shard (K): shard i gets i*K..i*K+K-1."),
+    runs_per_gpu: int | None = typer.Option(None, "--runs-per-gpu", show_default=False,
+                                            help="Slots per GPU: K runs share each GPU, each slot a session "
+                                                 "sweep-<i> \\[default: settings, 1]."),
     max_retries: int = typer.Option(0, "--max-retries", help="Retry a failed run up to R times."),
     name: str | None = typer.Option(None, "--name", help="Sweep name (default: the CSV file name)."),
     stall_after: float = typer.Option(1800.0, "--stall-after",
@@ -90,14 +95,15 @@ def launch(
     from sweepctl.errors import RefusedError, SweepctlError
     from sweepctl.settings import load_settings
 
-    settings = load_settings(out_root=out_root, data_dir=data_dir, notify_url=notify)
+    settings = load_settings(out_root=out_root, data_dir=data_dir, notify_url=notify, runs_per_gpu=runs_per_gpu)
     if backend != "tmux":  # Ray, not shards, places the rows: one driver session, no shard options
         from sweepctl.cli import cluster_cmds
 
         return cluster_cmds.launch_on_backend(
             backend, csv_path, settings, ray_address=ray_address, as_json=as_json,
-            shard_flags={"--shards": shards not in (None, 1), "--schedule": schedule != "static",
-                         "--gpus-per-shard": gpus_per_shard != 1, "--fail-fast": fail_fast},
+            shard_flags={"--shards": shards not in (None, 1), "--schedule": schedule not in (None, "static"),
+                         "--gpus-per-shard": gpus_per_shard != 1, "--fail-fast": fail_fast,
+                         "--runs-per-gpu": runs_per_gpu not in (None, 1)},
             name=name, no_wandb=no_wandb, dry_run=dry_run, force=force, retry_failed=retry_failed,
             skip_failed=skip_failed, max_retries=max_retries, stall_after_s=stall_after or None,
             run_timeout_s=run_timeout, placed_on=placed_on)
@@ -109,7 +115,10 @@ def launch(
 
         found = query_gpus()
         shards = default_shards(len(found.gpus), gpus_per_shard, where="this machine", problem=found.problem)
+    # slots claim rows: K > 1 means the dynamic schedule unless static was asked for (make_plan refuses that)
+    schedule = schedule or ("dynamic" if settings.runs_per_gpu > 1 else "static")
     options = lib.LaunchOptions(shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,  # type: ignore[arg-type]
+                                runs_per_gpu=settings.runs_per_gpu,
                                 name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
                                 retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
                                 max_retries=max_retries, stall_after_s=stall_after or None,
@@ -148,6 +157,9 @@ def status(
     interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between refreshes with --watch."),
     state: str | None = typer.Option(None, "--state", help="Only runs in this state: pending running ok failed stale cancelled."),
     show_all: bool = typer.Option(False, "--all", help="Every run in the table (beyond 200 runs it is summarised)."),
+    gpu_hour_price: float | None = typer.Option(None, "--gpu-hour-price", metavar="PRICE",
+                                                help="Price of one GPU-hour: the sweep's cost so far and left "
+                                                     "\\[default: settings]."),
     host: list[str] | None = remote_opts.HOST,
     remote_bin: str | None = remote_opts.REMOTE_BIN,
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
@@ -165,11 +177,11 @@ def status(
 
         return remote_cmds.status(pods, remote_opts.forwarded(exclude=("as_json", "watch", "interval", "show_all")),
                                   as_json=as_json, watch=watch, interval=interval, show_all=show_all)
-    settings = load_settings(out_root=out_root)
+    settings = load_settings(out_root=out_root, gpu_hour_price=gpu_hour_price)
 
     def model() -> dict:
         return lib.collect(Path(settings.out_root), sweep=sweep, stale_after_s=settings.stale_after_s,
-                           tmux_socket=settings.tmux_socket, state=state)
+                           tmux_socket=settings.tmux_socket, state=state, gpu_hour_price=settings.gpu_hour_price)
 
     if as_json:
         typer.echo(json.dumps(model()))

@@ -33,6 +33,7 @@ def launch_model(preview: Any, result: Any | None = None) -> dict[str, Any]:
         # every row on the CPU (device='cpu'): shards are CPU slots, whatever CUDA_VISIBLE_DEVICES says
         "cpu": all(r.config.get("device") == "cpu" for r in preview.plan.runs),
         "schedule": preview.plan.schedule,
+        "runs_per_gpu": preview.plan.runs_per_gpu,
         "shards_to_start": list(preview.shards_to_start),
         "dry_run": preview.options.dry_run,
         "started": [asdict(s) for s in result.started] if result else [],
@@ -96,8 +97,10 @@ def render_launch_outcome(model: dict[str, Any], *, attach: str | None = None, s
         return
     for s in model["started"]:
         rows = f"{s['rows']} rows" if s["rows"] is not None else "claims rows"
+        k = model.get("runs_per_gpu") or 1
+        slot = f" (slot {s['shard'] % k + 1} of {k})" if k > 1 else ""
         where = (f"CPU slot {s['shard']}" if model.get("cpu") and s.get("shard") is not None
-                 else f"CUDA_VISIBLE_DEVICES={s['devices']}")
+                 else f"CUDA_VISIBLE_DEVICES={s['devices']}{slot}")
         console.print(f"{prefix}{s['how']} {s['session']}: {where}, {rows}", highlight=False)
     console.print(f"attach: {attach or model['attach']}", highlight=False)
     if show_status:

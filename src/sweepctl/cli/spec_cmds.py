@@ -88,7 +88,8 @@ def _print_plan_json(p: object) -> None:
     from sweepctl.plan import Plan
 
     assert isinstance(p, Plan)
-    head = p.model_dump_json(exclude={"gpus_per_shard", "runs"})
+    # the launch-time fields (slots, compile cache) are launch's to set: not part of `plan --json`
+    head = p.model_dump_json(exclude={"gpus_per_shard", "runs_per_gpu", "compile_cache", "runs"})
     out = sys.stdout
     out.write(head[:-1] + ', "runs": [')
     for i, run in enumerate(p.runs):

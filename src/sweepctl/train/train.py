@@ -7,7 +7,8 @@
 CONFIG is a preset name or a config file (nanoGPT-style .py read as data, or .toml); each
 key=value (or nanoGPT's --key=value) is a Python literal checked against TrainConfig. The run_id is the last component of
 out_dir. Optional env SWEEPCTL_RUN_CONTEXT: JSON {"sweep": {name, row_index, shard_index,
-shard_count, schedule}, "attempt": N} from the launcher, recorded in run_metadata.json.
+shard_count, schedule}, "attempt": N, "slot": {slot, runs_per_gpu, alone}} from the launcher,
+recorded in run_metadata.json with the compile cache (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR).
 
 Files in out_dir (contract_version 1; every JSON written atomically, no secret in any file):
   command.sh             executable; reruns this run from scratch (same cwd, CUDA_VISIBLE_DEVICES, argv)
@@ -86,6 +87,7 @@ from sweepctl.train.rundir import (
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
+FAULT_OOM_PACKED_ENV = "SWEEPCTL_FAULT_OOM_WHEN_PACKED"
 # Settings that may differ between a checkpoint and the run resuming it: where and how long it
 # runs and logs, not what it computes.
 # The eval set (eval_iters, eval_batch_size) is not among them: evals before and after a resume
@@ -351,6 +353,11 @@ class Run:
         if self.master:
             self._set_aside_old_outputs(resuming)
             self._write_start_files()  # now, so that a run failing on its data is still reproducible
+        slot = self.context.get("slot") or {}
+        if os.environ.get(FAULT_OOM_PACKED_ENV) == "1" and slot and not slot.get("alone"):
+            # a fault on demand, for testing the runner's "retry an oom alone" without a GPU to fill
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by {FAULT_OOM_PACKED_ENV}=1 "
+                                              "in a packed run)")
         self._setup_data(resuming)
         torch.manual_seed(cfg.seed + self.rank)
         if self.device.type == "cuda":
@@ -593,6 +600,8 @@ class Run:
             "device_type": self.device.type, "dtype": self.dtype,
             "package": {"name": "sweepctl", "version": package_version(), "git": git_info()},
             "sweep": self.context.get("sweep"), "attempt": self.context.get("attempt"),
+            "slot": self.context.get("slot"),  # {slot, runs_per_gpu, alone} when several runs share a GPU
+            "compile_cache": {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")},
             "resume": cfg.wants_resume, "resumed_from_iter": self.resumed_from,
             "wandb": {"enabled": cfg.wandb_log, "project": cfg.wandb_project, "group": cfg.wandb_group,
                       "run_name": cfg.wandb_run_name or out.name, "id": wandb_run_id(out.name)},
