@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -221,7 +222,7 @@ class ShardRunner:
                 break
         if stopped_by is not None:
             self.say(f"stopping this shard: {stopped_by}; its other rows stay as they are. Free space or make "
-                     f"the volume writable, then: sweepctl launch SWEEP.csv --retry-failed")
+                     f"the volume writable, then: {self._retry_command()}")
         counts, line = end_line(self.o.session, self.outcomes, stopped=self.stop_signal is not None,
                                 elapsed_s=time.time() - start)
         self._write_state(started=start, finished=time.time(), counts=counts,
@@ -231,6 +232,11 @@ class ShardRunner:
             with contextlib.suppress(OSError):  # a full volume: what was not flushed is in the pane
                 self.shard_log.close()
         return 1 if counts["failed"] or stopped_by else 0
+
+    def _retry_command(self) -> str:
+        launched = runs.read_json(self.o.sweep_dir / "launch.json") or {}
+        csv = launched.get("csv") if isinstance(launched.get("csv"), str) else "SWEEP.csv"
+        return f"sweepctl launch {shlex.quote(csv)} --retry-failed"
 
     def _write_state(self, **fields: Any) -> str | None:
         """The runner's record (stop finds it there); returns the disk problem when it cannot be written."""
@@ -247,7 +253,7 @@ class ShardRunner:
     def run_row(self, planned: PlannedRun) -> Outcome:
         directory = Path(planned.config["out_dir"])
         if refusal := runs.symlink_problem(directory):  # never lock, back up or write through a link
-            self.say(f"{planned.run_id}: {refusal}; skipped")
+            self.say(f"{planned.run_id}: {refusal}; not run")
             return Outcome(planned.run_id, "failed", refusal)
         lock = runs.RunLock(directory)
         try:
@@ -461,8 +467,8 @@ class ShardRunner:
                 runs.write_json_atomic(path, summary)
             return "failed"
         if summary is None:
-            volume = _volume_problem(directory)
-            if volume is not None:  # the trainer could not write its summary for lack of space
+            volume = _volume_problem(directory) if (rc or 0) > 0 and self.stop_signal is None else None
+            if volume is not None:  # the trainer failed and could not write its summary for lack of space
                 self._write_runner_summary(planned, directory, started, error_class="disk", rc=rc,
                                            error=f"trainer exited with status {rc} without a summary: {volume}")
                 return "failed"
