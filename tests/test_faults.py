@@ -201,6 +201,11 @@ def test_rerun_and_launch_refuse_a_read_only_out_root_up_front(
         r = run_cli(capsys, "launch", str(csv), "--shards", "1")
         assert r.code == 1
         assert f"pre-flight failed: out-root {ws.out_root}: {ws.out_root} is not writable" in r.err
+        model = status.collect(ws.out_root, with_gpus=False, with_sessions=False)
+        assert (model["disks"][0]["volume"], model["disks"][0]["read_only"]) == (str(ws.out_root), True)
+        disk_line = next(line for line in render_text(model).splitlines() if line.startswith("disk:"))
+        assert re.fullmatch(rf"disk: {ws.out_root} is read-only \([\d,.]+ GiB free of [\d,]+ GiB\): no run can save "
+                            rf"anything; remount it read-write \(mount -o remount,rw {ws.out_root}\)", disk_line)
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["plan.json"]
     assert not (ws.out_root / "a" / runs.SUMMARY).exists()
 
