@@ -228,10 +228,14 @@ class ShardRunner:
         self._write_state(started=start, finished=time.time(), counts=counts,
                           **({"stopped_by": stopped_by} if stopped_by else {}))
         self.say(line)
-        if self.shard_log is not None:
-            with contextlib.suppress(OSError):  # a full volume: what was not flushed is in the pane
-                self.shard_log.close()
+        self.close()
         return 1 if counts["failed"] or stopped_by else 0
+
+    def close(self) -> None:
+        """Close the shard log; on a full volume what could not be flushed is in the pane already."""
+        if self.shard_log is not None:
+            with contextlib.suppress(OSError):
+                self.shard_log.close()
 
     def _retry_command(self) -> str:
         launched = runs.read_json(self.o.sweep_dir / "launch.json") or {}
