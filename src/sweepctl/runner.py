@@ -527,10 +527,6 @@ def _describe(e: BaseException, where: Path) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-# Below this, a summary.json (a few KiB) may not fit: the volume is full for practical purposes.
-FULL_BYTES = 1 << 20
-
-
 def _volume_problem(directory: Path) -> str | None:
     """'read-only volume' or 'no space left' for the volume holding `directory`, else None."""
     try:
@@ -540,7 +536,7 @@ def _volume_problem(directory: Path) -> str | None:
     if st.f_flag & os.ST_RDONLY:
         return f"the volume holding {directory} is read-only"
     free = st.f_bavail * st.f_frsize
-    if free < FULL_BYTES:
+    if free < runs.FULL_BYTES:
         return f"no space left on the volume holding {directory} ({free / 2**20:,.1f} MiB free)"
     return None
 
