@@ -40,6 +40,12 @@ def fake(tmp_path: Path) -> Path:
     return path
 
 
+def on_cpu(plan):
+    """The plan with every row on the CPU, so a rerun of it needs no GPU."""
+    return plan.model_copy(update={"runs": [r.model_copy(update={"config": {**r.config, "device": "cpu"}})
+                                            for r in plan.runs]})
+
+
 def plain(pane: str) -> str:
     """A pane with its clock times and free-space figures made stable."""
     pane = re.sub(r"\[sweepctl (\S+) \d\d:\d\d:\d\d\]", r"[sweepctl \1 T]", pane)
@@ -208,7 +214,7 @@ def test_a_runner_on_a_read_only_volume_stops_its_shard_saying_why(tmp_path: Pat
 def test_rerun_and_launch_refuse_a_read_only_out_root_up_front(
         workspace: Workspace, capsys: pytest.CaptureFixture[str], fake: Path) -> None:
     ws = workspace
-    plan = make_plan(ws.root, fake, {"a": "ok"})
+    plan = on_cpu(make_plan(ws.root, fake, {"a": "ok"}))
     sweep_dir = ws.out_root / ".sweeps" / "t"
     sweep_dir.mkdir(parents=True)
     (sweep_dir / "plan.json").write_text(plan.model_dump_json())
@@ -223,6 +229,11 @@ def test_rerun_and_launch_refuse_a_read_only_out_root_up_front(
         r = run_cli(capsys, "launch", str(csv), "--shards", "1")
         assert r.code == 1
         assert f"pre-flight failed: out-root {ws.out_root}: {ws.out_root} is not writable" in r.err
+        model = status.collect(ws.out_root, with_gpus=False, with_sessions=False)
+        assert (model["disks"][0]["volume"], model["disks"][0]["read_only"]) == (str(ws.out_root), True)
+        disk_line = next(line for line in render_text(model).splitlines() if line.startswith("disk:"))
+        assert re.fullmatch(rf"disk: {ws.out_root} is read-only \([\d,.]+ GiB free of [\d,]+ GiB\): no run can save "
+                            rf"anything; remount it read-write \(mount -o remount,rw {ws.out_root}\)", disk_line)
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["plan.json"]
     assert not (ws.out_root / "a" / runs.SUMMARY).exists()
 
@@ -343,7 +354,7 @@ def test_a_symlinked_run_directory_is_never_written_through(
     (elsewhere / runs.SUMMARY).write_text('{"ok": true}')
     (elsewhere / runs.STDOUT_LOG).write_text("someone else's log\n")
     before = {p.name: p.read_bytes() for p in elsewhere.iterdir()}
-    plan = make_plan(ws.root, fake, {"linked": "ok", "real": "ok"})
+    plan = on_cpu(make_plan(ws.root, fake, {"linked": "ok", "real": "ok"}))
     sweep_dir = ws.out_root / ".sweeps" / "t"
     sweep_dir.mkdir(parents=True)
     (sweep_dir / "plan.json").write_text(plan.model_dump_json())

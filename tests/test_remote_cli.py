@@ -351,7 +351,13 @@ def test_launch_status_logs_rerun_pull_report_over_ssh(
     r = run_cli(capsys, "logs", "row0", "--host", "pod", "-n", "2")
     assert r.out.splitlines() == (pod.run_dir("row0") / runs.STDOUT_LOG).read_text().splitlines()[-2:]
     r = run_cli(capsys, "logs", "nosuch", "--host", "pod")
-    assert r.code == 1 and one_line(r).startswith("error: pod: nosuch: no stdout.log in ")
+    assert r.code == 1
+    assert one_line(r) == (f"error: pod: nosuch: no run nosuch in {pod.out_root}: no launched sweep plans it and it "
+                           f"has no directory — see the run_ids with: sweepctl status --out-root {pod.out_root}")
+    r = run_cli(capsys, "logs", "../row0", "--host", "pod")  # refused here, before the pod is asked
+    assert (r.code, one_line(r)) == (1, "error: '../row0' is not a run_id (letters, digits, '.', '_', '-', starting "
+                                        "with a letter or digit, at most 128 characters) — see the run_ids with: "
+                                        "sweepctl status")
 
     r = run_cli(capsys, "rerun", "row0", "--host", "pod")
     assert r.code == 2 and "finished ok" in r.err and "--force" in r.err

@@ -296,7 +296,7 @@ def run_row_task(payload: TaskPayload, run_id: str) -> dict[str, Any]:
             with _forwarding_signals(runner):
                 outcome = runner.run_row(planned)
         finally:
-            runner.shard_log.close()
+            runner.close()
     attempt = (runs.read_json(directory / runs.OWNER) or {}).get("attempt")
     if outcome.result == "failed":
         raise RowFailed(run_id, f"{outcome.detail} (on {runs.HOST}, CUDA_VISIBLE_DEVICES={devices})", attempt)

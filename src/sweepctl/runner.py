@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -309,7 +310,7 @@ class ShardRunner:
                 break
         if stopped_by is not None:
             self.say(f"stopping this shard: {stopped_by}; its other rows stay as they are. Free space or make "
-                     f"the volume writable, then: sweepctl launch SWEEP.csv --retry-failed")
+                     f"the volume writable, then: {self._retry_command()}")
         counts, line = end_line(self.o.session, self.outcomes, stopped=self.stop_signal is not None,
                                 elapsed_s=time.time() - start)
         self._write_state(started=start, finished=time.time(), counts=counts,
@@ -319,10 +320,19 @@ class ShardRunner:
             if self.stop_signal is None and self.o.only is None:
                 self._notify_done_if_last()
             self.notifier.wait(NOTIFY_WAIT_S)  # every row has ended: nothing is held up but the pane
-        if self.shard_log is not None:
-            with contextlib.suppress(OSError):  # a full volume: what was not flushed is in the pane
-                self.shard_log.close()
+        self.close()
         return 1 if counts["failed"] or stopped_by else 0
+
+    def close(self) -> None:
+        """Close the shard log; on a full volume what could not be flushed is in the pane already."""
+        if self.shard_log is not None:
+            with contextlib.suppress(OSError):
+                self.shard_log.close()
+
+    def _retry_command(self) -> str:
+        launched = runs.read_json(self.o.sweep_dir / "launch.json") or {}
+        csv = launched.get("csv") if isinstance(launched.get("csv"), str) else "SWEEP.csv"
+        return f"sweepctl launch {shlex.quote(csv)} --retry-failed"
 
     # notifications -----------------------------------------------------------------------------
     def _notify_failed(self, planned: PlannedRun) -> None:
@@ -376,7 +386,7 @@ class ShardRunner:
     def run_row(self, planned: PlannedRun) -> Outcome:
         directory = Path(planned.config["out_dir"])
         if refusal := runs.symlink_problem(directory):  # never lock, back up or write through a link
-            self.say(f"{planned.run_id}: {refusal}; skipped")
+            self.say(f"{planned.run_id}: {refusal}; not run")
             return Outcome(planned.run_id, "failed", refusal)
         lock = runs.RunLock(directory)
         try:
@@ -649,8 +659,8 @@ class ShardRunner:
                 runs.write_json_atomic(path, summary)
             return "failed"
         if summary is None:
-            volume = _volume_problem(directory)
-            if volume is not None:  # the trainer could not write its summary for lack of space
+            volume = _volume_problem(directory) if (rc or 0) > 0 and self.stop_signal is None else None
+            if volume is not None:  # the trainer failed and could not write its summary for lack of space
                 self._write_runner_summary(planned, directory, started, error_class="disk", rc=rc,
                                            error=f"trainer exited with status {rc} without a summary: {volume}")
                 return "failed"
@@ -707,10 +717,6 @@ def _describe(e: BaseException, where: Path) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-# Below this, a summary.json (a few KiB) may not fit: the volume is full for practical purposes.
-FULL_BYTES = 1 << 20
-
-
 def _volume_problem(directory: Path) -> str | None:
     """'read-only volume' or 'no space left' for the volume holding `directory`, else None."""
     try:
@@ -720,7 +726,7 @@ def _volume_problem(directory: Path) -> str | None:
     if st.f_flag & os.ST_RDONLY:
         return f"the volume holding {directory} is read-only"
     free = st.f_bavail * st.f_frsize
-    if free < FULL_BYTES:
+    if free < runs.FULL_BYTES:
         return f"no space left on the volume holding {directory} ({free / 2**20:,.1f} MiB free)"
     return None
 

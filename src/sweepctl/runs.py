@@ -58,6 +58,9 @@ RUN_ID_MAX = 128
 # A run directory's files that a link could redirect a write through (backups, locks, the trainer).
 LINKABLE = (*COMPLETE_FILES, OWNER, LOCK)
 
+# Below this free space not even a summary.json (a few KiB) is sure to fit: the volume is full.
+FULL_BYTES = 1 << 20
+
 SWEEPS_DIR = ".sweeps"
 TAIL_BYTES = 8192  # one read from the end of metrics.jsonl covers dozens of rows
 TAIL_MAX_BYTES = 256 * 1024  # how far back to look for the last eval row of a running run

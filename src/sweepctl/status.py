@@ -28,8 +28,6 @@ from sweepctl.plan import Plan, cuda_visible_devices
 # run that cannot write one fails at its next eval.
 LOW_DISK_BYTES = 10 << 30
 LOW_DISK_FRACTION = 0.05
-# Below this not even a summary.json is sure to fit: the volume is full, said in red.
-FULL_DISK_BYTES = 1 << 20
 
 RUN_KEYS = ("run_id", "state", "shard", "iter", "max_iters", "train_loss", "val_loss", "tok_per_s", "eta_s",
             "heartbeat_age_s", "error_class")
@@ -116,7 +114,7 @@ def disk_usage(out_root: Path) -> list[dict[str, Any]]:
 
 def full_disk(disk: dict[str, Any]) -> bool:
     free = disk.get("free_bytes")
-    return isinstance(free, int) and free < FULL_DISK_BYTES
+    return isinstance(free, int) and free < runs.FULL_BYTES
 
 
 def low_disk(disk: dict[str, Any]) -> bool:
