@@ -24,6 +24,16 @@ FAKE_BIN = Path(__file__).parent / "fake_bin"
 TINY = ("device='cpu' dtype='float32' n_layer=1 n_embd=32 n_head=2 block_size=32 batch_size=4 "
         "gradient_accumulation_steps=1 vocab_size=256 max_iters=20 eval_interval=10 eval_iters=2 log_interval=5 "
         "warmup_iters=2 lr_decay_iters=20 min_lr=1e-5")
+
+
+def tiny(extra: str = "") -> str:
+    """TINY with `extra`'s key=value words in place of TINY's own (a key set twice in one row is an
+    error in a sweep CSV, so a row that changes max_iters replaces it rather than repeating it)."""
+    words = dict(w.split("=", 1) for w in TINY.split())
+    words.update(w.split("=", 1) for w in extra.split())
+    return " ".join(f"{k}={v}" for k, v in words.items())
+
+
 SETTINGS_ENV = ("SWEEPCTL_OUT_ROOT", "SWEEPCTL_DATA_DIR", "FINEWEB10B_LOCAL_DIR", "SWEEPCTL_HOST",
                 "SWEEPCTL_PROJECT_FILE", "SWEEPCTL_TMUX_SOCKET", "SWEEPCTL_STALE_AFTER_S")
 
@@ -128,7 +138,7 @@ class Workspace:
         path = self.root / f"{name}.csv"
         lines = ["run_id,config,seed,overrides,notes"]
         for i, (run_id, extra) in enumerate(rows):
-            overrides = f"{TINY} {extra}".strip()
+            overrides = tiny(extra)
             lines.append(f'{run_id},{config},{1337 + i},"{overrides}",')
         path.write_text("\n".join(lines) + "\n")
         return path
