@@ -313,6 +313,21 @@ def test_status_watch_keeps_going_through_a_dropped_connection(
     assert line.endswith("  3 ok — 3/3 runs finished, 100% of iterations, ETA 0s"), r.out
 
 
+def test_pull_from_a_pod_without_sftp_goes_over_the_exec_channel(
+        pod: Pod, workspace: Workspace, transports: list[SSHTransport], capsys: pytest.CaptureFixture[str]) -> None:
+    """Minimal images and hardened sshd configs have no `Subsystem sftp`: paramiko's SFTP then fails
+    with "Channel closed."; the files come over `cat` instead."""
+    ids = fabricate_ok_runs(pod.out_root, 3)
+    pod.server.sftp = False
+    pod.start()  # the same port and environment, without the Subsystem sftp line
+    dest = workspace.root / "pulled"
+    r = run_cli(capsys, "pull", "--host", "pod", "--to", str(dest))
+    assert r.code == 0, r.err
+    for run_id in ids:
+        assert (dest / run_id / runs.SUMMARY).read_bytes() == (pod.out_root / run_id / runs.SUMMARY).read_bytes()
+    assert [t.has_sftp for t in transports] == [False]
+
+
 # -- a sweep over SSH, end to end -------------------------------------------------------------------
 
 
