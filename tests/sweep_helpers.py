@@ -25,7 +25,8 @@ TINY = ("device='cpu' dtype='float32' n_layer=1 n_embd=32 n_head=2 block_size=32
         "gradient_accumulation_steps=1 vocab_size=256 max_iters=20 eval_interval=10 eval_iters=2 eval_batch_size=4 "
         "log_interval=5 warmup_iters=2 lr_decay_iters=20 min_lr=1e-5")
 
-def with_tiny(extra: str = "") -> str:
+
+def tiny(extra: str = "") -> str:
     """TINY with extra's settings in place of its own (a key set twice in one row is an error)."""
     import re
 
@@ -138,7 +139,7 @@ class Workspace:
         path = self.root / f"{name}.csv"
         lines = ["run_id,config,seed,overrides,notes"]
         for i, (run_id, extra) in enumerate(rows):
-            overrides = with_tiny(extra)
+            overrides = tiny(extra)
             lines.append(f'{run_id},{config},{1337 + i},"{overrides}",')
         path.write_text("\n".join(lines) + "\n")
         return path

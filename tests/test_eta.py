@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep_helpers import TINY, with_tiny, write_tiny_data
+from sweep_helpers import TINY, tiny, write_tiny_data
 from sweepctl import runs, status
 from sweepctl.eta import tokens_of
 from sweepctl.plan import make_plan, run_cost
@@ -34,8 +34,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     csv.write_text("run_id,config,seed,overrides,notes\n"
                    f'a-s1,base,1,"{TINY}",\n'
                    f'a-s2,base,2,"{TINY}",\n'
-                   f'a-s3,base,3,"{with_tiny("max_iters=40 lr_decay_iters=40")}",\n'
-                   f'b-s1,base,1,"{with_tiny("n_layer=2")}",\n')
+                   f'a-s3,base,3,"{tiny("max_iters=40 lr_decay_iters=40")}",\n'
+                   f'b-s1,base,1,"{tiny("n_layer=2")}",\n')
     plan = make_plan(read_sweep(csv), shards=2, schedule="dynamic", out_root=out, data_dir=data, no_wandb=True)
     d = runs.sweep_dir(out, "eta")
     d.mkdir(parents=True)

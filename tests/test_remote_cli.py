@@ -261,7 +261,13 @@ def test_status_of_a_1000_run_sweep_is_one_round_trip(
     r = run_cli(capsys, "status", "--host", "pod")
     assert r.code == 0, r.err
     assert [(t.connections, t.calls) for t in transports] == [(1, 1)]  # version check + status: one command
-    assert f"sweep big in {pod.out_root}" in r.out and "1000 ok" in r.out and "run-0999" in r.out
+    # beyond 200 runs, a summary by group and state; --all (forwarded to no pod: it is drawn here) lists them
+    assert f"sweep big in {pod.out_root}: 1000 runs, by group" in r.out and "1000 ok" in r.out
+    assert "run-0999" not in r.out and "every run: sweepctl status --host pod --all" in r.out
+    transports.clear()
+    r = run_cli(capsys, "status", "--host", "pod", "--all")
+    assert [(t.connections, t.calls) for t in transports] == [(1, 1)]
+    assert "│ run-0999 " in r.out
 
     transports.clear()
     r = run_cli(capsys, "status", "--host", "pod", "--json", "--state", "ok")
@@ -299,10 +305,27 @@ def test_status_watch_keeps_going_through_a_dropped_connection(
     # The command itself draws every refresh (two here, then the test stops the loop).
     real = remote_cmds.watch_models
     monkeypatch.setattr(remote_cmds, "watch_models",
-                        lambda p, a: (m for m, _ in zip(real(p, a, interval=0), range(2), strict=False)))
+                        lambda p, a, interval: (m for m, _ in zip(real(p, a, interval=0), range(2), strict=False)))
     r = run_cli(capsys, "status", "--host", "pod", "--watch")
     assert r.code == 0, r.err
-    assert "sweep big in" in r.out and "3 ok" in r.out
+    # not a terminal here: one line per change, and the two refreshes are the same
+    (line,) = r.out.splitlines()
+    assert line.endswith("  3 ok — 3/3 runs finished, 100% of iterations, ETA 0s"), r.out
+
+
+def test_pull_from_a_pod_without_sftp_goes_over_the_exec_channel(
+        pod: Pod, workspace: Workspace, transports: list[SSHTransport], capsys: pytest.CaptureFixture[str]) -> None:
+    """Minimal images and hardened sshd configs have no `Subsystem sftp`: paramiko's SFTP then fails
+    with "Channel closed."; the files come over `cat` instead."""
+    ids = fabricate_ok_runs(pod.out_root, 3)
+    pod.server.sftp = False
+    pod.start()  # the same port and environment, without the Subsystem sftp line
+    dest = workspace.root / "pulled"
+    r = run_cli(capsys, "pull", "--host", "pod", "--to", str(dest))
+    assert r.code == 0, r.err
+    for run_id in ids:
+        assert (dest / run_id / runs.SUMMARY).read_bytes() == (pod.out_root / run_id / runs.SUMMARY).read_bytes()
+    assert [t.has_sftp for t in transports] == [False]
 
 
 # -- a sweep over SSH, end to end -------------------------------------------------------------------

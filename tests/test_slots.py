@@ -91,12 +91,12 @@ def test_two_runs_per_gpu_on_two_gpus_start_four_slots_sharing_each_gpu(
 
 def test_a_two_gpu_row_never_shares_its_gpus_with_a_packed_run(
         workspace: Workspace, tmux_socket: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from sweep_helpers import TINY, with_tiny
+    from sweep_helpers import TINY, tiny
 
     ws = workspace
     ws.gpus.set(2)
     csv = ws.root / "mixed.csv"
-    ddp = with_tiny("gradient_accumulation_steps=2 n_layer=2")
+    ddp = tiny("gradient_accumulation_steps=2 n_layer=2")
     csv.write_text("run_id,config,seed,overrides,notes,gpus\n"
                    f'one-a,base,1,"{TINY}",,1\n'
                    f'pair,base,1,"{ddp}",,2\n'  # the costliest row: claimed first

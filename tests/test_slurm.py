@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli import run_cli
-from sweep_helpers import TINY, Workspace, with_tiny
+from sweep_helpers import TINY, Workspace, tiny
 from sweepctl import runs
 
 pytest_plugins = ["sweep_fixtures"]
@@ -77,9 +77,9 @@ def test_one_array_task_run_here_makes_exactly_its_rows_run_directory(
 def test_script_defaults_gpu_count_and_refusals(workspace: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     ws = workspace
     csv = ws.root / "wide.csv"
-    # "two" trains twice as long (the later max_iters wins): its task comes first
+    # "two" trains twice as long (max_iters=40): its task comes first
     csv.write_text(f'run_id,config,seed,overrides,notes,gpus\none,base,1,"{TINY}",,1\n'
-                   f'two,base,2,"{with_tiny("max_iters=40")}",,2\n')
+                   f'two,base,2,"{tiny("max_iters=40")}",,2\n')
     r = run_cli(capsys, "export", "slurm", str(csv))
     assert r.code == 0, r.err
     script = ws.out_root / ".sweeps" / "wide" / "wide.sbatch"  # default: next to the manifest

@@ -264,10 +264,10 @@ LONG = "max_iters=100000 lr_decay_iters=100000 eval_interval=100000"  # runs unt
 
 def write_csv(path: Path, rows: list[tuple[str, int, str, str]]) -> Path:
     """A sweep CSV of (run_id, seed, extra overrides, priority) rows on the tiny CPU model."""
-    from sweep_helpers import with_tiny
+    from sweep_helpers import tiny
 
     lines = ["run_id,config,seed,overrides,notes,priority"]
-    lines += [f'{run_id},base,{seed},"{with_tiny(extra)}",,{priority}' for run_id, seed, extra, priority in rows]
+    lines += [f'{run_id},base,{seed},"{tiny(extra)}",,{priority}' for run_id, seed, extra, priority in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
 

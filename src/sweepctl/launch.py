@@ -478,7 +478,7 @@ def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult
     refuse_if_needed(preview)
     socket = preview.settings.tmux_socket
     attach = attach_command(shard_session(preview.shards_to_start[0] if preview.shards_to_start else 0), socket)
-    status_cmd = f"sweepctl status --out-root {preview.out_root}"
+    status_cmd = f"sweepctl status --out-root {shlex.quote(str(preview.out_root))}"
     if not preview.shards_to_start:
         return LaunchResult(preview, [], [], attach, status_cmd)
     tmux = tmux or Tmux(socket)
@@ -606,7 +606,8 @@ def load_manifest(out_root: Path, name: str) -> tuple[Plan, dict[str, Any]]:
         plan = Plan.model_validate_json((d / PLAN_FILE).read_text())
     except FileNotFoundError:
         raise SweepctlError(f"no sweep {name!r} under {out_root}", where=str(d),
-                            hint="see `sweepctl status` for the sweeps there") from None
+                            hint=f"see `sweepctl status --out-root {shlex.quote(str(out_root))}` for the sweeps "
+                                 "there") from None
     return plan, runs.read_json(d / LAUNCH_FILE) or {}
 
 

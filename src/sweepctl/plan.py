@@ -157,6 +157,7 @@ def cuda_visible_devices(plan: Plan, shard: int) -> str:
 
 _COST_FIELDS = ("max_iters", "batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_embd",
                 "vocab_size")
+_COST_DEFAULTS = {k: TrainConfig.model_fields[k].default for k in _COST_FIELDS}
 
 
 def run_cost(config: Mapping[str, Any]) -> float:
@@ -167,8 +168,7 @@ def run_cost(config: Mapping[str, Any]) -> float:
     6-layer one), but it underrates deep narrow models and mHC: they are bound by memory traffic
     and kernel count, not FLOPs (~1.5x the FLOPs of a 6-layer run, ~8x its time on an H200).
     A resumed run is costed whole."""
-    defaults = TrainConfig.model_fields
-    v = {k: config.get(k, defaults[k].default) for k in _COST_FIELDS}
+    v = {k: config.get(k, _COST_DEFAULTS[k]) for k in _COST_FIELDS}
     tokens = v["max_iters"] * v["gradient_accumulation_steps"] * v["batch_size"] * v["block_size"]
     layers, width = v["n_layer"], v["n_embd"]
     params = 12 * layers * width * width + v["vocab_size"] * width

@@ -349,7 +349,7 @@ class _RemoteLaunch:
             run_views.render_launch_preview(model, detailed=self.dry_run)
             if a.value and a.value.error is None and not self.stopped:
                 first = model["started"][0]["session"] if model["started"] else "sweep-0"
-                status = f"sweepctl status {' '.join(f'--host {h}' for h in pods.hosts)}"
+                status = remote_opts.hint("status")  # every --host, and the --out-root given
                 run_views.render_launch_outcome(
                     model, attach=f"sweepctl attach --host {a.host} {_attach_target(first)}",
                     status=status, show_status=a is answers[-1], prefix="" if pods.single else f"{a.host}: ")

@@ -207,7 +207,8 @@ def hint(*words: str) -> str:
     params = _current_context().params
     out = ["sweepctl", *words]
     for h in params.get("host") or ():
-        out += ["--host", h]
+        name, _, shards = h.rpartition("=")
+        out += ["--host", name if name and shards.isdigit() else h]  # launch's pod=N: N is launch's alone
     if params.get("out_root"):
         out += ["--out-root", str(params["out_root"])]
     return shlex.join(out)

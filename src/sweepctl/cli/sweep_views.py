@@ -123,10 +123,13 @@ def expected_shares(costs: list[float], order: list[int], shards: int, assigned:
 
 def plan_model(plan: Any, *, cpu: bool) -> dict[str, Any]:
     """The plan as the views need it: rows in the order they run, each shard's label and share."""
-    from sweepctl.plan import longest_first, run_cost
+    from sweepctl.plan import claim_order, run_cost
 
     costs = [run_cost(r.config) for r in plan.runs]
-    order = longest_first(costs) if plan.schedule == "dynamic" else list(range(len(plan.runs)))
+    order = list(range(len(plan.runs)))
+    if plan.schedule == "dynamic":  # the runners' own order, so the view cannot drift from what runs
+        index = {r.run_id: i for i, r in enumerate(plan.runs)}
+        order = [index[run_id] for run_id in claim_order(plan)]
     shares = expected_shares(costs, order, plan.shard_count, [r.shard for r in plan.runs])
     total = sum(costs) or 1.0
     return {

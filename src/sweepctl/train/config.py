@@ -240,6 +240,9 @@ def canonical_key(name: str) -> str:
     return NANOGPT_ALIASES.get(name, name)
 
 
+_FIELD_SET = frozenset(FIELD_NAMES)  # `TrainConfig.model_fields` is a descriptor call, too slow per override
+
+
 # --------------------------------------------------------------------------- presets
 
 # Presets of one depth differ only in the residual stream (tests/test_train_presets.py): the same
@@ -427,7 +430,7 @@ def parse_override(word: str, names: dict[str, Any] | None = None) -> tuple[str,
         raise ConfigError(f"override {word!r} is not key=value")
     key, raw = word.split("=", 1)
     key = canonical_key(key.strip().removeprefix("--"))
-    if key not in TrainConfig.model_fields:
+    if key not in _FIELD_SET:
         raise ConfigError(unknown_key_message(key))
     fast = _plain_number(raw)
     if fast is not None:
@@ -466,14 +469,28 @@ def format_override(key: str, value: Any) -> str:
     """The canonical `key=value` word: Python literals (`wandb_log=False`, never `false`), and a
     string written bare when it reads back as itself (`out_dir=/mnt/x`), else quoted."""
     if isinstance(value, str):
-        if value.startswith("/") and key in TrainConfig.model_fields and _accepts_str(key):
-            return f"{key}={value}"  # no expression starts with "/": it reads back as the string itself
+        if _reads_back_bare(value) and key in _FIELD_SET and _accepts_str(key):
+            return f"{key}={value}"
         try:
             if parse_override(f"{key}={value}") == (key, value):
                 return f"{key}={value}"
         except ConfigError:
             pass
     return f"{key}={value!r}"
+
+
+_WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _reads_back_bare(value: str) -> bool:
+    """True for strings parse_override gives back unchanged for a string setting, decided without
+    parsing (a plan formats three per row): an absolute path (no expression starts with "/"), or
+    a word of letters, digits, "_" and "-" (`run-00001-s1337`): a name or a difference of names
+    that are not defined, unless the whole word is a literal word or a predefined name."""
+    if value.startswith("/"):
+        return True
+    return (_WORD_RE.fullmatch(value) is not None and value.lower() not in _BOOL_WORDS
+            and value.lower() not in _NONE_WORDS and value not in PREDEFINED_NAMES)
 
 
 def _has_code(node: ast.AST) -> bool:
