@@ -456,3 +456,27 @@ def test_cancel_and_prioritize_say_what_they_did_to_each_row_and_refuse_a_typo(
                                   "prioritized m-48l-s1 (pending): priority 1\n"), r.err
     plan = json.loads((sweep_dir / "plan.json").read_text())
     assert {row["run_id"]: row["priority"] for row in plan["runs"]} == {"m-6l-s1": 0, "m-6l-s2": 0, "m-48l-s1": 1}
+
+
+def test_a_cancelled_row_runs_again_only_once_its_cancel_is_withdrawn(tmp_path: Path, fake: Path) -> None:
+    from sweepctl.launch import LaunchOptions, apply_run_table
+    from test_runner import run_shard
+
+    plan = make_plan(tmp_path, fake, {"c": "ok"})
+    out = tmp_path / "out"
+    runs.write_json_atomic(out / "c" / runs.SUMMARY, {"ok": False, "status": "cancelled", "error_class": "cancelled"})
+    cancel_marker(tmp_path, "c")
+    rows, refusals = apply_run_table(plan, LaunchOptions(shards=1), out, 60.0)
+    assert [(r.state, r.action, r.detail) for r in rows] == [("cancelled", "skip",
+                                                              "cancelled; --include-cancelled runs it")]
+    assert refusals == []  # neither failed (a refusal) nor pending (run)
+    rows, _ = apply_run_table(plan, LaunchOptions(shards=1, include_cancelled=True), out, 60.0)
+    assert [(r.state, r.action, r.detail) for r in rows] == [("cancelled", "restart", "--include-cancelled")]
+
+    runner, _, _ = run_shard(tmp_path, plan)
+    assert [(o.run_id, o.result) for o in runner.outcomes] == [("c", "skipped")]
+    runs.backup(out / "c", [runs.CANCEL])  # what launch --include-cancelled and rerun do
+    runner, _, pane = run_shard(tmp_path, plan)
+    assert [(o.run_id, o.result) for o in runner.outcomes] == [("c", "ok")]
+    assert "c: attempt 1, restart (cancelled before, included again; no usable checkpoint, starting over)" in pane
+    assert [p.name.split(".bak-")[0] for p in sorted(out.joinpath("c").glob("*.bak-*"))] == [runs.CANCEL, runs.SUMMARY]
