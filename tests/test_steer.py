@@ -480,3 +480,35 @@ def test_a_cancelled_row_runs_again_only_once_its_cancel_is_withdrawn(tmp_path: 
     assert [(o.run_id, o.result) for o in runner.outcomes] == [("c", "ok")]
     assert "c: attempt 1, restart (cancelled before, included again; no usable checkpoint, starting over)" in pane
     assert [p.name.split(".bak-")[0] for p in sorted(out.joinpath("c").glob("*.bak-*"))] == [runs.CANCEL, runs.SUMMARY]
+
+
+def test_the_messages_name_the_event_and_hold_no_error_text() -> None:
+    from sweepctl import notify
+
+    summary = {"error_class": "stalled", "error": "NCCL watchdog token=hf_SECRET", "iter_num": 120, "max_iters": 5000}
+    assert notify.failed_text("fw", "fw-mhc-48l-s1", summary, host="pod1", session="sweep-3") == (
+        "sweep fw: fw-mhc-48l-s1 stalled (no progress) at iteration 120/5000 on pod1 (sweep-3). "
+        "Logs: sweepctl logs fw-mhc-48l-s1")
+    best = [{"label": "fw-mhc-6l", "mean": 3.21234, "std": 0.0123, "n": 3},
+            {"label": "fw-base-6l", "mean": 3.3, "std": None, "n": 1}]
+    assert notify.done_text("fw", {"ok": 4, "failed": 1, "cancelled": 0}, best, host="pod1") == (
+        "sweep fw done on pod1: 4 ok, 1 failed. Best (mean best val loss): fw-mhc-6l 3.2123 ± 0.0123 (3 runs); "
+        "fw-base-6l 3.3000 (1 run).")
+    assert notify.redact("https://hooks.slack.com/services/T0/B0/XXXX") == "https://hooks.slack.com/…"
+    assert json.loads(notify.payload("hi")) == {"text": "hi", "content": "hi"}
+
+
+def test_the_runner_takes_the_webhook_from_the_project_file_when_launch_gave_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweepctl.cli.run_cmds import _notify_url
+
+    monkeypatch.delenv("SWEEPCTL_NOTIFY_URL", raising=False)
+    project = tmp_path / "sweepctl.toml"
+    project.write_text('notify_url = "https://discord.com/api/webhooks/1/abc"\n')
+    monkeypatch.setenv("SWEEPCTL_PROJECT_FILE", str(project))
+    assert _notify_url() == "https://discord.com/api/webhooks/1/abc"
+    monkeypatch.setenv("SWEEPCTL_NOTIFY_URL", "https://hooks.slack.com/services/T/B/C")  # launch --notify wins
+    assert _notify_url() == "https://hooks.slack.com/services/T/B/C"
+    project.write_text("stale_after_s = -1\n")  # a bad project file costs the notifications, never the runs
+    monkeypatch.delenv("SWEEPCTL_NOTIFY_URL")
+    assert _notify_url() is None
