@@ -152,7 +152,8 @@ def test_every_row_runs_once_and_overlapping_rows_get_distinct_gpus(workspace: W
         assert intervals[a][2] != intervals[b][2], f"{a} and {b} overlapped on GPU {intervals[a][2]}"
     assert "sweep-ray done: 4 ok, 0 failed, 0 interrupted, 0 skipped" in log
     state = runs.read_json(ws.out_root / ".sweeps/sweep" / ray_backend.DRIVER_STATE) or {}
-    assert state["counts"] == {"ok": 4, "failed": 0, "interrupted": 0, "skipped": 0} and state["finished"]
+    assert state["counts"] == {"ok": 4, "failed": 0, "interrupted": 0, "skipped": 0,
+                               "cancelled": 0} and state["finished"]
 
 
 def test_a_failing_row_is_retried_up_to_the_limit_keeping_each_attempts_logs(

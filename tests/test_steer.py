@@ -456,3 +456,59 @@ def test_cancel_and_prioritize_say_what_they_did_to_each_row_and_refuse_a_typo(
                                   "prioritized m-48l-s1 (pending): priority 1\n"), r.err
     plan = json.loads((sweep_dir / "plan.json").read_text())
     assert {row["run_id"]: row["priority"] for row in plan["runs"]} == {"m-6l-s1": 0, "m-6l-s2": 0, "m-48l-s1": 1}
+
+
+def test_a_cancelled_row_runs_again_only_once_its_cancel_is_withdrawn(tmp_path: Path, fake: Path) -> None:
+    from sweepctl.launch import LaunchOptions, apply_run_table
+    from test_runner import run_shard
+
+    plan = make_plan(tmp_path, fake, {"c": "ok"})
+    out = tmp_path / "out"
+    runs.write_json_atomic(out / "c" / runs.SUMMARY, {"ok": False, "status": "cancelled", "error_class": "cancelled"})
+    cancel_marker(tmp_path, "c")
+    rows, refusals = apply_run_table(plan, LaunchOptions(shards=1), out, 60.0)
+    assert [(r.state, r.action, r.detail) for r in rows] == [("cancelled", "skip",
+                                                              "cancelled; --include-cancelled runs it")]
+    assert refusals == []  # neither failed (a refusal) nor pending (run)
+    rows, _ = apply_run_table(plan, LaunchOptions(shards=1, include_cancelled=True), out, 60.0)
+    assert [(r.state, r.action, r.detail) for r in rows] == [("cancelled", "restart", "--include-cancelled")]
+
+    runner, _, _ = run_shard(tmp_path, plan)
+    assert [(o.run_id, o.result) for o in runner.outcomes] == [("c", "skipped")]
+    runs.backup(out / "c", [runs.CANCEL])  # what launch --include-cancelled and rerun do
+    runner, _, pane = run_shard(tmp_path, plan)
+    assert [(o.run_id, o.result) for o in runner.outcomes] == [("c", "ok")]
+    assert "c: attempt 1, restart (cancelled before, included again; no usable checkpoint, starting over)" in pane
+    assert [p.name.split(".bak-")[0] for p in sorted(out.joinpath("c").glob("*.bak-*"))] == [runs.CANCEL, runs.SUMMARY]
+
+
+def test_the_messages_name_the_event_and_hold_no_error_text() -> None:
+    from sweepctl import notify
+
+    summary = {"error_class": "stalled", "error": "NCCL watchdog token=hf_SECRET", "iter_num": 120, "max_iters": 5000}
+    assert notify.failed_text("fw", "fw-mhc-48l-s1", summary, host="pod1", session="sweep-3") == (
+        "sweep fw: fw-mhc-48l-s1 stalled (no progress) at iteration 120/5000 on pod1 (sweep-3). "
+        "Logs: sweepctl logs fw-mhc-48l-s1")
+    best = [{"label": "fw-mhc-6l", "mean": 3.21234, "std": 0.0123, "n": 3},
+            {"label": "fw-base-6l", "mean": 3.3, "std": None, "n": 1}]
+    assert notify.done_text("fw", {"ok": 4, "failed": 1, "cancelled": 0}, best, host="pod1") == (
+        "sweep fw done on pod1: 4 ok, 1 failed. Best (mean best val loss): fw-mhc-6l 3.2123 ± 0.0123 (3 runs); "
+        "fw-base-6l 3.3000 (1 run).")
+    assert notify.redact("https://hooks.slack.com/services/T0/B0/XXXX") == "https://hooks.slack.com/…"
+    assert json.loads(notify.payload("hi")) == {"text": "hi", "content": "hi"}
+
+
+def test_the_runner_takes_the_webhook_from_the_project_file_when_launch_gave_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweepctl.cli.run_cmds import _notify_url
+
+    monkeypatch.delenv("SWEEPCTL_NOTIFY_URL", raising=False)
+    project = tmp_path / "sweepctl.toml"
+    project.write_text('notify_url = "https://discord.com/api/webhooks/1/abc"\n')
+    monkeypatch.setenv("SWEEPCTL_PROJECT_FILE", str(project))
+    assert _notify_url() == "https://discord.com/api/webhooks/1/abc"
+    monkeypatch.setenv("SWEEPCTL_NOTIFY_URL", "https://hooks.slack.com/services/T/B/C")  # launch --notify wins
+    assert _notify_url() == "https://hooks.slack.com/services/T/B/C"
+    project.write_text("stale_after_s = -1\n")  # a bad project file costs the notifications, never the runs
+    monkeypatch.delenv("SWEEPCTL_NOTIFY_URL")
+    assert _notify_url() is None

@@ -79,6 +79,18 @@ class RowDecision:
 
 
 @dataclass
+class LiveQueue:
+    """A dynamic sweep whose runners are working: where their claims are, and what joins them."""
+
+    sessions: list[str]  # the live runners' tmux sessions
+    claims_dir: Path
+    wanted: Plan  # the CSV as planned now; merged into plan.json again under the lock at execute
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    drained: bool = False  # every live runner had found the queue empty before the rows were written
+
+
+@dataclass
 class LaunchPreview:
     sweep: Sweep
     plan: Plan
@@ -94,18 +106,6 @@ class LaunchPreview:
     refusals: list[str] = field(default_factory=list)  # run-table refusals: failed rows, --force on live rows
     pod: str | None = None  # this machine's name in the sweep's hosts.json (kept in launch.json), if known
     joining: LiveQueue | None = None  # the sweep's runners are live: the CSV's rows join their queue
-
-
-@dataclass
-class LiveQueue:
-    """A dynamic sweep whose runners are working: where their claims are, and what joins them."""
-
-    sessions: list[str]  # the live runners' tmux sessions
-    claims_dir: Path
-    wanted: Plan  # the CSV as planned now; merged into plan.json again under the lock at execute
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    drained: bool = False  # every live runner had found the queue empty before the rows were written
 
     @property
     def todo(self) -> list[RowDecision]:
