@@ -5,6 +5,8 @@ describes them; these tests keep that page true."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,18 @@ def test_only_the_entry_point_imports_the_command_line():
     strays = [f"{rel}:{line} {name}" for rel, line, name in imports()
               if name.startswith("sweepctl.cli") and not rel.startswith("cli/") and rel != "__main__.py"]
     assert not strays
+
+
+def test_the_run_contract_is_standard_library_only():
+    """Orchestration imports sweepctl.train.contract: it may import nothing else, not even the
+    rest of the trainer, so that reading a run directory never needs torch."""
+    strays = [f"contract.py:{line} {name}" for rel, line, name in imports()
+              if rel == "train/contract.py" and name.split(".")[0] not in sys.stdlib_module_names]
+    assert not strays
+
+
+def test_importing_the_contract_does_not_import_torch():
+    code = ("import sys, sweepctl.runs, sweepctl.train.contract; "
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout == "[]\n"

@@ -30,6 +30,7 @@ from cli import run_cli  # noqa: E402
 from sweep_helpers import FAKE_BIN, TINY, Workspace, kill_tmux_server, panes, wait_until  # noqa: E402
 from sweepctl import launch, ray_backend, runs, status  # noqa: E402
 from sweepctl.settings import load_settings  # noqa: E402
+from sweepctl.train import contract  # noqa: E402
 from test_launch import pane_done  # noqa: E402  (the pane's last sweepctl line once it has ended)
 
 pytest_plugins = ["sweep_fixtures", "sshd"]
@@ -130,7 +131,7 @@ def test_every_row_runs_once_and_overlapping_rows_get_distinct_gpus(workspace: W
     for i, run_id in enumerate(ids):
         d = ws.run_dir(run_id)
         assert (runs.read_json(d / runs.SUMMARY) or {}).get("ok") is True, log
-        assert [f for f in runs.COMPLETE_FILES if not (d / f).exists()] == []
+        assert [f for f in contract.COMPLETE_FILES if not (d / f).exists()] == []
         assert runs.backups_of(d, runs.STDOUT_LOG) == [], "ran more than once"
         assert log.count(f"] {run_id}: ok on ") == 1, log
         rec = owner(ws, run_id)
@@ -227,7 +228,7 @@ def test_launch_backend_ray_starts_the_driver_in_tmux_and_returns(
     for run_id in ids:
         d = ws.run_dir(run_id)
         assert (runs.read_json(d / runs.SUMMARY) or {})["ok"] is True
-        assert [f for f in runs.COMPLETE_FILES if not (d / f).exists()] == []
+        assert [f for f in contract.COMPLETE_FILES if not (d / f).exists()] == []
     manifest = ws.out_root / ".sweeps" / "sweep"
     record = json.loads((manifest / "launch.json").read_text())
     assert (record["options"]["backend"], record["options"]["ray_address"]) == ("ray", ray_address)

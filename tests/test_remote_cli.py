@@ -27,6 +27,7 @@ import pytest
 from cli import CliResult, run_cli
 from sweep_helpers import FAKE_BIN, TINY, Workspace, gpu_row, kill_tmux_server, panes, wait_until
 from sweepctl import __version__, runs
+from sweepctl.train import contract
 from sweepctl.transport import SSHTransport, system_ssh_argv
 
 pytest_plugins = ["sshd", "sweep_fixtures"]
@@ -379,7 +380,7 @@ def test_launch_status_logs_rerun_pull_report_over_ssh(
     assert r.code == 0, r.err
     assert "pod: sweep sweep: copied" in r.out and "checkpoint(s) skipped" in r.out
     for run_id in ("row0", "row1"):
-        for name in runs.COMPLETE_FILES:
+        for name in contract.COMPLETE_FILES:
             if name != runs.CHECKPOINT:
                 assert (dest / run_id / name).read_bytes() == (pod.run_dir(run_id) / name).read_bytes()
         assert not (dest / run_id / runs.CHECKPOINT).exists()

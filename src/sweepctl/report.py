@@ -24,6 +24,7 @@ from typing import Any
 
 from sweepctl import runs
 from sweepctl.errors import SweepctlError
+from sweepctl.train import contract
 from sweepctl.train.config import FIELD_NAMES
 
 REPORT_SCHEMA = "sweepctl.report/1"
@@ -176,7 +177,7 @@ def read_run(directory: Path, *, planned_config: dict[str, Any] | None = None, s
     """One run directory (possibly absent: a planned run not started) as a JSON-able record."""
     view = runs.read_run(directory, stale_after_s=stale_after_s, now=now)
     summary = view.summary or {}
-    config = runs.read_json(directory / runs.CONFIG_EFFECTIVE) or planned_config
+    config = runs.read_json(directory / contract.CONFIG_EFFECTIVE) or planned_config
     metrics, bad_lines = read_metrics(directory / runs.METRICS)
     evals = metrics["eval"]
     final_val = _num((summary.get("last_eval") or {}).get("val"))

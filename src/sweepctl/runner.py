@@ -32,9 +32,9 @@ from typing import Any, BinaryIO, Literal
 
 from sweepctl import runs
 from sweepctl.plan import Plan, PlannedRun, claim_order
+from sweepctl.train.contract import CONTEXT_ENV
 
 OnFailed = Literal["skip", "retry"]
-RUN_CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
 DEFAULT_STALL_AFTER_S = 1800.0  # no iteration for 30 min: hung (NCCL, a dead filesystem), not slow
 POLL_S = 0.5
 EXPLICIT_ROW_LOCK_WAIT_S = 30.0
@@ -289,7 +289,7 @@ class ShardRunner:
         context = {"sweep": {"name": self.plan.sweep, "row_index": planned.row_index, "shard_index": self.o.shard,
                              "shard_count": self.plan.shard_count, "schedule": self.plan.schedule},
                    "attempt": attempt}
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": cvd, RUN_CONTEXT_ENV: json.dumps(context),
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": cvd, CONTEXT_ENV: json.dumps(context),
                "PYTHONUNBUFFERED": "1"}
         started = time.time()
         owner = {"run_id": planned.run_id, "sweep": self.plan.sweep, "row_index": planned.row_index,

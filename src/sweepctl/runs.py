@@ -3,7 +3,7 @@
     view = read_run(Path("/mnt/pod_artifacts/outputs/fineweb10B-mhc-6l-s1337"), stale_after_s=120)
     view.state  # pending | running | ok | failed | stale
 
-The state follows the run table in DESIGN.md. Reads are cheap on purpose — `status` reads
+The state is `classify`'s (pending, running, ok, failed, stale). Reads are cheap on purpose — `status` reads
 thousands of run directories per refresh: summary.json and heartbeat.json are small, the runner's
 own record is small, and metrics.jsonl is only ever tailed from its end. Nothing here writes except
 `write_json_atomic`, `backup` and the lock, which the runner uses.
@@ -24,26 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sweepctl.train.contract import (
+    CHECKPOINT,
+    HEARTBEAT,
+    LOCK,
+    METADATA,
+    METRICS,
+    OWNER,
+    STDOUT_LOG,
+    SUMMARY,
+)
+
 RunState = Literal["pending", "running", "ok", "failed", "stale"]
 STATES: tuple[RunState, ...] = ("pending", "running", "ok", "failed", "stale")
 
-# The trainer's files (contract_version 1).
-STDOUT_LOG = "stdout.log"
-COMMAND = "command.sh"
-METADATA = "run_metadata.json"
-CONFIG_EFFECTIVE = "config_effective.json"
-DATASET_MANIFEST = "dataset_manifest.json"
-METRICS = "metrics.jsonl"
-HEARTBEAT = "heartbeat.json"
-CHECKPOINT = "ckpt.pt"
-SUMMARY = "summary.json"
-# The runner's files: who owns the run now (and owned it last), and the lock that proves it.
-OWNER = "runner.json"
-LOCK = ".sweepctl.lock"
-
-# A complete, finished run directory has these (stdout.log is the runner's tee of the trainer).
-COMPLETE_FILES = (STDOUT_LOG, COMMAND, METADATA, CONFIG_EFFECTIVE, DATASET_MANIFEST, METRICS, HEARTBEAT,
-                  CHECKPOINT, SUMMARY)
 # What a fresh restart moves aside; a resume keeps them (the trainer continues the metrics).
 RESTART_BACKUPS = (STDOUT_LOG, SUMMARY, METRICS, HEARTBEAT, CHECKPOINT)
 RETRY_BACKUPS = (STDOUT_LOG, SUMMARY)

@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-CONTRACT_VERSION = 1
-RUN_KIND = "sweepctl.train"
 # Env vars whose values must never reach a file; plus any *_KEY/_TOKEN/_SECRET/_PASSWORD variable.
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD)$", re.IGNORECASE)

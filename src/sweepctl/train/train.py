@@ -6,7 +6,7 @@
 
 CONFIG is a preset name or a config file (nanoGPT-style .py read as data, or .toml); each
 key=value is a Python literal checked against TrainConfig. The run_id is the last component of
-out_dir. Optional env SWEEPCTL_RUN_CONTEXT: JSON {"sweep": {name, row_index, shard_index,
+out_dir. Optional env SWEEPCTL_RUN_CONTEXT (contract.CONTEXT_ENV): JSON {"sweep": {name, row_index, shard_index,
 shard_count, schedule}, "attempt": N} from the launcher, recorded in run_metadata.json.
 
 Files in out_dir (contract_version 1; every JSON written atomically, no secret in any file):
@@ -52,6 +52,19 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sweepctl.train.config import ConfigError, TrainConfig, parse_override, read_config_file, resolve_config
+from sweepctl.train.contract import (
+    CHECKPOINT,
+    COMMAND,
+    CONFIG_EFFECTIVE,
+    CONTEXT_ENV,
+    CONTRACT_VERSION,
+    DATASET_MANIFEST,
+    HEARTBEAT,
+    METADATA,
+    METRICS,
+    RUN_KIND,
+    SUMMARY,
+)
 from sweepctl.train.data import (
     BatchPrefetcher,
     ShardError,
@@ -64,8 +77,6 @@ from sweepctl.train.data import (
 from sweepctl.train.diagnostics import GAIN_FWD, residual_diagnostics, static_residual_matrices
 from sweepctl.train.model import GPT
 from sweepctl.train.rundir import (
-    CONTRACT_VERSION,
-    RUN_KIND,
     Heartbeat,
     git_info,
     package_version,
@@ -77,7 +88,6 @@ from sweepctl.train.rundir import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
 # Settings that may differ between a checkpoint and the run resuming it: where and how long it
 # runs and logs, not what it computes.
 RESUME_MAY_CHANGE = {
@@ -299,7 +309,7 @@ class Run:
             summary["error_class"] = error_class
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.out_dir / "summary.json", summary)
+            write_json(self.out_dir / SUMMARY, summary)
         except OSError as e:
             print(f"error: could not write {self.out_dir / 'summary.json'}: {e}", file=sys.stderr, flush=True)
 
@@ -318,9 +328,9 @@ class Run:
         self._setup_distributed()
         if self.master:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.heartbeat = Heartbeat(self.out_dir / "heartbeat.json", cfg.heartbeat_interval_s, cfg.max_iters)
+            self.heartbeat = Heartbeat(self.out_dir / HEARTBEAT, cfg.heartbeat_interval_s, cfg.max_iters)
             self.heartbeat.start()
-        ckpt_path = self.out_dir / "ckpt.pt"
+        ckpt_path = self.out_dir / CHECKPOINT
         resuming = cfg.resume and ckpt_path.exists()
         if self.master:
             self._set_aside_old_outputs(resuming)
@@ -392,7 +402,7 @@ class Run:
         """A previous attempt's summary (and, for a fresh start, its metrics) move to
         <name>.bak-<time>: never deleted, and the directory no longer reads as finished."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        names = ["summary.json"] if resuming else ["summary.json", "metrics.jsonl"]
+        names = [SUMMARY] if resuming else [SUMMARY, METRICS]
         for name in names:
             p = self.out_dir / name
             if p.exists():
@@ -410,7 +420,7 @@ class Run:
         self.train_windows = TokenWindows(train_paths, cfg.block_size, cfg.vocab_size)
         self.val_windows = TokenWindows(val_paths, cfg.block_size, cfg.vocab_size)
         if self.master:
-            write_json(self.out_dir / "dataset_manifest.json", {
+            write_json(self.out_dir / DATASET_MANIFEST, {
                 "contract_version": CONTRACT_VERSION, "dataset": cfg.dataset,
                 "data_dir": str(Path(cfg.data_dir).resolve()),
                 "train": shard_manifest(train_paths), "val": shard_manifest(val_paths),
@@ -510,8 +520,8 @@ class Run:
         if "CUDA_VISIBLE_DEVICES" in os.environ:
             lines.append(f"export CUDA_VISIBLE_DEVICES={shlex.quote(os.environ['CUDA_VISIBLE_DEVICES'])}")
         lines.append("exec " + shlex.join(self._command_line()))
-        write_text_atomic(out / "command.sh", scrub("\n".join(lines) + "\n", secrets))
-        os.chmod(out / "command.sh", 0o755)
+        write_text_atomic(out / COMMAND, scrub("\n".join(lines) + "\n", secrets))
+        os.chmod(out / COMMAND, 0o755)
         gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
                 if torch.cuda.is_available() else [])
         meta = {
@@ -529,12 +539,12 @@ class Run:
                       "run_name": cfg.wandb_run_name or out.name, "id": wandb_run_id(out.name)},
             "ts": time.time(),
         }
-        write_json(out / "run_metadata.json", meta)
-        write_json(out / "config_effective.json", self.effective_config())
+        write_json(out / METADATA, meta)
+        write_json(out / CONFIG_EFFECTIVE, self.effective_config())
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
         row = scrub({**row, "ts": time.time()}, secret_values())
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(self.out_dir / METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")  # one write per line: a reader sees whole lines
 
     # ----------------------------------------------------------------- checkpoints
@@ -556,8 +566,8 @@ class Run:
                 "last_eval": self.last_eval, "last_eval_iter": self.last_eval_iter,
                 "rng": ranks, "world_size": self.world_size, "config": self.config_record(),
                 "contract_version": CONTRACT_VERSION}
-        path = self.out_dir / "ckpt.pt"
-        tmp = path.with_name(f".ckpt.pt.tmp-{os.getpid()}")
+        path = self.out_dir / CHECKPOINT
+        tmp = path.with_name(f".{CHECKPOINT}.tmp-{os.getpid()}")
         torch.save(ckpt, tmp)
         os.replace(tmp, path)
 
