@@ -32,6 +32,7 @@ from sweepctl.runner import DEFAULT_STALL_AFTER_S
 from sweepctl.settings import Settings
 from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
 from sweepctl.tmux import Tmux, attach_command, shard_session, tmux_version
+from sweepctl.train.contract import write_bytes_atomic
 
 MIN_FREE_BYTES = 1 << 30  # checkpoints of a 48-layer model are hundreds of MB each
 PLAN_FILE, LAUNCH_FILE, LAUNCH_HISTORY = "plan.json", "launch.json", "launches.jsonl"
@@ -396,9 +397,7 @@ def _replace_keeping_old(path: Path, content: bytes) -> None:
         if path.read_bytes() == content:
             return
         runs.backup(path.parent, [path.name])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, content)
 
 
 # --- reading a launched sweep back ---------------------------------------------------------------

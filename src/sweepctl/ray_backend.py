@@ -48,6 +48,7 @@ from sweepctl.runner import Outcome, RunnerOptions, ShardRunner, end_line, load_
 from sweepctl.settings import Settings
 from sweepctl.spec import read_sweep
 from sweepctl.tmux import Tmux, attach_command
+from sweepctl.train.contract import write_bytes_atomic
 
 RAY_VERSION = "2.60.0"  # the `ray` extra's pin: the driver and every node must run the same Ray
 INSTALL_HINT = f"pip install 'sweepctl[ray]' (Ray {RAY_VERSION}) here and on every node"
@@ -357,10 +358,7 @@ def _materialize(sweep_dir: Path, files: dict[str, bytes]) -> None:
         path = sweep_dir / rel
         if path.exists():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, content)
 
 
 def manifest_files(sweep_dir: Path) -> dict[str, bytes]:

@@ -11,13 +11,11 @@ own record is small, and metrics.jsonl is only ever tailed from its end. Nothing
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +32,9 @@ from sweepctl.train.contract import (
     STDOUT_LOG,
     SUMMARY,
 )
+
+# The one atomic writer, re-exported: the orchestration side writes runs.write_json_atomic(...).
+from sweepctl.train.contract import write_json_atomic as write_json_atomic
 
 RunState = Literal["pending", "running", "ok", "failed", "stale"]
 STATES: tuple[RunState, ...] = ("pending", "running", "ok", "failed", "stale")
@@ -69,23 +70,6 @@ def nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Temp file in the same folder + os.replace: a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def backup_stamp(now: float | None = None) -> str:

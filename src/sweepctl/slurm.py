@@ -28,6 +28,7 @@ from sweepctl.errors import SpecError, SweepctlError
 from sweepctl.plan import Plan, claim_order
 from sweepctl.settings import Settings
 from sweepctl.spec import read_sweep
+from sweepctl.train.contract import write_text_atomic
 
 SLURM_LOG_DIR = "slurm"  # .sweeps/<name>/slurm/<job>_<task>.out; sbatch does not create it
 
@@ -83,11 +84,7 @@ def export(csv_path: Path, options: SlurmOptions, settings: Settings, output: Pa
     launch.write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=[])
     (preview.sweep_dir / SLURM_LOG_DIR).mkdir(parents=True, exist_ok=True)
     text = render(preview, options)
-    script.parent.mkdir(parents=True, exist_ok=True)
-    tmp = script.with_name(f".{script.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    os.replace(tmp, script)
+    write_text_atomic(script, text, mode=0o755)
     return SlurmExport(preview, script, len(preview.plan.runs), array_spec(len(preview.plan.runs), options.concurrency),
                        warnings)
 

@@ -1,14 +1,23 @@
-"""The run contract: what a trainer leaves in its run directory, and what the launcher tells it.
+"""The run contract: what a trainer leaves in its run directory, what the launcher tells it, and the
+one atomic writer every file in it (and every other JSON file sweepctl writes) goes through.
 
 Both sides read this one module: the trainer writes these files, the runner, `status`, `report`
 and `control` read them. Standard library only, so the orchestration side can import it without
 torch (tests/test_layout.py checks that).
 
-    from sweepctl.train.contract import SUMMARY
-    summary_path = run_dir / SUMMARY
+    from sweepctl.train.contract import SUMMARY, write_json_atomic
+    write_json_atomic(run_dir / SUMMARY, {"ok": True})
 """
 
 from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 CONTRACT_VERSION = 1  # in run_metadata.json and summary.json; raise it when a file below changes meaning
 RUN_KIND = "sweepctl.train"
@@ -34,3 +43,34 @@ LOCK = ".sweepctl.lock"
 COMPLETE_FILES = (STDOUT_LOG, COMMAND, METADATA, CONFIG_EFFECTIVE, DATASET_MANIFEST, METRICS, HEARTBEAT,
                   CHECKPOINT, SUMMARY)
 
+
+def write_bytes_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Temp file in the same folder, fsync, os.replace: a reader sees the old file or the new one,
+    never half, even after a power cut. The temp name carries the pid and thread, because the
+    trainer's heartbeat thread and its main loop may write at once. `mode` (e.g. 0o755) is set
+    before the rename, so the file never appears without it; otherwise the umask decides."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str, *, mode: int | None = None) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
+
+
+def write_json_atomic(path: Path, data: Any, *, default: Callable[[Any], Any] | None = None,
+                      allow_nan: bool = True) -> None:
+    """`data` as indented JSON, written atomically (see `write_bytes_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=default, allow_nan=allow_nan) + "\n")

@@ -1,8 +1,9 @@
 """The run directory's plumbing: atomic, secret-free writes, the heartbeat thread, provenance.
 
-Everything the trainer writes goes through `write_json` / `write_text_atomic`: a reader (status,
-the runner, a report pulled over SSH) never sees half a file, and no secret environment value
-(WANDB_API_KEY, HF_TOKEN, any *_KEY/_TOKEN/_SECRET/_PASSWORD) reaches disk. No torch here.
+Every JSON file the trainer writes goes through `write_json` (contract's atomic writer, after
+`scrub`): a reader (status, the runner, a report pulled over SSH) never sees half a file, and no
+secret environment value (WANDB_API_KEY, HF_TOKEN, any *_KEY/_TOKEN/_SECRET/_PASSWORD) reaches
+disk. No torch here.
 
     from sweepctl.train.rundir import write_json
     write_json(Path("out/run/summary.json"), {"ok": True})
@@ -11,7 +12,6 @@ the runner, a report pulled over SSH) never sees half a file, and no secret envi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import socket
@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from sweepctl.train.contract import write_json_atomic
 
 # Env vars whose values must never reach a file; plus any *_KEY/_TOKEN/_SECRET/_PASSWORD variable.
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
@@ -44,16 +46,10 @@ def scrub(obj: Any, secrets: list[str]) -> Any:
     return obj
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic (temp + os.replace) and scrubbed: a reader never sees half a file or a secret."""
-    text = json.dumps(scrub(obj, secret_values()), indent=2, default=str, allow_nan=False) + "\n"
-    write_text_atomic(path, text)
+    """Atomic (see contract.write_bytes_atomic) and scrubbed: a reader never sees half a file or a
+    secret; NaN is refused (the trainer records a non-finite value as null, never as NaN)."""
+    write_json_atomic(path, scrub(obj, secret_values()), default=str, allow_nan=False)
 
 
 def git_info() -> dict[str, Any] | None:

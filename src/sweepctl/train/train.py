@@ -64,6 +64,7 @@ from sweepctl.train.contract import (
     METRICS,
     RUN_KIND,
     SUMMARY,
+    write_text_atomic,
 )
 from sweepctl.train.data import (
     BatchPrefetcher,
@@ -84,7 +85,6 @@ from sweepctl.train.rundir import (
     secret_values,
     wandb_run_id,
     write_json,
-    write_text_atomic,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -520,8 +520,7 @@ class Run:
         if "CUDA_VISIBLE_DEVICES" in os.environ:
             lines.append(f"export CUDA_VISIBLE_DEVICES={shlex.quote(os.environ['CUDA_VISIBLE_DEVICES'])}")
         lines.append("exec " + shlex.join(self._command_line()))
-        write_text_atomic(out / COMMAND, scrub("\n".join(lines) + "\n", secrets))
-        os.chmod(out / COMMAND, 0o755)
+        write_text_atomic(out / COMMAND, scrub("\n".join(lines) + "\n", secrets), mode=0o755)
         gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
                 if torch.cuda.is_available() else [])
         meta = {
