@@ -79,3 +79,37 @@ def test_importing_the_contract_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout == "[]\n"
+
+
+# A name on disk or in tmux is spelled once, by the module that owns it.
+SPELLED_BY = {
+    **{name: "train/contract.py" for name in ("stdout.log", "command.sh", "run_metadata.json", "config_effective.json",
+                                              "dataset_manifest.json", "metrics.jsonl", "heartbeat.json", "ckpt.pt",
+                                              "summary.json", "runner.json", ".sweepctl.lock")},
+    **{name: "manifest.py" for name in (".sweeps", "plan.json", "launch.json", "launches.jsonl", "hosts.json")},
+}
+SESSION_PREFIXES = ("sweep-", "rerun-")  # tmux.py: shard_session, rerun_session
+NOT_A_SESSION = {("ray_backend.py", "rerun-")}  # the launch id of a Ray rerun, kept in its driver's state
+
+
+def string_constants() -> list[tuple[str, int, str]]:
+    """(module, line, text) of every string literal in the source, f-string parts included, and
+    docstrings left out (they may name files for the reader)."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        found += [(rel, node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+    return found
+
+
+def test_file_and_session_names_are_spelled_in_one_place():
+    strays = [f"{rel}:{line} {text!r}" for rel, line, text in string_constants()
+              if (text in SPELLED_BY and rel != SPELLED_BY[text])
+              or (text.startswith(SESSION_PREFIXES) and rel != "tmux.py" and (rel, text) not in NOT_A_SESSION)]
+    assert not strays

@@ -27,6 +27,7 @@ import pytest
 from cli import CliResult, run_cli
 from sweep_helpers import FAKE_BIN, TINY, Workspace, gpu_row, kill_tmux_server, panes, wait_until
 from sweepctl import __version__, runs
+from sweepctl.manifest import sweep_dir
 from sweepctl.train import contract
 from sweepctl.transport import SSHTransport, system_ssh_argv
 
@@ -159,7 +160,7 @@ def fabricate_ok_runs(out_root: Path, n: int, sweep: str = "big") -> list[str]:
                           argv=["python", "-m", "sweepctl.train", "base"]) for i, r in enumerate(ids)]
     plan = Plan(sweep=sweep, shard_count=8, schedule="static", gpus_per_shard=1,
                 shards=[ShardPlan(index=s, devices=[s], run_ids=[]) for s in range(8)], runs=planned)
-    manifest = runs.sweep_dir(out_root, sweep)
+    manifest = sweep_dir(out_root, sweep)
     manifest.mkdir(parents=True)
     (manifest / "plan.json").write_text(plan.model_dump_json())
     runs.write_json_atomic(manifest / "launch.json", {"ts": time.time()})

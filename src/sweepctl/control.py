@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweepctl import runs
+from sweepctl import manifest, runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import least_busy, query_gpus
-from sweepctl.launch import LAUNCH_FILE, find_run, latest_sweep, load_manifest
+from sweepctl.manifest import find_run, latest_sweep, load_manifest, read_launch
 from sweepctl.plan import cuda_visible_devices
 from sweepctl.settings import Settings
-from sweepctl.tmux import Tmux, attach_command, rerun_session
+from sweepctl.tmux import SHARD_PREFIX, Tmux, attach_command, rerun_session
 
 
 @dataclass
@@ -61,7 +61,7 @@ def stop(out_root: Path, *, sweep: str | None = None, shard: int | None = None) 
     if name is None:
         raise SweepctlError(f"no launched sweep under {out_root}", hint="pass --out-root or --sweep")
     plan, _ = load_manifest(out_root, name)
-    d = runs.sweep_dir(out_root, name)
+    d = manifest.sweep_dir(out_root, name)
     sent: list[Signalled] = []
     runner_pids: set[int] = set()
     for state_file in sorted(d.glob("*.json")):
@@ -71,7 +71,7 @@ def stop(out_root: Path, *, sweep: str | None = None, shard: int | None = None) 
             continue
         if record.get("host") not in (None, runs.HOST) or (shard is not None and record.get("shard") != shard):
             continue
-        if shard is not None and not str(record["session"]).startswith("sweep-"):
+        if shard is not None and not str(record["session"]).startswith(SHARD_PREFIX):
             continue  # --shard I means the shard's session, not a rerun that shares its index
         if _is_ours(pid, "sweepctl"):
             os.kill(pid, signal.SIGINT)
@@ -128,8 +128,8 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
         raise RefusedError("the run finished ok", where=run_id,
                            hint="pass --force to run it again (its files are kept as .bak-)")
     session = rerun_session(run_id)
-    sweep_dir = runs.sweep_dir(out_root, name)
-    launched = (runs.read_json(sweep_dir / LAUNCH_FILE) or {}).get("options") or {}
+    sweep_dir = manifest.sweep_dir(out_root, name)
+    launched = read_launch(sweep_dir).get("options") or {}
     if launched.get("backend") == "ray":
         from sweepctl import ray_backend
 

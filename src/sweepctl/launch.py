@@ -22,9 +22,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sweepctl import __version__, runs
+from sweepctl import __version__, manifest, runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import GpuQuery, query_gpus
 from sweepctl.plan import Plan, Schedule, cuda_visible_devices, make_plan
@@ -32,10 +31,8 @@ from sweepctl.runner import DEFAULT_STALL_AFTER_S
 from sweepctl.settings import Settings
 from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
 from sweepctl.tmux import Tmux, attach_command, shard_session, tmux_version
-from sweepctl.train.contract import write_bytes_atomic
 
 MIN_FREE_BYTES = 1 << 30  # checkpoints of a 48-layer model are hundreds of MB each
-PLAN_FILE, LAUNCH_FILE, LAUNCH_HISTORY = "plan.json", "launch.json", "launches.jsonl"
 
 
 @dataclass
@@ -129,7 +126,7 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
     # Absolute paths: the trainer runs in a tmux pane whose working directory is not ours to assume.
     out_root = Path(settings.out_root).expanduser().absolute()
     data_dir = Path(settings.data_dir).expanduser().absolute()
-    sweep_dir = runs.sweep_dir(out_root, sweep.name)
+    sweep_dir = manifest.sweep_dir(out_root, sweep.name)
     pod = check_placement(sweep, sweep_dir, options.placed_on)
     copies = _config_copies(sweep, sweep_dir)
     plan = make_plan(sweep, shards=options.shards, schedule=options.schedule,
@@ -152,11 +149,11 @@ def check_placement(sweep: Sweep, sweep_dir: Path, placed_on: str | None = None)
     """This machine's name in the sweep's multi-pod layout, after refusing rows the layout gives to
     another pod (RefusedError, before anything is written). None: no name known, or no layout.
     `placed_on`: the laptop's `launch --host` placed these rows against every pod's record."""
-    from sweepctl.hosts import LAYOUT_FILE, UPLOAD_DIR, check_local_launch
+    from sweepctl.hosts import check_local_launch
 
     if placed_on:
         return placed_on
-    path = sweep_dir / UPLOAD_DIR / LAYOUT_FILE
+    path = manifest.layout_path(sweep_dir)
     try:
         layout = json.loads(path.read_text())
     except FileNotFoundError:
@@ -170,7 +167,7 @@ def check_placement(sweep: Sweep, sweep_dir: Path, placed_on: str | None = None)
                             hint="copy it from another pod of the sweep, or launch from the laptop with --host")
     # The name the laptop gave this pod, kept by its last launch here; a manifest copied to another
     # machine (`pull`) names the pod it came from, not that machine.
-    last = runs.read_json(sweep_dir / LAUNCH_FILE) or {}
+    last = manifest.read_launch(sweep_dir)
     pod = last.get("pod") if last.get("host") == runs.HOST and isinstance(last.get("pod"), str) else None
     check_local_launch(sweep.name, layout, [r.run_id for r in sweep.runs], pod, where=str(path))
     return pod
@@ -371,12 +368,10 @@ def write_manifest(preview: LaunchPreview, *, launch_id: str, launched_at: float
     d = preview.sweep_dir
     d.mkdir(parents=True, exist_ok=True)
     csv_copy = d / preview.sweep.csv_path.name
-    _replace_keeping_old(csv_copy, preview.sweep.csv_path.read_bytes())
+    manifest.replace_keeping_old(csv_copy, preview.sweep.csv_path.read_bytes())
     for src, dst in preview.config_copies.items():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        _replace_keeping_old(dst, src.read_bytes())
-    plan_text = json.dumps(preview.plan.model_dump(mode="json"), indent=2) + "\n"
-    _replace_keeping_old(d / PLAN_FILE, plan_text.encode())
+        manifest.replace_keeping_old(dst, src.read_bytes())
+    manifest.write_plan(d, preview.plan)
     o = preview.options
     record = {
         "sweep": preview.sweep.name, "launch_id": launch_id, "ts": launched_at,
@@ -387,54 +382,4 @@ def write_manifest(preview: LaunchPreview, *, launch_id: str, launched_at: float
         "options": asdict(o), "shards_started": shards,
         "rows": {a: sum(1 for r in preview.rows if r.action == a) for a in ("run", "resume", "restart", "skip")},
     }
-    runs.write_json_atomic(d / LAUNCH_FILE, record)
-    with open(d / LAUNCH_HISTORY, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _replace_keeping_old(path: Path, content: bytes) -> None:
-    if path.exists():
-        if path.read_bytes() == content:
-            return
-        runs.backup(path.parent, [path.name])
-    write_bytes_atomic(path, content)
-
-
-# --- reading a launched sweep back ---------------------------------------------------------------
-
-def latest_sweep(out_root: Path) -> str | None:
-    """The sweep launched most recently under out_root (by launch.json's time)."""
-    best: tuple[float, str] | None = None
-    for launch_file in runs.sweeps_root(out_root).glob(f"*/{LAUNCH_FILE}"):
-        record = runs.read_json(launch_file) or {}
-        ts = float(record.get("ts") or launch_file.stat().st_mtime)
-        if best is None or ts > best[0]:
-            best = (ts, launch_file.parent.name)
-    return best[1] if best else None
-
-
-def load_manifest(out_root: Path, name: str) -> tuple[Plan, dict[str, Any]]:
-    d = runs.sweep_dir(out_root, name)
-    try:
-        plan = Plan.model_validate_json((d / PLAN_FILE).read_text())
-    except FileNotFoundError:
-        raise SweepctlError(f"no sweep {name!r} under {out_root}", where=str(d),
-                            hint="see `sweepctl status` for the sweeps there") from None
-    return plan, runs.read_json(d / LAUNCH_FILE) or {}
-
-
-def find_run(out_root: Path, run_id: str) -> tuple[str, Plan] | None:
-    """The most recently launched sweep whose plan has `run_id`."""
-    found: list[tuple[float, str, Plan]] = []
-    for plan_file in runs.sweeps_root(out_root).glob(f"*/{PLAN_FILE}"):
-        try:
-            plan = Plan.model_validate_json(plan_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if any(r.run_id == run_id for r in plan.runs):
-            record = runs.read_json(plan_file.parent / LAUNCH_FILE) or {}
-            found.append((float(record.get("ts") or 0), plan_file.parent.name, plan))
-    if not found:
-        return None
-    _, name, plan = max(found, key=lambda t: t[0])
-    return name, plan
+    manifest.record_launch(d, record)

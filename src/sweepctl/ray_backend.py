@@ -41,18 +41,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-from sweepctl import launch, ray_guard, runs
+from sweepctl import launch, manifest, ray_guard, runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.plan import Plan, PlannedRun, claim_order
-from sweepctl.runner import Outcome, RunnerOptions, ShardRunner, end_line, load_plan
+from sweepctl.runner import Outcome, RunnerOptions, ShardRunner, end_line
 from sweepctl.settings import Settings
 from sweepctl.spec import read_sweep
-from sweepctl.tmux import Tmux, attach_command
+from sweepctl.tmux import SHARD_PREFIX, Tmux, attach_command
 from sweepctl.train.contract import write_bytes_atomic
 
 RAY_VERSION = "2.60.0"  # the `ray` extra's pin: the driver and every node must run the same Ray
 INSTALL_HINT = f"pip install 'sweepctl[ray]' (Ray {RAY_VERSION}) here and on every node"
-DRIVER_SESSION = "sweep-ray"  # a `sweep-` name, so status lists it with the shard sessions
+DRIVER_SESSION = f"{SHARD_PREFIX}ray"  # a shard-like name, so status lists it with the shard sessions
 DRIVER_LOG, DRIVER_STATE = "ray-driver.log", "ray-driver.json"
 TASK_LOG_DIR = "ray"  # .sweeps/<name>/ray/<launch_id>/<run_id>.log: each row's runner log
 RAY_DEVICES = "assigned by Ray per row"  # what launch and rerun print for CUDA_VISIBLE_DEVICES
@@ -363,7 +363,7 @@ def _materialize(sweep_dir: Path, files: dict[str, bytes]) -> None:
 
 def manifest_files(sweep_dir: Path) -> dict[str, bytes]:
     """plan.json and every file under configs/: what a task's trainer argv may refer to."""
-    files = {launch.PLAN_FILE: (sweep_dir / launch.PLAN_FILE).read_bytes()}
+    files = {manifest.PLAN_FILE: (sweep_dir / manifest.PLAN_FILE).read_bytes()}
     configs = sweep_dir / "configs"
     if configs.is_dir():
         for p in sorted(configs.rglob("*")):
@@ -525,7 +525,7 @@ class Driver:
 
 def driver_main(options: DriverOptions) -> int:
     """Entry point of the hidden `sweepctl ray-driver` command (runs in tmux session sweep-ray)."""
-    plan = load_plan(options.sweep_dir)
+    plan = manifest.read_plan(options.sweep_dir)
     with connected(options.address):
         driver = Driver(plan, options)
         driver.install_signal_handlers()

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sweepctl import runs
+from sweepctl import manifest, runs
 from sweepctl.errors import SweepctlError
 from sweepctl.train import contract
 from sweepctl.train.config import FIELD_NAMES
@@ -221,27 +221,16 @@ def read_run(directory: Path, *, planned_config: dict[str, Any] | None = None, s
 # --------------------------------------------------------------------------- which runs
 
 
-def _plans(out_root: Path) -> dict[str, dict[str, Any]]:
-    plans = {}
-    root = runs.sweeps_root(out_root)
-    if root.is_dir():
-        for d in sorted(root.iterdir()):
-            plan = runs.read_json(d / "plan.json")
-            if plan is not None:
-                plans[d.name] = plan
-    return plans
-
-
 def _select_runs(out_root: Path, sweep: str | None) -> list[tuple[Path, dict[str, Any] | None]]:
     """(run directory, planned config) for every run in scope: directories on disk plus planned
     rows that have not started (pending). `sweep` narrows to a sweep's plan, or, for pulled run
     directories without the manifest, to runs whose run_metadata names that sweep."""
-    plans = _plans(out_root)
+    plans = manifest.plans(out_root)
     planned: dict[str, dict[str, Any] | None] = {}
     for name, plan in plans.items():
         if sweep is None or name == sweep:
-            for r in plan.get("runs", []):
-                planned.setdefault(r["run_id"], r.get("config"))
+            for r in plan.runs:
+                planned.setdefault(r.run_id, r.config)
     dirs = {d.name: d for d in runs.list_run_dirs(out_root)}
     if sweep is not None:
         in_sweep = set(planned)

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from sweepctl import runs
+from sweepctl import manifest, runs
 from sweepctl.plan import Plan, PlannedRun, claim_order
+from sweepctl.tmux import SHARD_PREFIX
 from sweepctl.train.contract import CONTEXT_ENV
 
 OnFailed = Literal["skip", "retry"]
@@ -114,7 +115,7 @@ class ShardRunner:
         self.pane = pane if pane is not None else sys.stdout.buffer
         self.write_lock = threading.Lock()
         # shard-<i>.log for a shard session (DESIGN.md), <session>.log for a rerun
-        shard_session = options.session.startswith("sweep-") and options.shard is not None
+        shard_session = options.session.startswith(SHARD_PREFIX) and options.shard is not None
         log_name = f"shard-{options.shard}.log" if shard_session else f"{options.session}.log"
         self.shard_log = open(options.sweep_dir / log_name, "ab")  # noqa: SIM115 (open for the runner's life)
         self.state_path = options.sweep_dir / log_name.replace(".log", ".json")
@@ -441,13 +442,9 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
 
-def load_plan(sweep_dir: Path) -> Plan:
-    return Plan.model_validate_json((sweep_dir / "plan.json").read_text())
-
-
 def main(options: RunnerOptions) -> int:
     """Entry point of the hidden `sweepctl runner` command."""
-    plan = load_plan(options.sweep_dir)
+    plan = manifest.read_plan(options.sweep_dir)
     runner = ShardRunner(plan, options)
     runner.install_signal_handlers()
     return runner.run()

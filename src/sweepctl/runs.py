@@ -43,7 +43,6 @@ STATES: tuple[RunState, ...] = ("pending", "running", "ok", "failed", "stale")
 RESTART_BACKUPS = (STDOUT_LOG, SUMMARY, METRICS, HEARTBEAT, CHECKPOINT)
 RETRY_BACKUPS = (STDOUT_LOG, SUMMARY)
 
-SWEEPS_DIR = ".sweeps"
 TAIL_BYTES = 8192  # one read from the end of metrics.jsonl covers dozens of rows
 TAIL_MAX_BYTES = 256 * 1024  # how far back to look for the last eval row of a running run
 
@@ -52,14 +51,6 @@ HOST = socket.gethostname()
 
 def run_dir(out_root: str | Path, run_id: str) -> Path:
     return Path(out_root) / run_id
-
-
-def sweeps_root(out_root: str | Path) -> Path:
-    return Path(out_root) / SWEEPS_DIR
-
-
-def sweep_dir(out_root: str | Path, name: str) -> Path:
-    return sweeps_root(out_root) / name
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from typing import Any
 
 from sweepctl import runs
 from sweepctl.gpus import query_gpus
+from sweepctl.manifest import latest_sweep, load_manifest
 from sweepctl.plan import Plan, cuda_visible_devices
+from sweepctl.tmux import shard_session
 
 # A volume this full is said in yellow: a checkpoint of a 48-layer model is hundreds of MB, and a
 # run that cannot write one fails at its next eval.
@@ -35,8 +37,6 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
             tmux_socket: str | None = None, state: str | None = None, with_gpus: bool = True,
             with_sessions: bool = True, now: float | None = None) -> dict[str, Any]:
     """The whole status of `sweep` (default: the latest launched; none: every run directory)."""
-    from sweepctl.launch import latest_sweep, load_manifest
-
     out_root = Path(out_root).expanduser().absolute()
     now = time.time() if now is None else now
     name = sweep or latest_sweep(out_root)
@@ -182,8 +182,8 @@ def render(model: dict[str, Any]) -> Any:
     for r in model["runs"]:
         shard = r.get("shard")
         where = "-" if shard is None else str(shard)
-        if shard is not None and devices.get((r.get("host"), f"sweep-{shard}")):
-            where += f"/{devices[(r.get('host'), f'sweep-{shard}')]}"
+        if shard is not None and devices.get((r.get("host"), shard_session(shard))):
+            where += f"/{devices[(r.get('host'), shard_session(shard))]}"
         it, mx = r.get("iter"), r.get("max_iters")
         pct = f"{100 * it / mx:.0f}" if isinstance(it, int) and mx else ""
         table.add_row(*([r.get("host") or ""] if multi else []),

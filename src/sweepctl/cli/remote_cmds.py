@@ -287,7 +287,7 @@ def pull(
     deleted. The sweep's .sweeps/<name> manifest comes too."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from sweepctl.runs import SWEEPS_DIR
+    from sweepctl.manifest import SWEEPS_DIR
     from sweepctl.settings import load_settings
 
     pods = remote_opts.resolve(host, remote_bin, accept_new_host_key)

@@ -290,9 +290,10 @@ def runner(
     from sweepctl import runner as lib
 
     if row_index is not None:
+        from sweepctl.manifest import read_plan
         from sweepctl.slurm import run_id_of_row
 
-        only = [run_id_of_row(lib.load_plan(sweep_dir), row_index, sweep_dir)]
+        only = [run_id_of_row(read_plan(sweep_dir), row_index, sweep_dir)]
     options = lib.RunnerOptions(sweep_dir=sweep_dir, shard=shard, devices=devices, session=session,
                                 claims_dir=claims, only=only or None, fail_fast=fail_fast, max_retries=max_retries,
                                 stall_after_s=stall_after, run_timeout_s=run_timeout,

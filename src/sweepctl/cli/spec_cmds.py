@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from sweepctl.console import console, err_console
+from sweepctl.tmux import shard_session
 
 CSV_ARG = typer.Argument(..., metavar="CSV", help="Sweep CSV: run_id,config,seed,overrides,notes[,gpus].", show_default=False)
 
@@ -67,7 +68,7 @@ def plan(
     for shard in p.shards:
         cvd = cuda_visible_devices(p, shard.index)
         ids = shard.run_ids if p.schedule == "static" else [r.run_id for r in p.runs]
-        title = f"shard {shard.index} (sweep-{shard.index}) CUDA_VISIBLE_DEVICES={cvd}: "
+        title = f"shard {shard.index} ({shard_session(shard.index)}) CUDA_VISIBLE_DEVICES={cvd}: "
         title += f"{len(ids)} runs" if p.schedule == "static" else "claims rows from the shared queue"
         table = Table(title=title, title_justify="left", show_lines=False)
         table.add_column("row", justify="right")

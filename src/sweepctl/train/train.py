@@ -311,7 +311,7 @@ class Run:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.out_dir / SUMMARY, summary)
         except OSError as e:
-            print(f"error: could not write {self.out_dir / 'summary.json'}: {e}", file=sys.stderr, flush=True)
+            print(f"error: could not write {self.out_dir / SUMMARY}: {e}", file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------------- setup
 
