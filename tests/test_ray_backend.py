@@ -177,7 +177,8 @@ def test_a_failing_row_is_retried_up_to_the_limit_keeping_each_attempts_logs(
     assert all(json.loads(p.read_text())["ok"] is False for p in old_summaries)
     row_log = (ws.out_root / ".sweeps/sweep/ray/t-retry/bad.log").read_text()
     assert [f"bad: attempt {n}, " in row_log for n in (1, 2, 3)] == [True] * 3
-    assert "bad: attempt 2, restart (retrying a failed run; no usable checkpoint" in row_log
+    assert "bad: attempt 2, restart (retrying a failed run (exception: " in row_log
+    assert "; no usable checkpoint, starting over)" in row_log
     assert log.count("] bad: failed") == 1 and ", attempt 3:" in log, log
 
     assert (runs.read_json(ws.run_dir("good") / runs.SUMMARY) or {})["ok"] is True

@@ -23,6 +23,7 @@ from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import least_busy, query_gpus
 from sweepctl.manifest import find_run, latest_sweep, load_manifest, read_launch
 from sweepctl.plan import cuda_visible_devices
+from sweepctl.runtable import decide_rerun
 from sweepctl.settings import Settings
 from sweepctl.tmux import SHARD_PREFIX, Tmux, attach_command, rerun_session
 
@@ -122,11 +123,11 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
     name, plan = found
     planned = plan.run(run_id)
     view = runs.read_run(runs.run_dir(out_root, run_id), stale_after_s=settings.stale_after_s)
-    if view.state == "running":
-        raise RefusedError("the run is running", where=run_id, hint="stop it first: sweepctl stop")
-    if view.state == "ok" and not force:
-        raise RefusedError("the run finished ok", where=run_id,
-                           hint="pass --force to run it again (its files are kept as .bak-)")
+    refusal = decide_rerun(view, force=force).refusal
+    if refusal:
+        hint = ("stop it first: sweepctl stop" if view.state == "running"
+                else "pass --force to run it again (its files are kept as .bak-)")
+        raise RefusedError(refusal, where=run_id, hint=hint)
     session = rerun_session(run_id)
     sweep_dir = manifest.sweep_dir(out_root, name)
     launched = read_launch(sweep_dir).get("options") or {}

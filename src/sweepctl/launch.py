@@ -23,11 +23,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sweepctl import __version__, manifest, runs
+from sweepctl import __version__, manifest, runs, runtable
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import GpuQuery, query_gpus
 from sweepctl.plan import Plan, Schedule, cuda_visible_devices, make_plan
 from sweepctl.runner import DEFAULT_STALL_AFTER_S
+from sweepctl.runtable import Decision, Policy
 from sweepctl.settings import Settings
 from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
 from sweepctl.tmux import Tmux, attach_command, shard_session, tmux_version
@@ -54,6 +55,9 @@ class LaunchOptions:
     # multi-pod layout, and that the laptop placed these rows against every pod's record.
     placed_on: str | None = None
 
+    def table_policy(self) -> Policy:
+        return Policy(force=self.force, retry_failed=self.retry_failed, skip_failed=self.skip_failed)
+
 
 @dataclass
 class Check:
@@ -63,14 +67,6 @@ class Check:
     ok: bool
     detail: str
     hint: str = ""
-
-
-@dataclass
-class RowDecision:
-    run_id: str
-    state: runs.RunState
-    action: str  # run | resume | restart | retry | skip
-    detail: str = ""
 
 
 @dataclass
@@ -84,13 +80,13 @@ class LaunchPreview:
     config_copies: dict[Path, Path]
     gpus: GpuQuery
     checks: list[Check]
-    rows: list[RowDecision]
+    rows: list[Decision]
     shards_to_start: list[int]
     refusals: list[str] = field(default_factory=list)  # run-table refusals: failed rows, --force on live rows
     pod: str | None = None  # this machine's name in the sweep's hosts.json (kept in launch.json), if known
 
     @property
-    def todo(self) -> list[RowDecision]:
+    def todo(self) -> list[Decision]:
         return [r for r in self.rows if r.action != "skip"]
 
 
@@ -134,7 +130,8 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
                      no_wandb=options.no_wandb, config_refs={src: str(dst) for src, dst in copies.items()})
     gpus = query_gpus()
     checks = preflight(plan, gpus, out_root)
-    rows, refusals = apply_run_table(plan, options, out_root, settings.stale_after_s)
+    rows = runtable.read_table(plan, options.table_policy(), stale_after_s=settings.stale_after_s)
+    refusals = runtable.refusals(rows, out_root)
     todo = {r.run_id for r in rows if r.action != "skip"}
     if plan.schedule == "static":
         shards = [s.index for s in plan.shards if todo.intersection(s.run_ids)]
@@ -244,47 +241,6 @@ def _out_root_check(out_root: Path) -> Check:
     if free < MIN_FREE_BYTES:
         return Check(what, False, detail, hint="free some space or choose another --out-root")
     return Check(what, True, detail)
-
-
-def apply_run_table(plan: Plan, options: LaunchOptions, out_root: Path, stale_after_s: float
-                    ) -> tuple[list[RowDecision], list[str]]:
-    """What launch will do with every row (DESIGN.md, the run table), and what makes it refuse."""
-    rows, failed, live = [], [], []
-    now = time.time()
-    for r in plan.runs:
-        view = runs.read_run(runs.run_dir(out_root, r.run_id), stale_after_s=stale_after_s, now=now)
-        s = view.state
-        if s == "ok":
-            rows.append(RowDecision(r.run_id, s, "restart", "--force") if options.force
-                        else RowDecision(r.run_id, s, "skip", "already ok"))
-        elif s == "failed":
-            err = f"{view.error_class}: {(view.summary or {}).get('error') or ''}".strip().rstrip(":")
-            if options.force:
-                rows.append(RowDecision(r.run_id, s, "restart", "--force"))
-            elif options.retry_failed:
-                how = "resume" if view.has_checkpoint and view.error_class != "nan" else "restart"
-                rows.append(RowDecision(r.run_id, s, how, f"--retry-failed ({err})"))
-            elif options.skip_failed:
-                rows.append(RowDecision(r.run_id, s, "skip", f"--skip-failed ({err})"))
-            else:
-                rows.append(RowDecision(r.run_id, s, "skip", err))
-                failed.append(f"{r.run_id} ({err})")
-        elif s == "running":
-            rows.append(RowDecision(r.run_id, s, "skip", "running; never started twice"))
-            if options.force:
-                live.append(r.run_id)
-        elif s == "stale":
-            how = "restart" if options.force or not view.has_checkpoint else "resume"
-            rows.append(RowDecision(r.run_id, s, how, view.why))
-        else:
-            rows.append(RowDecision(r.run_id, s, "run"))
-    refusals = []
-    if failed:
-        refusals.append(f"{len(failed)} failed run(s) in {out_root}: " + "; ".join(failed))
-    if live:
-        refusals.append(f"--force would restart {len(live)} running run(s): {', '.join(live)}; "
-                        "stop them first (sweepctl stop)")
-    return rows, refusals
 
 
 # --- execute (writes, starts) --------------------------------------------------------------------

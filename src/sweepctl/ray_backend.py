@@ -41,7 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-from sweepctl import launch, manifest, ray_guard, runs
+from sweepctl import launch, manifest, ray_guard, runs, runtable
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.plan import Plan, PlannedRun, claim_order
 from sweepctl.runner import Outcome, RunnerOptions, ShardRunner, end_line
@@ -442,10 +442,8 @@ class Driver:
 
     def rows_to_run(self) -> list[PlannedRun]:
         """The run table again, as launch applied it: rows finished since launch are not submitted."""
-        out_root = self.o.sweep_dir.parent.parent  # <out_root>/.sweeps/<name>
-        decisions, _refusals = launch.apply_run_table(self.plan, self.o.policy, out_root, self.o.stale_after_s)
-        if self.o.only is not None:
-            decisions = [d for d in decisions if d.run_id in self.o.only]
+        decisions = runtable.read_table(self.plan, self.o.policy.table_policy(), stale_after_s=self.o.stale_after_s,
+                                        only=self.o.only)
         for d in decisions:
             if d.action == "skip":
                 self.results.append(RowResult(d.run_id, "skipped", d.detail or d.state))

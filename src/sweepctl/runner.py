@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from sweepctl import manifest, runs
+from sweepctl import manifest, runs, runtable
 from sweepctl.plan import Plan, PlannedRun, claim_order
 from sweepctl.tmux import SHARD_PREFIX
 from sweepctl.train.contract import CONTEXT_ENV
@@ -214,35 +214,12 @@ class ShardRunner:
             lock.release()
 
     def _decide(self, view: runs.RunView) -> tuple[str, str]:
-        """(action, why) with action skip | run | resume | restart — the run table, runner side.
-
-        --force and --retry-failed apply only to results older than the launch: a row finished
-        by another runner of this launch is never redone."""
-        older = view.summary is not None and _mtime(view.directory / runs.SUMMARY) < self.o.launched_at
-        if view.state == "ok":
-            if self.o.force and older:
-                return "restart", "--force"
-            return "skip", "already ok"
-        if view.state == "failed":
-            if self.o.force and older:
-                return "restart", "--force"
-            if self.o.on_failed == "retry" and older:
-                return self._resume_or_restart(view, "retrying a failed run")
-            return "skip", f"failed ({view.error_class}); not retried"
-        if view.state == "running":
-            return "skip", "running (fresh heartbeat from a live trainer)"
-        if view.state == "stale":
-            if self.o.force:
-                return "restart", "--force"
-            return self._resume_or_restart(view, f"stale ({view.why})")
-        return ("restart" if self.o.force else "run"), "pending"
-
-    @staticmethod
-    def _resume_or_restart(view: runs.RunView, why: str) -> tuple[str, str]:
-        # A NaN comes back from the same checkpoint with the same seed; everything else resumes.
-        if view.has_checkpoint and view.error_class != "nan":
-            return "resume", f"{why}; resuming from {runs.CHECKPOINT}"
-        return "restart", f"{why}; no usable checkpoint, starting over"
+        """(action, why): the run table under the row's lock. --force and --retry-failed apply only
+        to results older than the launch: a row finished by another runner of this launch is never redone."""
+        older = view.summary is None or _mtime(view.directory / runs.SUMMARY) < self.o.launched_at
+        d = runtable.decide(view, runtable.Policy(force=self.o.force, retry_failed=self.o.on_failed == "retry"),
+                            older=older)
+        return d.action, d.detail
 
     def _run_locked(self, planned: PlannedRun, directory: Path, lock: runs.RunLock) -> Outcome:
         view = runs.read_run(directory, stale_after_s=self.o.stale_after_s, probe_lock=False)
@@ -272,7 +249,7 @@ class ShardRunner:
             tries += 1
             attempt += 1
             view = runs.read_run(directory, stale_after_s=self.o.stale_after_s, probe_lock=False)
-            action, why = self._resume_or_restart(view, f"retry {tries} of {self.o.max_retries}")
+            action, why = runtable.resume_or_restart(view, f"retry {tries} of {self.o.max_retries}")
 
     def _prepare(self, directory: Path, action: str) -> None:
         """Move the previous attempt's files aside (never delete them) before a new attempt."""
