@@ -113,3 +113,77 @@ def test_file_and_session_names_are_spelled_in_one_place():
               if (text in SPELLED_BY and rel != SPELLED_BY[text])
               or (text.startswith(SESSION_PREFIXES) and rel != "tmux.py" and (rel, text) not in NOT_A_SESSION)]
     assert not strays
+
+
+def module_graph() -> dict[str, set[str]]:
+    """sweepctl module -> the sweepctl modules it imports, lazy and TYPE_CHECKING imports included
+    (a circle through a lazy import is still a circle for whoever reads or splits the code)."""
+    modules = {".".join(("sweepctl", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__"): p
+               for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # `from sweepctl.cli import remote_cmds` imports the module remote_cmds
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            else:
+                continue
+            graph[module] |= {t for t in targets if t in modules and t != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles_in_the_package():
+    graph = module_graph()
+    assert {"sweepctl.cli.remote_cmds", "sweepctl.transport.sync", "sweepctl.train.contract"} <= set(graph)
+    assert cycles(graph) == []
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A leading underscore means "this module's own": a name another module needs loses it."""
+    strays = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sweepctl"):
+                strays += [f"{path.relative_to(SRC)}:{node.lineno} {a.name}" for a in node.names
+                           if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not strays

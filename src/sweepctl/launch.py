@@ -258,19 +258,19 @@ def refuse_if_needed(preview: LaunchPreview) -> None:
 
 
 def runner_argv(preview: LaunchPreview, shard: int, *, launch_id: str, launched_at: float) -> list[str]:
-    o = preview.options
+    options = preview.options
     argv = [sys.executable, "-m", "sweepctl", "runner", str(preview.sweep_dir), "--shard", str(shard),
             "--devices", cuda_visible_devices(preview.plan, shard), "--session", shard_session(shard),
-            "--launched-at", repr(launched_at), "--max-retries", str(o.max_retries),
+            "--launched-at", repr(launched_at), "--max-retries", str(options.max_retries),
             "--stale-after", repr(preview.settings.stale_after_s)]
     if preview.plan.schedule == "dynamic":
         argv += ["--claims", str(preview.sweep_dir / "claims" / launch_id)]
-    if o.fail_fast:
+    if options.fail_fast:
         argv.append("--fail-fast")
-    if o.force:
+    if options.force:
         argv.append("--force")
-    return argv + runner_policy_flags(retry_failed=o.retry_failed, stall_after_s=o.stall_after_s,
-                                      run_timeout_s=o.run_timeout_s)
+    return argv + runner_policy_flags(retry_failed=options.retry_failed, stall_after_s=options.stall_after_s,
+                                      run_timeout_s=options.run_timeout_s)
 
 
 def runner_policy_flags(*, retry_failed: bool, stall_after_s: float | None, run_timeout_s: float | None
@@ -328,14 +328,14 @@ def write_manifest(preview: LaunchPreview, *, launch_id: str, launched_at: float
     for src, dst in preview.config_copies.items():
         manifest.replace_keeping_old(dst, src.read_bytes())
     manifest.write_plan(d, preview.plan)
-    o = preview.options
+    options = preview.options
     record = {
         "sweep": preview.sweep.name, "launch_id": launch_id, "ts": launched_at,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(launched_at)),
         "host": runs.HOST, "pod": preview.pod, "user": os.environ.get("USER"), "sweepctl_version": __version__,
         "csv": str(preview.sweep.csv_path.absolute()), "csv_copy": csv_copy.name,
         "out_root": str(preview.out_root), "data_dir": str(Path(preview.settings.data_dir).absolute()),
-        "options": asdict(o), "shards_started": shards,
+        "options": asdict(options), "shards_started": shards,
         "rows": {a: sum(1 for r in preview.rows if r.action == a) for a in ("run", "resume", "restart", "skip")},
     }
     manifest.record_launch(d, record)

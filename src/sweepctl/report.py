@@ -28,7 +28,6 @@ from sweepctl.train import contract
 from sweepctl.train.config import FIELD_NAMES
 
 REPORT_SCHEMA = "sweepctl.report/1"
-GROUP_MODES = ("seed-stripped", "config")
 # The composite-gain keys `sweepctl.train.diagnostics` writes (a test checks they match). Not
 # imported from there: that module needs torch, and a report must run on a laptop without it.
 GAIN_FWD = "composite_gain_fwd"
@@ -74,7 +73,7 @@ def read_metrics(path: Path) -> tuple[dict[str, list[dict[str, Any]]], int]:
         except ValueError:
             bad += 1
             continue
-        if not isinstance(row, dict) or _num(row.get("iter")) is None:
+        if not isinstance(row, dict) or _finite(row.get("iter")) is None:
             continue
         kind = _row_kind(row)
         if kind in ("train", "eval"):
@@ -106,7 +105,7 @@ def _row_kind(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _num(v: Any) -> float | None:
+def _finite(v: Any) -> float | None:
     """A finite float, or None (a NaN loss is a failure signal, not a number to average)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
@@ -114,11 +113,11 @@ def _num(v: Any) -> float | None:
 
 
 def _eval_val(row: dict[str, Any]) -> float | None:
-    return _num(row.get("val", row.get("val_loss")))
+    return _finite(row.get("val", row.get("val_loss")))
 
 
 def _eval_train(row: dict[str, Any]) -> float | None:
-    return _num(row.get("train", row.get("train_loss")))
+    return _finite(row.get("train", row.get("train_loss")))
 
 
 def _bucket_means(rows: list[dict[str, Any]], keys: tuple[str, ...], limit: int) -> list[list[float | None]]:
@@ -133,7 +132,7 @@ def _bucket_means(rows: list[dict[str, Any]], keys: tuple[str, ...], limit: int)
         bucket = rows[start:start + size]
         point: list[float | None] = [bucket[-1]["iter"]]
         for key in keys:
-            vals = [x for x in (_num(r.get(key)) for r in bucket) if x is not None]
+            vals = [x for x in (_finite(r.get(key)) for r in bucket) if x is not None]
             point.append(sum(vals) / len(vals) if vals else None)
         out.append(point)
     return out
@@ -172,7 +171,7 @@ def _tokens_per_iter(summary: dict[str, Any], config: dict[str, Any] | None) -> 
     return None
 
 
-def read_run(directory: Path, *, planned_config: dict[str, Any] | None = None, stale_after_s: float = 120.0,
+def run_record(directory: Path, *, planned_config: dict[str, Any] | None = None, stale_after_s: float = 120.0,
              now: float | None = None) -> dict[str, Any]:
     """One run directory (possibly absent: a planned run not started) as a JSON-able record."""
     view = runs.read_run(directory, stale_after_s=stale_after_s, now=now)
@@ -180,16 +179,16 @@ def read_run(directory: Path, *, planned_config: dict[str, Any] | None = None, s
     config = runs.read_json(directory / contract.CONFIG_EFFECTIVE) or planned_config
     metrics, bad_lines = read_metrics(directory / runs.METRICS)
     evals = metrics["eval"]
-    final_val = _num((summary.get("last_eval") or {}).get("val"))
+    final_val = _finite((summary.get("last_eval") or {}).get("val"))
     if final_val is None and evals:
         final_val = _eval_val(evals[-1])
-    best_val = _num(summary.get("best_val_loss"))
+    best_val = _finite(summary.get("best_val_loss"))
     if best_val is None:
         vals = [v for v in map(_eval_val, evals) if v is not None]
         best_val = min(vals) if vals else None
     tpi = _tokens_per_iter(summary, config)
-    tokens_seen = _num(summary.get("tokens_seen"))
-    if tokens_seen is None and tpi and _num(summary.get("iter_num")) is not None:
+    tokens_seen = _finite(summary.get("tokens_seen"))
+    if tokens_seen is None and tpi and _finite(summary.get("iter_num")) is not None:
         tokens_seen = float(summary["iter_num"]) * tpi
     error = summary.get("error")
     return {
@@ -205,15 +204,15 @@ def read_run(directory: Path, *, planned_config: dict[str, Any] | None = None, s
         "best_val": best_val,
         "tokens_seen": tokens_seen,
         "tokens_per_iter": tpi,
-        "tok_per_s": _num(summary.get("tok_per_s")),
-        "elapsed_s": _num(summary.get("elapsed_s", summary.get("elapsed"))),
+        "tok_per_s": _finite(summary.get("tok_per_s")),
+        "elapsed_s": _finite(summary.get("elapsed_s", summary.get("elapsed"))),
         "iter_num": summary.get("iter_num"),
         "max_iters": summary.get("max_iters") or (config or {}).get("max_iters"),
         "bad_metric_lines": bad_lines,
         "series": {
             "eval": [[r["iter"], _eval_train(r), _eval_val(r)] for r in evals],
             "train": _bucket_means(metrics["train"], ("loss", "tok_per_s"), MAX_TRAIN_POINTS),
-            "gain": [[r["iter"], _num(r.get(GAIN_FWD)), _num(r.get(GAIN_BWD))] for r in metrics["diag"]],
+            "gain": [[r["iter"], _finite(r.get(GAIN_FWD)), _finite(r.get(GAIN_BWD))] for r in metrics["diag"]],
         },
     }
 
@@ -347,14 +346,14 @@ def collect(out_root: str | Path, sweep: str | None = None, group_by: str = "see
         raise SweepctlError("no such out_root directory", where=str(root),
                             hint="pass --out-root DIR (where the run directories are), or pull them first")
     now = time.time() if now is None else now
-    records = [read_run(d, planned_config=cfg, stale_after_s=stale_after_s, now=now)
+    records = [run_record(d, planned_config=cfg, stale_after_s=stale_after_s, now=now)
                for d, cfg in _select_runs(root, sweep)]
     return assemble(records, out_root=str(root), sweep=sweep, group_by=group_by, now=now)
 
 
 def assemble(records: list[dict[str, Any]], *, out_root: str, sweep: str | None, group_by: str,
              now: float) -> dict[str, Any]:
-    """Group run records (from `read_run`, possibly from several pods' JSON) into the report dict."""
+    """Group run records (from `run_record`, possibly from several pods' JSON) into the report dict."""
     labels, warnings = _group_labels(records, group_by)
     members: dict[str, list[dict[str, Any]]] = {}
     for label, rec in zip(labels, records, strict=True):
@@ -459,5 +458,5 @@ def curve(data: dict[str, Any], label: str, series: str, column: int, *, tokens:
     }
 
 
-__all__ = ["NOISE_RULE", "REPORT_SCHEMA", "collect", "compare", "curve", "read_metrics", "read_run", "stats",
+__all__ = ["NOISE_RULE", "REPORT_SCHEMA", "collect", "compare", "curve", "read_metrics", "run_record", "stats",
            "strip_seed"]

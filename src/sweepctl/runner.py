@@ -111,10 +111,10 @@ def devices_for(devices: str, gpus: int) -> str:
 class ShardRunner:
     def __init__(self, plan: Plan, options: RunnerOptions, *, pane: BinaryIO | None = None):
         self.plan = plan
-        self.o = options
+        self.options = options
         self.pane = pane if pane is not None else sys.stdout.buffer
         self.write_lock = threading.Lock()
-        # shard-<i>.log for a shard session (DESIGN.md), <session>.log for a rerun
+        # shard-<i>.log for a shard session (README: the sweep manifest), <session>.log for a rerun
         shard_session = options.session.startswith(SHARD_PREFIX) and options.shard is not None
         log_name = f"shard-{options.shard}.log" if shard_session else f"{options.session}.log"
         self.shard_log = open(options.sweep_dir / log_name, "ab")  # noqa: SIM115 (open for the runner's life)
@@ -136,10 +136,10 @@ class ShardRunner:
 
     def say(self, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        self.emit(f"[sweepctl {self.o.session} {stamp}] {message}\n".encode())
+        self.emit(f"[sweepctl {self.options.session} {stamp}] {message}\n".encode())
 
     # signals ---------------------------------------------------------------------------------
-    def _on_signal(self, signum: int, _frame: Any) -> None:
+    def on_signal(self, signum: int, _frame: Any) -> None:
         """Ctrl-C in the pane, `sweepctl stop`, or the session going away: finish this row, start no more.
 
         The trainer runs in its own process group, so it hears the signal only from us, once."""
@@ -154,20 +154,20 @@ class ShardRunner:
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+            signal.signal(sig, self.on_signal)
 
     # rows ------------------------------------------------------------------------------------
     def rows(self) -> Iterator[PlannedRun]:
-        if self.o.only is not None:
-            ids = list(self.o.only)
-        elif self.plan.schedule == "static" and self.o.shard is not None:
-            ids = [r.run_id for r in self.plan.runs_of_shard(self.o.shard)]
+        if self.options.only is not None:
+            ids = list(self.options.only)
+        elif self.plan.schedule == "static" and self.options.shard is not None:
+            ids = [r.run_id for r in self.plan.runs_of_shard(self.options.shard)]
         elif self.plan.schedule == "dynamic":  # every runner walks the same longest-first order, claiming
             ids = claim_order(self.plan)
         else:
             ids = [r.run_id for r in self.plan.runs]
-        if self.o.claims_dir is not None and self.o.only is None:
-            ids_iter: Iterator[str] = claimed_rows(ids, self.o.claims_dir, self.o.shard)
+        if self.options.claims_dir is not None and self.options.only is None:
+            ids_iter: Iterator[str] = claimed_rows(ids, self.options.claims_dir, self.options.shard)
         else:
             ids_iter = iter(ids)
         for run_id in ids_iter:
@@ -177,17 +177,17 @@ class ShardRunner:
         """Walk the rows; 0 when nothing failed. Leaves a one-line summary as the pane's last line."""
         start = time.time()
         self._write_state(started=start)
-        self.say(f"sweep {self.plan.sweep}: runner pid {os.getpid()}, CUDA_VISIBLE_DEVICES={self.o.devices}, "
+        self.say(f"sweep {self.plan.sweep}: runner pid {os.getpid()}, CUDA_VISIBLE_DEVICES={self.options.devices}, "
                  f"schedule {self.plan.schedule}")
         for planned in self.rows():
             if self.stop_signal is not None:
                 break
             outcome = self.run_row(planned)
             self.outcomes.append(outcome)
-            if outcome.result == "failed" and self.o.fail_fast:
+            if outcome.result == "failed" and self.options.fail_fast:
                 self.say("--fail-fast: stopping this shard after a failed row")
                 break
-        counts, line = end_line(self.o.session, self.outcomes, stopped=self.stop_signal is not None,
+        counts, line = end_line(self.options.session, self.outcomes, stopped=self.stop_signal is not None,
                                 elapsed_s=time.time() - start)
         self._write_state(started=start, finished=time.time(), counts=counts)
         self.say(line)
@@ -196,8 +196,8 @@ class ShardRunner:
 
     def _write_state(self, **fields: Any) -> None:
         runs.write_json_atomic(self.state_path, {
-            "session": self.o.session, "shard": self.o.shard, "pid": os.getpid(), "host": runs.HOST,
-            "devices": self.o.devices, "launched_at": self.o.launched_at, **fields})
+            "session": self.options.session, "shard": self.options.shard, "pid": os.getpid(), "host": runs.HOST,
+            "devices": self.options.devices, "launched_at": self.options.launched_at, **fields})
 
     def run_row(self, planned: PlannedRun) -> Outcome:
         directory = Path(planned.config["out_dir"])
@@ -205,7 +205,7 @@ class ShardRunner:
         # An explicit rerun was checked "not running" just before; a lock still held then belongs to
         # a trainer that has written its summary and is exiting (interpreter teardown can take
         # seconds under load), so wait for it rather than skip the row the user asked for.
-        if not lock.acquire(wait_s=EXPLICIT_ROW_LOCK_WAIT_S if self.o.only else 1.0):
+        if not lock.acquire(wait_s=EXPLICIT_ROW_LOCK_WAIT_S if self.options.only else 1.0):
             self.say(f"{planned.run_id}: another process is running it; skipped")
             return Outcome(planned.run_id, "skipped", "running elsewhere")
         try:
@@ -216,13 +216,13 @@ class ShardRunner:
     def _decide(self, view: runs.RunView) -> tuple[str, str]:
         """(action, why): the run table under the row's lock. --force and --retry-failed apply only
         to results older than the launch: a row finished by another runner of this launch is never redone."""
-        older = view.summary is None or _mtime(view.directory / runs.SUMMARY) < self.o.launched_at
-        d = runtable.decide(view, runtable.Policy(force=self.o.force, retry_failed=self.o.on_failed == "retry"),
+        older = view.summary is None or _mtime(view.directory / runs.SUMMARY) < self.options.launched_at
+        d = runtable.decide(view, runtable.Policy(force=self.options.force, retry_failed=self.options.on_failed == "retry"),
                             older=older)
         return d.action, d.detail
 
     def _run_locked(self, planned: PlannedRun, directory: Path, lock: runs.RunLock) -> Outcome:
-        view = runs.read_run(directory, stale_after_s=self.o.stale_after_s, probe_lock=False)
+        view = runs.read_run(directory, stale_after_s=self.options.stale_after_s, probe_lock=False)
         action, why = self._decide(view)
         if action == "skip":
             self.say(f"{planned.run_id}: {why}; skipped")
@@ -244,12 +244,12 @@ class ShardRunner:
                 self.say(f"{planned.run_id}: interrupted")
                 return Outcome(planned.run_id, "interrupted", detail)
             self.say(f"{planned.run_id}: failed ({detail})")
-            if tries >= self.o.max_retries:
+            if tries >= self.options.max_retries:
                 return Outcome(planned.run_id, "failed", detail)
             tries += 1
             attempt += 1
-            view = runs.read_run(directory, stale_after_s=self.o.stale_after_s, probe_lock=False)
-            action, why = runtable.resume_or_restart(view, f"retry {tries} of {self.o.max_retries}")
+            view = runs.read_run(directory, stale_after_s=self.options.stale_after_s, probe_lock=False)
+            action, why = runtable.resume_or_restart(view, f"retry {tries} of {self.options.max_retries}")
 
     def _prepare(self, directory: Path, action: str) -> None:
         """Move the previous attempt's files aside (never delete them) before a new attempt."""
@@ -263,15 +263,15 @@ class ShardRunner:
                  resume: bool) -> str:
         """One trainer process, start to end. Returns ok | failed | interrupted."""
         argv = trainer_command(planned.argv, gpus=planned.gpus, resume=resume)
-        cvd = devices_for(self.o.devices, planned.gpus)
-        context = {"sweep": {"name": self.plan.sweep, "row_index": planned.row_index, "shard_index": self.o.shard,
+        cvd = devices_for(self.options.devices, planned.gpus)
+        context = {"sweep": {"name": self.plan.sweep, "row_index": planned.row_index, "shard_index": self.options.shard,
                              "shard_count": self.plan.shard_count, "schedule": self.plan.schedule},
                    "attempt": attempt}
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": cvd, CONTEXT_ENV: json.dumps(context),
                "PYTHONUNBUFFERED": "1"}
         started = time.time()
         owner = {"run_id": planned.run_id, "sweep": self.plan.sweep, "row_index": planned.row_index,
-                 "shard": self.o.shard, "session": self.o.session, "host": runs.HOST, "runner_pid": os.getpid(),
+                 "shard": self.options.shard, "session": self.options.session, "host": runs.HOST, "runner_pid": os.getpid(),
                  "child_pid": None, "cuda_visible_devices": cvd, "attempt": attempt, "resume": resume,
                  "started": started, "argv": argv}
         runs.write_json_atomic(directory / runs.OWNER, owner)
@@ -326,13 +326,13 @@ class ShardRunner:
             hb = runs.read_json(directory / runs.HEARTBEAT)
             if hb is not None and (hb.get("ts") or 0) >= started - 1 and hb.get("iter") != last_iter:
                 last_iter, last_progress = hb.get("iter"), now
-            if self.o.stall_after_s and now - last_progress > self.o.stall_after_s:
-                self.say(f"{directory.name}: no progress for {self.o.stall_after_s:g} s "
+            if self.options.stall_after_s and now - last_progress > self.options.stall_after_s:
+                self.say(f"{directory.name}: no progress for {self.options.stall_after_s:g} s "
                          f"(iteration {last_iter}); ending it")
                 self._end(child)
                 return "stalled"
-            if self.o.run_timeout_s and now - started > self.o.run_timeout_s:
-                self.say(f"{directory.name}: --run-timeout {self.o.run_timeout_s:g} s reached; ending it")
+            if self.options.run_timeout_s and now - started > self.options.run_timeout_s:
+                self.say(f"{directory.name}: --run-timeout {self.options.run_timeout_s:g} s reached; ending it")
                 self._end(child)
                 return "timeout"
 
@@ -340,7 +340,7 @@ class ShardRunner:
         """SIGTERM (the trainer writes its summary), then SIGKILL to the whole process group."""
         try:
             os.kill(child.pid, signal.SIGTERM)
-            child.wait(timeout=self.o.kill_grace_s)
+            child.wait(timeout=self.options.kill_grace_s)
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(child.pid, signal.SIGKILL)  # its own group: torchrun's workers included
@@ -355,8 +355,8 @@ class ShardRunner:
         path = directory / runs.SUMMARY
         summary = runs.read_json(path) if _mtime(path) >= started - 1 else None
         if reason is not None:
-            error = (f"no progress for {self.o.stall_after_s:g} s" if reason == "stalled"
-                     else f"ran longer than --run-timeout {self.o.run_timeout_s:g} s")
+            error = (f"no progress for {self.options.stall_after_s:g} s" if reason == "stalled"
+                     else f"ran longer than --run-timeout {self.options.run_timeout_s:g} s")
             if summary is None:
                 self._write_runner_summary(planned, directory, started, error_class=reason, error=error, rc=rc)
             else:

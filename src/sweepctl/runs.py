@@ -320,8 +320,8 @@ def classify(*, summary: dict[str, Any] | None, heartbeat: dict[str, Any] | None
     moments later and the run becomes failed."""
     if summary is not None:
         return ("ok", "") if summary.get("ok") is True else ("failed", "")
-    hb_pid = _int(heartbeat.get("pid")) if heartbeat else None
-    hb_ts = _float(heartbeat.get("ts")) if heartbeat else None
+    hb_pid = _as_int(heartbeat.get("pid")) if heartbeat else None
+    hb_ts = _as_float(heartbeat.get("ts")) if heartbeat else None
     local = heartbeat is not None and heartbeat.get("host") in (None, HOST)
     trainer_dead = local and hb_pid is not None and not pid_alive(hb_pid)
     if held:
@@ -352,10 +352,10 @@ def read_run(directory: Path, *, stale_after_s: float, now: float | None = None,
         heartbeat = read_json(os.path.join(d, HEARTBEAT))
         held = probe_lock and lock_held(d)
     state, why = classify(summary=summary, heartbeat=heartbeat, held=held,
-                          owner_started=_float(owner.get("started")) if owner else None,
+                          owner_started=_as_float(owner.get("started")) if owner else None,
                           now=now, stale_after_s=stale_after_s)
     age = None
-    if heartbeat is not None and _float(heartbeat.get("ts")) is not None:
+    if heartbeat is not None and _as_float(heartbeat.get("ts")) is not None:
         age = max(0.0, now - float(heartbeat["ts"]))
     return RunView(run_id=rid, directory=directory, state=state, summary=summary, heartbeat=heartbeat,
                    owner=owner, heartbeat_age_s=age, why=why)
@@ -377,14 +377,14 @@ def list_run_dirs(out_root: Path) -> list[Path]:
     return sorted(dirs)
 
 
-def _int(v: Any) -> int | None:
+def _as_int(v: Any) -> int | None:
     try:
         return int(v)
     except (TypeError, ValueError):
         return None
 
 
-def _float(v: Any) -> float | None:
+def _as_float(v: Any) -> float | None:
     try:
         return float(v)
     except (TypeError, ValueError):

@@ -188,8 +188,8 @@ def render(model: dict[str, Any]) -> Any:
         pct = f"{100 * it / mx:.0f}" if isinstance(it, int) and mx else ""
         table.add_row(*([r.get("host") or ""] if multi else []),
                       r["run_id"], Text(r["state"], style=STATE_STYLE.get(r["state"], "")), where,
-                      "" if it is None else f"{it}/{mx or '?'}", pct, _num(r.get("train_loss")),
-                      _num(r.get("val_loss")), _int(r.get("tok_per_s")), duration(r.get("eta_s")),
+                      "" if it is None else f"{it}/{mx or '?'}", pct, _fmt_float(r.get("train_loss")),
+                      _fmt_float(r.get("val_loss")), _fmt_int(r.get("tok_per_s")), duration(r.get("eta_s")),
                       duration(r.get("heartbeat_age_s")), r.get("error_class") or "")
     counts = model["counts"]
     line = Text(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs")
@@ -200,8 +200,8 @@ def render(model: dict[str, Any]) -> Any:
             g.add_column(col)
         for gpu in model["gpus"]:
             g.add_row(*([gpu.get("host") or ""] if multi else []), str(gpu["index"]), gpu["name"],
-                      _int(gpu.get("utilization")),
-                      f"{_int(gpu.get('memory_used_mib'))} / {_int(gpu.get('memory_total_mib'))}")
+                      _fmt_int(gpu.get("utilization")),
+                      f"{_fmt_int(gpu.get('memory_used_mib'))} / {_fmt_int(gpu.get('memory_total_mib'))}")
         parts.append(g)
     else:
         parts.append(Text("GPUs: none visible", style="dim"))
@@ -239,9 +239,9 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def _num(v: Any) -> str:
+def _fmt_float(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) else ""
 
 
-def _int(v: Any) -> str:
+def _fmt_int(v: Any) -> str:
     return f"{v:,.0f}" if isinstance(v, (int, float)) else ""

@@ -81,9 +81,9 @@ def launch(
                                     dry_run=dry_run, as_json=as_json, reassign=reassign, forget=forget,
                                     forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json",
                                                                              "reassign", "forget", "placed_on")))
-    from sweepctl import launch as lib
     from sweepctl.cli import run_views
     from sweepctl.errors import RefusedError, SweepctlError
+    from sweepctl.launch import LaunchOptions, execute, prepare, refuse_if_needed
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir)
@@ -103,21 +103,21 @@ def launch(
 
         found = query_gpus()
         shards = default_shards(len(found.gpus), gpus_per_shard, where="this machine", problem=found.problem)
-    options = lib.LaunchOptions(shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,  # type: ignore[arg-type]
-                                name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
-                                retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
-                                max_retries=max_retries, stall_after_s=stall_after or None,
-                                run_timeout_s=run_timeout, placed_on=placed_on)
-    preview = lib.prepare(csv_path, options, settings)
+    options = LaunchOptions(shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,  # type: ignore[arg-type]
+                            name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
+                            retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
+                            max_retries=max_retries, stall_after_s=stall_after or None,
+                            run_timeout_s=run_timeout, placed_on=placed_on)
+    preview = prepare(csv_path, options, settings)
     model = run_views.launch_model(preview)
     if not as_json:
         run_views.render_launch_preview(model, detailed=dry_run)
     try:
         if dry_run:
-            lib.refuse_if_needed(preview)
+            refuse_if_needed(preview)
             result = None
         else:
-            result = lib.execute(preview)
+            result = execute(preview)
     except SweepctlError:
         if as_json:  # the pre-flight and run table say why; the error line follows on stderr
             typer.echo(json.dumps(model, indent=2))
@@ -143,10 +143,10 @@ def status(
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Every run (state, progress, losses, ETA), every GPU, every sweep session."""
-    from sweepctl import status as lib
     from sweepctl.errors import SweepctlError
     from sweepctl.runs import STATES
     from sweepctl.settings import load_settings
+    from sweepctl.status import collect, render
 
     if state is not None and state not in STATES:
         raise SweepctlError(f"--state must be one of {', '.join(STATES)}, got {state!r}")
@@ -158,21 +158,21 @@ def status(
     settings = load_settings(out_root=out_root)
 
     def model() -> dict:
-        return lib.collect(Path(settings.out_root), sweep=sweep, stale_after_s=settings.stale_after_s,
-                           tmux_socket=settings.tmux_socket, state=state)
+        return collect(Path(settings.out_root), sweep=sweep, stale_after_s=settings.stale_after_s,
+                       tmux_socket=settings.tmux_socket, state=state)
 
     if as_json:
         typer.echo(json.dumps(model(), indent=2))
         return
     if not watch:
-        console.print(lib.render(model()))
+        console.print(render(model()))
         return
     from rich.live import Live
 
-    with Live(lib.render(model()), console=console, refresh_per_second=1, screen=False) as live:
+    with Live(render(model()), console=console, refresh_per_second=1, screen=False) as live:
         while True:
             time.sleep(2)
-            live.update(lib.render(model()))
+            live.update(render(model()))
 
 
 def logs(
@@ -287,20 +287,20 @@ def runner(
     kill_grace: float = typer.Option(30.0, "--kill-grace"),
 ) -> None:
     """The shard runner (runs inside a tmux session started by launch or rerun)."""
-    from sweepctl import runner as lib
+    from sweepctl.runner import RunnerOptions, main
 
     if row_index is not None:
         from sweepctl.manifest import read_plan
         from sweepctl.slurm import run_id_of_row
 
         only = [run_id_of_row(read_plan(sweep_dir), row_index, sweep_dir)]
-    options = lib.RunnerOptions(sweep_dir=sweep_dir, shard=shard, devices=devices, session=session,
-                                claims_dir=claims, only=only or None, fail_fast=fail_fast, max_retries=max_retries,
-                                stall_after_s=stall_after, run_timeout_s=run_timeout,
-                                on_failed=on_failed,  # type: ignore[arg-type]
-                                force=force, launched_at=launched_at, stale_after_s=stale_after,
-                                kill_grace_s=kill_grace)
-    raise typer.Exit(lib.main(options))
+    options = RunnerOptions(sweep_dir=sweep_dir, shard=shard, devices=devices, session=session,
+                            claims_dir=claims, only=only or None, fail_fast=fail_fast, max_retries=max_retries,
+                            stall_after_s=stall_after, run_timeout_s=run_timeout,
+                            on_failed=on_failed,  # type: ignore[arg-type]
+                            force=force, launched_at=launched_at, stale_after_s=stale_after,
+                            kill_grace_s=kill_grace)
+    raise typer.Exit(main(options))
 
 
 def register(app: typer.Typer) -> None:
