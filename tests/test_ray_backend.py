@@ -93,7 +93,7 @@ def driver_for(ws: Workspace, csv: Path, address: str, launch_id: str, *, max_re
     launch.write_manifest(preview, launch_id=launch_id, launched_at=time.time(), shards=[])
     out = io.StringIO()
     driver_options = ray_backend.DriverOptions(sweep_dir=preview.sweep_dir, address=address, launch_id=launch_id,
-                                               policy=options)
+                                               policy=preview.options)
     return ray_backend.Driver(preview.plan, driver_options, out=out), out
 
 

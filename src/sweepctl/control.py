@@ -13,16 +13,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweepctl import manifest, runs
+from sweepctl import backends, manifest, runs
 from sweepctl.errors import RefusedError, SweepctlError
-from sweepctl.gpus import least_busy, query_gpus
 from sweepctl.manifest import find_run, latest_sweep, load_manifest, read_launch
-from sweepctl.plan import cuda_visible_devices
 from sweepctl.runtable import decide_rerun
 from sweepctl.settings import Settings
 from sweepctl.tmux import SHARD_PREFIX, Tmux, attach_command, rerun_session
@@ -112,16 +109,15 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
     """Run one run again in session `rerun-<run_id>`, with the command its sweep planned for it.
 
     The old stdout.log, summary.json, metrics (and checkpoint) are moved to `.bak-<time>` by the
-    runner under the run's lock; an ok run needs force, a running one is never touched. A run whose
-    sweep was launched with `--backend ray` goes back to that Ray cluster: the session runs a Ray
-    driver for this one row, and Ray picks the node and GPUs."""
+    runner under the run's lock; an ok run needs force, a running one is never touched. The backend
+    that launched the sweep (launch.json) gives the session's command: with tmux a runner for this
+    row on the least busy GPUs; with Ray a driver for this one row, and Ray picks the node and GPUs."""
     out_root = Path(out_root).expanduser().absolute()
     found = find_run(out_root, run_id)
     if found is None:
         raise SweepctlError(f"{run_id} is in no launched sweep under {out_root}", where=run_id,
                             hint="launch its sweep first (the rerun uses the sweep's plan.json)")
     name, plan = found
-    planned = plan.run(run_id)
     view = runs.read_run(runs.run_dir(out_root, run_id), stale_after_s=settings.stale_after_s)
     refusal = decide_rerun(view, force=force).refusal
     if refusal:
@@ -130,40 +126,13 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
         raise RefusedError(refusal, where=run_id, hint=hint)
     session = rerun_session(run_id)
     sweep_dir = manifest.sweep_dir(out_root, name)
-    launched = read_launch(sweep_dir).get("options") or {}
-    if launched.get("backend") == "ray":
-        from sweepctl import ray_backend
-
-        argv = ray_backend.rerun_driver_argv(sweep_dir, run_id, launched.get("ray_address"), session=session,
-                                             stale_after_s=settings.stale_after_s, force=force, gpu=gpu)
-        devices, env = ray_backend.RAY_DEVICES, {}
-    else:
-        devices = _rerun_devices(plan, planned.run_id, planned.gpus, planned.config.get("device"), gpu)
-        argv = [sys.executable, "-m", "sweepctl", "runner", str(sweep_dir), "--only", run_id,
-                "--devices", devices, "--session", session, "--launched-at", repr(time.time()), "--force",
-                "--stale-after", repr(settings.stale_after_s)]
-        if planned.shard is not None:
-            argv += ["--shard", str(planned.shard)]  # recorded in run_metadata's sweep context
-        env = {"CUDA_VISIBLE_DEVICES": devices}
+    launched = read_launch(sweep_dir)
+    command = backends.of_launch(launched).rerun(plan, run_id, sweep_dir=sweep_dir,
+                                                 launched=launched.get("options") or {}, session=session,
+                                                 settings=settings, force=force, gpu=gpu)
     tmux = tmux or Tmux(settings.tmux_socket)
-    tmux.start(session, argv, env=env, cwd=Path.cwd())
-    return RerunResult(run_id, name, session, devices, view.state, attach_command(session, settings.tmux_socket))
+    tmux.start(session, command.argv, env=command.env, cwd=Path.cwd())
+    return RerunResult(run_id, name, session, command.devices, view.state,
+                       attach_command(session, settings.tmux_socket))
 
 
-def _rerun_devices(plan: Any, run_id: str, k: int, device: str | None, gpu: int | None) -> str:
-    if device == "cpu":
-        planned = plan.run(run_id)
-        return str(gpu) if gpu is not None else (
-            cuda_visible_devices(plan, planned.shard) if planned.shard is not None else "")
-    visible = query_gpus().gpus
-    if gpu is not None:
-        wanted = list(range(gpu, gpu + k))
-        missing = [i for i in wanted if i not in {g.index for g in visible}]
-        if missing:
-            raise SweepctlError(f"--gpu {gpu}: GPU(s) {', '.join(map(str, missing))} not visible "
-                                f"({len(visible)} visible)", where=run_id, hint="see `sweepctl status` for the GPUs")
-        return ",".join(map(str, wanted))
-    if len(visible) < k:
-        raise SweepctlError(f"the run needs {k} GPU(s) and {len(visible)} are visible", where=run_id,
-                            hint="run it where GPUs are, or set device='cpu' in its row")
-    return ",".join(map(str, least_busy(visible, k)))

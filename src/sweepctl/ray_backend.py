@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
@@ -135,13 +135,12 @@ def prepare(csv_path: Path, options: RayLaunchOptions, settings: Settings) -> la
     """launch.prepare for a Ray cluster: the GPU pre-flight line asks the cluster, not nvidia-smi."""
     # The widest row sets the plan's GPUs per shard, so the sweep is read before launch.prepare plans it.
     sweep = read_sweep(csv_path, name=options.name)
-    options.shards, options.schedule = 1, "dynamic"
-    options.gpus_per_shard = max((r.gpus for r in sweep.runs), default=1)
-    options.ray_address = default_address(options.ray_address)
+    options = replace(options, shards=1, schedule="dynamic", gpus_per_shard=max((r.gpus for r in sweep.runs), default=1),
+                      ray_address=default_address(options.ray_address))
     preview = launch.prepare(csv_path, options, settings)
     check, resolved = cluster_check(options.ray_address, preview.plan)
-    if resolved:
-        options.ray_address = resolved  # the driver connects to what we checked, not to `auto` again
+    if resolved:  # the driver connects to what we checked, not to `auto` again
+        preview.options = replace(options, ray_address=resolved)
     preview.checks = [check if c.what == "GPUs" else c for c in preview.checks]
     return preview
 

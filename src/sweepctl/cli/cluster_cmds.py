@@ -38,20 +38,22 @@ def launch_on_backend(backend: str, csv_path: Path, settings: Settings, *, ray_a
     """`launch --backend ray`: pre-flight against the Ray cluster, then the driver in tmux session
     sweep-ray; returns at once. `shard_flags` are the tmux-only options the user gave: refused, not
     ignored (`--shards 1` is accepted: a Ray plan is one shard, and `--host` sends it)."""
-    from sweepctl import ray_backend
+    from sweepctl import backends, ray_backend
     from sweepctl.cli import run_views
     from sweepctl.errors import SweepctlError
     from sweepctl.launch import refuse_if_needed
 
-    if backend != "ray":
-        raise SweepctlError(f"--backend must be tmux or ray, got {backend!r}")
+    engine = backends.get(backend)
+    if engine.name != "ray":  # its launch result is a Ray driver's; Slurm has a command of its own
+        raise SweepctlError(f"launch --backend {backend}: only tmux and ray start from `launch`",
+                            hint=f"sweepctl export slurm {csv_path}" if backend == "slurm" else None)
     given = [flag for flag, on in shard_flags.items() if on]
     if given:
         raise SweepctlError(f"{', '.join(given)} place rows on tmux shards; with --backend ray, Ray places each row "
                             "on a node with the GPUs it asks for (the CSV's gpus column)",
                             hint=f"drop {', '.join(given)}")
     options = ray_backend.RayLaunchOptions(ray_address=ray_address, **launch_options)
-    preview = ray_backend.prepare(csv_path, options, settings)
+    preview = engine.preflight(csv_path, options, settings)
     model = _ray_model(run_views.launch_model(preview), preview, None)
     if not as_json:
         run_views.render_launch_preview(model, detailed=options.dry_run)
@@ -60,7 +62,7 @@ def launch_on_backend(backend: str, csv_path: Path, settings: Settings, *, ray_a
             refuse_if_needed(preview)
             result = None
         else:
-            result = ray_backend.execute(preview)
+            result = engine.start(preview)
     except SweepctlError:
         if as_json:
             typer.echo(json.dumps(model, indent=2))
@@ -207,7 +209,7 @@ def export_slurm(
     for w in [*exported.preview.sweep.warnings, *exported.warnings]:
         err_console.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {exported.script}: {exported.rows} array tasks (--array={exported.array}, "
-                  f"--gres=gpu:{options.gpus_per_task}); manifest in {exported.preview.sweep_dir}", highlight=False, soft_wrap=True)
+                  f"--gres=gpu:{exported.preview.options.gpus_per_task}); manifest in {exported.preview.sweep_dir}", highlight=False, soft_wrap=True)
     console.print(f"submit: sbatch {exported.script}", highlight=False, soft_wrap=True)
     console.print(f"status: sweepctl status --out-root {exported.preview.out_root} --sweep {exported.preview.sweep.name}",
                   highlight=False, soft_wrap=True)

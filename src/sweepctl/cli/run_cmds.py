@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from sweepctl import backends
 from sweepctl.cli import remote_opts
 from sweepctl.console import console
 
@@ -73,7 +74,7 @@ def launch(
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         from sweepctl.cli import remote_launch
 
-        if backend != "tmux":  # one pod runs the driver; Ray spreads the rows over its cluster
+        if backends.get(backend).places_rows:  # one pod runs the driver; Ray spreads the rows over its cluster
             from sweepctl.cli.cluster_cmds import driver_pod_shards
 
             shards = driver_pod_shards(pods.hosts, shards)
@@ -87,7 +88,7 @@ def launch(
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir)
-    if backend != "tmux":  # Ray, not shards, places the rows: one driver session, no shard options
+    if backends.get(backend).places_rows:  # the engine, not shards, places the rows: no shard options
         from sweepctl.cli import cluster_cmds
 
         return cluster_cmds.launch_on_backend(
