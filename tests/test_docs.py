@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
-PROMPT = re.compile(r"^\w+\$\s+")  # `laptop$ `, `pod$ ` as in DESIGN.md's examples
+PROMPT = re.compile(r"^\w+\$\s+")  # `laptop$ `, `pod$ ` as in the README's examples
 
 
 @dataclass(frozen=True)

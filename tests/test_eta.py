@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sweep_helpers import TINY, tiny, write_tiny_data
-from sweepctl import runs, status
+from sweepctl import manifest, runs, status
 from sweepctl.eta import tokens_of
 from sweepctl.plan import make_plan, run_cost
 from sweepctl.spec import read_sweep
@@ -37,7 +37,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
                    f'a-s3,base,3,"{tiny("max_iters=40 lr_decay_iters=40")}",\n'
                    f'b-s1,base,1,"{tiny("n_layer=2")}",\n')
     plan = make_plan(read_sweep(csv), shards=2, schedule="dynamic", out_root=out, data_dir=data, no_wandb=True)
-    d = runs.sweep_dir(out, "eta")
+    d = manifest.sweep_dir(out, "eta")
     d.mkdir(parents=True)
     (d / "plan.json").write_text(plan.model_dump_json())
     runs.write_json_atomic(d / "launch.json", {"sweep": "eta", "ts": 1.0})
@@ -106,7 +106,7 @@ def test_nothing_observed_means_no_estimate_and_says_so(tmp_path: Path) -> None:
     csv.write_text(f'run_id,config,seed,overrides,notes\nx,base,1,"{TINY}",\n')
     out = tmp_path / "out"
     plan = make_plan(read_sweep(csv), shards=1, schedule="dynamic", out_root=out)
-    d = runs.sweep_dir(out, "new")
+    d = manifest.sweep_dir(out, "new")
     d.mkdir(parents=True)
     (d / "plan.json").write_text(plan.model_dump_json())
     model = status.collect(out, sweep="new", with_gpus=False, with_sessions=False)

@@ -16,6 +16,7 @@ from cli import run_cli
 from sweep_helpers import Workspace, panes, wait_until
 from sweepctl import runs, status
 from sweepctl.tmux import Tmux
+from sweepctl.train import contract
 
 pytest_plugins = ["sweep_fixtures"]
 
@@ -62,7 +63,7 @@ def test_six_rows_over_two_shards_complete_and_a_relaunch_skips_them(
     for i, run_id in enumerate(ids):
         d = ws.run_dir(run_id)
         assert done[run_id]["ok"] is True, done[run_id]
-        assert [f for f in runs.COMPLETE_FILES if not (d / f).exists()] == []
+        assert [f for f in contract.COMPLETE_FILES if not (d / f).exists()] == []
         meta = json.loads((d / runs.METADATA).read_text())
         assert meta["cuda_visible_devices"] == str(i % 2)
         assert meta["sweep"] == {"name": "sweep", "row_index": i, "shard_index": i % 2, "shard_count": 2,
@@ -70,7 +71,7 @@ def test_six_rows_over_two_shards_complete_and_a_relaunch_skips_them(
         assert meta["attempt"] == 1
         owner = runs.read_json(d / runs.OWNER)
         assert owner["session"] == f"sweep-{i % 2}"
-        assert "wandb_log=False" in (d / runs.COMMAND).read_text()
+        assert "wandb_log=False" in (d / contract.COMMAND).read_text()
         assert "eval iter 20" in (d / runs.STDOUT_LOG).read_text()
 
     for shard in (0, 1):

@@ -216,7 +216,7 @@ def test_dry_run_leaves_no_trace(workspace: Workspace, tmux_socket: str, capsys:
 
 def test_rerun_picks_the_given_or_the_least_busy_gpus(workspace: Workspace) -> None:
     from sweep_helpers import gpu_row
-    from sweepctl.control import _rerun_devices
+    from sweepctl.backends.tmux import rerun_devices as _rerun_devices
     from sweepctl.errors import SweepctlError
 
     workspace.gpus.set([gpu_row(0, util=95), gpu_row(1, util=0, used=40000), gpu_row(2, util=0, used=10),

@@ -5,6 +5,8 @@ describes them; these tests keep that page true."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,4 +63,128 @@ def test_only_the_entry_point_imports_the_command_line():
     """The library under cli/ is usable without it: cli/ calls down, nothing calls up."""
     strays = [f"{rel}:{line} {name}" for rel, line, name in imports()
               if name.startswith("sweepctl.cli") and not rel.startswith("cli/") and rel != "__main__.py"]
+    assert not strays
+
+
+def test_the_run_contract_is_standard_library_only():
+    """Orchestration imports sweepctl.train.contract: it may import nothing else, not even the
+    rest of the trainer, so that reading a run directory never needs torch."""
+    strays = [f"contract.py:{line} {name}" for rel, line, name in imports()
+              if rel == "train/contract.py" and name.split(".")[0] not in sys.stdlib_module_names]
+    assert not strays
+
+
+def test_importing_the_contract_does_not_import_torch():
+    code = ("import sys, sweepctl.runs, sweepctl.train.contract; "
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout == "[]\n"
+
+
+# A name on disk or in tmux is spelled once, by the module that owns it.
+SPELLED_BY = {
+    **{name: "train/contract.py" for name in ("stdout.log", "command.sh", "run_metadata.json", "config_effective.json",
+                                              "dataset_manifest.json", "metrics.jsonl", "heartbeat.json", "ckpt.pt",
+                                              "summary.json", "runner.json", ".sweepctl.lock", "cancel.json")},
+    **{name: "manifest.py" for name in (".sweeps", "plan.json", "launch.json", "launches.jsonl", "hosts.json",
+                                          ".plan.lock")},
+}
+SESSION_PREFIXES = ("sweep-", "rerun-")  # tmux.py: shard_session, rerun_session
+NOT_A_SESSION = {("ray_backend.py", "rerun-")}  # the launch id of a Ray rerun, kept in its driver's state
+
+
+def string_constants() -> list[tuple[str, int, str]]:
+    """(module, line, text) of every string literal in the source, f-string parts included, and
+    docstrings left out (they may name files for the reader)."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        found += [(rel, node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+    return found
+
+
+def test_file_and_session_names_are_spelled_in_one_place():
+    strays = [f"{rel}:{line} {text!r}" for rel, line, text in string_constants()
+              if (text in SPELLED_BY and rel != SPELLED_BY[text])
+              or (text.startswith(SESSION_PREFIXES) and rel != "tmux.py" and (rel, text) not in NOT_A_SESSION)]
+    assert not strays
+
+
+def module_graph() -> dict[str, set[str]]:
+    """sweepctl module -> the sweepctl modules it imports, lazy and TYPE_CHECKING imports included
+    (a circle through a lazy import is still a circle for whoever reads or splits the code)."""
+    modules = {".".join(("sweepctl", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__"): p
+               for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # `from sweepctl.cli import remote_cmds` imports the module remote_cmds
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            else:
+                continue
+            graph[module] |= {t for t in targets if t in modules and t != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles_in_the_package():
+    graph = module_graph()
+    assert {"sweepctl.cli.remote_cmds", "sweepctl.transport.sync", "sweepctl.train.contract"} <= set(graph)
+    assert cycles(graph) == []
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A leading underscore means "this module's own": a name another module needs loses it."""
+    strays = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sweepctl"):
+                strays += [f"{path.relative_to(SRC)}:{node.lineno} {a.name}" for a in node.names
+                           if a.name.startswith("_") and not a.name.startswith("__")]
     assert not strays

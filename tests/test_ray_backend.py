@@ -30,6 +30,7 @@ from cli import run_cli  # noqa: E402
 from sweep_helpers import FAKE_BIN, TINY, Workspace, kill_tmux_server, panes, wait_until  # noqa: E402
 from sweepctl import launch, ray_backend, runs, status  # noqa: E402
 from sweepctl.settings import load_settings  # noqa: E402
+from sweepctl.train import contract  # noqa: E402
 from test_launch import pane_done  # noqa: E402  (the pane's last sweepctl line once it has ended)
 
 pytest_plugins = ["sweep_fixtures", "sshd"]
@@ -92,7 +93,7 @@ def driver_for(ws: Workspace, csv: Path, address: str, launch_id: str, *, max_re
     launch.write_manifest(preview, launch_id=launch_id, launched_at=time.time(), shards=[])
     out = io.StringIO()
     driver_options = ray_backend.DriverOptions(sweep_dir=preview.sweep_dir, address=address, launch_id=launch_id,
-                                               policy=options)
+                                               policy=preview.options)
     return ray_backend.Driver(preview.plan, driver_options, out=out), out
 
 
@@ -130,7 +131,7 @@ def test_every_row_runs_once_and_overlapping_rows_get_distinct_gpus(workspace: W
     for i, run_id in enumerate(ids):
         d = ws.run_dir(run_id)
         assert (runs.read_json(d / runs.SUMMARY) or {}).get("ok") is True, log
-        assert [f for f in runs.COMPLETE_FILES if not (d / f).exists()] == []
+        assert [f for f in contract.COMPLETE_FILES if not (d / f).exists()] == []
         assert runs.backups_of(d, runs.STDOUT_LOG) == [], "ran more than once"
         assert log.count(f"] {run_id}: ok on ") == 1, log
         rec = owner(ws, run_id)
@@ -177,7 +178,8 @@ def test_a_failing_row_is_retried_up_to_the_limit_keeping_each_attempts_logs(
     assert all(json.loads(p.read_text())["ok"] is False for p in old_summaries)
     row_log = (ws.out_root / ".sweeps/sweep/ray/t-retry/bad.log").read_text()
     assert [f"bad: attempt {n}, " in row_log for n in (1, 2, 3)] == [True] * 3
-    assert "bad: attempt 2, restart (retrying a failed run; no usable checkpoint" in row_log
+    assert "bad: attempt 2, restart (retrying a failed run (exception: " in row_log
+    assert "; no usable checkpoint, starting over)" in row_log
     assert log.count("] bad: failed") == 1 and ", attempt 3:" in log, log
 
     assert (runs.read_json(ws.run_dir("good") / runs.SUMMARY) or {})["ok"] is True
@@ -228,7 +230,7 @@ def test_launch_backend_ray_starts_the_driver_in_tmux_and_returns(
     for run_id in ids:
         d = ws.run_dir(run_id)
         assert (runs.read_json(d / runs.SUMMARY) or {})["ok"] is True
-        assert [f for f in runs.COMPLETE_FILES if not (d / f).exists()] == []
+        assert [f for f in contract.COMPLETE_FILES if not (d / f).exists()] == []
     manifest = ws.out_root / ".sweeps" / "sweep"
     record = json.loads((manifest / "launch.json").read_text())
     assert (record["options"]["backend"], record["options"]["ray_address"]) == ("ray", ray_address)

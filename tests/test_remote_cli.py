@@ -27,6 +27,8 @@ import pytest
 from cli import CliResult, run_cli
 from sweep_helpers import FAKE_BIN, TINY, Workspace, gpu_row, kill_tmux_server, panes, wait_until
 from sweepctl import __version__, runs
+from sweepctl.manifest import sweep_dir
+from sweepctl.train import contract
 from sweepctl.transport import SSHTransport, system_ssh_argv
 
 pytest_plugins = ["sshd", "sweep_fixtures"]
@@ -158,7 +160,7 @@ def fabricate_ok_runs(out_root: Path, n: int, sweep: str = "big") -> list[str]:
                           argv=["python", "-m", "sweepctl.train", "base"]) for i, r in enumerate(ids)]
     plan = Plan(sweep=sweep, shard_count=8, schedule="static", gpus_per_shard=1,
                 shards=[ShardPlan(index=s, devices=[s], run_ids=[]) for s in range(8)], runs=planned)
-    manifest = runs.sweep_dir(out_root, sweep)
+    manifest = sweep_dir(out_root, sweep)
     manifest.mkdir(parents=True)
     (manifest / "plan.json").write_text(plan.model_dump_json())
     runs.write_json_atomic(manifest / "launch.json", {"ts": time.time()})
@@ -408,7 +410,7 @@ def test_launch_status_logs_rerun_pull_report_over_ssh(
     assert r.code == 0, r.err
     assert "pod: sweep sweep: copied" in r.out and "checkpoint(s) skipped" in r.out
     for run_id in ("row0", "row1"):
-        for name in runs.COMPLETE_FILES:
+        for name in contract.COMPLETE_FILES:
             if name != runs.CHECKPOINT:
                 assert (dest / run_id / name).read_bytes() == (pod.run_dir(run_id) / name).read_bytes()
         assert not (dest / run_id / runs.CHECKPOINT).exists()

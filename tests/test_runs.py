@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sweepctl import runs
+from sweepctl.manifest import sweep_dir
 from sweepctl.runs import HOST, RunLock, backup, lock_held, pid_alive, read_run, tail_lines, tail_metrics
 
 
@@ -245,7 +246,7 @@ def test_status_reads_2000_run_directories_in_well_under_a_second(tmp_path: Path
                           argv=["python", "-m", "sweepctl.train", "base", f"seed={i}"]) for i in range(n)]
     plan = Plan(sweep="big", shard_count=8, schedule="static", gpus_per_shard=1,
                 shards=[ShardPlan(index=s, devices=[s], run_ids=[]) for s in range(8)], runs=planned)
-    manifest = runs.sweep_dir(out, "big")
+    manifest = sweep_dir(out, "big")
     manifest.mkdir(parents=True)
     (manifest / "plan.json").write_text(plan.model_dump_json())
     runs.write_json_atomic(manifest / "launch.json", {"ts": time.time()})

@@ -14,6 +14,7 @@ import pytest
 from cli import run_cli
 from sweep_helpers import TINY, Workspace, tiny
 from sweepctl import runs
+from sweepctl.train import contract
 
 pytest_plugins = ["sweep_fixtures"]
 
@@ -55,11 +56,11 @@ def test_one_array_task_run_here_makes_exactly_its_rows_run_directory(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     d = ws.run_dir("b")
     assert (runs.read_json(d / runs.SUMMARY) or {}).get("ok") is True
-    assert [f for f in runs.COMPLETE_FILES if not (d / f).exists()] == []
+    assert [f for f in contract.COMPLETE_FILES if not (d / f).exists()] == []
     assert sorted(p.name for p in ws.out_root.iterdir()) == [".sweeps", "b"]  # no other row ran
     meta = json.loads((d / runs.METADATA).read_text())
     assert (meta["sweep"]["name"], meta["sweep"]["row_index"], meta["attempt"]) == ("grid", 1, 1)
-    assert "wandb_log=False" in (d / runs.COMMAND).read_text()
+    assert "wandb_log=False" in (d / contract.COMMAND).read_text()
     assert runs.read_json(d / runs.OWNER)["session"] == "slurm-1"
     assert "b: ok" in (sweep_dir / "slurm-1.log").read_text()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sweepctl import runs, status
+from sweepctl import manifest, runs, status
 from sweepctl.plan import claim_order
 from sweepctl.runner import RunnerOptions, ShardRunner
 from sweepctl.spec import read_sweep
@@ -94,7 +94,7 @@ def test_a_runner_that_runs_out_of_rows_says_so_under_the_sweep_lock(tmp_path: P
     assert [r["session"] for r in live_runners(sweep_dir)] == ["sweep-0"]  # claiming: rows may join it
     walk = runner.rows()
     assert next(walk).run_id == "a"
-    with runs.sweep_lock(sweep_dir):  # a launch merging rows: the runner cannot drain meanwhile
+    with manifest.sweep_lock(sweep_dir):  # a launch merging rows: the runner cannot drain meanwhile
         grown = make_plan(tmp_path, fake, {"a": "ok", "b": "ok"}, schedule="dynamic", shards=2)
         write_plan(sweep_dir, grown)
     assert [r.run_id for r in walk] == ["b"]

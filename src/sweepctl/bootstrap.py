@@ -30,6 +30,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,7 @@ from sweepctl.python_env import (
 from sweepctl.python_env import build_wheel as build_wheel
 from sweepctl.sshkeys import default_ssh_dir as default_ssh_dir
 from sweepctl.sshkeys import ensure_ssh
+from sweepctl.train.contract import write_text_atomic
 
 SYSTEM_TOOLS = ("tmux", "git", "rsync")
 BASHRC_BEGIN = "# >>> sweepctl bootstrap >>>"
@@ -129,11 +131,7 @@ def ensure_shell_env(home: Path, hf_home: Path | None, venv_bin: Path | None) ->
         text + ("" if not text or text.endswith("\n") else "\n") + block)
     changes = []
     if new != text:
-        tmp = bashrc.with_name(".bashrc.sweepctl-tmp")
-        tmp.write_text(new)
-        if bashrc.exists():
-            shutil.copymode(bashrc, tmp)
-        os.replace(tmp, bashrc)
+        write_text_atomic(bashrc, new, mode=stat.S_IMODE(bashrc.stat().st_mode) if bashrc.exists() else None)
         changes.append("updated the sweepctl block in ~/.bashrc")
     detail = f"HF_HOME={hf_home}" if hf_home else "HF_HOME unchanged"
     detail += f"; {venv_bin} on PATH (new shells)" if venv_bin else ""
@@ -244,10 +242,7 @@ def write_project_file(path: str | Path, updates: dict[str, Any]) -> bool:
                             hint="fix the TOML by hand (a multi-line value for one of the keys?)") from None
     if new == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    write_text_atomic(path, new)
     return True
 
 

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweepctl import runs
+from sweepctl import backends, manifest, runs
 from sweepctl.errors import RefusedError, SweepctlError
-from sweepctl.gpus import least_busy, query_gpus
-from sweepctl.launch import LAUNCH_FILE, PLAN_FILE, find_run, latest_sweep, load_manifest
-from sweepctl.plan import Plan, cuda_visible_devices
+from sweepctl.manifest import find_run, latest_sweep, load_manifest, read_launch
+from sweepctl.plan import Plan
+from sweepctl.runtable import decide_rerun
 from sweepctl.settings import Settings
-from sweepctl.tmux import Tmux, attach_command, rerun_session
+from sweepctl.tmux import SHARD_PREFIX, Tmux, attach_command, rerun_session
 
 
 @dataclass
@@ -69,7 +69,7 @@ def stop(out_root: Path, *, sweep: str | None = None, shard: int | None = None) 
     if name is None:
         raise SweepctlError(f"no launched sweep under {out_root}", hint="pass --out-root or --sweep")
     plan, _ = load_manifest(out_root, name)
-    d = runs.sweep_dir(out_root, name)
+    d = manifest.sweep_dir(out_root, name)
     sent: list[Signalled] = []
     runner_pids: set[int] = set()
 
@@ -90,7 +90,7 @@ def stop(out_root: Path, *, sweep: str | None = None, shard: int | None = None) 
             continue
         if record.get("host") not in (None, runs.HOST) or (shard is not None and record.get("shard") != shard):
             continue
-        if shard is not None and not str(record["session"]).startswith("sweep-"):
+        if shard is not None and not str(record["session"]).startswith(SHARD_PREFIX):
             continue  # --shard I means the shard's session, not a rerun that shares its index
         signal_runner(pid, record["session"])
     owners = []
@@ -103,7 +103,7 @@ def stop(out_root: Path, *, sweep: str | None = None, shard: int | None = None) 
             continue
         owners.append((r.run_id, directory, owner))
         runner = owner.get("runner_pid")
-        shard_session = str(owner.get("session")).startswith("sweep-")
+        shard_session = str(owner.get("session")).startswith(SHARD_PREFIX)
         # a runner still working on this run, whichever launch started it
         if isinstance(runner, int) and "ended" not in owner and (shard is None or shard_session):
             signal_runner(runner, owner.get("session"))
@@ -134,14 +134,9 @@ def run_directory(out_root: Path, run_id: str) -> Path:
 
 def known_run_ids(out_root: Path) -> list[str]:
     """Every run_id a launched sweep under out_root plans, and every run directory there."""
-    from sweepctl.plan import Plan
-
     known = {d.name for d in runs.list_run_dirs(out_root)}
-    for plan_file in runs.sweeps_root(out_root).glob(f"*/{PLAN_FILE}"):
-        try:
-            known.update(r.run_id for r in Plan.model_validate_json(plan_file.read_text()).runs)
-        except (OSError, ValueError):
-            continue
+    for plan in manifest.plans(out_root).values():
+        known.update(r.run_id for r in plan.runs)
     return sorted(known)
 
 
@@ -187,9 +182,9 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
     """Run one run again in session `rerun-<run_id>`, with the command its sweep planned for it.
 
     The old stdout.log, summary.json, metrics (and checkpoint) are moved to `.bak-<time>` by the
-    runner under the run's lock; an ok run needs force, a running one is never touched. A run whose
-    sweep was launched with `--backend ray` goes back to that Ray cluster: the session runs a Ray
-    driver for this one row, and Ray picks the node and GPUs."""
+    runner under the run's lock; an ok run needs force, a running one is never touched. The backend
+    that launched the sweep (launch.json) gives the session's command: with tmux a runner for this
+    row on the least busy GPUs; with Ray a driver for this one row, and Ray picks the node and GPUs."""
     out_root = Path(out_root).expanduser().absolute()
     directory = run_directory(out_root, run_id)
     found = find_run(out_root, run_id)
@@ -197,7 +192,6 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
         raise SweepctlError(f"{run_id} is in no launched sweep under {out_root}", where=run_id,
                             hint="launch its sweep first (the rerun uses the sweep's plan.json)")
     name, plan = found
-    planned = plan.run(run_id)
     if refusal := runs.symlink_problem(directory):
         raise SweepctlError(refusal, where=run_id, hint=f"replace the link with a real directory, then: "
                                                         f"sweepctl rerun {run_id} --force")
@@ -205,33 +199,23 @@ def rerun(out_root: Path, run_id: str, *, settings: Settings, force: bool = Fals
         raise SweepctlError(problem, where=run_id, hint=f"remount it read-write (mount -o remount,rw "
                                                         f"{runs.mount_point(out_root)}), then: sweepctl rerun {run_id}")
     view = runs.read_run(directory, stale_after_s=settings.stale_after_s)
-    if view.state == "running":
-        raise RefusedError("the run is running", where=run_id, hint="stop it first: sweepctl stop")
-    if view.state == "ok" and not force:
-        raise RefusedError("the run finished ok", where=run_id,
-                           hint="pass --force to run it again (its files are kept as .bak-)")
+    refusal = decide_rerun(view, force=force).refusal
+    if refusal:
+        hint = ("stop it first: sweepctl stop" if view.state == "running"
+                else "pass --force to run it again (its files are kept as .bak-)")
+        raise RefusedError(refusal, where=run_id, hint=hint)
     if view.state == "cancelled":  # asked for by name: the cancel is withdrawn (its marker kept as .bak-)
         runs.backup(view.directory, [runs.CANCEL])
     session = rerun_session(run_id)
-    sweep_dir = runs.sweep_dir(out_root, name)
-    launched = (runs.read_json(sweep_dir / LAUNCH_FILE) or {}).get("options") or {}
-    if launched.get("backend") == "ray":
-        from sweepctl import ray_backend
-
-        argv = ray_backend.rerun_driver_argv(sweep_dir, run_id, launched.get("ray_address"), session=session,
-                                             stale_after_s=settings.stale_after_s, force=force, gpu=gpu)
-        devices, env = ray_backend.RAY_DEVICES, {}
-    else:
-        devices = _rerun_devices(plan, planned.run_id, planned.gpus, planned.config.get("device"), gpu)
-        argv = [sys.executable, "-m", "sweepctl", "runner", str(sweep_dir), "--only", run_id,
-                "--devices", devices, "--session", session, "--launched-at", repr(time.time()), "--force",
-                "--stale-after", repr(settings.stale_after_s)]
-        if planned.shard is not None:
-            argv += ["--shard", str(planned.shard)]  # recorded in run_metadata's sweep context
-        env = {"CUDA_VISIBLE_DEVICES": devices}
+    sweep_dir = manifest.sweep_dir(out_root, name)
+    launched = read_launch(sweep_dir)
+    command = backends.of_launch(launched).rerun(plan, run_id, sweep_dir=sweep_dir,
+                                                 launched=launched.get("options") or {}, session=session,
+                                                 settings=settings, force=force, gpu=gpu)
     tmux = tmux or Tmux(settings.tmux_socket)
-    tmux.start(session, argv, env=env, cwd=Path.cwd())
-    return RerunResult(run_id, name, session, devices, view.state, attach_command(session, settings.tmux_socket))
+    tmux.start(session, command.argv, env=command.env, cwd=Path.cwd())
+    return RerunResult(run_id, name, session, command.devices, view.state,
+                       attach_command(session, settings.tmux_socket))
 
 
 def read_only_problem(out_root: Path) -> str | None:
@@ -240,25 +224,6 @@ def read_only_problem(out_root: Path) -> str | None:
     if os.access(existing, os.W_OK | os.X_OK):
         return None
     return f"{existing} is not writable (a read-only volume, or no write permission): nothing could be saved"
-
-
-def _rerun_devices(plan: Any, run_id: str, k: int, device: str | None, gpu: int | None) -> str:
-    if device == "cpu":
-        planned = plan.run(run_id)
-        return str(gpu) if gpu is not None else (
-            cuda_visible_devices(plan, planned.shard) if planned.shard is not None else "")
-    visible = query_gpus().gpus
-    if gpu is not None:
-        wanted = list(range(gpu, gpu + k))
-        missing = [i for i in wanted if i not in {g.index for g in visible}]
-        if missing:
-            raise SweepctlError(f"--gpu {gpu}: GPU(s) {', '.join(map(str, missing))} not visible "
-                                f"({len(visible)} visible)", where=run_id, hint="see `sweepctl status` for the GPUs")
-        return ",".join(map(str, wanted))
-    if len(visible) < k:
-        raise SweepctlError(f"the run needs {k} GPU(s) and {len(visible)} are visible", where=run_id,
-                            hint="run it where GPUs are, or set device='cpu' in its row")
-    return ",".join(map(str, least_busy(visible, k)))
 
 
 # --- steering a running sweep: cancel, prioritize --------------------------------------------------
@@ -304,7 +269,7 @@ def cancel(out_root: Path, patterns: list[str], *, sweep: str | None = None, sta
     An ok run is left as it is; nothing is deleted."""
     out_root, name, plan = _manifest(out_root, sweep)
     done: list[Steered] = []
-    for run_id in select_rows(plan, patterns, str(runs.sweep_dir(out_root, name) / PLAN_FILE),
+    for run_id in select_rows(plan, patterns, str(manifest.sweep_dir(out_root, name) / manifest.PLAN_FILE),
                               unmatched_ok=unmatched_ok):
         directory = runs.run_dir(out_root, run_id)
         view = runs.read_run(directory, stale_after_s=stale_after_s)
@@ -343,17 +308,17 @@ def prioritize(out_root: Path, patterns: list[str], *, sweep: str | None = None,
     runners read it before their next claim. Default: one above the highest priority in the plan,
     so the rows named go next."""
     out_root, name, _ = _manifest(out_root, sweep)
-    d = runs.sweep_dir(out_root, name)
-    with runs.sweep_lock(d):
+    d = manifest.sweep_dir(out_root, name)
+    with manifest.sweep_lock(d):
         plan, record = load_manifest(out_root, name)
         if plan.schedule != "dynamic":
             raise RefusedError(f"sweep {name} runs the static schedule: each shard walks its rows in CSV order, "
-                               "so there is no queue to reorder", where=str(d / PLAN_FILE),
+                               "so there is no queue to reorder", where=str(d / manifest.PLAN_FILE),
                                hint="reorder the CSV and launch it with --schedule dynamic after the current runs "
                                     "(sweepctl launch SWEEP.csv --schedule dynamic)")
-        ids = select_rows(plan, patterns, str(d / PLAN_FILE), unmatched_ok=unmatched_ok)
+        ids = select_rows(plan, patterns, str(d / manifest.PLAN_FILE), unmatched_ok=unmatched_ok)
         level = priority if priority is not None else max(r.priority for r in plan.runs) + 1
-        claims = d / "claims" / str(record.get("launch_id") or "")
+        claims = manifest.claims_dir(d, str(record.get("launch_id") or ""))
         done = []
         for run_id in ids:
             planned = plan.run(run_id)
@@ -363,5 +328,5 @@ def prioritize(out_root: Path, patterns: list[str], *, sweep: str | None = None,
             planned.priority = level
             done.append(Steered(run_id, "pending", "prioritized", f"priority {level}"))
         if any(s.action == "prioritized" for s in done):
-            runs.write_json_atomic(d / PLAN_FILE, plan.model_dump(mode="json"))
+            manifest.save_plan(d, plan)
     return done

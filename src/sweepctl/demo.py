@@ -33,6 +33,7 @@ from pathlib import Path
 from sweepctl import __version__, runs
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.tmux import Tmux
+from sweepctl.train.contract import write_text_atomic
 
 DEMO_NAME = "demo"  # the sweep name: `.sweeps/demo/`, `sweepctl status --sweep demo`
 MARKER = ".sweepctl-demo"
@@ -224,9 +225,7 @@ def csv_text(size: DemoSize, device: str) -> str:
 def write_csv(path: Path, size: DemoSize, device: str) -> Path:
     text = csv_text(size, device)
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     return path
 
 

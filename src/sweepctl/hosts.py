@@ -43,8 +43,6 @@ from typing import Any
 from sweepctl.errors import RefusedError, SweepctlError
 
 RUN_STATES = ("pending", "running", "ok", "failed", "stale", "cancelled")  # the order status counts them in
-UPLOAD_DIR = "upload"  # <out_root>/.sweeps/<name>/upload/ on a pod: the CSV and config files launched there
-LAYOUT_FILE = "hosts.json"  # next to them: which pod each row of the sweep was given to (`layout_json`)
 
 
 def parse_host(arg: str) -> tuple[str, int | None]:

@@ -25,17 +25,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweepctl import __version__, runs
+from sweepctl import __version__, manifest, runs, runtable
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.gpus import GpuQuery, query_gpus
 from sweepctl.plan import Plan, Schedule, cuda_visible_devices, make_plan, merge_plans
-from sweepctl.runner import DEFAULT_STALL_AFTER_S, PLAN_FILE
+from sweepctl.runner import DEFAULT_STALL_AFTER_S
+from sweepctl.runtable import Decision, Policy
 from sweepctl.settings import Settings, compile_cache_dir
 from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep, sweep_name_of
 from sweepctl.tmux import Tmux, attach_command, shard_session, tmux_version
 
 MIN_FREE_BYTES = 1 << 30  # checkpoints of a 48-layer model are hundreds of MB each
-LAUNCH_FILE, LAUNCH_HISTORY = "launch.json", "launches.jsonl"
 
 
 @dataclass
@@ -59,6 +59,10 @@ class LaunchOptions:
     # multi-pod layout, and that the laptop placed these rows against every pod's record.
     placed_on: str | None = None
 
+    def table_policy(self) -> Policy:
+        return Policy(force=self.force, retry_failed=self.retry_failed, skip_failed=self.skip_failed,
+                      include_cancelled=self.include_cancelled)
+
 
 @dataclass
 class Check:
@@ -68,14 +72,6 @@ class Check:
     ok: bool
     detail: str
     hint: str = ""
-
-
-@dataclass
-class RowDecision:
-    run_id: str
-    state: runs.RunState
-    action: str  # run | resume | restart | retry | skip
-    detail: str = ""
 
 
 @dataclass
@@ -101,14 +97,14 @@ class LaunchPreview:
     config_copies: dict[Path, Path]
     gpus: GpuQuery
     checks: list[Check]
-    rows: list[RowDecision]
+    rows: list[Decision]
     shards_to_start: list[int]
     refusals: list[str] = field(default_factory=list)  # run-table refusals: failed rows, --force on live rows
     pod: str | None = None  # this machine's name in the sweep's hosts.json (kept in launch.json), if known
     joining: LiveQueue | None = None  # the sweep's runners are live: the CSV's rows join their queue
 
     @property
-    def todo(self) -> list[RowDecision]:
+    def todo(self) -> list[Decision]:
         return [r for r in self.rows if r.action != "skip"]
 
 
@@ -144,7 +140,7 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
     # Absolute paths: the trainer runs in a tmux pane whose working directory is not ours to assume.
     out_root = Path(settings.out_root).expanduser().absolute()
     data_dir = Path(settings.data_dir).expanduser().absolute()
-    sweep_dir = runs.sweep_dir(out_root, sweep.name)
+    sweep_dir = manifest.sweep_dir(out_root, sweep.name)
     pod = check_placement(sweep, sweep_dir, options.placed_on)
     copies = _config_copies(sweep, sweep_dir)
     plan = make_plan(sweep, shards=options.shards, schedule=options.schedule,
@@ -152,14 +148,15 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
                      no_wandb=options.no_wandb, config_refs={src: str(dst) for src, dst in copies.items()},
                      runs_per_gpu=options.runs_per_gpu, compile_cache=compile_cache_dir(settings, out_root))
     joining = None
-    if (live := live_runners(sweep_dir)) and (sweep_dir / PLAN_FILE).exists():
+    if (live := live_runners(sweep_dir)) and (sweep_dir / manifest.PLAN_FILE).exists():
         joining = join_live_queue(sweep_dir, plan, live, out_root, csv_path, options)
     if joining is not None:
-        plan = merge_plans(load_plan(sweep_dir), plan, started_rows(sweep_dir, joining.claims_dir, out_root),
+        plan = merge_plans(manifest.read_plan(sweep_dir), plan, started_rows(sweep_dir, joining.claims_dir, out_root),
                            str(csv_path))[0]
     gpus = query_gpus()
     checks = preflight(plan, gpus, out_root)
-    rows, refusals = apply_run_table(plan, options, out_root, settings.stale_after_s)
+    rows = runtable.read_table(plan, options.table_policy(), stale_after_s=settings.stale_after_s)
+    refusals = runtable.refusals(rows, out_root)
     todo = {r.run_id for r in rows if r.action != "skip"}
     if joining is not None:  # every shard whose runner has ended gets a new one on the same claims
         shards = list(range(plan.shard_count))
@@ -187,11 +184,11 @@ def live_runners(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def live_shard_count(csv_path: Path, name: str | None, settings: Settings) -> int | None:
     """The shard count of the CSV's sweep when its runners are live here (rows then join them)."""
-    sweep_dir = runs.sweep_dir(Path(settings.out_root).expanduser().absolute(), name or sweep_name_of(csv_path))
+    sweep_dir = manifest.sweep_dir(Path(settings.out_root).expanduser().absolute(), name or sweep_name_of(csv_path))
     if not live_runners(sweep_dir):
         return None
     try:
-        return load_plan(sweep_dir).shard_count
+        return manifest.read_plan(sweep_dir).shard_count
     except (OSError, ValueError):
         return None
 
@@ -202,8 +199,8 @@ def join_live_queue(sweep_dir: Path, wanted: Plan, live: list[dict[str, Any]], o
     that would redo their rows), and where their claims are. None: a static sweep's CSV brings
     nothing new, so this is a plain relaunch (its shards whose runner ended get a new one)."""
     sessions = [str(r.get("session")) for r in live]
-    current = load_plan(sweep_dir)
-    where = str(sweep_dir / PLAN_FILE)
+    current = manifest.read_plan(sweep_dir)
+    where = str(sweep_dir / manifest.PLAN_FILE)
     if current.schedule != "dynamic":
         planned = {r.run_id: r.config for r in current.runs}
         if all(planned.get(r.run_id) == r.config for r in wanted.runs):
@@ -220,31 +217,26 @@ def join_live_queue(sweep_dir: Path, wanted: Plan, live: list[dict[str, Any]], o
                                 "--schedule dynamic")
     claims = next((Path(r["claims_dir"]) for r in live if r.get("claims_dir")), None)
     if claims is None:  # a runner from before claims were recorded: the last launch's
-        record = runs.read_json(sweep_dir / LAUNCH_FILE) or {}
-        claims = sweep_dir / "claims" / str(record.get("launch_id") or "")
+        claims = manifest.claims_dir(sweep_dir, str(manifest.read_launch(sweep_dir).get("launch_id") or ""))
     return LiveQueue(sessions=sessions, claims_dir=claims, wanted=wanted)
 
 
 def started_rows(sweep_dir: Path, claims_dir: Path, out_root: Path) -> set[str]:
     """Rows a change may no longer touch: claimed in the live queue, or with a runner record."""
     claimed = {p.name for p in claims_dir.iterdir()} if claims_dir.is_dir() else set()
-    plan = load_plan(sweep_dir)
+    plan = manifest.read_plan(sweep_dir)
     return claimed | {r.run_id for r in plan.runs if (runs.run_dir(out_root, r.run_id) / runs.OWNER).exists()}
-
-
-def load_plan(sweep_dir: Path) -> Plan:
-    return Plan.model_validate_json((sweep_dir / PLAN_FILE).read_text())
 
 
 def check_placement(sweep: Sweep, sweep_dir: Path, placed_on: str | None = None) -> str | None:
     """This machine's name in the sweep's multi-pod layout, after refusing rows the layout gives to
     another pod (RefusedError, before anything is written). None: no name known, or no layout.
     `placed_on`: the laptop's `launch --host` placed these rows against every pod's record."""
-    from sweepctl.hosts import LAYOUT_FILE, UPLOAD_DIR, check_local_launch
+    from sweepctl.hosts import check_local_launch
 
     if placed_on:
         return placed_on
-    path = sweep_dir / UPLOAD_DIR / LAYOUT_FILE
+    path = manifest.layout_path(sweep_dir)
     try:
         layout = json.loads(path.read_text())
     except FileNotFoundError:
@@ -258,7 +250,7 @@ def check_placement(sweep: Sweep, sweep_dir: Path, placed_on: str | None = None)
                             hint="copy it from another pod of the sweep, or launch from the laptop with --host")
     # The name the laptop gave this pod, kept by its last launch here; a manifest copied to another
     # machine (`pull`) names the pod it came from, not that machine.
-    last = runs.read_json(sweep_dir / LAUNCH_FILE) or {}
+    last = manifest.read_launch(sweep_dir)
     pod = last.get("pod") if last.get("host") == runs.HOST and isinstance(last.get("pod"), str) else None
     check_local_launch(sweep.name, layout, [r.run_id for r in sweep.runs], pod, where=str(path))
     return pod
@@ -361,53 +353,6 @@ def _out_root_check(out_root: Path) -> Check:
     return Check(what, True, detail)
 
 
-def apply_run_table(plan: Plan, options: LaunchOptions, out_root: Path, stale_after_s: float
-                    ) -> tuple[list[RowDecision], list[str]]:
-    """What launch will do with every row (DESIGN.md, the run table), and what makes it refuse."""
-    rows, failed, live = [], [], []
-    now = time.time()
-    for r in plan.runs:
-        view = runs.read_run(runs.run_dir(out_root, r.run_id), stale_after_s=stale_after_s, now=now)
-        s = view.state
-        if s == "ok":
-            rows.append(RowDecision(r.run_id, s, "restart", "--force") if options.force
-                        else RowDecision(r.run_id, s, "skip", "already ok"))
-        elif s == "failed":
-            err = f"{view.error_class}: {(view.summary or {}).get('error') or ''}".strip().rstrip(":")
-            if options.force:
-                rows.append(RowDecision(r.run_id, s, "restart", "--force"))
-            elif options.retry_failed:
-                how = "resume" if view.has_checkpoint and view.error_class != "nan" else "restart"
-                rows.append(RowDecision(r.run_id, s, how, f"--retry-failed ({err})"))
-            elif options.skip_failed:
-                rows.append(RowDecision(r.run_id, s, "skip", f"--skip-failed ({err})"))
-            else:
-                rows.append(RowDecision(r.run_id, s, "skip", err))
-                failed.append(f"{r.run_id} ({err})")
-        elif s == "running":
-            rows.append(RowDecision(r.run_id, s, "skip", "running; never started twice"))
-            if options.force:
-                live.append(r.run_id)
-        elif s == "stale":
-            how = "restart" if options.force or not view.has_checkpoint else "resume"
-            rows.append(RowDecision(r.run_id, s, how, view.why))
-        elif s == "cancelled":
-            if options.include_cancelled:
-                how = "restart" if options.force or not view.has_checkpoint else "resume"
-                rows.append(RowDecision(r.run_id, s, how, "--include-cancelled"))
-            else:
-                rows.append(RowDecision(r.run_id, s, "skip", "cancelled; --include-cancelled runs it"))
-        else:
-            rows.append(RowDecision(r.run_id, s, "run"))
-    refusals = []
-    if failed:
-        refusals.append(f"{len(failed)} failed run(s) in {out_root}: " + "; ".join(failed))
-    if live:
-        refusals.append(f"--force would restart {len(live)} running run(s): {', '.join(live)}; "
-                        "stop them first (sweepctl stop)")
-    return rows, refusals
-
-
 # --- execute (writes, starts) --------------------------------------------------------------------
 
 def refuse_if_needed(preview: LaunchPreview) -> None:
@@ -429,11 +374,11 @@ def join(preview: LaunchPreview) -> None:
     joining = preview.joining
     assert joining is not None
     d = preview.sweep_dir
-    with runs.sweep_lock(d):
-        plan, added, updated = merge_plans(load_plan(d), joining.wanted,
+    with manifest.sweep_lock(d):
+        plan, added, updated = merge_plans(manifest.read_plan(d), joining.wanted,
                                            started_rows(d, joining.claims_dir, preview.out_root),
                                            str(preview.sweep.csv_path))
-        runs.write_json_atomic(d / PLAN_FILE, plan.model_dump(mode="json"))
+        manifest.save_plan(d, plan)
         still_claiming = live_runners(d)  # a runner drains under this lock: after it, none claims
     preview.plan, joining.added, joining.updated = plan, added, updated
     joining.drained = not still_claiming
@@ -441,19 +386,19 @@ def join(preview: LaunchPreview) -> None:
 
 def runner_argv(preview: LaunchPreview, shard: int, *, launch_id: str, launched_at: float,
                 claims_dir: Path | None = None) -> list[str]:
-    o = preview.options
+    options = preview.options
     argv = [sys.executable, "-m", "sweepctl", "runner", str(preview.sweep_dir), "--shard", str(shard),
             "--devices", cuda_visible_devices(preview.plan, shard), "--session", shard_session(shard),
-            "--launched-at", repr(launched_at), "--max-retries", str(o.max_retries),
+            "--launched-at", repr(launched_at), "--max-retries", str(options.max_retries),
             "--stale-after", repr(preview.settings.stale_after_s)]
     if preview.plan.schedule == "dynamic":
-        argv += ["--claims", str(claims_dir or preview.sweep_dir / "claims" / launch_id)]
-    if o.fail_fast:
+        argv += ["--claims", str(claims_dir or manifest.claims_dir(preview.sweep_dir, launch_id))]
+    if options.fail_fast:
         argv.append("--fail-fast")
-    if o.force:
+    if options.force:
         argv.append("--force")
-    return argv + runner_policy_flags(retry_failed=o.retry_failed, stall_after_s=o.stall_after_s,
-                                      run_timeout_s=o.run_timeout_s)
+    return argv + runner_policy_flags(retry_failed=options.retry_failed, stall_after_s=options.stall_after_s,
+                                      run_timeout_s=options.run_timeout_s)
 
 
 def notify_env(settings: Settings) -> dict[str, str]:
@@ -512,7 +457,7 @@ def execute(preview: LaunchPreview, *, tmux: Tmux | None = None) -> LaunchResult
     if preview.joining is not None and preview.joining.drained and not started and preview.joining.added:
         raise RefusedError(f"rows {', '.join(preview.joining.added)} were added to sweep {preview.sweep.name}'s queue, "
                            "but its runners had just run out of rows and are ending, so none will claim them",
-                           where=str(preview.sweep_dir / PLAN_FILE),
+                           where=str(preview.sweep_dir / manifest.PLAN_FILE),
                            hint=f"launch again once they have ended (seconds): sweepctl launch "
                                 f"{shlex.quote(str(preview.sweep.csv_path))}")
     if not started and preview.joining is None:  # refused after all: the last launch's record stays as it was
@@ -544,13 +489,11 @@ def write_plan_files(preview: LaunchPreview) -> None:
     d = preview.sweep_dir
     d.mkdir(parents=True, exist_ok=True)
     csv_copy = d / preview.sweep.csv_path.name
-    _replace_keeping_old(csv_copy, preview.sweep.csv_path.read_bytes())
+    manifest.replace_keeping_old(csv_copy, preview.sweep.csv_path.read_bytes())
     for src, dst in preview.config_copies.items():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        _replace_keeping_old(dst, src.read_bytes())
+        manifest.replace_keeping_old(dst, src.read_bytes())
     if preview.joining is None:  # joining, `join` has written it under the sweep's lock
-        plan_text = json.dumps(preview.plan.model_dump(mode="json"), indent=2) + "\n"
-        _replace_keeping_old(d / PLAN_FILE, plan_text.encode())
+        manifest.write_plan(d, preview.plan)
 
 
 def record_launch(preview: LaunchPreview, *, launch_id: str, launched_at: float, shards: list[int]) -> None:
@@ -558,71 +501,14 @@ def record_launch(preview: LaunchPreview, *, launch_id: str, launched_at: float,
     leaves the record of the last one that ran."""
     d = preview.sweep_dir
     csv_copy = d / preview.sweep.csv_path.name
-    o = preview.options
+    options = preview.options
     record = {
         "sweep": preview.sweep.name, "launch_id": launch_id, "ts": launched_at,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(launched_at)),
         "host": runs.HOST, "pod": preview.pod, "user": os.environ.get("USER"), "sweepctl_version": __version__,
         "csv": str(preview.sweep.csv_path.absolute()), "csv_copy": csv_copy.name,
         "out_root": str(preview.out_root), "data_dir": str(Path(preview.settings.data_dir).absolute()),
-        "options": asdict(o), "shards_started": shards,
+        "options": asdict(options), "shards_started": shards,
         "rows": {a: sum(1 for r in preview.rows if r.action == a) for a in ("run", "resume", "restart", "skip")},
     }
-    runs.write_json_atomic(d / LAUNCH_FILE, record)
-    with open(d / LAUNCH_HISTORY, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _replace_keeping_old(path: Path, content: bytes) -> None:
-    if path.exists():
-        if path.read_bytes() == content:
-            return
-        runs.backup(path.parent, [path.name])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full volume keeps no half copy
-        raise
-
-
-# --- reading a launched sweep back ---------------------------------------------------------------
-
-def latest_sweep(out_root: Path) -> str | None:
-    """The sweep launched most recently under out_root (by launch.json's time)."""
-    best: tuple[float, str] | None = None
-    for launch_file in runs.sweeps_root(out_root).glob(f"*/{LAUNCH_FILE}"):
-        record = runs.read_json(launch_file) or {}
-        ts = float(record.get("ts") or launch_file.stat().st_mtime)
-        if best is None or ts > best[0]:
-            best = (ts, launch_file.parent.name)
-    return best[1] if best else None
-
-
-def load_manifest(out_root: Path, name: str) -> tuple[Plan, dict[str, Any]]:
-    d = runs.sweep_dir(out_root, name)
-    try:
-        plan = Plan.model_validate_json((d / PLAN_FILE).read_text())
-    except FileNotFoundError:
-        raise SweepctlError(f"no sweep {name!r} under {out_root}", where=str(d),
-                            hint=f"see `sweepctl status --out-root {shlex.quote(str(out_root))}` for the sweeps "
-                                 "there") from None
-    return plan, runs.read_json(d / LAUNCH_FILE) or {}
-
-
-def find_run(out_root: Path, run_id: str) -> tuple[str, Plan] | None:
-    """The most recently launched sweep whose plan has `run_id`."""
-    found: list[tuple[float, str, Plan]] = []
-    for plan_file in runs.sweeps_root(out_root).glob(f"*/{PLAN_FILE}"):
-        try:
-            plan = Plan.model_validate_json(plan_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if any(r.run_id == run_id for r in plan.runs):
-            record = runs.read_json(plan_file.parent / LAUNCH_FILE) or {}
-            found.append((float(record.get("ts") or 0), plan_file.parent.name, plan))
-    if not found:
-        return None
-    _, name, plan = max(found, key=lambda t: t[0])
-    return name, plan
+    manifest.record_launch(d, record)

@@ -36,22 +36,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-from sweepctl import launch, ray_guard, runs
+from sweepctl import launch, manifest, ray_guard, runs, runtable
 from sweepctl.errors import RefusedError, SweepctlError
 from sweepctl.plan import Plan, PlannedRun, claim_order
-from sweepctl.runner import Outcome, RunnerOptions, ShardRunner, end_line, load_plan
+from sweepctl.runner import Outcome, RunnerOptions, ShardRunner, end_line
 from sweepctl.settings import Settings
 from sweepctl.spec import read_sweep
-from sweepctl.tmux import Tmux, attach_command
+from sweepctl.tmux import SHARD_PREFIX, Tmux, attach_command
+from sweepctl.train.contract import write_bytes_atomic
 
 RAY_VERSION = "2.60.0"  # the `ray` extra's pin: the driver and every node must run the same Ray
 INSTALL_HINT = f"pip install 'sweepctl[ray]' (Ray {RAY_VERSION}) here and on every node"
-DRIVER_SESSION = "sweep-ray"  # a `sweep-` name, so status lists it with the shard sessions
+DRIVER_SESSION = f"{SHARD_PREFIX}ray"  # a shard-like name, so status lists it with the shard sessions
 DRIVER_LOG, DRIVER_STATE = "ray-driver.log", "ray-driver.json"
 TASK_LOG_DIR = "ray"  # .sweeps/<name>/ray/<launch_id>/<run_id>.log: each row's runner log
 RAY_DEVICES = "assigned by Ray per row"  # what launch and rerun print for CUDA_VISIBLE_DEVICES
@@ -132,14 +133,14 @@ class RayLaunchOptions(launch.LaunchOptions):
 
 def prepare(csv_path: Path, options: RayLaunchOptions, settings: Settings) -> launch.LaunchPreview:
     """launch.prepare for a Ray cluster: the GPU pre-flight line asks the cluster, not nvidia-smi."""
-    sweep = read_sweep(csv_path, name=options.name)  # read once more below; cheap, and keeps launch.py as is
-    options.shards, options.schedule = 1, "dynamic"
-    options.gpus_per_shard = max((r.gpus for r in sweep.runs), default=1)
-    options.ray_address = default_address(options.ray_address)
+    # The widest row sets the plan's GPUs per shard, so the sweep is read before launch.prepare plans it.
+    sweep = read_sweep(csv_path, name=options.name)
+    options = replace(options, shards=1, schedule="dynamic", gpus_per_shard=max((r.gpus for r in sweep.runs), default=1),
+                      ray_address=default_address(options.ray_address))
     preview = launch.prepare(csv_path, options, settings)
     check, resolved = cluster_check(options.ray_address, preview.plan)
-    if resolved:
-        options.ray_address = resolved  # the driver connects to what we checked, not to `auto` again
+    if resolved:  # the driver connects to what we checked, not to `auto` again
+        preview.options = replace(options, ray_address=resolved)
     preview.checks = [check if c.what == "GPUs" else c for c in preview.checks]
     return preview
 
@@ -199,10 +200,10 @@ def driver_argv(sweep_dir: Path, address: str, launch_id: str, policy: launch.La
 def execute(preview: launch.LaunchPreview, *, tmux: Tmux | None = None) -> RayLaunchResult:
     """Refuse up front as launch does, then write the manifest and start the driver session."""
     launch.refuse_if_needed(preview)
-    o = preview.options
-    assert isinstance(o, RayLaunchOptions)
+    options = preview.options
+    assert isinstance(options, RayLaunchOptions)
     socket_path = preview.settings.tmux_socket
-    result = RayLaunchResult(preview, None, len(preview.todo), default_address(o.ray_address),
+    result = RayLaunchResult(preview, None, len(preview.todo), default_address(options.ray_address),
                              attach_command(DRIVER_SESSION, socket_path),
                              f"sweepctl status --out-root {preview.out_root}")
     if not preview.todo:
@@ -215,7 +216,7 @@ def execute(preview: launch.LaunchPreview, *, tmux: Tmux | None = None) -> RayLa
     launched_at = time.time()
     launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
     launch.write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=[])
-    argv = driver_argv(preview.sweep_dir, result.address, launch_id, o, stale_after_s=preview.settings.stale_after_s)
+    argv = driver_argv(preview.sweep_dir, result.address, launch_id, options, stale_after_s=preview.settings.stale_after_s)
     result.how = tmux.start(DRIVER_SESSION, argv, env={}, cwd=Path.cwd())
     return result
 
@@ -272,12 +273,12 @@ def run_row_task(payload: TaskPayload, run_id: str) -> dict[str, Any]:
     `--force` (a row that finished ok must not be redone) and always retries a failure."""
     import ray
 
-    o = payload.driver
-    sweep_dir = o.sweep_dir
+    options = payload.driver
+    sweep_dir = options.sweep_dir
     _materialize(sweep_dir, payload.files)
     plan = Plan.model_validate_json(payload.plan_json)
     planned = plan.run(run_id)
-    session = task_session(o.launch_id, run_id)
+    session = task_session(options.launch_id, run_id)
     (sweep_dir / session).parent.mkdir(parents=True, exist_ok=True)
     directory = Path(planned.config["out_dir"])
     previous = runs.read_json(directory / runs.OWNER) or {}
@@ -286,11 +287,11 @@ def run_row_task(payload: TaskPayload, run_id: str) -> dict[str, Any]:
     options = RunnerOptions(
         sweep_dir=sweep_dir, shard=None, devices=devices, session=session, only=[run_id],
         max_retries=0,  # Ray retries (possibly on another node); the runner does one attempt per task
-        stall_after_s=o.policy.stall_after_s, run_timeout_s=o.policy.run_timeout_s,
-        on_failed="retry" if retry or o.policy.retry_failed else "skip", force=o.policy.force and not retry,
-        launched_at=time.time(), kill_grace_s=o.kill_grace_s, stale_after_s=o.stale_after_s)
+        stall_after_s=options.policy.stall_after_s, run_timeout_s=options.policy.run_timeout_s,
+        on_failed="retry" if retry or options.policy.retry_failed else "skip", force=options.policy.force and not retry,
+        launched_at=time.time(), kill_grace_s=options.kill_grace_s, stale_after_s=options.stale_after_s)
     # No pane: the driver's pane shows one line per row, and the row's log has it all.
-    with open(os.devnull, "wb") as pane, _guarded(directory, sweep_dir / f"{session}.log", o.kill_grace_s):
+    with open(os.devnull, "wb") as pane, _guarded(directory, sweep_dir / f"{session}.log", options.kill_grace_s):
         runner = ShardRunner(plan, options, pane=pane)
         try:
             with _forwarding_signals(runner):
@@ -339,7 +340,7 @@ def _forwarding_signals(runner: ShardRunner) -> Iterator[None]:
     previous = {}
     try:
         for sig in stopping:
-            previous[sig] = signal.signal(sig, runner._on_signal)
+            previous[sig] = signal.signal(sig, runner.on_signal)
     except ValueError:
         pass  # not the main thread (an async actor): Ray's own handling applies
     mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
@@ -357,15 +358,12 @@ def _materialize(sweep_dir: Path, files: dict[str, bytes]) -> None:
         path = sweep_dir / rel
         if path.exists():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, content)
 
 
 def manifest_files(sweep_dir: Path) -> dict[str, bytes]:
     """plan.json and every file under configs/: what a task's trainer argv may refer to."""
-    files = {launch.PLAN_FILE: (sweep_dir / launch.PLAN_FILE).read_bytes()}
+    files = {manifest.PLAN_FILE: (sweep_dir / manifest.PLAN_FILE).read_bytes()}
     configs = sweep_dir / "configs"
     if configs.is_dir():
         for p in sorted(configs.rglob("*")):
@@ -410,18 +408,18 @@ class Driver:
     """Submits the rows, reports each as it ends, and cancels what is left on a stop signal."""
 
     plan: Plan
-    o: DriverOptions
+    options: DriverOptions
     out: TextIO = field(default_factory=lambda: sys.stdout)
     results: list[RowResult] = field(default_factory=list)
     stop_signal: int | None = None
 
     def __post_init__(self) -> None:
-        self.log = open(self.o.sweep_dir / self.o.log_name, "a")  # noqa: SIM115 (open for the driver's life)
-        self.state_path = self.o.sweep_dir / self.o.log_name.replace(".log", ".json")
+        self.log = open(self.options.sweep_dir / self.options.log_name, "a")  # noqa: SIM115 (open for the driver's life)
+        self.state_path = self.options.sweep_dir / self.options.log_name.replace(".log", ".json")
 
     def say(self, message: str) -> None:
         """To the pane and ray-driver.log: the driver's history outlives its tmux pane."""
-        line = f"[sweepctl {self.o.session} {time.strftime('%H:%M:%S')}] {message}\n"
+        line = f"[sweepctl {self.options.session} {time.strftime('%H:%M:%S')}] {message}\n"
         for stream in (self.out, self.log):
             try:
                 stream.write(line)
@@ -439,15 +437,13 @@ class Driver:
     def _write_state(self, **fields: Any) -> None:
         # Shaped like a shard runner's state file, so `sweepctl stop` finds and signals the driver.
         runs.write_json_atomic(self.state_path, {
-            "session": self.o.session, "shard": None, "pid": os.getpid(), "host": runs.HOST,
-            "address": self.o.address, "launch_id": self.o.launch_id, **fields})
+            "session": self.options.session, "shard": None, "pid": os.getpid(), "host": runs.HOST,
+            "address": self.options.address, "launch_id": self.options.launch_id, **fields})
 
     def rows_to_run(self) -> list[PlannedRun]:
         """The run table again, as launch applied it: rows finished since launch are not submitted."""
-        out_root = self.o.sweep_dir.parent.parent  # <out_root>/.sweeps/<name>
-        decisions, _refusals = launch.apply_run_table(self.plan, self.o.policy, out_root, self.o.stale_after_s)
-        if self.o.only is not None:
-            decisions = [d for d in decisions if d.run_id in self.o.only]
+        decisions = runtable.read_table(self.plan, self.options.policy.table_policy(), stale_after_s=self.options.stale_after_s,
+                                        only=self.options.only)
         for d in decisions:
             if d.action == "skip":
                 self.results.append(RowResult(d.run_id, "skipped", d.detail or d.state))
@@ -463,17 +459,17 @@ class Driver:
         start = time.time()
         self._write_state(started=start)
         todo = self.rows_to_run()
-        payload = TaskPayload(self.plan.model_dump_json(), manifest_files(self.o.sweep_dir), self.o)
+        payload = TaskPayload(self.plan.model_dump_json(), manifest_files(self.options.sweep_dir), self.options)
         payload_ref = ray.put(payload)
         task = ray.remote(run_row_task)
         pending = {}
         for r in todo:
-            ref = task.options(num_gpus=r.gpus, max_retries=self.o.policy.max_retries,
+            ref = task.options(num_gpus=r.gpus, max_retries=self.options.policy.max_retries,
                                retry_exceptions=[RowFailed], name=f"sweepctl {r.run_id}").remote(payload_ref, r.run_id)
             pending[ref] = r.run_id
-        self.say(f"sweep {self.plan.sweep}: driver pid {os.getpid()} on Ray {self.o.address}; {len(todo)} row(s) "
-                 f"submitted, {len(self.results)} skipped; retries per row: {self.o.policy.max_retries}; "
-                 f"row logs in {self.o.sweep_dir / TASK_LOG_DIR / self.o.launch_id}")
+        self.say(f"sweep {self.plan.sweep}: driver pid {os.getpid()} on Ray {self.options.address}; {len(todo)} row(s) "
+                 f"submitted, {len(self.results)} skipped; retries per row: {self.options.policy.max_retries}; "
+                 f"row logs in {self.options.sweep_dir / TASK_LOG_DIR / self.options.launch_id}")
         try:
             self._wait(ray, pending)
         except BaseException as e:  # the cluster went away, a bug: the state file must not say "running"
@@ -481,7 +477,7 @@ class Driver:
             self._write_state(started=start, finished=time.time(), error=f"{type(e).__name__}: {e}")
             self.log.close()
             raise
-        counts, line = end_line(self.o.session, self.results, stopped=self.stop_signal is not None,
+        counts, line = end_line(self.options.session, self.results, stopped=self.stop_signal is not None,
                                 elapsed_s=time.time() - start)
         self._write_state(started=start, finished=time.time(), counts=counts)
         self.say(line)
@@ -527,7 +523,7 @@ class Driver:
 
 def driver_main(options: DriverOptions) -> int:
     """Entry point of the hidden `sweepctl ray-driver` command (runs in tmux session sweep-ray)."""
-    plan = load_plan(options.sweep_dir)
+    plan = manifest.read_plan(options.sweep_dir)
     with connected(options.address):
         driver = Driver(plan, options)
         driver.install_signal_handlers()

@@ -33,7 +33,6 @@ from sweepctl.remote import MISSING_EXIT, open_transport
 from sweepctl.transport import Transport
 
 GCS_PORT = 6379
-DASHBOARD_PORT = 8265
 NODE_MANAGER_PORT = 8076
 OBJECT_MANAGER_PORT = 8077
 START_TIMEOUT_S = 180.0  # `ray start` takes ~7 s on an idle pod; a loaded one, much longer

@@ -158,4 +158,4 @@ def _remote_failure(transport: Transport, argv: list[str], result: Result) -> Sw
         # to the end of stderr: a spec error lists one problem per line.
         message = "\n".join(lines[starts[-1]:]).removeprefix("error: ").strip()
         return kinds[result.exit_code](message, where=transport.host)
-    return transport._failed(argv, result)
+    return transport.error_for(argv, result)

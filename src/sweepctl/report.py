@@ -32,13 +32,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sweepctl import runs, ttest
+from sweepctl import manifest, runs, ttest
 from sweepctl.errors import SweepctlError
 from sweepctl.eta import attempt_gpu_hours
+from sweepctl.train import contract
 from sweepctl.train.config import FIELD_NAMES
 
 REPORT_SCHEMA = "sweepctl.report/2"
-GROUP_MODES = ("seed-stripped", "config")
 # The composite-gain keys of diag rows written before the per-layer diagnostics of the mHC paper
 # (the full-depth gain of the static maps only); still read, as the full-depth gain. Not imported
 # from `sweepctl.train.diagnostics`: that module needs torch, and a report must run without it.
@@ -91,7 +91,7 @@ def read_metrics(path: Path) -> tuple[dict[str, list[dict[str, Any]]], int]:
         except ValueError:
             bad += 1
             continue
-        if not isinstance(row, dict) or _num(row.get("iter")) is None:
+        if not isinstance(row, dict) or _finite(row.get("iter")) is None:
             continue
         kind = _row_kind(row)
         if kind in ("train", "eval"):
@@ -123,7 +123,7 @@ def _row_kind(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _num(v: Any) -> float | None:
+def _finite(v: Any) -> float | None:
     """A finite float, or None (a NaN loss is a failure signal, not a number to average)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
@@ -131,17 +131,17 @@ def _num(v: Any) -> float | None:
 
 
 def _eval_val(row: dict[str, Any]) -> float | None:
-    return _num(row.get("val", row.get("val_loss")))
+    return _finite(row.get("val", row.get("val_loss")))
 
 
 def _eval_train(row: dict[str, Any]) -> float | None:
-    return _num(row.get("train", row.get("train_loss")))
+    return _finite(row.get("train", row.get("train_loss")))
 
 
 def _tokens(row: dict[str, Any], tpi: int | None) -> float | None:
     """Training tokens seen at a metrics row: its own `tokens`, else iter x tokens per iter (runs
     logged before the trainer wrote tokens), else unknown."""
-    tokens = _num(row.get("tokens"))
+    tokens = _finite(row.get("tokens"))
     if tokens is None and tpi:
         tokens = float(row["iter"] * tpi)
     return tokens
@@ -160,7 +160,7 @@ def _bucket_means(rows: list[dict[str, Any]], keys: tuple[str, ...], limit: int,
         bucket = rows[start:start + size]
         point: list[float | None] = [bucket[-1]["iter"], _tokens(bucket[-1], tpi)]
         for key in keys:
-            vals = [x for x in (_num(r.get(key)) for r in bucket) if x is not None]
+            vals = [x for x in (_finite(r.get(key)) for r in bucket) if x is not None]
             point.append(sum(vals) / len(vals) if vals else None)
         out.append(point)
     return out
@@ -170,7 +170,7 @@ def _floats(v: Any) -> list[float] | None:
     """A non-empty list of finite numbers, else None (a NaN gain is a diverged run, not a profile)."""
     if not isinstance(v, list) or not v:
         return None
-    xs = [x for x in map(_num, v) if x is not None]
+    xs = [x for x in map(_finite, v) if x is not None]
     return xs if len(xs) == len(v) else None
 
 
@@ -179,10 +179,10 @@ def _diag_point(row: dict[str, Any], tpi: int | None) -> list[float | None]:
     max |column sum - 1|]; a diag row from before the per-layer diagnostics gives its one
     composite gain and no errors."""
     fwd, bwd = _floats(row.get("fwd_gain_max")), _floats(row.get("bwd_gain_max"))
-    full_fwd = fwd[0] if fwd else _num(row.get(GAIN_FWD))
-    full_bwd = bwd[0] if bwd else _num(row.get(GAIN_BWD))
-    return [row["iter"], _tokens(row, tpi), full_fwd, full_bwd, _num(row.get("h_res_row_err")),
-            _num(row.get("h_res_col_err"))]
+    full_fwd = fwd[0] if fwd else _finite(row.get(GAIN_FWD))
+    full_bwd = bwd[0] if bwd else _finite(row.get(GAIN_BWD))
+    return [row["iter"], _tokens(row, tpi), full_fwd, full_bwd, _finite(row.get("h_res_row_err")),
+            _finite(row.get("h_res_col_err"))]
 
 
 def _profiles(rows: list[dict[str, Any]], tpi: int | None) -> list[dict[str, Any]]:
@@ -230,24 +230,24 @@ def _tokens_per_iter(summary: dict[str, Any], config: dict[str, Any] | None) -> 
     return None
 
 
-def read_run(directory: Path, *, planned_config: dict[str, Any] | None = None, stale_after_s: float = 120.0,
+def run_record(directory: Path, *, planned_config: dict[str, Any] | None = None, stale_after_s: float = 120.0,
              now: float | None = None) -> dict[str, Any]:
     """One run directory (possibly absent: a planned run not started) as a JSON-able record."""
     view = runs.read_run(directory, stale_after_s=stale_after_s, now=now)
     summary = view.summary or {}
-    config = runs.read_json(directory / runs.CONFIG_EFFECTIVE) or planned_config
+    config = runs.read_json(directory / contract.CONFIG_EFFECTIVE) or planned_config
     metrics, bad_lines = read_metrics(directory / runs.METRICS)
     evals = metrics["eval"]
-    final_val = _num((summary.get("last_eval") or {}).get("val"))
+    final_val = _finite((summary.get("last_eval") or {}).get("val"))
     if final_val is None and evals:
         final_val = _eval_val(evals[-1])
-    best_val = _num(summary.get("best_val_loss"))
+    best_val = _finite(summary.get("best_val_loss"))
     if best_val is None:
         vals = [v for v in map(_eval_val, evals) if v is not None]
         best_val = min(vals) if vals else None
     tpi = _tokens_per_iter(summary, config)
-    tokens_seen = _num(summary.get("tokens_seen"))
-    if tokens_seen is None and tpi and _num(summary.get("iter_num")) is not None:
+    tokens_seen = _finite(summary.get("tokens_seen"))
+    if tokens_seen is None and tpi and _finite(summary.get("iter_num")) is not None:
         tokens_seen = float(summary["iter_num"]) * tpi
     error = summary.get("error")
     return {
@@ -263,8 +263,8 @@ def read_run(directory: Path, *, planned_config: dict[str, Any] | None = None, s
         "best_val": best_val,
         "tokens_seen": tokens_seen,
         "tokens_per_iter": tpi,
-        "tok_per_s": _num(summary.get("tok_per_s")),
-        "elapsed_s": _num(summary.get("elapsed_s", summary.get("elapsed"))),
+        "tok_per_s": _finite(summary.get("tok_per_s")),
+        "elapsed_s": _finite(summary.get("elapsed_s", summary.get("elapsed"))),
         # its last attempt's wall time x GPUs, shared by the runs packed beside it (sweepctl.eta)
         "gpu_hours": attempt_gpu_hours(view.summary, view.owner, gpus=int(summary.get("world_size") or 1)),
         "iter_num": summary.get("iter_num"),
@@ -283,27 +283,16 @@ def read_run(directory: Path, *, planned_config: dict[str, Any] | None = None, s
 # --------------------------------------------------------------------------- which runs
 
 
-def _plans(out_root: Path) -> dict[str, dict[str, Any]]:
-    plans = {}
-    root = runs.sweeps_root(out_root)
-    if root.is_dir():
-        for d in sorted(root.iterdir()):
-            plan = runs.read_json(d / "plan.json")
-            if plan is not None:
-                plans[d.name] = plan
-    return plans
-
-
 def _select_runs(out_root: Path, sweep: str | None) -> list[tuple[Path, dict[str, Any] | None]]:
     """(run directory, planned config) for every run in scope: directories on disk plus planned
     rows that have not started (pending). `sweep` narrows to a sweep's plan, or, for pulled run
     directories without the manifest, to runs whose run_metadata names that sweep."""
-    plans = _plans(out_root)
+    plans = manifest.plans(out_root)
     planned: dict[str, dict[str, Any] | None] = {}
     for name, plan in plans.items():
         if sweep is None or name == sweep:
-            for r in plan.get("runs", []):
-                planned.setdefault(r["run_id"], r.get("config"))
+            for r in plan.runs:
+                planned.setdefault(r.run_id, r.config)
     dirs = {d.name: d for d in runs.list_run_dirs(out_root)}
     if sweep is not None:
         in_sweep = set(planned)
@@ -492,14 +481,14 @@ def collect(out_root: str | Path, sweep: str | None = None, group_by: str = "see
         raise SweepctlError("no such out_root directory", where=str(root),
                             hint="pass --out-root DIR (where the run directories are), or pull them first")
     now = time.time() if now is None else now
-    records = [read_run(d, planned_config=cfg, stale_after_s=stale_after_s, now=now)
+    records = [run_record(d, planned_config=cfg, stale_after_s=stale_after_s, now=now)
                for d, cfg in _select_runs(root, sweep)]
     return assemble(records, out_root=str(root), sweep=sweep, group_by=group_by, now=now)
 
 
 def assemble(records: list[dict[str, Any]], *, out_root: str, sweep: str | None, group_by: str,
              now: float) -> dict[str, Any]:
-    """Group run records (from `read_run`, possibly from several pods' JSON) into the report dict.
+    """Group run records (from `run_record`, possibly from several pods' JSON) into the report dict.
 
     Cancelled runs are left out: the researcher withdrew them, so they are no seed of any group."""
     cancelled = [r["run_id"] for r in records if r["state"] == "cancelled"]
@@ -681,4 +670,4 @@ def difference_curve(data: dict[str, Any], label: str, baseline: str, *, tokens:
 
 
 __all__ = ["REPORT_SCHEMA", "VERDICT_RULE", "collect", "common_point", "compare", "curve", "difference_curve",
-           "read_metrics", "read_run", "stats", "strip_seed", "value_at", "verdict"]
+           "read_metrics", "run_record", "stats", "strip_seed", "value_at", "verdict"]

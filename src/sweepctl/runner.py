@@ -45,14 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from sweepctl import notify, runs
+from sweepctl import manifest, notify, runs, runtable
 from sweepctl.plan import Plan, PlannedRun, claim_order
 from sweepctl.slots import GpuGate
+from sweepctl.tmux import SHARD_PREFIX
+from sweepctl.train.contract import CONTEXT_ENV
 from sweepctl.train.rundir import disk_error_text, is_disk_error
 
 OnFailed = Literal["skip", "retry"]
-PLAN_FILE = "plan.json"  # the sweep's queue in its manifest folder, re-read before every claim
-RUN_CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
 DEFAULT_STALL_AFTER_S = 1800.0  # no iteration for 30 min: hung (NCCL, a dead filesystem), not slow
 POLL_S = 0.5
 EXPLICIT_ROW_LOCK_WAIT_S = 30.0
@@ -149,11 +149,11 @@ def devices_for(devices: str, gpus: int) -> str:
 class ShardRunner:
     def __init__(self, plan: Plan, options: RunnerOptions, *, pane: BinaryIO | None = None):
         self.plan = plan
-        self.o = options
+        self.options = options
         self.pane = pane if pane is not None else sys.stdout.buffer
         self.write_lock = threading.Lock()
-        # shard-<i>.log for a shard session (DESIGN.md), <session>.log for a rerun
-        shard_session = options.session.startswith("sweep-") and options.shard is not None
+        # shard-<i>.log for a shard session (README: the sweep manifest), <session>.log for a rerun
+        shard_session = options.session.startswith(SHARD_PREFIX) and options.shard is not None
         log_name = f"shard-{options.shard}.log" if shard_session else f"{options.session}.log"
         self.shard_log: BinaryIO | None = None
         try:
@@ -187,10 +187,10 @@ class ShardRunner:
 
     def say(self, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        self.emit(f"[sweepctl {self.o.session} {stamp}] {message}\n".encode())
+        self.emit(f"[sweepctl {self.options.session} {stamp}] {message}\n".encode())
 
     # signals ---------------------------------------------------------------------------------
-    def _on_signal(self, signum: int, _frame: Any) -> None:
+    def on_signal(self, signum: int, _frame: Any) -> None:
         """Ctrl-C in the pane, `sweepctl stop`, or the session going away: finish this row, start no more.
 
         The trainer runs in its own process group, so it hears the signal only from us, once."""
@@ -205,23 +205,23 @@ class ShardRunner:
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+            signal.signal(sig, self.on_signal)
 
     # rows ------------------------------------------------------------------------------------
     def rows(self) -> Iterator[PlannedRun]:
-        if self.o.only is not None:
-            ids = list(self.o.only)
-        elif self.plan.schedule == "static" and self.o.shard is not None:
-            ids = [r.run_id for r in self.plan.runs_of_shard(self.o.shard)]
+        if self.options.only is not None:
+            ids = list(self.options.only)
+        elif self.plan.schedule == "static" and self.options.shard is not None:
+            ids = [r.run_id for r in self.plan.runs_of_shard(self.options.shard)]
         elif self.plan.schedule == "dynamic":  # every runner walks the same longest-first order, claiming
             ids = claim_order(self.plan)
         else:
             ids = [r.run_id for r in self.plan.runs]
-        if self.o.claims_dir is not None and self.o.only is None:
+        if self.options.claims_dir is not None and self.options.only is None:
             if self.plan.schedule == "dynamic":
-                yield from self._live_queue(self.o.claims_dir)
+                yield from self._live_queue(self.options.claims_dir)
                 return
-            ids_iter: Iterator[str] = claimed_rows(ids, self.o.claims_dir, self.o.shard)
+            ids_iter: Iterator[str] = claimed_rows(ids, self.options.claims_dir, self.options.shard)
         else:
             ids_iter = iter(ids)
         for run_id in ids_iter:
@@ -237,7 +237,7 @@ class ShardRunner:
                 # Say "drained" under the sweep's lock, after one more look: a `launch` adding rows
                 # holds that lock while it merges, so it either sees this runner drained (and starts
                 # runners itself) or wrote its rows before this last look.
-                with runs.sweep_lock(self.o.sweep_dir):
+                with manifest.sweep_lock(self.options.sweep_dir):
                     planned = self._claim_next(claims_dir)
                     if planned is None:
                         self._write_state(started=self.started, drained=time.time())
@@ -258,13 +258,13 @@ class ShardRunner:
                 continue
             if cancel_requested(planned):
                 continue  # never claimed: a later `launch --include-cancelled` may still run it
-            if claim(claims_dir, planned.run_id, self.o.shard):
+            if claim(claims_dir, planned.run_id, self.options.shard):
                 return planned
         return None
 
     def _reload_plan(self) -> None:
         """The newest plan.json, when it changed (written atomically: old or new, never half)."""
-        path = self.o.sweep_dir / PLAN_FILE
+        path = self.options.sweep_dir / manifest.PLAN_FILE
         try:
             st = path.stat()
         except OSError:
@@ -282,7 +282,7 @@ class ShardRunner:
     def run(self) -> int:
         """Walk the rows; 0 when nothing failed. Leaves a one-line summary as the pane's last line."""
         start = self.started = time.time()
-        self.say(f"sweep {self.plan.sweep}: runner pid {os.getpid()}, CUDA_VISIBLE_DEVICES={self.o.devices}, "
+        self.say(f"sweep {self.plan.sweep}: runner pid {os.getpid()}, CUDA_VISIBLE_DEVICES={self.options.devices}, "
                  f"schedule {self.plan.schedule}")
         stopped_by = self.early_problem
         if stopped_by is None:
@@ -292,7 +292,7 @@ class ShardRunner:
             try:
                 planned = next(rows, None)
             except Exception as e:  # a claim that cannot be written: no row can be taken safely
-                stopped_by = _describe(e, self.o.claims_dir or self.o.sweep_dir)
+                stopped_by = _describe(e, self.options.claims_dir or self.options.sweep_dir)
                 break
             if planned is None:
                 break
@@ -305,19 +305,19 @@ class ShardRunner:
             self.outcomes.append(outcome)
             if outcome.result == "failed":
                 self._notify_failed(planned)
-            if outcome.result == "failed" and self.o.fail_fast:
+            if outcome.result == "failed" and self.options.fail_fast:
                 self.say("--fail-fast: stopping this shard after a failed row")
                 break
         if stopped_by is not None:
             self.say(f"stopping this shard: {stopped_by}; its other rows stay as they are. Free space or make "
                      f"the volume writable, then: {self._retry_command()}")
-        counts, line = end_line(self.o.session, self.outcomes, stopped=self.stop_signal is not None,
+        counts, line = end_line(self.options.session, self.outcomes, stopped=self.stop_signal is not None,
                                 elapsed_s=time.time() - start)
         self._write_state(started=start, finished=time.time(), counts=counts,
                           **({"stopped_by": stopped_by} if stopped_by else {}))
         self.say(line)
         if self.notifier is not None:
-            if self.stop_signal is None and self.o.only is None:
+            if self.stop_signal is None and self.options.only is None:
                 self._notify_done_if_last()
             self.notifier.wait(NOTIFY_WAIT_S)  # every row has ended: nothing is held up but the pane
         self.close()
@@ -330,7 +330,7 @@ class ShardRunner:
                 self.shard_log.close()
 
     def _retry_command(self) -> str:
-        launched = runs.read_json(self.o.sweep_dir / "launch.json") or {}
+        launched = manifest.read_launch(self.options.sweep_dir)
         csv = launched.get("csv") if isinstance(launched.get("csv"), str) else "SWEEP.csv"
         return f"sweepctl launch {shlex.quote(csv)} --retry-failed"
 
@@ -341,29 +341,29 @@ class ShardRunner:
         directory = Path(planned.config["out_dir"])
         summary = runs.read_json(directory / runs.SUMMARY) or {}
         attempt = (runs.read_json(directory / runs.OWNER) or {}).get("attempt") or 0
-        text = notify.failed_text(self.plan.sweep, planned.run_id, summary, host=runs.HOST, session=self.o.session)
-        self.notifier.send_once(self.o.sweep_dir / notify.NOTIFIED_DIR, f"failed-{planned.run_id}-{attempt}", text)
+        text = notify.failed_text(self.plan.sweep, planned.run_id, summary, host=runs.HOST, session=self.options.session)
+        self.notifier.send_once(self.options.sweep_dir / notify.NOTIFIED_DIR, f"failed-{planned.run_id}-{attempt}", text)
 
     def _notify_done_if_last(self) -> None:
         """When every row of the sweep has ended (ok, failed or cancelled), the first runner to see it
         tells the webhook, with the counts and the best groups; rows added later make a new event."""
         assert self.notifier is not None
         self._reload_plan()
-        views = [runs.read_run(Path(r.config["out_dir"]), stale_after_s=self.o.stale_after_s, run_id=r.run_id)
+        views = [runs.read_run(Path(r.config["out_dir"]), stale_after_s=self.options.stale_after_s, run_id=r.run_id)
                  for r in self.plan.runs]
         if any(v.state not in FINAL_STATES for v in views):
             return  # another runner is still at work; the last one to end sends it
         counts = {s: sum(1 for v in views if v.state == s) for s in FINAL_STATES}
         event = "done-" + hashlib.sha1(" ".join(sorted(v.run_id for v in views)).encode()).hexdigest()[:12]
         text = notify.done_text(self.plan.sweep, counts, self._best_groups(), host=runs.HOST)
-        self.notifier.send_once(self.o.sweep_dir / notify.NOTIFIED_DIR, event, text)
+        self.notifier.send_once(self.options.sweep_dir / notify.NOTIFIED_DIR, event, text)
 
     def _best_groups(self, shown: int = 3) -> list[dict[str, Any]]:
         from sweepctl import report
 
         try:
-            data = report.collect(self.o.sweep_dir.parent.parent, sweep=self.plan.sweep,
-                                  stale_after_s=self.o.stale_after_s)
+            data = report.collect(self.options.sweep_dir.parent.parent, sweep=self.plan.sweep,
+                                  stale_after_s=self.options.stale_after_s)
         except Exception as e:  # a report problem must not cost the message its counts
             self.say(f"no best groups in the notification: {e}")
             return []
@@ -374,9 +374,9 @@ class ShardRunner:
         """The runner's record (stop finds it there); returns the disk problem when it cannot be written."""
         try:
             runs.write_json_atomic(self.state_path, {
-                "session": self.o.session, "shard": self.o.shard, "pid": os.getpid(), "host": runs.HOST,
-                "devices": self.o.devices, "launched_at": self.o.launched_at,
-                "claims_dir": str(self.o.claims_dir) if self.o.claims_dir else None, **fields})
+                "session": self.options.session, "shard": self.options.shard, "pid": os.getpid(), "host": runs.HOST,
+                "devices": self.options.devices, "launched_at": self.options.launched_at,
+                "claims_dir": str(self.options.claims_dir) if self.options.claims_dir else None, **fields})
         except OSError as e:
             problem = _describe(e, self.state_path)
             self.say(f"cannot write {self.state_path.name}: {problem}")
@@ -393,7 +393,7 @@ class ShardRunner:
             # An explicit rerun was checked "not running" just before; a lock still held then belongs
             # to a trainer that has written its summary and is exiting (interpreter teardown can take
             # seconds under load), so wait for it rather than skip the row the user asked for.
-            if not lock.acquire(wait_s=EXPLICIT_ROW_LOCK_WAIT_S if self.o.only else 1.0):
+            if not lock.acquire(wait_s=EXPLICIT_ROW_LOCK_WAIT_S if self.options.only else 1.0):
                 self.say(f"{planned.run_id}: another process is running it; skipped")
                 return Outcome(planned.run_id, "skipped", "running elsewhere")
             return self._run_locked(planned, directory, lock)
@@ -419,43 +419,15 @@ class ShardRunner:
         return Outcome(planned.run_id, "failed", f"{error_class}: {detail}")
 
     def _decide(self, view: runs.RunView) -> tuple[str, str]:
-        """(action, why) with action skip | run | resume | restart — the run table, runner side.
-
-        --force and --retry-failed apply only to results older than the launch: a row finished
-        by another runner of this launch is never redone."""
-        older = view.summary is not None and _mtime(view.directory / runs.SUMMARY) < self.o.launched_at
-        if view.state == "cancelled":
-            if (view.directory / runs.CANCEL).exists():
-                return "skip", "cancelled (sweepctl cancel)"
-            # cancelled before, and `launch --include-cancelled` has moved the marker aside since
-            return self._resume_or_restart(view, "cancelled before, included again")
-        if view.state == "ok":
-            if self.o.force and older:
-                return "restart", "--force"
-            return "skip", "already ok"
-        if view.state == "failed":
-            if self.o.force and older:
-                return "restart", "--force"
-            if self.o.on_failed == "retry" and older:
-                return self._resume_or_restart(view, "retrying a failed run")
-            return "skip", f"failed ({view.error_class}); not retried"
-        if view.state == "running":
-            return "skip", "running (fresh heartbeat from a live trainer)"
-        if view.state == "stale":
-            if self.o.force:
-                return "restart", "--force"
-            return self._resume_or_restart(view, f"stale ({view.why})")
-        return ("restart" if self.o.force else "run"), "pending"
-
-    @staticmethod
-    def _resume_or_restart(view: runs.RunView, why: str) -> tuple[str, str]:
-        # A NaN comes back from the same checkpoint with the same seed; everything else resumes.
-        if view.has_checkpoint and view.error_class != "nan":
-            return "resume", f"{why}; resuming from {runs.CHECKPOINT}"
-        return "restart", f"{why}; no usable checkpoint, starting over"
+        """(action, why): the run table under the row's lock. --force and --retry-failed apply only
+        to results older than the launch: a row finished by another runner of this launch is never redone."""
+        older = view.summary is None or _mtime(view.directory / runs.SUMMARY) < self.options.launched_at
+        d = runtable.decide(view, runtable.Policy(force=self.options.force, retry_failed=self.options.on_failed == "retry"),
+                            older=older)
+        return d.action, d.detail
 
     def _run_locked(self, planned: PlannedRun, directory: Path, lock: runs.RunLock) -> Outcome:
-        view = runs.read_run(directory, stale_after_s=self.o.stale_after_s, probe_lock=False)
+        view = runs.read_run(directory, stale_after_s=self.options.stale_after_s, probe_lock=False)
         action, why = self._decide(view)
         if action == "skip":
             self.say(f"{planned.run_id}: {why}; skipped")
@@ -494,28 +466,28 @@ class ShardRunner:
                 # outside --max-retries (the row did nothing wrong)
                 first_error = detail
                 attempt += 1
-                view = runs.read_run(directory, stale_after_s=self.o.stale_after_s, probe_lock=False)
-                action, why = self._resume_or_restart(view, "out of memory beside other runs; retrying alone")
+                view = runs.read_run(directory, stale_after_s=self.options.stale_after_s, probe_lock=False)
+                action, why = runtable.resume_or_restart(view, "out of memory beside other runs; retrying alone")
                 continue
-            if tries >= self.o.max_retries:
+            if tries >= self.options.max_retries:
                 return Outcome(planned.run_id, "failed", detail)
             tries += 1
             attempt += 1
-            view = runs.read_run(directory, stale_after_s=self.o.stale_after_s, probe_lock=False)
-            action, why = self._resume_or_restart(view, f"retry {tries} of {self.o.max_retries}")
+            view = runs.read_run(directory, stale_after_s=self.options.stale_after_s, probe_lock=False)
+            action, why = runtable.resume_or_restart(view, f"retry {tries} of {self.options.max_retries}")
 
     def _packed(self) -> bool:
         """This runner is one of K > 1 slots on its GPUs (a rerun runs outside the slots)."""
-        return self.plan.runs_per_gpu > 1 and self.o.shard is not None and self.o.only is None
+        return self.plan.runs_per_gpu > 1 and self.options.shard is not None and self.options.only is None
 
     def _gpu_gate(self, run_id: str, *, alone: bool) -> AbstractContextManager[bool]:
         if not self._packed():
             return contextlib.nullcontext(True)
-        group = self.o.devices.replace(",", "-") or "none"
+        group = self.options.devices.replace(",", "-") or "none"
         if alone:
-            self.say(f"{run_id}: runs alone on CUDA_VISIBLE_DEVICES={self.o.devices}; waiting for the other "
+            self.say(f"{run_id}: runs alone on CUDA_VISIBLE_DEVICES={self.options.devices}; waiting for the other "
                      "slots' rows to end")
-        return GpuGate(self.o.sweep_dir / "slots", group).hold(alone=alone,
+        return GpuGate(manifest.slots_dir(self.options.sweep_dir), group).hold(alone=alone,
                                                                stopped=lambda: self.stop_signal is not None)
 
     def _prepare(self, directory: Path, action: str) -> None:
@@ -530,21 +502,21 @@ class ShardRunner:
                  resume: bool, alone: bool = True) -> str:
         """One trainer process, start to end. Returns ok | failed | interrupted | cancelled."""
         argv = trainer_command(planned.argv, gpus=planned.gpus, resume=resume)
-        cvd = devices_for(self.o.devices, planned.gpus)
-        context = {"sweep": {"name": self.plan.sweep, "row_index": planned.row_index, "shard_index": self.o.shard,
+        cvd = devices_for(self.options.devices, planned.gpus)
+        context = {"sweep": {"name": self.plan.sweep, "row_index": planned.row_index, "shard_index": self.options.shard,
                              "shard_count": self.plan.shard_count, "schedule": self.plan.schedule},
                    "attempt": attempt}
         if self._packed():
-            _, slot = self.plan.slot(self.o.shard or 0)
+            _, slot = self.plan.slot(self.options.shard or 0)
             context["slot"] = {"slot": slot, "runs_per_gpu": self.plan.runs_per_gpu, "alone": alone}
         cache_env = compile_cache_env(self.plan.compile_cache)
         for d in cache_env.values():
             Path(d).mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": cvd, RUN_CONTEXT_ENV: json.dumps(context),
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": cvd, CONTEXT_ENV: json.dumps(context),
                "PYTHONUNBUFFERED": "1", **cache_env}
         started = time.time()
         owner = {"run_id": planned.run_id, "sweep": self.plan.sweep, "row_index": planned.row_index,
-                 "shard": self.o.shard, "session": self.o.session, "host": runs.HOST, "runner_pid": os.getpid(),
+                 "shard": self.options.shard, "session": self.options.session, "host": runs.HOST, "runner_pid": os.getpid(),
                  "child_pid": None, "cuda_visible_devices": cvd, "attempt": attempt, "resume": resume,
                  "started": started, "argv": argv, "slot": context.get("slot")}
         runs.write_json_atomic(directory / runs.OWNER, owner)
@@ -612,13 +584,13 @@ class ShardRunner:
             hb = runs.read_json(directory / runs.HEARTBEAT)
             if hb is not None and (hb.get("ts") or 0) >= started - 1 and hb.get("iter") != last_iter:
                 last_iter, last_progress = hb.get("iter"), now
-            if self.o.stall_after_s and now - last_progress > self.o.stall_after_s:
-                self.say(f"{directory.name}: no progress for {self.o.stall_after_s:g} s "
+            if self.options.stall_after_s and now - last_progress > self.options.stall_after_s:
+                self.say(f"{directory.name}: no progress for {self.options.stall_after_s:g} s "
                          f"(iteration {last_iter}); ending it")
                 self._end(child)
                 return "stalled"
-            if self.o.run_timeout_s and now - started > self.o.run_timeout_s:
-                self.say(f"{directory.name}: --run-timeout {self.o.run_timeout_s:g} s reached; ending it")
+            if self.options.run_timeout_s and now - started > self.options.run_timeout_s:
+                self.say(f"{directory.name}: --run-timeout {self.options.run_timeout_s:g} s reached; ending it")
                 self._end(child)
                 return "timeout"
 
@@ -626,7 +598,7 @@ class ShardRunner:
         """SIGTERM (the trainer writes its summary), then SIGKILL to the whole process group."""
         try:
             os.kill(child.pid, signal.SIGTERM)
-            child.wait(timeout=self.o.kill_grace_s)
+            child.wait(timeout=self.options.kill_grace_s)
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(child.pid, signal.SIGKILL)  # its own group: torchrun's workers included
@@ -650,8 +622,8 @@ class ShardRunner:
                 runs.write_json_atomic(path, summary)
             return "cancelled"
         if reason is not None:
-            error = (f"no progress for {self.o.stall_after_s:g} s" if reason == "stalled"
-                     else f"ran longer than --run-timeout {self.o.run_timeout_s:g} s")
+            error = (f"no progress for {self.options.stall_after_s:g} s" if reason == "stalled"
+                     else f"ran longer than --run-timeout {self.options.run_timeout_s:g} s")
             if summary is None:
                 self._write_runner_summary(planned, directory, started, error_class=reason, error=error, rc=rc)
             else:
@@ -750,13 +722,9 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
 
-def load_plan(sweep_dir: Path) -> Plan:
-    return Plan.model_validate_json((sweep_dir / PLAN_FILE).read_text())
-
-
 def main(options: RunnerOptions) -> int:
     """Entry point of the hidden `sweepctl runner` command."""
-    plan = load_plan(options.sweep_dir)
+    plan = manifest.read_plan(options.sweep_dir)
     runner = ShardRunner(plan, options)
     runner.install_signal_handlers()
     return runner.run()

@@ -3,7 +3,7 @@
     view = read_run(Path("/mnt/pod_artifacts/outputs/fineweb10B-mhc-6l-s1337"), stale_after_s=120)
     view.state  # pending | running | ok | failed | stale | cancelled
 
-The state follows the run table in DESIGN.md. Reads are cheap on purpose — `status` reads
+The state is `classify`'s (pending, running, ok, failed, stale). Reads are cheap on purpose — `status` reads
 thousands of run directories per refresh: summary.json and heartbeat.json are small, the runner's
 own record is small, and metrics.jsonl is only ever tailed from its end. Nothing here writes except
 `write_json_atomic`, `backup` and the lock, which the runner uses.
@@ -11,43 +11,37 @@ own record is small, and metrics.jsonl is only ever tailed from its end. Nothing
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
 import os
 import re
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sweepctl.train.contract import (
+    CANCEL,
+    CHECKPOINT,
+    COMPLETE_FILES,
+    HEARTBEAT,
+    LOCK,
+    METADATA,
+    METRICS,
+    OWNER,
+    STDOUT_LOG,
+    SUMMARY,
+)
+
+# The one atomic writer, re-exported: the orchestration side writes runs.write_json_atomic(...).
+from sweepctl.train.contract import write_json_atomic as write_json_atomic
+
 RunState = Literal["pending", "running", "ok", "failed", "stale", "cancelled"]
 STATES: tuple[RunState, ...] = ("pending", "running", "ok", "failed", "stale", "cancelled")
 
-# The trainer's files (contract_version 1).
-STDOUT_LOG = "stdout.log"
-COMMAND = "command.sh"
-METADATA = "run_metadata.json"
-CONFIG_EFFECTIVE = "config_effective.json"
-DATASET_MANIFEST = "dataset_manifest.json"
-METRICS = "metrics.jsonl"
-HEARTBEAT = "heartbeat.json"
-CHECKPOINT = "ckpt.pt"
-SUMMARY = "summary.json"
-# The runner's files: who owns the run now (and owned it last), and the lock that proves it.
-OWNER = "runner.json"
-LOCK = ".sweepctl.lock"
-# `sweepctl cancel`'s marker: no runner starts the run while it exists, and a runner working on it
-# ends its trainer. `launch --include-cancelled` moves it aside.
-CANCEL = "cancel.json"
-
-# A complete, finished run directory has these (stdout.log is the runner's tee of the trainer).
-COMPLETE_FILES = (STDOUT_LOG, COMMAND, METADATA, CONFIG_EFFECTIVE, DATASET_MANIFEST, METRICS, HEARTBEAT,
-                  CHECKPOINT, SUMMARY)
 # What a fresh restart moves aside; a resume keeps them (the trainer continues the metrics).
 RESTART_BACKUPS = (STDOUT_LOG, SUMMARY, METRICS, HEARTBEAT, CHECKPOINT)
 RETRY_BACKUPS = (STDOUT_LOG, SUMMARY)
@@ -60,8 +54,6 @@ LINKABLE = (*COMPLETE_FILES, OWNER, LOCK)
 
 # Below this free space not even a summary.json (a few KiB) is sure to fit: the volume is full.
 FULL_BYTES = 1 << 20
-
-SWEEPS_DIR = ".sweeps"
 TAIL_BYTES = 8192  # one read from the end of metrics.jsonl covers dozens of rows
 TAIL_MAX_BYTES = 256 * 1024  # how far back to look for the last eval row of a running run
 
@@ -112,14 +104,6 @@ def resolve_run_dir(out_root: str | Path, run_id: str) -> Path:
     return directory
 
 
-def sweeps_root(out_root: str | Path) -> Path:
-    return Path(out_root) / SWEEPS_DIR
-
-
-def sweep_dir(out_root: str | Path, name: str) -> Path:
-    return sweeps_root(out_root) / name
-
-
 # --- writing -------------------------------------------------------------------------------------
 
 def nearest_existing(path: Path) -> Path:
@@ -146,29 +130,6 @@ def mount_point(path: Path) -> Path:
     while not os.path.ismount(path) and path != path.parent:
         path = path.parent
     return path
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Temp file in the same folder + os.replace: a reader sees the old file or the new one, never half."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        e.filename = str(path)  # the file the user knows, not a temp name
-        raise
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)  # on a full volume the partial file holds the space the next write needs
-        if isinstance(e, OSError):
-            e.filename = str(path)
-        raise
 
 
 def backup_stamp(now: float | None = None) -> str:
@@ -231,27 +192,6 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing our copy; a still-running child keeps the lock alive
             self.fd = None
-
-
-@contextlib.contextmanager
-def sweep_lock(directory: Path, timeout_s: float = 60.0) -> Iterator[None]:
-    """An exclusive flock on `<sweep_dir>/.plan.lock` around a read-modify-write of plan.json, so
-    two `launch`es adding rows, or a `prioritize`, never lose each other's change."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / ".plan.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                    raise TimeoutError(f"{directory / '.plan.lock'} held for {timeout_s:g} s") from e
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)
 
 
 def lock_held(directory: str | Path) -> bool:
@@ -430,6 +370,7 @@ class RunView:
     owner: dict[str, Any] | None = None  # runner.json: the runner's record of the current/last attempt
     heartbeat_age_s: float | None = None
     why: str = ""  # one phrase: why this state (shown for stale and running)
+    cancel_marked: bool = False  # `sweepctl cancel`'s marker is in the directory now
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -459,8 +400,8 @@ def classify(*, summary: dict[str, Any] | None, heartbeat: dict[str, Any] | None
         return "cancelled", ""
     if summary is not None:
         return "failed", ""
-    hb_pid = _int(heartbeat.get("pid")) if heartbeat else None
-    hb_ts = _float(heartbeat.get("ts")) if heartbeat else None
+    hb_pid = _as_int(heartbeat.get("pid")) if heartbeat else None
+    hb_ts = _as_float(heartbeat.get("ts")) if heartbeat else None
     local = heartbeat is not None and heartbeat.get("host") in (None, HOST)
     trainer_dead = local and hb_pid is not None and not pid_alive(hb_pid)
     if held:
@@ -496,13 +437,13 @@ def read_run(directory: Path, *, stale_after_s: float, now: float | None = None,
         held = probe_lock and lock_held(d)
         checkpoint = heartbeat is None and os.path.exists(os.path.join(d, CHECKPOINT))
     state, why = classify(summary=summary, heartbeat=heartbeat, held=held,
-                          owner_started=_float(owner.get("started")) if owner else None,
+                          owner_started=_as_float(owner.get("started")) if owner else None,
                           now=now, stale_after_s=stale_after_s, checkpoint=checkpoint, cancelled=cancelled)
     age = None
-    if heartbeat is not None and _float(heartbeat.get("ts")) is not None:
+    if heartbeat is not None and _as_float(heartbeat.get("ts")) is not None:
         age = max(0.0, now - float(heartbeat["ts"]))
     return RunView(run_id=rid, directory=directory, state=state, summary=summary, heartbeat=heartbeat,
-                   owner=owner, heartbeat_age_s=age, why=why)
+                   owner=owner, heartbeat_age_s=age, why=why, cancel_marked=cancelled)
 
 
 def list_run_dirs(out_root: Path) -> list[Path]:
@@ -521,14 +462,14 @@ def list_run_dirs(out_root: Path) -> list[Path]:
     return sorted(dirs)
 
 
-def _int(v: Any) -> int | None:
+def _as_int(v: Any) -> int | None:
     try:
         return int(v)
     except (TypeError, ValueError):
         return None
 
 
-def _float(v: Any) -> float | None:
+def _as_float(v: Any) -> float | None:
     try:
         return float(v)
     except (TypeError, ValueError):

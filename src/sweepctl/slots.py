@@ -16,7 +16,7 @@ The gate is two flock(2) files per GPU group (a turnstile and a room, the classi
 lock with writer preference): the kernel releases them when a runner dies, so a killed slot
 never blocks its siblings. Waits poll with LOCK_NB so that `sweepctl stop` is heard while waiting.
 
-    gate = GpuGate(sweep_dir / "slots", "0")
+    gate = GpuGate(manifest.slots_dir(sweep_dir), "0")
     with gate.hold(alone=False, stopped=lambda: runner.stop_signal is not None) as got:
         if got: ...run the trainer...
 

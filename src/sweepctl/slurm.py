@@ -20,7 +20,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sweepctl import __version__, launch
@@ -28,6 +28,7 @@ from sweepctl.errors import SpecError, SweepctlError
 from sweepctl.plan import Plan, claim_order
 from sweepctl.settings import Settings
 from sweepctl.spec import read_sweep
+from sweepctl.train.contract import write_text_atomic
 
 SLURM_LOG_DIR = "slurm"  # .sweeps/<name>/slurm/<job>_<task>.out; sbatch does not create it
 
@@ -57,6 +58,12 @@ def array_spec(rows: int, concurrency: int | None) -> str:
 
 
 def export(csv_path: Path, options: SlurmOptions, settings: Settings, output: Path | None = None) -> SlurmExport:
+    """`sweepctl export slurm`: plan the array, then write the manifest and the job script."""
+    return write(prepare(csv_path, options, settings), output)
+
+
+def prepare(csv_path: Path, options: SlurmOptions, settings: Settings) -> launch.LaunchPreview:
+    """launch.prepare for an array of one-row tasks of `gpus_per_task` GPUs each; writes nothing."""
     sweep = read_sweep(csv_path, name=options.name)
     most = max((r.gpus for r in sweep.runs), default=1)
     k = options.gpus_per_task or most
@@ -68,26 +75,28 @@ def export(csv_path: Path, options: SlurmOptions, settings: Settings, output: Pa
         problems.insert(0, f"{sweep.csv_path}:1: --concurrency must be at least 1 (got {options.concurrency})")
     if problems:
         raise SpecError(problems)
-    options.shards, options.schedule, options.gpus_per_shard, options.gpus_per_task = 1, "dynamic", k, k
-    preview = launch.prepare(csv_path, options, settings)
+    options = replace(options, shards=1, schedule="dynamic", gpus_per_shard=k, gpus_per_task=k)
+    return launch.prepare(csv_path, options, settings)
+
+
+def write(preview: launch.LaunchPreview, output: Path | None = None) -> SlurmExport:
+    """The manifest (launch.json records the script) and the executable job script."""
+    assert isinstance(preview.options, SlurmOptions)
+    options = preview.options
     # The array runs on other machines: this one's GPUs and tmux say nothing about them. Data and
     # out-root usually sit on a shared filesystem, so their checks still warn early.
     warnings = [f"{c.what}: {c.detail}" + (f" — {c.hint}" if c.hint else "")
                 for c in preview.checks if not c.ok and c.what not in ("GPUs", "tmux")]
     warnings += [f"{r}; the array tasks skip them" + ("" if options.retry_failed else " (--retry-failed runs them)")
                  for r in preview.refusals if "failed run" in r]
-    script = (output or preview.sweep_dir / f"{sweep.name}.sbatch").absolute()
-    options.script = str(script)
+    script = (output or preview.sweep_dir / f"{preview.sweep.name}.sbatch").absolute()
+    preview.options = options = replace(options, script=str(script))
     launched_at = time.time()
     launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
     launch.write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=[])
     (preview.sweep_dir / SLURM_LOG_DIR).mkdir(parents=True, exist_ok=True)
     text = render(preview, options)
-    script.parent.mkdir(parents=True, exist_ok=True)
-    tmp = script.with_name(f".{script.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    os.replace(tmp, script)
+    write_text_atomic(script, text, mode=0o755)
     return SlurmExport(preview, script, len(preview.plan.runs), array_spec(len(preview.plan.runs), options.concurrency),
                        warnings)
 

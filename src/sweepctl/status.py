@@ -22,7 +22,9 @@ from typing import Any
 
 from sweepctl import runs
 from sweepctl.gpus import query_gpus
+from sweepctl.manifest import latest_sweep, load_manifest
 from sweepctl.plan import Plan, cuda_visible_devices
+from sweepctl.tmux import shard_session
 
 # A volume this full is said in yellow: a checkpoint of a 48-layer model is hundreds of MB, and a
 # run that cannot write one fails at its next eval.
@@ -38,8 +40,6 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
             with_sessions: bool = True, now: float | None = None, gpu_hour_price: float | None = None
             ) -> dict[str, Any]:
     """The whole status of `sweep` (default: the latest launched; none: every run directory)."""
-    from sweepctl.launch import latest_sweep, load_manifest
-
     out_root = Path(out_root).expanduser().absolute()
     now = time.time() if now is None else now
     name = sweep or latest_sweep(out_root)
@@ -94,7 +94,7 @@ def slots_per_gpu(plan: Plan, found: list[dict[str, Any]]) -> list[dict[str, Any
     alive = {s["name"] for s in found if s.get("alive")}
     groups: dict[str, list[str]] = {}
     for i in range(plan.shard_count):
-        groups.setdefault(cuda_visible_devices(plan, i), []).append(f"sweep-{i}")
+        groups.setdefault(cuda_visible_devices(plan, i), []).append(shard_session(i))
     return [{"devices": d, "sessions": names, "alive": [n for n in names if n in alive]}
             for d, names in groups.items()]
 
@@ -285,14 +285,14 @@ def _render_full(model: dict[str, Any], *, title: str | None = None, footer: boo
     for r in model["runs"]:
         shard = r.get("shard")
         where = "-" if shard is None else str(shard)
-        if shard is not None and devices.get((r.get("host"), f"sweep-{shard}")):
-            where += f"/{devices[(r.get('host'), f'sweep-{shard}')]}"
+        if shard is not None and devices.get((r.get("host"), shard_session(shard))):
+            where += f"/{devices[(r.get('host'), shard_session(shard))]}"
         it, mx = r.get("iter"), r.get("max_iters")
         pct = f"{100 * it / mx:.0f}" if isinstance(it, int) and mx else ""
         table.add_row(*([r.get("host") or ""] if multi else []),
                       r["run_id"], Text(r["state"], style=STATE_STYLE.get(r["state"], "")), where,
-                      "" if it is None else f"{it}/{mx or '?'}", pct, _num(r.get("train_loss")),
-                      _num(r.get("val_loss")), _int(r.get("tok_per_s")), duration(r.get("eta_s")),
+                      "" if it is None else f"{it}/{mx or '?'}", pct, _fmt_float(r.get("train_loss")),
+                      _fmt_float(r.get("val_loss")), _fmt_int(r.get("tok_per_s")), duration(r.get("eta_s")),
                       duration(r.get("heartbeat_age_s")), r.get("error_class") or "")
     if not footer:
         return table
@@ -313,8 +313,8 @@ def _footer(model: dict[str, Any], multi: bool) -> list[Any]:
             g.add_column(col)
         for gpu in model["gpus"]:
             g.add_row(*([gpu.get("host") or ""] if multi else []), str(gpu["index"]), gpu["name"],
-                      _int(gpu.get("utilization")),
-                      f"{_int(gpu.get('memory_used_mib'))} / {_int(gpu.get('memory_total_mib'))}")
+                      _fmt_int(gpu.get("utilization")),
+                      f"{_fmt_int(gpu.get('memory_used_mib'))} / {_fmt_int(gpu.get('memory_total_mib'))}")
         parts.append(g)
     else:
         parts.append(Text("GPUs: none visible", style="dim"))
@@ -398,9 +398,9 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def _num(v: Any) -> str:
+def _fmt_float(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) else ""
 
 
-def _int(v: Any) -> str:
+def _fmt_int(v: Any) -> str:
     return f"{v:,.0f}" if isinstance(v, (int, float)) else ""

@@ -6,6 +6,7 @@ only inside the commands that need them, so `sweepctl --help` stays instant.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -65,13 +66,7 @@ def _register() -> None:
     spec_cmds.register(app)
     for name in ("run_cmds", "remote_cmds", "pod_cmds", "report_cmds", "train_cmd", "demo_cmd", "cluster_cmds",
                  "steer_cmds"):
-        try:
-            module = __import__(f"sweepctl.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != f"sweepctl.cli.{name}":
-                raise
-            continue  # a command group not built yet
-        module.register(app)
+        importlib.import_module(f"sweepctl.cli.{name}").register(app)
 
 
 _register()

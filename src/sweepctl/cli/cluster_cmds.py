@@ -38,29 +38,31 @@ def launch_on_backend(backend: str, csv_path: Path, settings: Settings, *, ray_a
     """`launch --backend ray`: pre-flight against the Ray cluster, then the driver in tmux session
     sweep-ray; returns at once. `shard_flags` are the tmux-only options the user gave: refused, not
     ignored (`--shards 1` is accepted: a Ray plan is one shard, and `--host` sends it)."""
-    from sweepctl import launch as launch_lib
-    from sweepctl import ray_backend as lib
+    from sweepctl import backends, ray_backend
     from sweepctl.cli import run_views
     from sweepctl.errors import SweepctlError
+    from sweepctl.launch import refuse_if_needed
 
-    if backend != "ray":
-        raise SweepctlError(f"--backend must be tmux or ray, got {backend!r}")
+    engine = backends.get(backend)
+    if engine.name != "ray":  # its launch result is a Ray driver's; Slurm has a command of its own
+        raise SweepctlError(f"launch --backend {backend}: only tmux and ray start from `launch`",
+                            hint=f"sweepctl export slurm {csv_path}" if backend == "slurm" else None)
     given = [flag for flag, on in shard_flags.items() if on]
     if given:
         raise SweepctlError(f"{', '.join(given)} place rows on tmux shards; with --backend ray, Ray places each row "
                             "on a node with the GPUs it asks for (the CSV's gpus column)",
                             hint=f"drop {', '.join(given)}")
-    options = lib.RayLaunchOptions(ray_address=ray_address, **launch_options)
-    preview = lib.prepare(csv_path, options, settings)
+    options = ray_backend.RayLaunchOptions(ray_address=ray_address, **launch_options)
+    preview = engine.preflight(csv_path, options, settings)
     model = _ray_model(run_views.launch_model(preview), preview, None)
     if not as_json:
         run_views.render_launch_preview(model, detailed=options.dry_run)
     try:
         if options.dry_run:
-            launch_lib.refuse_if_needed(preview)
+            refuse_if_needed(preview)
             result = None
         else:
-            result = lib.execute(preview)
+            result = engine.start(preview)
     except SweepctlError:
         if as_json:
             typer.echo(json.dumps(model, indent=2))
@@ -72,7 +74,7 @@ def launch_on_backend(backend: str, csv_path: Path, settings: Settings, *, ray_a
     run_views.render_launch_outcome(model)
     if result is not None and result.how is not None:
         console.print(f"ray:    {result.address}; each row asks Ray for its GPUs; "
-                      f"driver log {preview.sweep_dir / lib.DRIVER_LOG}", highlight=False, soft_wrap=True)
+                      f"driver log {preview.sweep_dir / ray_backend.DRIVER_LOG}", highlight=False, soft_wrap=True)
 
 
 def driver_pod_shards(hosts: list[str], shards: int | None) -> int:
@@ -116,15 +118,15 @@ def ray_driver(
     stale_after: float = typer.Option(120.0, "--stale-after"),
 ) -> None:
     """The Ray driver (runs in tmux session sweep-ray, started by `launch --backend ray`, or rerun-<run_id>)."""
-    from sweepctl import ray_backend as lib
+    from sweepctl import ray_backend
     from sweepctl.launch import LaunchOptions
 
     policy = LaunchOptions(shards=1, max_retries=max_retries, force=force, retry_failed=on_failed == "retry",
                            skip_failed=skip_failed, stall_after_s=stall_after, run_timeout_s=run_timeout)
-    options = lib.DriverOptions(sweep_dir=sweep_dir, address=address, launch_id=launch_id, policy=policy,
-                                only=only or None, stale_after_s=stale_after,
-                                session=session or lib.DRIVER_SESSION)
-    raise typer.Exit(lib.driver_main(options))
+    options = ray_backend.DriverOptions(sweep_dir=sweep_dir, address=address, launch_id=launch_id, policy=policy,
+                                        only=only or None, stale_after_s=stale_after,
+                                        session=session or ray_backend.DRIVER_SESSION)
+    raise typer.Exit(ray_backend.driver_main(options))
 
 
 # --- ray up / down -------------------------------------------------------------------------------
@@ -197,17 +199,17 @@ def export_slurm(
     """Write an sbatch job-array script: one task per row, longest first.
 
     Each task runs the shard runner's per-row code path (lock, run table, trainer, summary)."""
-    from sweepctl import slurm as lib
+    from sweepctl import slurm
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir)
-    options = lib.SlurmOptions(name=name, gpus_per_task=gpus_per_task, concurrency=concurrency,
-                               max_retries=max_retries, retry_failed=retry_failed, no_wandb=no_wandb)
-    exported = lib.export(csv_path, options, settings, output)
+    options = slurm.SlurmOptions(name=name, gpus_per_task=gpus_per_task, concurrency=concurrency,
+                                 max_retries=max_retries, retry_failed=retry_failed, no_wandb=no_wandb)
+    exported = slurm.export(csv_path, options, settings, output)
     for w in [*exported.preview.sweep.warnings, *exported.warnings]:
         err_console.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {exported.script}: {exported.rows} array tasks (--array={exported.array}, "
-                  f"--gres=gpu:{options.gpus_per_task}); manifest in {exported.preview.sweep_dir}", highlight=False, soft_wrap=True)
+                  f"--gres=gpu:{exported.preview.options.gpus_per_task}); manifest in {exported.preview.sweep_dir}", highlight=False, soft_wrap=True)
     console.print(f"submit: sbatch {exported.script}", highlight=False, soft_wrap=True)
     console.print(f"status: sweepctl status --out-root {exported.preview.out_root} --sweep {exported.preview.sweep.name}",
                   highlight=False, soft_wrap=True)

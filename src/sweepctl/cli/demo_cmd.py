@@ -42,46 +42,56 @@ def demo(
 
     Two seeds per variant, tiny models, tokens of Python's own standard library; then what to look at next.
     """
-    from sweepctl import demo as lib
     from sweepctl import launch
+    from sweepctl.demo import (
+        DEMO_NAME,
+        SEEDS,
+        SIZES,
+        DemoLayout,
+        ThreadCappedTmux,
+        build_dataset,
+        prepare_out_root,
+        threads_per_run,
+        write_csv,
+    )
     from sweepctl.errors import RefusedError, SweepctlError
     from sweepctl.settings import load_settings
     from sweepctl.tmux import shard_session
 
-    if size not in lib.SIZES:
-        raise SweepctlError(f"--size must be one of {', '.join(lib.SIZES)}, got {size!r}")
-    demo_size = lib.SIZES[size]
-    layout = lib.DemoLayout(out_root.expanduser().absolute())
+    if size not in SIZES:
+        raise SweepctlError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
+    demo_size = SIZES[size]
+    layout = DemoLayout(out_root.expanduser().absolute())
     settings = load_settings(out_root=str(layout.out_root), data_dir=str(layout.data_dir))
 
     device, gpu_count = _device()
     n_shards = shards or (min(gpu_count, len(layout.run_ids())) if device == "cuda" else 2)
-    threads = lib.threads_per_run(n_shards)
+    threads = threads_per_run(n_shards)
     where = f"{gpu_count} GPU(s)" if device == "cuda" else "the CPU"
-    console.print(f"sweepctl demo: plain vs HC vs mHC, {len(lib.SEEDS)} seeds each, tiny models on {where}; "
+    console.print(f"sweepctl demo: plain vs HC vs mHC, {len(SEEDS)} seeds each, tiny models on {where}; "
                   f"{n_shards} shard(s) at once, {threads} CPU thread(s) per run", highlight=False, soft_wrap=True)
 
-    moved = lib.prepare_out_root(layout, keep=keep, stale_after_s=settings.stale_after_s)
+    moved = prepare_out_root(layout, keep=keep, stale_after_s=settings.stale_after_s)
     if moved is not None:
         console.print(f"previous demo moved to {moved} (nothing deleted)", highlight=False, soft_wrap=True)
     console.print(f"out-root: {layout.out_root}", highlight=False, soft_wrap=True)
 
     t0 = time.monotonic()
-    data = lib.build_dataset(layout.data_dir, demo_size)
+    data = build_dataset(layout.data_dir, demo_size)
     if data.files:
         console.print(f"data: {data.files} standard-library files ({data.text_bytes / 1e6:.1f} MB) -> "
                       f"{data.tokens:,} GPT-2 tokens in {data.data_dir} ({time.monotonic() - t0:.1f} s)",
                       highlight=False, soft_wrap=True)
     else:
         console.print(f"data: {data.tokens:,} tokens already in {data.data_dir}", highlight=False, soft_wrap=True)
-    csv_path = lib.write_csv(layout.csv, demo_size, device)
+    csv_path = write_csv(layout.csv, demo_size, device)
     console.print(f"sweep: {csv_path} ({len(layout.run_ids())} runs)", highlight=False, soft_wrap=True)
 
-    options = launch.LaunchOptions(shards=n_shards, name=lib.DEMO_NAME, no_wandb=True, retry_failed=keep)
+    options = launch.LaunchOptions(shards=n_shards, name=DEMO_NAME, no_wandb=True, retry_failed=keep)
     preview = launch.prepare(csv_path, options, settings)
     _print_checks(preview.checks)
     launch.refuse_if_needed(preview)  # before asking tmux anything: the pre-flight says whether it is there
-    tmux = lib.ThreadCappedTmux(settings.tmux_socket, threads)
+    tmux = ThreadCappedTmux(settings.tmux_socket, threads)
     busy = [shard_session(s) for s in preview.shards_to_start
             if (info := tmux.session(shard_session(s))) and info.alive]
     if busy:

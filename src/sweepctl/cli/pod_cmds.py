@@ -6,14 +6,18 @@ Thin: parse flags, call sweepctl.data / sweepctl.bootstrap, render a table or JS
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from sweepctl.cli import remote_opts
+from sweepctl.cli.remote_opts import Pods
 from sweepctl.console import console, err_console
+from sweepctl.errors import SweepctlError
 
 data_app = typer.Typer(help="FineWeb token shards: download them, or make them from your own text.",
                        no_args_is_help=True)
@@ -119,16 +123,13 @@ def bootstrap(
     --host: install this machine's sweepctl on the pod first, then run it there."""
     from sweepctl import bootstrap as bs
     from sweepctl import settings as st
-    from sweepctl.errors import SweepctlError
 
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
-
         if no_venv:
             raise SweepctlError("--no-venv is for a bootstrap run on the pod itself",
                                 hint="with --host, sweepctl goes into a venv on the pod (--venv DIR picks it)")
         # --venv and the wheel are the laptop's to pass (bootstrap_remote); --json is asked for there.
-        return remote_cmds.bootstrap(pods, remote_opts.forwarded(exclude=("venv", "wheel", "as_json", "python")),
+        return bootstrap_on_pods(pods, remote_opts.forwarded(exclude=("venv", "wheel", "as_json", "python")),
                                      venv=venv, wheel=wheel, python=python, as_json=as_json)
 
     home = Path.home()
@@ -172,6 +173,35 @@ def render_checklist(report: dict) -> None:
         console.print(f"{n} change(s); project file: {report['project_file']}", markup=False, highlight=False)
     else:
         console.print("no changes: everything was already in place", markup=False, highlight=False)
+
+
+def bootstrap_on_pods(pods: Pods, args: list[str], *, venv: Path | None, wheel: Path | None, python: str,
+              as_json: bool) -> None:
+    """Install this laptop's sweepctl (as a wheel) on each pod, then run its bootstrap there."""
+    from sweepctl.bootstrap import bootstrap_remote, build_wheel
+
+    with tempfile.TemporaryDirectory(prefix="sweepctl-wheel-") as tmp:
+        built = wheel or build_wheel(Path(tmp))
+        answers = pods.each(lambda h, t: bootstrap_remote(t, built, args, venv=str(venv) if venv else None,
+                                                          python=python))
+    if as_json:
+        out = answers[0].value if pods.single else {a.host: a.value for a in answers}
+        typer.echo(json.dumps(out, indent=2))
+    failed: list[remote_opts.Answer[Any]] = []
+    for a in answers:
+        if a.value is None:
+            failed.append(a)
+            continue
+        if not as_json:
+            if not pods.single:
+                console.rule(a.host, align="left")
+            render_checklist(a.value)
+        bad = [c["name"] for c in a.value["checks"] if c["ok"] is False]
+        if bad or a.value.get("remote_error"):
+            hint = next((c["hint"] for c in a.value["checks"] if c["ok"] is False and c["hint"]), None)
+            failed.append(remote_opts.Answer(a.host, error=SweepctlError(
+                f"bootstrap incomplete: {', '.join(bad) or a.value['remote_error']}", where=a.host, hint=hint)))
+    remote_opts.raise_if_failed(failed)
 
 
 def register(app: typer.Typer) -> None:

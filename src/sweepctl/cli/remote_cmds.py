@@ -4,9 +4,10 @@
     laptop$ sweepctl attach --host pod-a 3          # ssh -t pod-a sweepctl attach sweep-3
     laptop$ sweepctl pull --host pod-a --to results/
 
-Every pod-facing command (status, logs, stop, rerun, report, bootstrap) keeps its code in its own
-module and hands over to a function here when `--host` is given (`remote_opts`); launch, a
-sequence of steps over every pod, hands over to `remote_launch`. Each runs
+Every pod-facing command (status, logs, stop, rerun) keeps its code in its own module and hands
+over to a function here when `--host` is given (`remote_opts`); report and bootstrap keep their
+pod side next to their renderers (`report_cmds`, `pod_cmds`); launch, a sequence of steps over
+every pod, hands over to `remote_launch`. Each runs
 the same subcommand on the pod with `--json`, one SSH connection per pod, the version check in the
 same round trip, and draws the answer with the renderer the local command uses. With several pods
 the calls go out in parallel and the answers merge into one table with a host column; a pod that
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,12 +39,12 @@ WATCH_INTERVAL_S = 2.0  # the local `status --watch` redraws every 2 s too
 def status(pods: Pods, args: list[str], *, as_json: bool, watch: bool, interval: float = WATCH_INTERVAL_S,
            show_all: bool = False) -> None:
     """One `status --json` per pod (one round trip each), drawn as one table."""
-    from sweepctl import status as lib
+    from sweepctl.status import render as render_status
 
     again = remote_opts.command_line("status", "--all", drop=("--watch", "--interval"))
 
     def render(model: dict[str, Any]) -> Any:
-        return lib.render(model, show_all=show_all, again=again)
+        return render_status(model, show_all=show_all, again=again)
 
     pod_args = ["status", *args, "--json"]
     if as_json and pods.single:  # the pod's JSON, byte for byte
@@ -169,63 +169,6 @@ def rerun(pods: Pods, run_id: str, args: list[str], *, as_json: bool) -> None:
                            logs=remote_opts.hint("logs", run_id, "-f"))
 
 
-# --- report, bootstrap -------------------------------------------------------------------------
-
-def report(pods: Pods, args: list[str], *, fmt: str, plots: Path | None, baseline: str | None,
-           group_by: str, sweep: str | None) -> None:
-    """`report --format json` on each pod; several pods' runs are grouped again here, so seeds that
-    ran on different pods land in one group; tables, CSV, markdown and plots are made here."""
-    from sweepctl import report as lib
-    from sweepctl.cli.report_cmds import emit
-
-    pod_args = ["report", *args, "--format", "json"]
-    answers = pods.each(lambda h, t: pods.sweepctl_json(t, pod_args))
-    if pods.single:
-        remote_opts.raise_if_failed(answers)
-        emit(answers[0].value, fmt=fmt, plots_dir=plots, baseline=baseline)
-        return
-    got = [a for a in answers if a.value is not None]
-    if not got:
-        remote_opts.raise_if_failed(answers)
-    records = [dict(r, host=a.host) for a in got for r in a.value["runs"]]
-    data = lib.assemble(records, out_root=", ".join(f"{a.host}:{a.value['out_root']}" for a in got),
-                        sweep=sweep, group_by=group_by, now=max(a.value["generated"] for a in got))
-    data["warnings"] = ([f"{a.host}: {w}" for a in got for w in a.value["warnings"]] + data["warnings"]
-                        + [f"host {a.host}: {a.describe()} (its runs are missing)" for a in answers if a.error])
-    emit(data, fmt=fmt, plots_dir=plots, baseline=baseline)
-    remote_opts.raise_if_failed(answers)
-
-
-def bootstrap(pods: Pods, args: list[str], *, venv: Path | None, wheel: Path | None, python: str,
-              as_json: bool) -> None:
-    """Install this laptop's sweepctl (as a wheel) on each pod, then run its bootstrap there."""
-    from sweepctl.bootstrap import bootstrap_remote, build_wheel
-    from sweepctl.cli.pod_cmds import render_checklist
-
-    with tempfile.TemporaryDirectory(prefix="sweepctl-wheel-") as tmp:
-        built = wheel or build_wheel(Path(tmp))
-        answers = pods.each(lambda h, t: bootstrap_remote(t, built, args, venv=str(venv) if venv else None,
-                                                          python=python))
-    if as_json:
-        out = answers[0].value if pods.single else {a.host: a.value for a in answers}
-        typer.echo(json.dumps(out, indent=2))
-    failed: list[remote_opts.Answer[Any]] = []
-    for a in answers:
-        if a.value is None:
-            failed.append(a)
-            continue
-        if not as_json:
-            if not pods.single:
-                console.rule(a.host, align="left")
-            render_checklist(a.value)
-        bad = [c["name"] for c in a.value["checks"] if c["ok"] is False]
-        if bad or a.value.get("remote_error"):
-            hint = next((c["hint"] for c in a.value["checks"] if c["ok"] is False and c["hint"]), None)
-            failed.append(remote_opts.Answer(a.host, error=SweepctlError(
-                f"bootstrap incomplete: {', '.join(bad) or a.value['remote_error']}", where=a.host, hint=hint)))
-    remote_opts.raise_if_failed(failed)
-
-
 # --- attach, pull: commands of their own -----------------------------------------------------------
 
 def attach(
@@ -317,7 +260,8 @@ def pull(
     deleted. The sweep's .sweeps/<name> manifest comes too."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from sweepctl.runs import SWEEPS_DIR, valid_run_id
+    from sweepctl.manifest import SWEEPS_DIR
+    from sweepctl.runs import valid_run_id
     from sweepctl.settings import COMPILE_CACHE_DEFAULT, load_settings
 
     pods = remote_opts.resolve(host, remote_bin, accept_new_host_key)

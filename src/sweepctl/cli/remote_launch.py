@@ -28,8 +28,6 @@ from sweepctl.cli.remote_opts import Pods
 from sweepctl.console import console, err_console
 from sweepctl.errors import RefusedError, RemoteError, SweepctlError
 from sweepctl.hosts import (
-    LAYOUT_FILE,
-    UPLOAD_DIR,
     HostPart,
     Placement,
     PodRecord,
@@ -44,7 +42,9 @@ from sweepctl.hosts import (
     some_of,
     subset_csv,
 )
+from sweepctl.manifest import LAYOUT_FILE, PLAN_FILE, UPLOAD_DIR, remote_sweep_dir
 from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
+from sweepctl.tmux import SHARD_PREFIX, shard_session
 
 if TYPE_CHECKING:  # annotations only: the transport is imported when a connection opens
     from sweepctl.transport import Result, Transport
@@ -341,14 +341,14 @@ class _RemoteLaunch:
             model = a.value.model if a.value else None
             if not pods.single:
                 n = (model or {}).get("shard_count") or part.shards  # the pod's sessions: x its --runs-per-gpu
-                sessions = "sweep-0" if n == 1 else f"sweep-0..sweep-{n - 1}"
+                sessions = shard_session(0) + (f"..{shard_session(n - 1)}" if n > 1 else "")
                 console.rule(f"{a.host}: {rows_text(len(part.row_indices))} on {sessions}", align="left")
             if model is None:
                 continue
             model = dict(model, warnings=[])  # the laptop printed the CSV's warnings once already
             run_views.render_launch_preview(model, detailed=self.dry_run)
             if a.value and a.value.error is None and not self.stopped:
-                first = model["started"][0]["session"] if model["started"] else "sweep-0"
+                first = model["started"][0]["session"] if model["started"] else shard_session(0)
                 status = remote_opts.hint("status")  # every --host, and the --out-root given
                 run_views.render_launch_outcome(
                     model, attach=f"sweepctl attach --host {a.host} {_attach_target(first)}",
@@ -383,14 +383,12 @@ def _as_answer(a: remote_opts.Answer[_Launched]) -> remote_opts.Answer[Any]:
 def _attach_target(session: str) -> str:
     """`sweep-3` -> `3` (attach's shard shorthand); other sessions (`sweep-ray`) by their full name,
     since a bare word is read as a run_id (`rerun-<run_id>`)."""
-    rest = session.removeprefix("sweep-")
+    rest = session.removeprefix(SHARD_PREFIX)
     return rest if rest.isdigit() else session
 
 
 def _upload_dir(out_root: str, sweep: str) -> str:
-    from sweepctl.runs import SWEEPS_DIR
-
-    return f"{out_root}/{SWEEPS_DIR}/{sweep}/{UPLOAD_DIR}"
+    return f"{remote_sweep_dir(out_root, sweep)}/{UPLOAD_DIR}"
 
 
 def _pod_out_root(pods: Pods, t: Transport, out_root_flag: str | None) -> str:
@@ -401,9 +399,6 @@ def _pod_out_root(pods: Pods, t: Transport, out_root_flag: str | None) -> str:
 def _pod_record(pods: Pods, t: Transport, host: str, out_root: str, sweep: str) -> PodRecord:
     """What the pod holds about `sweep`: its layout file, and when the sweep was launched there,
     its own rows' states and live sessions (the pod's `status --json`, same connection)."""
-    from sweepctl.launch import PLAN_FILE
-    from sweepctl.runs import SWEEPS_DIR
-
     path = f"{_upload_dir(out_root, sweep)}/{LAYOUT_FILE}"
     found = t.run(["cat", "--", path], timeout=30)
     layout = None
@@ -417,7 +412,7 @@ def _pod_record(pods: Pods, t: Transport, host: str, out_root: str, sweep: str) 
                                 + (f": {found.stderr_tail(1)}" if not found.ok else ""), where=host,
                                 hint="copy it from another pod of the sweep (they hold the same file), or launch "
                                      "under a new --name")
-    if not t.exists(f"{out_root}/{SWEEPS_DIR}/{sweep}/{PLAN_FILE}"):
+    if not t.exists(f"{remote_sweep_dir(out_root, sweep)}/{PLAN_FILE}"):
         return PodRecord(host, layout)
     model = pods.sweepctl_json(t, ["status", "--json", "--sweep", sweep, "--out-root", out_root])
     return PodRecord(host, layout, {r["run_id"]: r["state"] for r in model["runs"]},

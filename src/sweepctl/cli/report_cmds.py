@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from sweepctl.cli import remote_opts
+from sweepctl.cli.remote_opts import Pods
 from sweepctl.console import console, err_console
 from sweepctl.errors import SweepctlError
 
@@ -340,10 +341,8 @@ def report_command(
     if fmt not in FORMATS:
         raise SweepctlError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
-
         # The pods collect (JSON); tables, plots and the baseline comparison are made here.
-        return remote_cmds.report(pods, remote_opts.forwarded(exclude=("fmt", "plots", "baseline")), fmt=fmt,
+        return report_on_pods(pods, remote_opts.forwarded(exclude=("fmt", "plots", "baseline")), fmt=fmt,
                                   plots=plots, baseline=baseline, group_by=group_by, sweep=sweep)
     settings = load_settings(out_root=out_root)
     data = report.collect(settings.out_root, sweep=sweep, group_by=group_by,
@@ -352,6 +351,30 @@ def report_command(
         raise SweepctlError("no run directories found", where=settings.out_root,
                             hint="point --out-root at the folder that holds <run_id>/summary.json")
     emit(data, fmt=fmt, plots_dir=plots, baseline=baseline)
+
+
+def report_on_pods(pods: Pods, args: list[str], *, fmt: str, plots: Path | None, baseline: str | None,
+           group_by: str, sweep: str | None) -> None:
+    """`report --format json` on each pod; several pods' runs are grouped again here, so seeds that
+    ran on different pods land in one group; tables, CSV, markdown and plots are made here."""
+    from sweepctl import report
+
+    pod_args = ["report", *args, "--format", "json"]
+    answers = pods.each(lambda h, t: pods.sweepctl_json(t, pod_args))
+    if pods.single:
+        remote_opts.raise_if_failed(answers)
+        emit(answers[0].value, fmt=fmt, plots_dir=plots, baseline=baseline)
+        return
+    got = [a for a in answers if a.value is not None]
+    if not got:
+        remote_opts.raise_if_failed(answers)
+    records = [dict(r, host=a.host) for a in got for r in a.value["runs"]]
+    data = report.assemble(records, out_root=", ".join(f"{a.host}:{a.value['out_root']}" for a in got),
+                        sweep=sweep, group_by=group_by, now=max(a.value["generated"] for a in got))
+    data["warnings"] = ([f"{a.host}: {w}" for a in got for w in a.value["warnings"]] + data["warnings"]
+                        + [f"host {a.host}: {a.describe()} (its runs are missing)" for a in answers if a.error])
+    emit(data, fmt=fmt, plots_dir=plots, baseline=baseline)
+    remote_opts.raise_if_failed(answers)
 
 
 def register(app: typer.Typer) -> None:

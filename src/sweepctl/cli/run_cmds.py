@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from sweepctl import backends
 from sweepctl.cli import remote_opts
 from sweepctl.console import console
 
@@ -82,7 +83,7 @@ def launch(
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         from sweepctl.cli import remote_launch
 
-        if backend != "tmux":  # one pod runs the driver; Ray spreads the rows over its cluster
+        if backends.get(backend).places_rows:  # one pod runs the driver; Ray spreads the rows over its cluster
             from sweepctl.cli.cluster_cmds import driver_pod_shards
 
             shards = driver_pod_shards(pods.hosts, shards)
@@ -90,13 +91,13 @@ def launch(
                                     dry_run=dry_run, as_json=as_json, reassign=reassign, forget=forget,
                                     forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json",
                                                                              "reassign", "forget", "placed_on")))
-    from sweepctl import launch as lib
     from sweepctl.cli import run_views
     from sweepctl.errors import RefusedError, SweepctlError
+    from sweepctl.launch import LaunchOptions, execute, live_shard_count, prepare, refuse_if_needed
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir, notify_url=notify, runs_per_gpu=runs_per_gpu)
-    if backend != "tmux":  # Ray, not shards, places the rows: one driver session, no shard options
+    if backends.get(backend).places_rows:  # the engine, not shards, places the rows: no shard options
         from sweepctl.cli import cluster_cmds
 
         return cluster_cmds.launch_on_backend(
@@ -108,7 +109,7 @@ def launch(
             skip_failed=skip_failed, max_retries=max_retries, stall_after_s=stall_after or None,
             run_timeout_s=run_timeout, placed_on=placed_on)
     if shards is None:
-        shards = lib.live_shard_count(csv_path, name, settings)  # rows joining a live sweep keep its shards
+        shards = live_shard_count(csv_path, name, settings)  # rows joining a live sweep keep its shards
     if shards is None:
         from sweepctl.gpus import query_gpus
         from sweepctl.hosts import default_shards
@@ -117,23 +118,23 @@ def launch(
         shards = default_shards(len(found.gpus), gpus_per_shard, where="this machine", problem=found.problem)
     # slots claim rows: K > 1 means the dynamic schedule unless static was asked for (make_plan refuses that)
     schedule = schedule or ("dynamic" if settings.runs_per_gpu > 1 else "static")
-    options = lib.LaunchOptions(shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,  # type: ignore[arg-type]
-                                runs_per_gpu=settings.runs_per_gpu,
-                                name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
-                                retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
-                                max_retries=max_retries, stall_after_s=stall_after or None,
-                                run_timeout_s=run_timeout, include_cancelled=include_cancelled,
-                                placed_on=placed_on)
-    preview = lib.prepare(csv_path, options, settings)
+    options = LaunchOptions(shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,  # type: ignore[arg-type]
+                            runs_per_gpu=settings.runs_per_gpu,
+                            name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
+                            retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
+                            max_retries=max_retries, stall_after_s=stall_after or None,
+                            run_timeout_s=run_timeout, include_cancelled=include_cancelled,
+                            placed_on=placed_on)
+    preview = prepare(csv_path, options, settings)
     model = run_views.launch_model(preview)
     if not as_json:
         run_views.render_launch_preview(model, detailed=dry_run)
     try:
         if dry_run:
-            lib.refuse_if_needed(preview)
+            refuse_if_needed(preview)
             result = None
         else:
-            result = lib.execute(preview)
+            result = execute(preview)
     except SweepctlError:
         if as_json:  # the pre-flight and run table say why; the error line follows on stderr
             typer.echo(json.dumps(model, indent=2))
@@ -165,10 +166,11 @@ def status(
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Every run (state, progress, losses, ETA), every GPU, every sweep session."""
-    from sweepctl import status as lib
     from sweepctl.errors import SweepctlError
     from sweepctl.runs import STATES
     from sweepctl.settings import load_settings
+    from sweepctl.status import collect
+    from sweepctl.status import render as render_status
 
     if state is not None and state not in STATES:
         raise SweepctlError(f"--state must be one of {', '.join(STATES)}, got {state!r}")
@@ -180,8 +182,8 @@ def status(
     settings = load_settings(out_root=out_root, gpu_hour_price=gpu_hour_price)
 
     def model() -> dict:
-        return lib.collect(Path(settings.out_root), sweep=sweep, stale_after_s=settings.stale_after_s,
-                           tmux_socket=settings.tmux_socket, state=state, gpu_hour_price=settings.gpu_hour_price)
+        return collect(Path(settings.out_root), sweep=sweep, stale_after_s=settings.stale_after_s,
+                       tmux_socket=settings.tmux_socket, state=state, gpu_hour_price=settings.gpu_hour_price)
 
     if as_json:
         typer.echo(json.dumps(model()))
@@ -189,7 +191,7 @@ def status(
     again = remote_opts.command_line("status", "--all", drop=("--watch", "--interval"))
 
     def render(m: dict) -> object:
-        return lib.render(m, show_all=show_all, again=again)
+        return render_status(m, show_all=show_all, again=again)
 
     if not watch:
         m = model()
@@ -343,20 +345,21 @@ def runner(
     kill_grace: float = typer.Option(30.0, "--kill-grace"),
 ) -> None:
     """The shard runner (runs inside a tmux session started by launch or rerun)."""
-    from sweepctl import runner as lib
+    from sweepctl.runner import RunnerOptions, main
 
     if row_index is not None:
+        from sweepctl.manifest import read_plan
         from sweepctl.slurm import run_id_of_row
 
-        only = [run_id_of_row(lib.load_plan(sweep_dir), row_index, sweep_dir)]
-    options = lib.RunnerOptions(sweep_dir=sweep_dir, shard=shard, devices=devices, session=session,
-                                notify_url=_notify_url(),
-                                claims_dir=claims, only=only or None, fail_fast=fail_fast, max_retries=max_retries,
-                                stall_after_s=stall_after, run_timeout_s=run_timeout,
-                                on_failed=on_failed,  # type: ignore[arg-type]
-                                force=force, launched_at=launched_at, stale_after_s=stale_after,
-                                kill_grace_s=kill_grace)
-    raise typer.Exit(lib.main(options))
+        only = [run_id_of_row(read_plan(sweep_dir), row_index, sweep_dir)]
+    options = RunnerOptions(sweep_dir=sweep_dir, shard=shard, devices=devices, session=session,
+                            notify_url=_notify_url(),
+                            claims_dir=claims, only=only or None, fail_fast=fail_fast, max_retries=max_retries,
+                            stall_after_s=stall_after, run_timeout_s=run_timeout,
+                            on_failed=on_failed,  # type: ignore[arg-type]
+                            force=force, launched_at=launched_at, stale_after_s=stale_after,
+                            kill_grace_s=kill_grace)
+    raise typer.Exit(main(options))
 
 
 def check_run_id(run_id: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from sweepctl.console import console, err_console
+from sweepctl.tmux import shard_session
 
 
 def launch_model(preview: Any, result: Any | None = None) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def render_launch_preview(model: dict[str, Any], *, detailed: bool) -> None:
 
 
 def sessions_text(shards: list[int]) -> str:
-    return ", ".join(f"sweep-{s}" for s in shards) or "no session"
+    return ", ".join(shard_session(s) for s in shards) or "no session"
 
 
 def render_launch_outcome(model: dict[str, Any], *, attach: str | None = None, status: str | None = None,

@@ -14,6 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from sweepctl.console import console
+from sweepctl.tmux import shard_session
 
 SHOW_ALL_UP_TO = 200  # rows; above this a view summarises unless --all
 FIRST_GROUPS = 20  # groups shown in a summary
@@ -136,7 +137,7 @@ def plan_model(plan: Any, *, cpu: bool) -> dict[str, Any]:
         "sweep": plan.sweep,
         "schedule": plan.schedule,
         "cpu": cpu,
-        "shards": [{"index": s.index, "session": f"sweep-{s.index}", "devices": s.devices,
+        "shards": [{"index": s.index, "session": shard_session(s.index), "devices": s.devices,
                     "label": shard_label(s.devices, cpu=cpu, index=s.index),
                     "runs": len(s.run_ids) if plan.schedule == "static" else None, "share": shares[s.index],
                     "run_ids": s.run_ids} for s in plan.shards],

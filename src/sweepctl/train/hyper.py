@@ -178,10 +178,10 @@ class SinkhornTriton:
     Why: compiled by inductor, each of the 2 x iters log-sum-exp half-steps is its own small
     kernel, launch-bound on a GPU (docs/performance.md). Here one program takes BLOCK matrices,
     keeps each n x n matrix in registers for all steps, and writes P and the per-step scalings;
-    the backward walks the steps back in one kernel, exactly as `sinkhorn_backward`. Written and
-    checked against the torch functions with Triton's interpreter on CPU (no GPU in the session
-    that wrote it): it is off by default until a GPU run confirms its numbers and speed
-    (bench/gpu.sh runs it as an extra row, with the gradient check against eager).
+    the backward walks the steps back in one kernel, exactly as `sinkhorn_backward`. Off by default:
+    the tests check it against the torch functions only under Triton's CPU interpreter, so its
+    numbers and speed on a GPU are bench/gpu.sh's to confirm (an extra row, with the gradient
+    check against eager).
     """
 
     enabled = os.environ.get("SWEEPCTL_SINKHORN_TRITON", "0") == "1"
@@ -442,17 +442,6 @@ def mix_and_write(res: torch.Tensor, x: torch.Tensor, post: torch.Tensor, y: tor
         if torch.compiler.is_compiling():
             return (res.unsqueeze(-1) * x.unsqueeze(-3)).sum(-2) + post.unsqueeze(-1) * y.unsqueeze(-2)
         return torch.addcmul(res @ x, post.unsqueeze(-1), y.unsqueeze(-2))
-
-
-def mix_streams(res: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """res (n, n) or (B, T, n, n) applied to streams x (B, T, n, C): out_i = sum_j res_ij x_j."""
-    with _no_autocast(x.device):
-        return res.float() @ x.float()  # (B, T, n, C)
-
-
-def write_streams(mixed: torch.Tensor, post: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """mixed streams (B, T, n, C) + post (n,) or (B, T, n) times sub-layer output y (B, T, C)."""
-    return mixed + post.float().unsqueeze(-1) * y.float().unsqueeze(-2)  # (B, T, n, C)
 
 
 # --------------------------------------------------------------------------- modules

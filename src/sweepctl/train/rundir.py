@@ -1,8 +1,9 @@
 """The run directory's plumbing: atomic, secret-free writes, the heartbeat thread, provenance.
 
-Everything the trainer writes goes through `write_json` / `write_text_atomic`: a reader (status,
-the runner, a report pulled over SSH) never sees half a file, and no secret environment value
-(WANDB_API_KEY, HF_TOKEN, any *_KEY/_TOKEN/_SECRET/_PASSWORD) reaches disk. No torch here.
+Every JSON file the trainer writes goes through `write_json` (contract's atomic writer, after
+`scrub`): a reader (status, the runner, a report pulled over SSH) never sees half a file, and no
+secret environment value (WANDB_API_KEY, HF_TOKEN, any *_KEY/_TOKEN/_SECRET/_PASSWORD) reaches
+disk. No torch here.
 
     from sweepctl.train.rundir import write_json
     write_json(Path("out/run/summary.json"), {"ok": True})
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-CONTRACT_VERSION = 1
-RUN_KIND = "sweepctl.train"
+from sweepctl.train.contract import write_json_atomic
+
 # Env vars whose values must never reach a file; plus any *_KEY/_TOKEN/_SECRET/_PASSWORD variable.
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD)$", re.IGNORECASE)
@@ -94,20 +94,10 @@ def remove_partial(tmp: Path) -> None:
         os.unlink(tmp)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        remove_partial(tmp)
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic (temp + os.replace) and scrubbed: a reader never sees half a file or a secret."""
-    text = json.dumps(scrub(obj, secret_values()), indent=2, default=str, allow_nan=False) + "\n"
-    write_text_atomic(path, text)
+    """Atomic (see contract.write_bytes_atomic) and scrubbed: a reader never sees half a file or a
+    secret; NaN is refused (the trainer records a non-finite value as null, never as NaN)."""
+    write_json_atomic(path, scrub(obj, secret_values()), default=str, allow_nan=False)
 
 
 def git_info() -> dict[str, Any] | None:

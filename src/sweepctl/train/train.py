@@ -6,7 +6,7 @@
 
 CONFIG is a preset name or a config file (nanoGPT-style .py read as data, or .toml); each
 key=value (or nanoGPT's --key=value) is a Python literal checked against TrainConfig. The run_id is the last component of
-out_dir. Optional env SWEEPCTL_RUN_CONTEXT: JSON {"sweep": {name, row_index, shard_index,
+out_dir. Optional env SWEEPCTL_RUN_CONTEXT (contract.CONTEXT_ENV): JSON {"sweep": {name, row_index, shard_index,
 shard_count, schedule}, "attempt": N, "slot": {slot, runs_per_gpu, alone}} from the launcher,
 recorded in run_metadata.json with the compile cache (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR).
 
@@ -55,6 +55,20 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sweepctl.train.config import ConfigError, TrainConfig, parse_override, read_config_file, resolve_config
+from sweepctl.train.contract import (
+    CHECKPOINT,
+    COMMAND,
+    CONFIG_EFFECTIVE,
+    CONTEXT_ENV,
+    CONTRACT_VERSION,
+    DATASET_MANIFEST,
+    HEARTBEAT,
+    METADATA,
+    METRICS,
+    RUN_KIND,
+    SUMMARY,
+    write_text_atomic,
+)
 from sweepctl.train.data import (
     BatchPrefetcher,
     EvalWindows,
@@ -69,8 +83,6 @@ from sweepctl.train.data import (
 from sweepctl.train.diagnostics import GAIN_FWD, residual_diagnostics, static_residual_matrices
 from sweepctl.train.model import GPT
 from sweepctl.train.rundir import (
-    CONTRACT_VERSION,
-    RUN_KIND,
     Heartbeat,
     disk_cause,
     disk_error_text,
@@ -82,11 +94,9 @@ from sweepctl.train.rundir import (
     secret_values,
     wandb_run_id,
     write_json,
-    write_text_atomic,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
 FAULT_OOM_PACKED_ENV = "SWEEPCTL_FAULT_OOM_WHEN_PACKED"
 # Settings that may differ between a checkpoint and the run resuming it: where and how long it
 # runs and logs, not what it computes.
@@ -327,9 +337,9 @@ class Run:
             summary["error_class"] = error_class
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.out_dir / "summary.json", summary)
+            write_json(self.out_dir / SUMMARY, summary)
         except OSError as e:
-            print(f"error: could not write {self.out_dir / 'summary.json'}: {e}", file=sys.stderr, flush=True)
+            print(f"error: could not write {self.out_dir / SUMMARY}: {e}", file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------------- setup
 
@@ -346,9 +356,9 @@ class Run:
         self._setup_distributed()
         if self.master:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.heartbeat = Heartbeat(self.out_dir / "heartbeat.json", cfg.heartbeat_interval_s, cfg.max_iters)
+            self.heartbeat = Heartbeat(self.out_dir / HEARTBEAT, cfg.heartbeat_interval_s, cfg.max_iters)
             self.heartbeat.start()
-        ckpt_path = self.out_dir / "ckpt.pt"
+        ckpt_path = self.out_dir / CHECKPOINT
         resuming = cfg.wants_resume and ckpt_path.exists()
         if self.master:
             self._set_aside_old_outputs(resuming)
@@ -426,7 +436,7 @@ class Run:
         """A previous attempt's summary (and, for a fresh start, its metrics) move to
         <name>.bak-<time>: never deleted, and the directory no longer reads as finished."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        names = ["summary.json"] if resuming else ["summary.json", "metrics.jsonl"]
+        names = [SUMMARY] if resuming else [SUMMARY, METRICS]
         for name in names:
             p = self.out_dir / name
             if p.exists():
@@ -462,7 +472,7 @@ class Run:
         if resuming:
             self._check_same_data(manifest)
         if self.master:
-            write_json(self.out_dir / "dataset_manifest.json", manifest)
+            write_json(self.out_dir / DATASET_MANIFEST, manifest)
             n_train = sum(len(s) for s in self.train_windows.shards)
             n_val = sum(s["num_tokens"] for s in manifest["val"])
             self.log(f"data: {len(train_paths)} train shards ({n_train:,} tokens), "
@@ -476,7 +486,7 @@ class Run:
         decided by rank 0 (which has the run directory) for every rank."""
         problem = None
         if self.master:
-            path = self.out_dir / "dataset_manifest.json"
+            path = self.out_dir / DATASET_MANIFEST
             try:
                 old = json.loads(path.read_text(encoding="utf-8"))
                 diffs = manifest_differences(old, manifest)
@@ -586,8 +596,7 @@ class Run:
         if "CUDA_VISIBLE_DEVICES" in os.environ:
             lines.append(f"export CUDA_VISIBLE_DEVICES={shlex.quote(os.environ['CUDA_VISIBLE_DEVICES'])}")
         lines.append("exec " + shlex.join(self._command_line()))
-        write_text_atomic(out / "command.sh", scrub("\n".join(lines) + "\n", secrets))
-        os.chmod(out / "command.sh", 0o755)
+        write_text_atomic(out / COMMAND, scrub("\n".join(lines) + "\n", secrets), mode=0o755)
         gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
                 if torch.cuda.is_available() else [])
         meta = {
@@ -607,14 +616,14 @@ class Run:
                       "run_name": cfg.wandb_run_name or out.name, "id": wandb_run_id(out.name)},
             "ts": time.time(),
         }
-        write_json(out / "run_metadata.json", meta)
-        write_json(out / "config_effective.json", self.effective_config())
+        write_json(out / METADATA, meta)
+        write_json(out / CONFIG_EFFECTIVE, self.effective_config())
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
         """One metrics.jsonl record; every record carries `tokens`, the training tokens seen at its
         iteration, so runs that split a step's tokens differently line up."""
         row = scrub({**row, "tokens": row["iter"] * self.tokens_per_iter, "ts": time.time()}, secret_values())
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(self.out_dir / METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")  # one write per line: a reader sees whole lines
 
     # ----------------------------------------------------------------- checkpoints
@@ -636,8 +645,8 @@ class Run:
                 "last_eval": self.last_eval, "last_eval_iter": self.last_eval_iter,
                 "rng": ranks, "world_size": self.world_size, "config": self.config_record(),
                 "contract_version": CONTRACT_VERSION}
-        path = self.out_dir / "ckpt.pt"
-        tmp = path.with_name(f".ckpt.pt.tmp-{os.getpid()}")
+        path = self.out_dir / CHECKPOINT
+        tmp = path.with_name(f".{CHECKPOINT}.tmp-{os.getpid()}")
         try:
             # Through a Python file: torch.save(path) reports ENOSPC as an opaque RuntimeError.
             with open(tmp, "wb") as f:

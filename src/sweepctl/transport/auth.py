@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from sweepctl.transport.base import _home_tilde
+from sweepctl.transport.base import home_tilde
 
 if TYPE_CHECKING:  # only for annotations: importing paramiko at runtime is deferred
     import paramiko
@@ -22,13 +22,13 @@ if TYPE_CHECKING:  # only for annotations: importing paramiko at runtime is defe
 DEFAULT_IDENTITY_FILES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 
 
-class _AuthFailed(Exception):
+class AuthFailed(Exception):
     def __init__(self, tried: list[str], extra: str = ""):
         super().__init__("authentication failed")
         self.tried, self.extra = tried, extra
 
 
-def _auth_strategy(target: SSHTarget) -> Any:
+def auth_strategy(target: SSHTarget) -> Any:
     """Public-key auth in OpenSSH's spirit: IdentityFile keys, then ssh-agent keys, then the
     default `~/.ssh/id_*` when no IdentityFile is set; records what was tried for the error."""
     import paramiko
@@ -54,16 +54,16 @@ def _auth_strategy(target: SSHTarget) -> Any:
                     if transport.is_active():
                         raise
                     # sshd hangs up after MaxAuthTries (6) keys: an agent full of keys does that.
-                    raise _AuthFailed(tried, "the server closed the connection after too many keys "
+                    raise AuthFailed(tried, "the server closed the connection after too many keys "
                                              "(MaxAuthTries); set IdentitiesOnly yes with the right "
                                              "IdentityFile") from None
                 if remaining:  # the server wants a second factor (password, OTP)
-                    raise _AuthFailed(tried, f"the server also wants {'/'.join(remaining)}, which sweepctl "
+                    raise AuthFailed(tried, f"the server also wants {'/'.join(remaining)}, which sweepctl "
                                              "does not do; allow key-only login for this user")
                 return True
 
             for path in files:
-                shown = _home_tilde(path)
+                shown = home_tilde(path)
                 if not os.path.exists(path):
                     if target.identity_files:  # defaults that do not exist are not worth a mention
                         tried.append(f"{shown} (missing)")
@@ -112,7 +112,7 @@ def _auth_strategy(target: SSHTarget) -> Any:
                              else "ssh-agent (no usable key)")
             else:
                 tried.append("ssh-agent (no keys)" if os.environ.get("SSH_AUTH_SOCK") else "no ssh-agent")
-            raise _AuthFailed(tried)
+            raise AuthFailed(tried)
 
     return KeyAuth()
 

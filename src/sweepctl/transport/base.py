@@ -24,7 +24,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds for TCP connect, SSH banner and key ex
 DEFAULT_AUTH_TIMEOUT = 15.0  # seconds; an agent may need a moment (hardware keys)
 DEFAULT_KEEPALIVE_S = 15  # NAT boxes and cloud load balancers drop idle TCP after ~60-350 s
 STDERR_TAIL_LINES = 5  # how much of a failed command's stderr goes into the one-line error
-_POLL_S = 0.2  # how often a blocked read wakes up to check its deadline
+POLL_S = 0.2  # how often a blocked read wakes up to check its deadline
 
 StrInput = str | bytes | None
 
@@ -47,24 +47,24 @@ class Result:
         return " | ".join(kept[-lines:])
 
 
-def _decode(data: bytes) -> str:
+def decode_output(data: bytes) -> str:
     # Training logs can hold any bytes (a crashed tokenizer, a binary dumped by mistake); never
     # fail a status call over one bad byte.
     return data.decode("utf-8", errors="replace")
 
 
-def _as_bytes(data: StrInput) -> bytes:
+def as_bytes(data: StrInput) -> bytes:
     if data is None:
         return b""
     return data.encode() if isinstance(data, str) else data
 
 
-def _short_command(argv: Sequence[str], limit: int = 120) -> str:
+def short_command(argv: Sequence[str], limit: int = 120) -> str:
     text = shlex.join(argv)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _with_env(argv: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
+def with_env(argv: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
     # `env K=V argv` instead of SSH "env" requests: sshd accepts only AcceptEnv names (LANG, LC_*
     # on Debian), while `env` works on every POSIX host and keeps local and remote identical.
     if not env:
@@ -72,7 +72,7 @@ def _with_env(argv: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
     return ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
-def _home_tilde(path: str | os.PathLike[str]) -> str:
+def home_tilde(path: str | os.PathLike[str]) -> str:
     """Show paths under HOME as `~/...`: shorter, and no user names in messages."""
     text = str(path)
     home = os.path.expanduser("~")
@@ -141,7 +141,7 @@ class Transport(ABC):
         """Every regular file under `remote_dir`, recursively (symlinks are not followed)."""
 
     @abstractmethod
-    def _fetch(self, remote: str, local: Path, progress: Callable[[int], None] | None) -> None:
+    def fetch_file(self, remote: str, local: Path, progress: Callable[[int], None] | None) -> None:
         """Copy one file to `local` (which the caller then moves into place)."""
 
     def sync_dir_from(self, remote_dir: str, local_dir: str | os.PathLike[str], *,
@@ -164,19 +164,19 @@ class Transport(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _failed(self, argv: Sequence[str], result: Result) -> RemoteError:
+    def error_for(self, argv: Sequence[str], result: Result) -> RemoteError:
         tail = result.stderr_tail()
         return RemoteError(
-            f"`{_short_command(argv)}` failed with exit code {result.exit_code}"
+            f"`{short_command(argv)}` failed with exit code {result.exit_code}"
             + (f": {tail}" if tail else " (no stderr)"), where=self.host)
 
     def _timed_out(self, argv: Sequence[str], timeout: float) -> RemoteError:
-        return RemoteError(f"`{_short_command(argv)}` did not finish within {timeout:g}s",
+        return RemoteError(f"`{short_command(argv)}` did not finish within {timeout:g}s",
                            where=self.host,
                            hint="the machine may be overloaded; retry, or raise the timeout")
 
 
-def _checked(transport: Transport, argv: Sequence[str], result: Result, check: bool) -> Result:
+def checked_result(transport: Transport, argv: Sequence[str], result: Result, check: bool) -> Result:
     if check and not result.ok:
-        raise transport._failed(argv, result)
+        raise transport.error_for(argv, result)
     return result

@@ -3,7 +3,7 @@
 sshd never signals a command when its channel closes, so a command we stop waiting for (a
 timeout, a `logs -f` left with Ctrl-C) would run on the pod forever. Every command is therefore
 started through a tiny `sh` wrapper that reports its pid on stderr first and then execs it (so pid
-and exit status are the command's own); `_KILL_SCRIPT` kills that pid's process group. Reading
+and exit status are the command's own); `KILL_SCRIPT` kills that pid's process group. Reading
 waits with select() on the channel, so a quiet command costs no CPU.
 """
 
@@ -14,29 +14,29 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sweepctl.transport.base import _POLL_S
+from sweepctl.transport.base import POLL_S
 
 if TYPE_CHECKING:  # only for annotations: importing paramiko at runtime is deferred
     import paramiko
 
 
-class _Deadline(Exception):
+class Deadline(Exception):
     pass
 
 
 _PID_MARK = b"@sweepctl-pid "
 # `$$` of this `sh -c` becomes the command's pid through `exec`; "$@" is the argv, never re-parsed.
-_PID_WRAPPER = 'printf "' + _PID_MARK.decode() + '%s\\n" "$$" >&2; exec "$@"'
+PID_WRAPPER = 'printf "' + _PID_MARK.decode() + '%s\\n" "$$" >&2; exec "$@"'
 # Kill the command's process group (its children too: a shell pipeline, a `tail -F`); the group
 # is the ssh session's own, made by sshd's setsid for this one command. Just the pid when `ps`
 # is missing (minimal images).
-_KILL_SCRIPT = ('pg=$(ps -o pgid= -p "$1" 2>/dev/null | tr -d " "); '
+KILL_SCRIPT = ('pg=$(ps -o pgid= -p "$1" 2>/dev/null | tr -d " "); '
                 'if [ -n "$pg" ] && [ "$pg" -gt 1 ]; then kill -TERM "-$pg"; else kill -TERM "$1"; fi '
                 '2>/dev/null; exit 0')
 
 
 @dataclass
-class _RemoteCommand:
+class RemoteCommand:
     """A command running on the pod: its channel, and its pid once the wrapper has reported it."""
 
     chan: paramiko.Channel
@@ -73,11 +73,11 @@ class _RemoteCommand:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
-                select.select([self.chan], [], [], min(left, _POLL_S))
+                select.select([self.chan], [], [], min(left, POLL_S))
 
 
-def _channel_chunks(chan: paramiko.Channel, deadline: float | None) -> Iterator[tuple[str, bytes]]:
-    """Yield ("out"|"err", bytes) until the command's output ends; raise _Deadline when late.
+def channel_chunks(chan: paramiko.Channel, deadline: float | None) -> Iterator[tuple[str, bytes]]:
+    """Yield ("out"|"err", bytes) until the command's output ends; raise Deadline when late.
 
     Waits with select() on the channel (paramiko signals stdout and stderr data, and close, on one
     pipe), so a quiet command costs no CPU and data is handed on the moment it arrives.
@@ -99,13 +99,13 @@ def _channel_chunks(chan: paramiko.Channel, deadline: float | None) -> Iterator[
             while chan.recv_stderr_ready():
                 yield "err", chan.recv_stderr(65536)
             return
-        wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+        wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
         if wait <= 0:
-            raise _Deadline
+            raise Deadline
         select.select([chan], [], [], wait)
 
 
-def _exit_code(code: int) -> int:
+def channel_exit_code(code: int) -> int:
     # paramiko reports -1 when the server sent no exit status (killed by a signal, or the
     # connection closed first): make it the shell's "killed" convention rather than a negative.
     return 255 if code < 0 else code

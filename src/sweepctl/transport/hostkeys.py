@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sweepctl.errors import RemoteError
-from sweepctl.transport.base import _home_tilde
+from sweepctl.transport.base import home_tilde
 
 if TYPE_CHECKING:  # only for annotations: importing paramiko at runtime is deferred
     import paramiko
@@ -35,7 +35,7 @@ class _UnknownHostKey(Exception):
 
 
 @dataclass
-class _KnownHosts:
+class KnownHosts:
     """The known_hosts files in effect for one target: read all, append accepted keys to the first."""
 
     user_files: tuple[str, ...]
@@ -50,7 +50,7 @@ class _KnownHosts:
             try:
                 client.load_system_host_keys(path)
             except Exception as e:  # paramiko raises InvalidHostKey (not an SSHException) on bad base64
-                raise RemoteError(f"cannot read {_home_tilde(path)}: {e}", where=host,
+                raise RemoteError(f"cannot read {home_tilde(path)}: {e}", where=host,
                                   hint="fix or remove the broken line (see `ssh-keygen -F HOST -f FILE`)") from None
 
     def record(self, name: str, key: paramiko.PKey) -> str:
@@ -74,7 +74,7 @@ class _KnownHosts:
         return path
 
 
-def _host_key_policy(store: _KnownHosts, accept_new: bool) -> paramiko.MissingHostKeyPolicy:
+def host_key_policy(store: KnownHosts, accept_new: bool) -> paramiko.MissingHostKeyPolicy:
     """The policy paramiko consults when known_hosts has no key for the host (never on a mismatch:
     paramiko itself raises BadHostKeyException then, which we turn into a refusal)."""
     import paramiko
@@ -91,7 +91,7 @@ def _host_key_policy(store: _KnownHosts, accept_new: bool) -> paramiko.MissingHo
     return KnownHostsPolicy()
 
 
-def _host_key_refusal(e: BaseException, target: SSHTarget, where: str) -> RemoteError | None:
+def host_key_refusal(e: BaseException, target: SSHTarget, where: str) -> RemoteError | None:
     """The one-line refusal for a connection that failed over its host key; None for any other failure."""
     import paramiko
 
@@ -100,7 +100,7 @@ def _host_key_refusal(e: BaseException, target: SSHTarget, where: str) -> Remote
             f"unknown host key for {e.name} ({e.key.get_name()} {e.key.fingerprint}); refusing to connect",
             where=where,
             hint=f"check the fingerprint with your provider, then rerun with --accept-new-host-key "
-                 f"to record it in {_home_tilde(target.known_hosts_files[0])}")
+                 f"to record it in {home_tilde(target.known_hosts_files[0])}")
     if isinstance(e, paramiko.BadHostKeyException):
         return RemoteError(
             f"HOST KEY CHANGED for {target.host_key_name}: known_hosts has {e.expected_key.get_name()} "
@@ -108,5 +108,5 @@ def _host_key_refusal(e: BaseException, target: SSHTarget, where: str) -> Remote
             "refusing to connect (a re-created pod, or someone in the middle)",
             where=where,
             hint=f"if the pod was re-created, run `ssh-keygen -R '{target.host_key_name}' -f "
-                 f"{_home_tilde(target.known_hosts_files[0])}` and reconnect with --accept-new-host-key")
+                 f"{home_tilde(target.known_hosts_files[0])}` and reconnect with --accept-new-host-key")
     return None

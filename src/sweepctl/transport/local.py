@@ -19,16 +19,16 @@ from pathlib import Path
 
 from sweepctl.errors import RemoteError
 from sweepctl.transport.base import (
-    _POLL_S,
     DEFAULT_COMMAND_TIMEOUT,
+    POLL_S,
     Result,
     StrInput,
     Transport,
-    _as_bytes,
-    _checked,
-    _decode,
+    as_bytes,
+    checked_result,
+    decode_output,
 )
-from sweepctl.transport.sync import RemoteFile, _atomic_download
+from sweepctl.transport.sync import RemoteFile, atomic_download
 
 
 class LocalTransport(Transport):
@@ -48,18 +48,18 @@ class LocalTransport(Transport):
                                     env=_merged_env(env))
         except FileNotFoundError:
             # Same answer as a remote shell gives, so callers test one exit code for "missing".
-            return _checked(self, argv, Result(127, "", f"{argv[0]}: command not found\n"), check)
+            return checked_result(self, argv, Result(127, "", f"{argv[0]}: command not found\n"), check)
         except PermissionError:
-            return _checked(self, argv, Result(126, "", f"{argv[0]}: permission denied\n"), check)
+            return checked_result(self, argv, Result(126, "", f"{argv[0]}: permission denied\n"), check)
         try:
-            out, err = proc.communicate(_as_bytes(stdin), timeout=timeout)
+            out, err = proc.communicate(as_bytes(stdin), timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             raise self._timed_out(argv, timeout or 0.0) from None
         except BaseException:  # Ctrl-C: do not leave the command running behind our back
             _kill_group(proc)
             raise
-        return _checked(self, argv, Result(proc.returncode, _decode(out), _decode(err)), check)
+        return checked_result(self, argv, Result(proc.returncode, decode_output(out), decode_output(err)), check)
 
     def stream(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
                env: Mapping[str, str] | None = None) -> Generator[str, None, Result]:
@@ -71,7 +71,7 @@ class LocalTransport(Transport):
         except (FileNotFoundError, PermissionError):
             missing = Result(127, "", f"{argv[0]}: command not found\n")
             if check:
-                raise self._failed(argv, missing) from None
+                raise self.error_for(argv, missing) from None
             return missing
         deadline = None if timeout is None else time.monotonic() + timeout
         assert proc.stdout is not None and proc.stderr is not None  # both are PIPEs above
@@ -83,7 +83,7 @@ class LocalTransport(Transport):
             while sel.get_map():
                 if deadline is not None and time.monotonic() > deadline:
                     raise self._timed_out(argv, timeout or 0.0)
-                for key, _ in sel.select(_POLL_S):
+                for key, _ in sel.select(POLL_S):
                     chunk = os.read(key.fd, 65536)
                     if not chunk:
                         sel.unregister(key.fileobj)
@@ -93,9 +93,9 @@ class LocalTransport(Transport):
                         pending += chunk
                         *lines, pending = pending.split(b"\n")
                         for line in lines:
-                            yield _decode(line)
+                            yield decode_output(line)
             if pending:
-                yield _decode(pending)
+                yield decode_output(pending)
             proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             raise self._timed_out(argv, timeout or 0.0) from None
@@ -105,9 +105,9 @@ class LocalTransport(Transport):
                 _kill_group(proc)
             proc.stdout.close()
             proc.stderr.close()
-        result = Result(proc.returncode, "", _decode(err))
+        result = Result(proc.returncode, "", decode_output(err))
         if check and proc.returncode != 0:
-            raise self._failed(argv, result)
+            raise self.error_for(argv, result)
         return result
 
     def put(self, local: str | os.PathLike[str], remote: str) -> None:
@@ -132,7 +132,7 @@ class LocalTransport(Transport):
                     found.append(RemoteFile(path.relative_to(root).as_posix(), st.st_size, st.st_mtime))
         return sorted(found, key=lambda f: f.relpath)
 
-    def _fetch(self, remote: str, local: Path, progress: Callable[[int], None] | None) -> None:
+    def fetch_file(self, remote: str, local: Path, progress: Callable[[int], None] | None) -> None:
         import shutil
 
         shutil.copyfile(remote, local)
@@ -145,7 +145,7 @@ class LocalTransport(Transport):
         if not src.is_file():
             raise RemoteError(f"{src}: no such file", where=self.host)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_download(lambda tmp: shutil.copy2(src, tmp), dst)
+        atomic_download(lambda tmp: shutil.copy2(src, tmp), dst)
 
 
 def _merged_env(env: Mapping[str, str] | None) -> dict[str, str] | None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweepctl.errors import RemoteError
-from sweepctl.transport.auth import _auth_strategy, _AuthFailed
+from sweepctl.transport.auth import AuthFailed, auth_strategy
 from sweepctl.transport.base import (
     DEFAULT_AUTH_TIMEOUT,
     DEFAULT_COMMAND_TIMEOUT,
@@ -40,22 +40,22 @@ from sweepctl.transport.base import (
     Result,
     StrInput,
     Transport,
-    _as_bytes,
-    _checked,
-    _decode,
-    _short_command,
-    _with_env,
+    as_bytes,
+    checked_result,
+    decode_output,
+    short_command,
+    with_env,
 )
 from sweepctl.transport.channel import (
-    _KILL_SCRIPT,
-    _PID_WRAPPER,
-    _channel_chunks,
-    _Deadline,
-    _exit_code,
-    _RemoteCommand,
+    KILL_SCRIPT,
+    PID_WRAPPER,
+    Deadline,
+    RemoteCommand,
+    channel_chunks,
+    channel_exit_code,
 )
-from sweepctl.transport.hostkeys import _host_key_policy, _host_key_refusal, _KnownHosts
-from sweepctl.transport.sync import RemoteFile, _atomic_download
+from sweepctl.transport.hostkeys import KnownHosts, host_key_policy, host_key_refusal
+from sweepctl.transport.sync import RemoteFile, atomic_download
 from sweepctl.transport.target import SSHTarget, resolve_ssh_target
 
 if TYPE_CHECKING:  # only for annotations: importing paramiko at runtime is deferred
@@ -124,10 +124,10 @@ class SSHTransport(Transport):
         t = self.target
         sock = self._open_socket(t)
         client = paramiko.SSHClient()
-        store = _KnownHosts(t.known_hosts_files, t.hash_known_hosts)
+        store = KnownHosts(t.known_hosts_files, t.hash_known_hosts)
         try:
             store.load_into(client, self.host)
-            client.set_missing_host_key_policy(_host_key_policy(store, self.accept_new_host_key))
+            client.set_missing_host_key_policy(host_key_policy(store, self.accept_new_host_key))
             client.connect(
                 # paramiko files the key under `[hostname]:port` unless port is 22; pass what
                 # OpenSSH would look up (HostKeyAlias is filed bare) - the socket is already open.
@@ -143,7 +143,7 @@ class SSHTransport(Transport):
                 channel_timeout=t.connect_timeout,  # opening each command's channel
                 compress=t.compression,
                 allow_agent=False, look_for_keys=False,  # both handled by our strategy, which reports
-                auth_strategy=_auth_strategy(t),
+                auth_strategy=auth_strategy(t),
             )
             transport = client.get_transport()
             assert transport is not None  # connect() succeeded
@@ -207,10 +207,10 @@ class SSHTransport(Transport):
         where = self.host
         if isinstance(e, RemoteError):
             return e
-        refusal = _host_key_refusal(e, t, where)
+        refusal = host_key_refusal(e, t, where)
         if refusal is not None:
             return refusal
-        if isinstance(e, _AuthFailed):
+        if isinstance(e, AuthFailed):
             tried = "; ".join(e.tried) if e.tried else "no keys"
             return RemoteError(
                 f"authentication as {t.user} on {addr} failed" + (f": {e.extra}" if e.extra else "")
@@ -260,7 +260,7 @@ class SSHTransport(Transport):
 
     @contextlib.contextmanager
     def _running(self, argv: Sequence[str], env: Mapping[str, str] | None,
-                 timeout: float | None) -> Iterator[tuple[_RemoteCommand, float | None]]:
+                 timeout: float | None) -> Iterator[tuple[RemoteCommand, float | None]]:
         """Start `argv` on the pod; yield the command and its deadline (None: no limit).
 
         What `run` and `stream` share: a late or dropped command becomes one `RemoteError`, and
@@ -275,21 +275,21 @@ class SSHTransport(Transport):
             # The wrapper reports the command's pid first (then execs it, so pid and exit status are
             # the command's own): sshd will not signal a command when its channel closes, so a
             # command we abandon (timeout, `logs -f` left with Ctrl-C) is killed by pid instead.
-            chan.exec_command(shlex.join(["sh", "-c", _PID_WRAPPER, "sh", *_with_env(argv, env)]))
+            chan.exec_command(shlex.join(["sh", "-c", PID_WRAPPER, "sh", *with_env(argv, env)]))
             self.calls += 1
-            command = _RemoteCommand(chan)
+            command = RemoteCommand(chan)
         except paramiko.SSHException as e:
             raise self._lost(argv, e) from None
         try:
             yield command, deadline
-        except _Deadline:
+        except Deadline:
             raise self._timed_out(argv, timeout or 0.0) from None
         except (paramiko.SSHException, EOFError, OSError) as e:
             raise self._lost(argv, e) from None
         finally:
             self._abandon(command)
 
-    def _abandon(self, command: _RemoteCommand) -> None:
+    def _abandon(self, command: RemoteCommand) -> None:
         """Close the channel; if the command may still be running, kill its process group."""
         chan = command.chan
         transport = chan.get_transport()
@@ -304,7 +304,7 @@ class SSHTransport(Transport):
         self._killing = True
         try:
             with contextlib.suppress(RemoteError):
-                self.run(["sh", "-c", _KILL_SCRIPT, "sh", str(command.pid)], timeout=DEFAULT_CONNECT_TIMEOUT)
+                self.run(["sh", "-c", KILL_SCRIPT, "sh", str(command.pid)], timeout=DEFAULT_CONNECT_TIMEOUT)
         finally:
             self._killing = False
 
@@ -316,15 +316,15 @@ class SSHTransport(Transport):
         with self._running(argv, env, timeout) as (command, deadline):
             chan = command.chan
             if stdin is not None:
-                chan.sendall(_as_bytes(stdin))
+                chan.sendall(as_bytes(stdin))
             chan.shutdown_write()  # EOF on the remote stdin, so `cat`-like commands finish
-            for stream_name, chunk in _channel_chunks(chan, deadline):
+            for stream_name, chunk in channel_chunks(chan, deadline):
                 if stream_name == "out":
                     out.extend(chunk)
                 else:
                     command.feed_stderr(chunk)
             code = self._exit_status(chan)
-        return _checked(self, argv, Result(code, _decode(bytes(out)), _decode(command.stderr)), check)
+        return checked_result(self, argv, Result(code, decode_output(bytes(out)), decode_output(command.stderr)), check)
 
     def stream(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
                env: Mapping[str, str] | None = None) -> Generator[str, None, Result]:
@@ -334,20 +334,20 @@ class SSHTransport(Transport):
         with self._running(argv, env, timeout) as (command, deadline):
             chan = command.chan
             chan.shutdown_write()
-            for stream_name, chunk in _channel_chunks(chan, deadline):
+            for stream_name, chunk in channel_chunks(chan, deadline):
                 if stream_name == "err":
                     command.feed_stderr(chunk)
                     continue
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
-                    yield _decode(line)
+                    yield decode_output(line)
             if pending:
-                yield _decode(pending)
+                yield decode_output(pending)
             code = self._exit_status(chan)
-        result = Result(code, "", _decode(command.stderr))
+        result = Result(code, "", decode_output(command.stderr))
         if check and code != 0:
-            raise self._failed(argv, result)
+            raise self.error_for(argv, result)
         return result
 
     def _exit_status(self, chan: paramiko.Channel) -> int:
@@ -355,11 +355,11 @@ class SSHTransport(Transport):
             transport = chan.get_transport()
             if transport is None or not transport.is_active():
                 raise EOFError("connection closed before the exit status arrived")
-        return _exit_code(chan.recv_exit_status())
+        return channel_exit_code(chan.recv_exit_status())
 
     def _lost(self, argv: Sequence[str], e: BaseException) -> RemoteError:
         self._drop()  # the next call reconnects
-        return RemoteError(f"connection lost while running `{_short_command(argv)}` ({type(e).__name__})",
+        return RemoteError(f"connection lost while running `{short_command(argv)}` ({type(e).__name__})",
                            where=self.host, hint="check the pod's network and load, then retry")
 
     # -- files ------------------------------------------------------------------------------
@@ -420,7 +420,7 @@ class SSHTransport(Transport):
         with self._running(argv, None, None) as (command, deadline), open(local, "wb") as f:
             chan = command.chan
             chan.shutdown_write()
-            for stream_name, chunk in _channel_chunks(chan, deadline):
+            for stream_name, chunk in channel_chunks(chan, deadline):
                 if stream_name == "err":
                     command.feed_stderr(chunk)
                     continue
@@ -433,7 +433,7 @@ class SSHTransport(Transport):
             except (paramiko.SSHException, EOFError) as e:
                 raise self._lost(argv, e) from None
         if code != 0:
-            raise self._exec_error(Result(code, "", _decode(command.stderr)), remote)
+            raise self._exec_error(Result(code, "", decode_output(command.stderr)), remote)
 
     def _sftp_error(self, e: OSError, path: str) -> RemoteError:
         if e.errno == errno.ENOENT or isinstance(e, FileNotFoundError):
@@ -477,7 +477,7 @@ class SSHTransport(Transport):
                 mtime = sftp.stat(remote).st_mtime
             except OSError as e:
                 raise self._sftp_error(e, remote) from None
-        _atomic_download(lambda tmp: self._fetch(remote, tmp, None), target)
+        atomic_download(lambda tmp: self.fetch_file(remote, tmp, None), target)
         if mtime is not None:
             os.utime(target, (mtime, mtime))
 
@@ -495,7 +495,7 @@ class SSHTransport(Transport):
             raise self._sftp_error(e, remote) from None
         return True
 
-    def _fetch(self, remote: str, local: Path, progress: Callable[[int], None] | None) -> None:
+    def fetch_file(self, remote: str, local: Path, progress: Callable[[int], None] | None) -> None:
         sftp = self._sftp()
         if sftp is None:
             return self._exec_fetch(remote, local, progress)
@@ -539,7 +539,7 @@ class SSHTransport(Transport):
             raise RemoteError(f"{remote_dir}: no such directory", where=self.host)
         if result.exit_code == 127 or "printf" in result.stderr:  # no find, or busybox find
             return self._walk_sftp(remote_dir)
-        raise self._failed(["find", remote_dir], result)
+        raise self.error_for(["find", remote_dir], result)
 
     def _walk_sftp(self, remote_dir: str, prefix: str = "") -> list[RemoteFile]:
         sftp = self._sftp()

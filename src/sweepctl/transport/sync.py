@@ -1,7 +1,7 @@
 """Pull a directory tree from the transport's machine: copy only what changed, never delete.
 
 `Transport.sync_dir_from` (what `sweepctl pull` uses) is `sync_dir` here. It works over any
-transport's two primitives, `list_files` (one listing for the whole tree) and `_fetch` (one
+transport's two primitives, `list_files` (one listing for the whole tree) and `fetch_file` (one
 file), so local and SSH pulls behave alike and this logic is written once. Every file lands
 atomically (temp file + rename): an interrupted pull never leaves a half file that the next
 sync would take for complete.
@@ -16,12 +16,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sweepctl.errors import RemoteError
-
-if TYPE_CHECKING:  # annotations only: base.py imports this module
-    from sweepctl.transport.base import Transport
 
 CHECKPOINT_PATTERNS = ("*.pt", "*.pth", "*.ckpt")  # large model states; `pull` skips them unless asked
 
@@ -35,6 +32,17 @@ class RemoteFile:
     relpath: str
     size: int
     mtime: float
+
+
+class Source(Protocol):
+    """What a sync needs of a transport (base.Transport has it): the machine's name, one listing
+    of a whole tree, and one file fetched with progress."""
+
+    host: str
+
+    def list_files(self, remote_dir: str) -> list[RemoteFile]: ...
+
+    def fetch_file(self, remote: str, local: Path, progress: Callable[[int], None] | None) -> None: ...
 
 
 @dataclass
@@ -53,7 +61,7 @@ def is_checkpoint(relpath: str) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in CHECKPOINT_PATTERNS)
 
 
-def sync_dir(transport: Transport, remote_dir: str, local_dir: str | os.PathLike[str], *,
+def sync_dir(transport: Source, remote_dir: str, local_dir: str | os.PathLike[str], *,
              include_checkpoints: bool = False,
              progress: ProgressCallback | None = None,
              include: Callable[[str], bool] | None = None) -> SyncReport:
@@ -96,7 +104,7 @@ def sync_dir(transport: Transport, remote_dir: str, local_dir: str | os.PathLike
         target.parent.mkdir(parents=True, exist_ok=True)
         tick = _progress_ticker(progress, done, total, item.relpath) if progress else None
         source = posixpath.join(remote_dir, item.relpath)
-        _atomic_download(lambda tmp, _src=source, _tick=tick: transport._fetch(_src, tmp, _tick), target)
+        atomic_download(lambda tmp, _src=source, _tick=tick: transport.fetch_file(_src, tmp, _tick), target)
         # The listed mtime, not "now": the next sync compares against the remote's listing.
         os.utime(target, (item.mtime, item.mtime))
         done += item.size
@@ -125,7 +133,7 @@ def _safe_join(root: Path, relpath: str, host: str) -> Path:
     return root.joinpath(*parts)
 
 
-def _atomic_download(fetch: Callable[[Path], None], target: Path) -> None:
+def atomic_download(fetch: Callable[[Path], None], target: Path) -> None:
     # Download next to the target, then rename: an interrupted pull never leaves a half file
     # that a later sync would take for complete.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)

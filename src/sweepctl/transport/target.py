@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweepctl.errors import RemoteError
-from sweepctl.transport.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_S, _home_tilde
+from sweepctl.transport.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_S, home_tilde
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,12 @@ def resolve_ssh_target(host: str, ssh_config_path: str | os.PathLike[str] | None
         config = paramiko.SSHConfig.from_path(str(path)) if path.is_file() else paramiko.SSHConfig()
         opts = config.lookup(name)
     except (OSError, ValueError, paramiko.SSHException) as e:
-        raise RemoteError(f"cannot read {_home_tilde(path)}: {e}", where=host,
+        raise RemoteError(f"cannot read {home_tilde(path)}: {e}", where=host,
                           hint="fix the ssh config (compare with `ssh -G HOST`)") from None
     try:
         port = port_given or int(opts.get("port", 22))
     except ValueError:
-        raise RemoteError(f"bad Port {opts.get('port')!r} in {_home_tilde(path)}", where=host) from None
+        raise RemoteError(f"bad Port {opts.get('port')!r} in {home_tilde(path)}", where=host) from None
     jump = proxy_jump_override if proxy_jump_override is not None else opts.get("proxyjump")
     known = tuple(os.path.expanduser(p) for p in (opts.get("userknownhostsfile") or "").split()) \
         or (os.path.expanduser("~/.ssh/known_hosts"),)

@@ -1,0 +1,14 @@
+"""How a sweep's rows get run: one `Backend` per engine, chosen by name in one place.
+
+    backend = backends.get("ray")                 # or backends.of_launch(launch.json's record)
+    preview = backend.preflight(csv_path, options, settings)
+    backend.start(preview)
+
+Modules: base (the protocol, the registry), tmux (a session per shard, here or on a pod over SSH),
+ray (a Ray task per row), slurm (an sbatch job array). A new engine is one module that defines
+`BACKEND` and one `register(name, module)` call.
+"""
+
+from sweepctl.backends.base import Backend, RerunCommand, get, names, of_launch, register
+
+__all__ = ["Backend", "RerunCommand", "get", "names", "of_launch", "register"]
