@@ -74,3 +74,42 @@ def test_rerun_refuses_a_running_run_and_an_ok_one_without_force(tmp_path: Path)
     assert decide_rerun(view(tmp_path, "ok", summary={"ok": True}), force=True) == Decision("r", "ok", "restart", "--force")
     assert decide_rerun(view(tmp_path, "failed", summary=OOM, checkpoint=True), force=False) == Decision(
         "r", "failed", "restart", "--force")
+
+
+CANCELLED = {"ok": False, "status": "cancelled", "error_class": "cancelled"}
+
+
+@pytest.mark.parametrize(("marked", "checkpoint", "policy", "expected"), [
+    # launch, told the flag
+    (True, True, Policy(include_cancelled=False), ("skip", "cancelled; --include-cancelled runs it")),
+    (True, True, Policy(include_cancelled=True), ("resume", "--include-cancelled")),
+    (True, False, Policy(include_cancelled=True), ("restart", "--include-cancelled")),
+    (True, True, Policy(force=True, include_cancelled=True), ("restart", "--include-cancelled")),
+    # a runner or the Ray driver (include_cancelled None): the marker decides
+    (True, True, NONE, ("skip", "cancelled (sweepctl cancel)")),
+    (True, True, FORCE, ("skip", "cancelled (sweepctl cancel)")),
+    (False, True, NONE, ("resume", "cancelled before, included again" + RESUMING)),
+    (False, False, NONE, ("restart", "cancelled before, included again" + STARTING_OVER)),
+])
+def test_a_cancelled_row_runs_only_when_included(tmp_path: Path, marked: bool, checkpoint: bool, policy: Policy,
+                                                 expected: tuple[str, str]) -> None:
+    v = view(tmp_path, "cancelled", summary=CANCELLED, checkpoint=checkpoint)
+    v.cancel_marked = marked
+    assert decide(v, policy) == Decision("r", "cancelled", *expected)
+
+
+def test_a_checkpoint_without_a_readable_heartbeat_is_stale_and_resumed(tmp_path: Path) -> None:
+    directory = tmp_path / "r"
+    directory.mkdir()
+    (directory / runs.CHECKPOINT).write_bytes(b"state")
+    (directory / runs.HEARTBEAT).write_text("{not json")
+    v = runs.read_run(directory, stale_after_s=120.0)
+    assert v.state == "stale"
+    assert decide(v, NONE).action == "resume"
+    assert decide(v, FORCE).action == "restart"
+
+
+def test_rerun_of_a_cancelled_run_starts_it_over(tmp_path: Path) -> None:
+    v = view(tmp_path, "cancelled", summary=CANCELLED, checkpoint=True)
+    v.cancel_marked = True
+    assert decide_rerun(v, force=False) == Decision("r", "cancelled", "restart", "--include-cancelled")

@@ -459,18 +459,19 @@ def test_cancel_and_prioritize_say_what_they_did_to_each_row_and_refuse_a_typo(
 
 
 def test_a_cancelled_row_runs_again_only_once_its_cancel_is_withdrawn(tmp_path: Path, fake: Path) -> None:
-    from sweepctl.launch import LaunchOptions, apply_run_table
+    from sweepctl import runtable
+    from sweepctl.launch import LaunchOptions
     from test_runner import run_shard
 
     plan = make_plan(tmp_path, fake, {"c": "ok"})
     out = tmp_path / "out"
     runs.write_json_atomic(out / "c" / runs.SUMMARY, {"ok": False, "status": "cancelled", "error_class": "cancelled"})
     cancel_marker(tmp_path, "c")
-    rows, refusals = apply_run_table(plan, LaunchOptions(shards=1), out, 60.0)
+    rows = runtable.read_table(plan, LaunchOptions(shards=1).table_policy(), stale_after_s=60.0)
     assert [(r.state, r.action, r.detail) for r in rows] == [("cancelled", "skip",
                                                               "cancelled; --include-cancelled runs it")]
-    assert refusals == []  # neither failed (a refusal) nor pending (run)
-    rows, _ = apply_run_table(plan, LaunchOptions(shards=1, include_cancelled=True), out, 60.0)
+    assert runtable.refusals(rows, out) == []  # neither failed (a refusal) nor pending (run)
+    rows = runtable.read_table(plan, LaunchOptions(shards=1, include_cancelled=True).table_policy(), stale_after_s=60.0)
     assert [(r.state, r.action, r.detail) for r in rows] == [("cancelled", "restart", "--include-cancelled")]
 
     runner, _, _ = run_shard(tmp_path, plan)

@@ -11,6 +11,7 @@ laptop (or the pod) that launched it is gone.
       .plan.lock          held around every read-modify-write of plan.json (sweep_lock)
       claims/<launch_id>/ one file per row a runner of a dynamic launch has claimed (claims_dir)
       slots/              the GPU gates of `--runs-per-gpu` slots (slots_dir, slots.GpuGate)
+      notified/<event>    one marker per webhook message sent, so each is sent once (notified_dir)
       <session>.json      each runner's own state (runner.py)
       upload/             on a pod: what `launch --host` uploaded, and hosts.json (which pod runs which row)
       slurm/              sbatch's logs (slurm.py)
@@ -44,6 +45,7 @@ LAUNCH_HISTORY = "launches.jsonl"
 PLAN_LOCK = ".plan.lock"
 CLAIMS_DIR = "claims"
 SLOTS_DIR = "slots"
+NOTIFIED_DIR = "notified"
 UPLOAD_DIR = "upload"  # on a pod: the CSV and config files `launch --host` uploaded there
 LAYOUT_FILE = "hosts.json"  # in upload/: which pod each row of the sweep was given to (hosts.layout_json)
 
@@ -72,6 +74,10 @@ def claims_dir(directory: Path, launch_id: str) -> Path:
 
 def slots_dir(directory: Path) -> Path:
     return directory / SLOTS_DIR
+
+
+def notified_dir(directory: Path) -> Path:
+    return directory / NOTIFIED_DIR
 
 
 @contextlib.contextmanager

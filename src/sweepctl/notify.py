@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 TIMEOUT_S = 10.0  # one POST; a webhook answers in well under a second
 RETRY_DELAYS_S = (1.0, 4.0, 15.0)  # after the first try: a flapping network, a 429 from the service
-NOTIFIED_DIR = "notified"  # <sweep_dir>/notified/<event>: the O_EXCL markers, one per event sent
 
 
 def redact(url: str) -> str:

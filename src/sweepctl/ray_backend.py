@@ -216,6 +216,7 @@ def execute(preview: launch.LaunchPreview, *, tmux: Tmux | None = None) -> RayLa
     launched_at = time.time()
     launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
     launch.write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=[])
+    launch.include_cancelled(preview)
     argv = driver_argv(preview.sweep_dir, result.address, launch_id, options, stale_after_s=preview.settings.stale_after_s)
     result.how = tmux.start(DRIVER_SESSION, argv, env={}, cwd=Path.cwd())
     return result
@@ -441,8 +442,11 @@ class Driver:
             "address": self.options.address, "launch_id": self.options.launch_id, **fields})
 
     def rows_to_run(self) -> list[PlannedRun]:
-        """The run table again, as launch applied it: rows finished since launch are not submitted."""
-        decisions = runtable.read_table(self.plan, self.options.policy.table_policy(), stale_after_s=self.options.stale_after_s,
+        """The run table again, as launch applied it: rows finished since launch are not submitted.
+        Like a shard runner, the driver is not told --include-cancelled: a row's cancel marker decides
+        (launch moved aside the markers of the rows it includes; a rerun moves its row's)."""
+        policy = replace(self.options.policy.table_policy(), include_cancelled=None)
+        decisions = runtable.read_table(self.plan, policy, stale_after_s=self.options.stale_after_s,
                                         only=self.options.only)
         for d in decisions:
             if d.action == "skip":

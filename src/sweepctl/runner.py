@@ -342,7 +342,7 @@ class ShardRunner:
         summary = runs.read_json(directory / runs.SUMMARY) or {}
         attempt = (runs.read_json(directory / runs.OWNER) or {}).get("attempt") or 0
         text = notify.failed_text(self.plan.sweep, planned.run_id, summary, host=runs.HOST, session=self.options.session)
-        self.notifier.send_once(self.options.sweep_dir / notify.NOTIFIED_DIR, f"failed-{planned.run_id}-{attempt}", text)
+        self.notifier.send_once(manifest.notified_dir(self.options.sweep_dir), f"failed-{planned.run_id}-{attempt}", text)
 
     def _notify_done_if_last(self) -> None:
         """When every row of the sweep has ended (ok, failed or cancelled), the first runner to see it
@@ -356,7 +356,7 @@ class ShardRunner:
         counts = {s: sum(1 for v in views if v.state == s) for s in FINAL_STATES}
         event = "done-" + hashlib.sha1(" ".join(sorted(v.run_id for v in views)).encode()).hexdigest()[:12]
         text = notify.done_text(self.plan.sweep, counts, self._best_groups(), host=runs.HOST)
-        self.notifier.send_once(self.options.sweep_dir / notify.NOTIFIED_DIR, event, text)
+        self.notifier.send_once(manifest.notified_dir(self.options.sweep_dir), event, text)
 
     def _best_groups(self, shown: int = 3) -> list[dict[str, Any]]:
         from sweepctl import report

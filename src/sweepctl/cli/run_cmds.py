@@ -107,7 +107,7 @@ def launch(
                          "--runs-per-gpu": runs_per_gpu not in (None, 1)},
             name=name, no_wandb=no_wandb, dry_run=dry_run, force=force, retry_failed=retry_failed,
             skip_failed=skip_failed, max_retries=max_retries, stall_after_s=stall_after or None,
-            run_timeout_s=run_timeout, placed_on=placed_on)
+            run_timeout_s=run_timeout, include_cancelled=include_cancelled, placed_on=placed_on)
     if shards is None:
         shards = live_shard_count(csv_path, name, settings)  # rows joining a live sweep keep its shards
     if shards is None:
