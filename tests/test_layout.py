@@ -188,3 +188,16 @@ def test_no_private_name_is_imported_from_another_module():
                 strays += [f"{path.relative_to(SRC)}:{node.lineno} {a.name}" for a in node.names
                            if a.name.startswith("_") and not a.name.startswith("__")]
     assert not strays
+
+
+@pytest.mark.parametrize("reader", ["status.py", "control.py", "report.py", "runner.py", "manifest.py", "runtable.py"])
+def test_what_reads_a_launched_sweep_does_not_import_launch(reader):
+    """The manifest and the run table have homes of their own: reading a sweep back, or deciding a
+    row, never needs the module that launches one."""
+    strays = [f"{rel}:{line} {name}" for rel, line, name in imports()
+              if rel == reader and name in ("sweepctl.launch", "sweepctl.cli")]
+    strays += [f"{reader}: from sweepctl import launch" for path in [SRC / reader]
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.ImportFrom) and node.module == "sweepctl"
+               and any(a.name == "launch" for a in node.names)]
+    assert not strays
