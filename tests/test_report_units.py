@@ -58,7 +58,7 @@ def test_read_metrics_keeps_the_latest_attempt_and_skips_a_cut_line(tmp_path: Pa
 
 
 def _record(run_id: str, state: str, final: float | None, seed: int = 1, **series: list) -> dict:
-    """A run record as `report.read_run` makes it; `eval` rows are [iter, tokens, train, val]."""
+    """A run record as `report.run_record` makes it; `eval` rows are [iter, tokens, train, val]."""
     evals = series.pop("eval", None)
     if evals is None:
         evals = [[10, 1000, final, final]] if final is not None else []
@@ -124,7 +124,7 @@ def test_read_run_keeps_the_diag_schema_and_thins_the_layer_profiles(tmp_path: P
     rows.append({"event": "diag", "iter": 250, "tokens": 2500, "fwd_gain_mean": [float("nan"), 1.0],
                  "fwd_gain_max": [1.0, 1.0], "bwd_gain_mean": [1.0, 1.0], "bwd_gain_max": ["x", 1.0]})
     _write_metrics(run / "metrics.jsonl", rows)
-    rec = report.read_run(run)
+    rec = report.run_record(run)
     gain = rec["series"]["gain"]
     assert gain[0] == [0, 0.0, 1.5, 1.25, None, None]  # a row from before the per-layer diagnostics
     assert gain[1] == [10, 100.0, pytest.approx(1.11), 1.2, 1e-5, 1e-7]
