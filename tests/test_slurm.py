@@ -56,7 +56,7 @@ def test_one_array_task_run_here_makes_exactly_its_rows_run_directory(
     d = ws.run_dir("b")
     assert (runs.read_json(d / runs.SUMMARY) or {}).get("ok") is True
     assert [f for f in runs.COMPLETE_FILES if not (d / f).exists()] == []
-    assert sorted(p.name for p in ws.out_root.iterdir()) == [".sweeps", "b"]  # no other row ran
+    assert sorted(p.name for p in ws.out_root.iterdir()) == [".cache", ".sweeps", "b"]  # no other row ran (.cache: the sweep's compile cache)
     meta = json.loads((d / runs.METADATA).read_text())
     assert (meta["sweep"]["name"], meta["sweep"]["row_index"], meta["attempt"]) == ("grid", 1, 1)
     assert "wandb_log=False" in (d / runs.COMMAND).read_text()

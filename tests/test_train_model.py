@@ -257,6 +257,7 @@ def test_every_model_and_optimizer_knob_is_covered():
         "eval_iters", "max_iters", "batch_size", "block_size", "gradient_accumulation_steps", "dtype", "device",
         "compile_model", "backend", "wandb_log", "wandb_project", "wandb_run_name", "wandb_group",
         "wandb_log_layer_stats", "wandb_log_layer_cosine", "wandb_log_amax", "hc_num_fracs",
+        "eval_batch_size", "init_from", "always_save_checkpoint", "decay_lr", "eval_only",
     }
     covered = {a.split("=")[0] for _, a, _ in KNOBS}
     assert set(TrainConfig.model_fields) - run_control - covered == set()
