@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from numerics import tol
 from sweepctl.train import bench, hyper
 from sweepctl.train.config import PRESETS, TrainConfig, resolve_config
 from sweepctl.train.data import BatchPrefetcher, ShardError, TokenWindows, train_rng, write_shard
@@ -61,26 +63,30 @@ def ref_rms_norm(x: torch.Tensor) -> torch.Tensor:
     return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + hyper.RMS_EPS)
 
 
-def ref_sinkhorn(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
-    """Textbook Sinkhorn-Knopp, one matrix at a time: exp, then normalise rows, then columns."""
-    out = []
-    for g in logits.reshape(-1, *logits.shape[-2:]):
-        m = torch.exp((g - g.max()) / tau)  # the shift cancels in the normalisation
-        for _ in range(iters):
-            m = m / m.sum(1, keepdim=True)
-            m = m / m.sum(0, keepdim=True)
-        out.append(m)
-    return torch.stack(out).reshape(logits.shape)
+def ref_sinkhorn(logits: torch.Tensor, iters: int, tau: float, balance: bool) -> torch.Tensor:
+    """Textbook Sinkhorn-Knopp (exp, then normalise rows, then columns), then, with `balance`,
+    ref_balance."""
+    m = torch.exp((logits - logits.amax((-2, -1), keepdim=True)) / tau)  # the shift cancels
+    for _ in range(iters):
+        m = m / m.sum(-1, keepdim=True)
+        m = m / m.sum(-2, keepdim=True)
+    return ref_balance(m) if balance else m
+
+
+def ref_balance(m: torch.Tensor) -> torch.Tensor:
+    """Each row's shortfall from 1 spread evenly over its entries."""
+    return m + (1 - m.sum(-1, keepdim=True)) / m.shape[-1]
 
 
 def ref_orthostochastic(logits: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     out = []
     for g in logits.reshape(-1, *logits.shape[-2:]):
         x = g / (torch.sqrt((g * g).sum()) + cfg.ns_eps)
-        for a, b, c in cfg.ns_schedule:
+        for a, b, c in (*cfg.ns_schedule, *((1.5, -0.5, 0.0),) * cfg.ns_polish_steps):  # then the cubic polish
             A = x @ x.T
             x = a * x + (b * A + c * A @ A) @ x
-        out.append(x * x)
+        m = x * x
+        out.append(ref_balance(m / m.sum(0, keepdim=True)) if cfg.mhc_h_res_balance else m)
     return torch.stack(out).reshape(logits.shape)
 
 
@@ -106,11 +112,11 @@ def ref_connection(conn: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, sub
             res = res + conn.dyn_gate[2] * d[..., 2 * n:].reshape(*d.shape[:-1], n, n)
         pre, post = torch.sigmoid(pre), 2 * torch.sigmoid(post)
         if cfg.mhc_h_res_proj == "sinkhorn":
-            res = ref_sinkhorn(res, cfg.sinkhorn_iters, cfg.sinkhorn_tau)
+            res = ref_sinkhorn(res, cfg.sinkhorn_iters, cfg.sinkhorn_tau, cfg.mhc_h_res_balance)
         else:
             res = ref_orthostochastic(res, cfg)
         if cfg.mhc_residual_identity_mix:
-            a = conn.res_alpha.clamp(0, 1)
+            a = torch.sigmoid(conn.res_alpha_logit)
             res = (1 - a) * torch.eye(n, dtype=res.dtype) + a * res
     h = torch.einsum("...j,...jc->...c", pre, x)
     y = sublayer(h)
@@ -237,6 +243,32 @@ def test_sinkhorn_backward_from_the_saved_scalings_matches_autograd(shape, iters
     torch.testing.assert_close(p, hyper.sinkhorn_eager(logits.float(), iters, tau))
     got = hyper.sinkhorn_backward(logits.float(), grad_out.float(), tau, us, vs)
     torch.testing.assert_close(got.double(), want / tau, atol=1e-6 * (1 + want.abs().max() / tau), rtol=0)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "traced-op"])
+def test_sinkhorn_with_balance_is_on_the_manifold_and_differentiable(compiled):
+    """Sharp logits (tau 0.05, as the public reference) that 20 steps leave off the manifold: the
+    balanced result has both sums within float32 rounding, and its gradient (through the op's
+    own backward when traced) is the float64 reference's."""
+    g = torch.Generator().manual_seed(5)
+    logits = 0.15 * torch.randn(64, 4, 4, generator=g)
+    grad_out = torch.randn(64, 4, 4, generator=g)
+    assert (hyper.sinkhorn(logits, 20, 0.05).sum(-1) - 1).abs().max() > 1e-3  # the test can fail
+    fn = functools.partial(hyper.sinkhorn, iters=20, tau=0.05, balance=True)
+    if compiled:
+        fn = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    x = logits.clone().requires_grad_()
+    got = fn(x)
+    (got_grad,) = torch.autograd.grad(got, x, grad_out)
+    bound = tol(torch.float32, 4)  # a sum of 4 entries in [0, 1]
+    assert (got.sum(-1) - 1).abs().max() <= bound and (got.sum(-2) - 1).abs().max() <= bound
+    x64 = logits.double().requires_grad_()
+    want = ref_sinkhorn(x64, 20, 0.05, balance=True)
+    (want_grad,) = torch.autograd.grad(want, x64, grad_out.double())
+    # 20 steps of two length-4 sums at 1 / tau = 20 times the logits' scale
+    torch.testing.assert_close(got.double(), want, atol=tol(torch.float32, 2 * 4 * 20, 20.0), rtol=0)
+    torch.testing.assert_close(got_grad.double(), want_grad,
+                               atol=tol(torch.float32, 2 * 4 * 20, 20.0 * float(want_grad.abs().max())), rtol=0)
 
 
 TRITON_CHECK = """
