@@ -60,7 +60,7 @@ def test_sinkhorn_matches_float64_reference_and_is_doubly_stochastic():
     logits = torch.randn(64, 4, 4)  # unit scale, as logits / tau with tau = 1
     s = sinkhorn(logits, 20, 1.0)
     assert s.dtype == torch.float32
-    torch.testing.assert_close(s.double(), sinkhorn_ref(logits, 20, 1.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.double(), sinkhorn_ref(logits, 20, 1.0), atol=tol(torch.float32, 2 * 4 * 20), rtol=0)
     assert (s >= 0).all()
     assert (s.sum(-1) - 1).abs().max() < 1e-3
     assert (s.sum(-2) - 1).abs().max() < 1e-3
@@ -133,18 +133,24 @@ def test_applied_h_res_stays_on_the_manifold_while_training(extra):
 
 
 def test_projections_batch_over_layers():
-    """All layers' static H_res in one (L, n, n) call equal the per-layer calls."""
+    """All layers' static H_res in one (L, n, n) call equal the per-layer calls.
+
+    Equal only up to summation order: the vector width (AVX2 or AVX-512) and the batch shape
+    decide how each length-n sum is split, so the bound is the worst case of the whole chain
+    (tests/numerics.py): Sinkhorn's 20 steps of two length-4 sums plus the balance, or Newton-
+    Schulz's steps of three length-4 products each. A fixed 1e-6 failed on AVX-512 (1.01e-6)."""
     torch.manual_seed(2)
     logits = torch.randn(6, 4, 4)
     for cfg in (tiny("mhc"), tiny("mhc", "mhc_h_res_proj='orthostochastic'")):
         batched = project_h_res(logits, cfg)
+        steps = 2 * 20 + 1 if cfg.mhc_h_res_proj == "sinkhorn" else 3 * (len(cfg.ns_schedule) + cfg.ns_polish_steps) + 2
         for i in range(6):
-            torch.testing.assert_close(batched[i], project_h_res(logits[i], cfg), atol=1e-6, rtol=0)
+            torch.testing.assert_close(batched[i], project_h_res(logits[i], cfg), atol=tol(torch.float32, 4 * steps), rtol=0)
     model = GPT(tiny("mhc", "mhc_residual_identity_mix=True"))
     h = model.h_res_static()
     assert h.shape == (4, 4, 4)
     per_layer = [c.mappings(torch.zeros(1, 1, 4, 32))[2][0, 0] for c in model.connections()]
-    torch.testing.assert_close(h, torch.stack(per_layer).detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(h, torch.stack(per_layer).detach(), atol=tol(torch.float32, 4 * (2 * 20 + 1)), rtol=0)
     assert residual_diagnostics(h)[GAIN_FWD] == pytest.approx(1.0, abs=1e-3)  # doubly stochastic: no amplification
 
 
@@ -321,6 +327,8 @@ KNOBS = [
     (VRES, "v_residual_constrained=False", "v_residual_constrained=True"),
     ([*VRES, *MHC], "v_residual_constrained=False", "v_residual_constrained=True"),
     (VRES, "v_residual_lamb_lr=1e-2", "v_residual_lamb_lr=1e-1"),
+    (VRES, "v_residual_init=0.5", "v_residual_init=0.05"),
+    ([*VRES, "v_residual_constrained=True"], "v_residual_init=0.5", "v_residual_init=0.05"),
 ]
 
 
@@ -342,6 +350,13 @@ def test_every_model_and_optimizer_knob_is_covered():
     assert set(TrainConfig.model_fields) - run_control - covered == set()
 
 
+@pytest.mark.parametrize("constrained", [False, True])
+def test_value_residual_starts_at_the_configured_mix(constrained):
+    model = GPT(tiny("base", "v_residual=True", f"v_residual_constrained={constrained}", "v_residual_init=0.2"))
+    lam = model.transformer.h[1].attn.v_lambda.detach()
+    torch.testing.assert_close(torch.softmax(lam, 0) if constrained else lam, torch.tensor([0.8, 0.2]))
+
+
 def test_value_residual_constrained_mix_is_convex():
     """Constrained: (l1, l2) = softmax(params), so shifting both params changes nothing; the
     unconstrained mix scales v by l1 + l2, so the same shift changes the output."""
@@ -355,7 +370,8 @@ def test_value_residual_constrained_mix_is_convex():
             model.transformer.h[1].attn.v_lambda.copy_(torch.tensor([0.3, -0.2]) + shift)
             return model(idx)[0]
 
-    assert torch.allclose(out(True, 0.0), out(True, 5.0), atol=1e-6)
+    # the same model up to softmax rounding, carried through 2 layers' length-4C (128) reductions
+    assert torch.allclose(out(True, 0.0), out(True, 5.0), atol=tol(torch.float32, 2 * 128), rtol=0)
     assert not torch.allclose(out(False, 0.0), out(False, 5.0), atol=1e-3)
 
 

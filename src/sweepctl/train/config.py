@@ -113,6 +113,7 @@ class TrainConfig(BaseModel):
     v_residual: bool = False  # mix the first layer's values into every layer's values
     v_residual_constrained: bool = False  # softmax-normalized (convex) mixing weights
     v_residual_lamb_lr: float = Field(1e-2, gt=0)  # learning rate of the mixing weights
+    v_residual_init: float = Field(0.5, gt=0, lt=1)  # initial weight of layer 1's values (ResFormer: 0.5)
     # --- numerics and speed ---
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # autocast dtype on CUDA
     device: str | None = None  # cpu | cuda | cuda:N | mps; None picks cuda > mps > cpu
