@@ -2,7 +2,7 @@
 what the logged composite gain says next to the gain of the maps actually applied.
 
     python bench/manifold.py                         # this checkout (after)
-    PYTHONPATH=/work/main/src python bench/manifold.py  # another checkout's code (before)
+    PYTHONPATH=/path/to/other/checkout/src python bench/manifold.py  # another version (before)
     python bench/manifold.py --steps 100 --layers 2  # quicker
 
 Trains tiny models on CPU (float32, one thread) on a synthetic token stream with structure to
@@ -13,6 +13,8 @@ works on any version of the code), and prints one row per variant:
 
   row err / col err  max |row sum - 1| / max |column sum - 1| of the applied maps, worst over the
                      run (sub-layers, tokens and checkpoints)
+  min entry          the smallest entry of any applied map over the run (a doubly stochastic map
+                     has none below 0)
   logged             the full-depth forward gain the trainer logs (composite_gain_fwd) at the end
   applied            the same quantity recomputed here from the applied maps: each token's
                      composite H_L ... H_1, max |row sum|, worst token, at the end
@@ -97,13 +99,14 @@ def run(preset: str, extra: list[str], args) -> dict[str, float]:
     opt = model.configure_optimizer("cpu")
     batches = markov_batches(64, args.batch, args.block, seed=1)
     probe, _ = next(markov_batches(64, 4, args.block, seed=2))
-    row_err = col_err = 0.0
+    row_err = col_err = min_entry = 0.0
     t0 = time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.every == 0 or step == args.steps:
             maps = applied_maps(model, probe)
             row_err = max(row_err, float((maps.sum(-1) - 1).abs().max()))
             col_err = max(col_err, float((maps.sum(-2) - 1).abs().max()))
+            min_entry = min(min_entry, float(maps.min()))
         if step == args.steps:
             break
         x, y = next(batches)
@@ -112,8 +115,8 @@ def run(preset: str, extra: list[str], args) -> dict[str, float]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return {"row_err": row_err, "col_err": col_err, "logged": logged_gain(model, probe),
-            "applied": full_depth_gain(applied_maps(model, probe)), "loss": float(loss), "s": time.perf_counter() - t0}
+    return {"row_err": row_err, "col_err": col_err, "min": min_entry, "logged": logged_gain(model, probe),
+            "applied": full_depth_gain(applied_maps(model, probe)), "loss": loss.item(), "s": time.perf_counter() - t0}
 
 
 def main() -> None:
@@ -124,15 +127,20 @@ def main() -> None:
     p.add_argument("--block", type=int, default=32)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--variants", default="", help="comma-separated substrings of the variant names to run")
     args = p.parse_args()
     torch.set_num_threads(1)
     print(f"{args.layers} layers ({2 * args.layers} sub-layers), {args.steps} steps at lr {args.lr}, "
           f"probe every {args.every} steps; code: {diagnostics.__file__}")
-    print(f"{'variant':<26} {'row err':>9} {'col err':>9} {'logged':>8} {'applied':>8} {'loss':>6} {'s':>5}")
+    print(f"{'variant':<26} {'row err':>9} {'col err':>9} {'min entry':>10} {'logged':>9} {'applied':>9} "
+          f"{'loss':>6} {'s':>5}")
+    wanted = [w for w in args.variants.split(",") if w]
     for name, preset, extra in VARIANTS:
+        if wanted and not any(w in name for w in wanted):
+            continue
         r = run(preset, extra, args)
-        print(f"{name:<26} {r['row_err']:9.2e} {r['col_err']:9.2e} {r['logged']:8.4f} {r['applied']:8.4f} "
-              f"{r['loss']:6.3f} {r['s']:5.0f}")
+        print(f"{name:<26} {r['row_err']:9.2e} {r['col_err']:9.2e} {r['min']:10.2e} {r['logged']:9.4f} "
+              f"{r['applied']:9.4f} {r['loss']:6.3f} {r['s']:5.0f}", flush=True)
 
 
 if __name__ == "__main__":
