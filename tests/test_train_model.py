@@ -248,6 +248,23 @@ def test_identity_mix_starts_at_the_configured_alpha_and_trains():
     assert all(c.res_alpha_logit.grad.abs() > 0 for c in model.connections()[1:-1])
 
 
+@pytest.mark.parametrize("norm", ["rms", "layer"])
+def test_hc_dynamic_norm_layer_ignores_a_shift_of_a_stream(norm):
+    """LayerNorm (hc_dynamic_norm='layer') centres each stream, so adding a constant to a stream
+    leaves HC's dynamic maps unchanged; the RMSNorm does not centre, so they move."""
+    from sweepctl.train.hyper import HyperConnection
+
+    cfg = tiny("hc", f"hc_dynamic_norm='{norm}'")
+    conn = HyperConnection(cfg, 0)
+    with torch.no_grad():
+        conn.dyn_proj.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 3, 4, 32, generator=torch.Generator().manual_seed(1))
+    _, (res, _) = conn.read(x)
+    _, (res_shift, _) = conn.read(x + 0.7)
+    same = torch.allclose(res, res_shift, atol=tol(torch.float32, 32, 10.0), rtol=0)
+    assert same == (norm == "layer")
+
+
 def test_dynamic_parts_start_at_zero_but_learn():
     for cfg in (tiny("hc"), tiny("mhc")):
         torch.manual_seed(0)
@@ -310,6 +327,7 @@ KNOBS = [
     ([], "hc_disable=True", "hc_disable=False"),
     (["hc_disable=False"], "hc_num_streams=2", "hc_num_streams=3"),
     (HC, "hc_static_only=False", "hc_static_only=True"),
+    (HC, "hc_dynamic_norm='rms'", "hc_dynamic_norm='layer'"),
     (MHC, "hc_static_only=False", "hc_static_only=True"),
     (["hc_disable=False", "hc_num_streams=3"], "mhc=False", "mhc=True"),
     (MHC, "sinkhorn_iters=1", "sinkhorn_iters=20"),

@@ -97,8 +97,11 @@ def balance_rows(p: torch.Tensor) -> torch.Tensor:
     (smooth: no case split whose side rounding could decide, so float32, float64, eager and
     compiled get the same gradients), moves p by at most max |1 - r| / n, and is exactly the
     identity where the projection has already converged (at the init, say). The price: an entry
-    smaller than (r_i - 1) / n can go that far below 0; after 20 Sinkhorn steps |1 - r| stays
-    within ~2e-3 in training (bench/manifold.py), so entries stay above -5e-4 for n = 4.
+    smaller than (r_i - 1) / n goes up to that far below 0, so the result has exact sums but is
+    not always non-negative: bench/manifold.py measured a smallest entry of -7.7e-3 over 300
+    training steps of a tiny mHC. The gains the paper measures (absolute row and column sums of
+    the composite) stay exactly 1 regardless; a non-negative exact projection needs a case split
+    (a kink at r_i = 1 whose side float rounding decides) or many more Sinkhorn steps.
     """
     with _no_autocast(p.device):
         p = p.float()
@@ -537,6 +540,7 @@ class HyperConnection(nn.Module):
         self.static_pre = nn.Parameter(pre)  # A_m (n,): how much of each stream the sub-layer reads
         self.static_res = nn.Parameter(torch.eye(n))  # A_r^T (n, n): stream mixing, res @ x
         self.static_post = nn.Parameter(torch.ones(n))  # B (n,): how much output each stream gets
+        self.layer_norm = cfg.hc_dynamic_norm == "layer"
         if self.dynamic:
             # per stream: [W_m | W_r | W_beta] -> (1 + n + 1) numbers from that stream's own state
             self.dyn_proj = nn.Parameter(torch.zeros(c, n + 2))
@@ -546,6 +550,8 @@ class HyperConnection(nn.Module):
     def read(self, x: torch.Tensor, maps: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         pre, res, post = self.static_pre, self.static_res, self.static_post  # (n,), (n, n), (n,)
         if self.dynamic:
+            if self.layer_norm:  # LayerNorm without affine: centre each stream first
+                x = x - x.float().mean(-1, keepdim=True)
             d = torch.tanh(normed_projection(x, self.dyn_proj))  # (B, T, n, n + 2), row i from stream i
             pre = pre + self.dyn_gate_alpha * d[..., 0]  # (B, T, n)
             # d[..., i, 1 + j] is stream i's weight into stream j; as res[j, i] so that x' = res @ x
