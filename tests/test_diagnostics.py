@@ -27,7 +27,8 @@ torch.set_num_threads(1)  # tiny models on a shared 2-core machine
 def test_identity_has_unit_gain_at_every_depth_and_no_error() -> None:
     d = residual_diagnostics(torch.eye(4).expand(6, 4, 4))
     assert d == {"fwd_gain_mean": [1.0] * 6, "fwd_gain_max": [1.0] * 6, "bwd_gain_mean": [1.0] * 6,
-                 "bwd_gain_max": [1.0] * 6, "h_res_row_err": 0.0, "h_res_col_err": 0.0, "n_layers": 6,
+                 "bwd_gain_max": [1.0] * 6, "h_res_row_err": 0.0, "h_res_col_err": 0.0, "h_res_min_entry": 0.0,
+                 "n_layers": 6,
                  GAIN_FWD: 1.0, GAIN_BWD: 1.0}
     assert tuple(d) == DIAG_KEYS
     json.dumps(d)  # goes into metrics.jsonl as is
@@ -60,7 +61,7 @@ def test_gain_is_the_absolute_row_sum_not_the_sum_of_absolute_entries() -> None:
     m = torch.tensor([[1.0, -1.0], [0.0, 1.0]])
     d = residual_diagnostics(m[None])
     assert d["fwd_gain_max"] == [1.0] and d["bwd_gain_max"] == [1.0]  # column sums (1, 0)
-    assert d["h_res_row_err"] == 1.0 and d["h_res_col_err"] == 1.0
+    assert d["h_res_row_err"] == 1.0 and d["h_res_col_err"] == 1.0 and d["h_res_min_entry"] == -1.0
 
 
 def test_forward_and_backward_gain_differ_for_a_lopsided_map() -> None:
@@ -202,6 +203,7 @@ def test_logged_gains_are_those_of_the_maps_the_model_applied(preset) -> None:
     assert logged["fwd_gain_mean"] == pytest.approx(fwd.mean(1).tolist(), abs=gain_tol)
     assert logged["bwd_gain_max"] == pytest.approx(bwd.amax(1).tolist(), abs=gain_tol)
     assert logged["bwd_gain_mean"] == pytest.approx(bwd.mean(1).tolist(), abs=gain_tol)
+    assert logged["h_res_min_entry"] == pytest.approx(float(want.min()), abs=atol)
     row_err = float((want.sum(-1) - 1).abs().max())
     col_err = float((want.sum(-2) - 1).abs().max())
     if cfg.mhc:  # on the manifold: both sums within the projection's tolerance

@@ -10,7 +10,8 @@ mHC paper (arXiv 2512.24880, the "Amax Gain Magnitude" figure), for every l:
     backward gain = max_j |sum_i C_l[i, j]|   (max absolute column sum: the same for the gradient)
 
 each as the mean over tokens and the worst token, plus how far the applied maps are from the
-doubly stochastic manifold: max |row sum - 1| and max |column sum - 1| over sub-layers and tokens.
+doubly stochastic manifold: max |row sum - 1| and max |column sum - 1| over sub-layers and tokens,
+and the smallest entry (a doubly stochastic map has none below 0).
 For mHC every gain stays ~1 and both errors stay below the projection's tolerance; for HC the
 gains can grow (or shrink) with depth.
 
@@ -33,11 +34,12 @@ import torch.nn as nn
 FWD_MEAN, FWD_MAX = "fwd_gain_mean", "fwd_gain_max"
 BWD_MEAN, BWD_MAX = "bwd_gain_mean", "bwd_gain_max"
 ROW_ERR, COL_ERR = "h_res_row_err", "h_res_col_err"
+MIN_ENTRY = "h_res_min_entry"  # smallest applied entry: < 0 means not a mixture of streams
 N_LAYERS = "n_layers"
 # The full-depth worst-token gains under their older names (= fwd_gain_max[0], bwd_gain_max[0]).
 GAIN_FWD = "composite_gain_fwd"
 GAIN_BWD = "composite_gain_bwd"
-DIAG_KEYS = (FWD_MEAN, FWD_MAX, BWD_MEAN, BWD_MAX, ROW_ERR, COL_ERR, N_LAYERS, GAIN_FWD, GAIN_BWD)
+DIAG_KEYS = (FWD_MEAN, FWD_MAX, BWD_MEAN, BWD_MAX, ROW_ERR, COL_ERR, MIN_ENTRY, N_LAYERS, GAIN_FWD, GAIN_BWD)
 
 
 def residual_diagnostics(h_res: torch.Tensor) -> dict[str, float | int | list[float]]:
@@ -65,6 +67,7 @@ def residual_diagnostics(h_res: torch.Tensor) -> dict[str, float | int | list[fl
         out: dict[str, float | int | list[float]] = {k: _floats(v) for k, v in gains.items()}
         out[ROW_ERR] = float((flat.sum(-1) - 1).abs().max())
         out[COL_ERR] = float((flat.sum(-2) - 1).abs().max())
+        out[MIN_ENTRY] = float(flat.min())
         out[N_LAYERS] = layers
         out[GAIN_FWD] = out[FWD_MAX][0]  # type: ignore[index]
         out[GAIN_BWD] = out[BWD_MAX][0]  # type: ignore[index]
