@@ -831,12 +831,9 @@ class Run:
 
     def _residual_diagnostics(self) -> dict[str, Any] | None:
         """HC/mHC: the paper's gains of the H_res the model applies to a fixed val batch (None when
-        plain). The batch is the first diag_batch_size block windows of the first val shard that
-        holds them: the same tokens at every eval and in every run of a sweep."""
-        bs, n = self.cfg.block_size, self.cfg.diag_batch_size
-        shard = next((s for s in self.val_windows.shards if len(s) >= bs), self.val_windows.shards[0])
-        rows = max(min(n, len(shard) // bs), 1)
-        idx = torch.from_numpy(np.asarray(shard[:rows * bs], dtype=np.int64).reshape(rows, bs)).to(self.device)
+        plain). The batch is the first diag_batch_size windows of the sweep's fixed eval set: the
+        same tokens at every eval and in every run of a sweep."""
+        idx, _ = self._to_device(*self.eval_sets["val"].batch(0, min(self.cfg.diag_batch_size, self.cfg.eval_windows)))
         with self.autocast:
             return model_diagnostics(self.raw_model, idx)
 
