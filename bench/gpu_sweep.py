@@ -296,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         if sock.exists() and shutil.which("tmux"):  # our private server only
+            if not settled(env, out_root):  # out of time: stop the runners as a user would, then wait
+                sweepctl("stop", "--all", "--out-root", str(out_root), env=env)
+                wait_until(lambda: settled(env, out_root), 60.0, every=1.0)
             subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True, timeout=30)
         print(f"sweep{c.label}: {len(c.rows) - c.failed} passed, {c.failed} failed (run directories: {out_root})")
         if a.json:

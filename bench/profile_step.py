@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
              block_size=cfg.block_size, torch=torch.__version__)
     head = (f"profile: {a.preset} ({cfg.n_layer} x {cfg.n_embd}, batch {cfg.batch_size} x {cfg.block_size}), "
             f"{'compiled' if a.compile else 'eager'}, {dtype}, {device}, {a.steps} step(s) after "
-            f"{a.warmup} warm-up; compile + first step {first_s:.1f} s")
+            f"{a.warmup} warm-up; {'compile + ' if a.compile else ''}first step {first_s:.1f} s")
     print(format_summary(s, head))
     if a.json:
         Path(a.json).write_text(json.dumps(s, indent=2) + "\n")
