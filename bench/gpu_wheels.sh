@@ -15,9 +15,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV_PY=${VENV_PY:-.venv/bin/python}
-# pydantic-core must match pydantic exactly; annotated-types and typing-inspection are pydantic's needs,
+# pydantic-core must match pydantic exactly; annotated-types, typing-inspection and typing-extensions
+# (pydantic-core needs a recent one: the image may hold an older) are pydantic's needs,
 # python-dotenv pydantic-settings'.
-PACKAGES=(pydantic pydantic-core annotated-types typing-inspection pydantic-settings python-dotenv libtmux)
+PACKAGES=(pydantic pydantic-core annotated-types typing-inspection typing-extensions pydantic-settings python-dotenv libtmux)
 DEBS=(tmux libevent-core-2.1-7 libutempter0)
 mkdir -p .whl/deb
 for name in "${PACKAGES[@]}"; do
