@@ -28,14 +28,14 @@ PARTS=${PARTS:-bench sweep ddp profile}
 OUT_DIR=${OUT:-$(mktemp -d)}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 if [ "$DEVICE" = cpu ]; then  # tiny sizes; budgets for a loaded 2-core machine
-    BENCH_BUDGET=${BENCH_BUDGET:-60} SWEEP_LIMIT=${SWEEP_LIMIT:-400} DDP_LIMIT=${DDP_LIMIT:-120}
+    BENCH_BUDGET=${BENCH_BUDGET:-90} SWEEP_LIMIT=${SWEEP_LIMIT:-400} DDP_LIMIT=${DDP_LIMIT:-120}
     PROFILE_LIMIT=${PROFILE_LIMIT:-120}
     export BENCH_ARGS=${BENCH_ARGS:---no-compile} ITERS=${ITERS:-1}
     PROFILE_ARGS=${PROFILE_ARGS:---tiny --no-compile --steps 1 --warmup 1}
     DDP_SIZE="n_layer=2 n_head=2 n_embd=32 block_size=32 batch_size=4 max_iters=6 eval_interval=6 eval_iters=1"
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 else
-    BENCH_BUDGET=${BENCH_BUDGET:-240} SWEEP_LIMIT=${SWEEP_LIMIT:-110} DDP_LIMIT=${DDP_LIMIT:-45}
+    BENCH_BUDGET=${BENCH_BUDGET:-220} SWEEP_LIMIT=${SWEEP_LIMIT:-140} DDP_LIMIT=${DDP_LIMIT:-45}
     PROFILE_LIMIT=${PROFILE_LIMIT:-90}
     PROFILE_ARGS=${PROFILE_ARGS:---compile --steps 2 --warmup 3}
     DDP_SIZE="n_layer=4 n_head=4 n_embd=256 block_size=256 batch_size=16 max_iters=100 eval_interval=50 eval_iters=5"
@@ -49,12 +49,9 @@ section() { echo; echo "=============== $1 ($((SECONDS - START)) s in)"; }
 # --------------------------------------------------------------------------- what this machine has
 section env
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$WORK/nvidia-smi.txt"
-if ls .whl/*.whl >/dev/null 2>&1; then  # the device README's recipe, into a folder of this run's own
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
-        .whl/*.whl && export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-missing=$("$PY" - <<'EOF'
+missing_modules() {
+    "$PY" - <<'EOF'
 import importlib
 for name in ("torch", "numpy", "pydantic", "pydantic_settings", "typer", "rich", "libtmux", "tiktoken"):
     try:
@@ -62,7 +59,16 @@ for name in ("torch", "numpy", "pydantic", "pydantic_settings", "typer", "rich",
     except Exception:
         print(name, end=" ")
 EOF
-)
+}
+missing=$(missing_modules)
+# Only when something is missing (the image's own packages stay otherwise): the device README's
+# recipe, into a folder of this run's own, ahead on PYTHONPATH.
+if [ -n "$missing" ] && ls .whl/*.whl >/dev/null 2>&1; then
+    echo "missing: $missing; installing .whl/*.whl into $WORK/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
+        .whl/*.whl && export PYTHONPATH="$WORK/site:$PYTHONPATH"
+    missing=$(missing_modules)
+fi
 "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1
 if [ "$DEVICE" != cpu ] && ! "$PY" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     say "env: FAIL: $PY sees no CUDA device (DEVICE=cpu checks this script without one)"

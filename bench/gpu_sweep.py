@@ -44,7 +44,7 @@ ROWS = (("base", "plain residual"), ("mhc", "mHC, SIGTERMed mid-run, resumed"), 
 KILLED = f"{SWEEP}-mhc-s1"
 SIZES = {  # reduced preset sizes: a few seconds per run on an H200, a minute or so on 2 CPU cores
     "cuda": dict(corpus_bytes=1_500_000, words="n_layer=4 n_head=4 n_embd=256 block_size=256 batch_size=16",
-                 max_iters=400, eval_interval=100, eval_iters=10, log_interval=20),
+                 max_iters=300, eval_interval=100, eval_iters=10, log_interval=20),
     "cpu": dict(corpus_bytes=300_000, words="n_layer=2 n_head=2 n_embd=32 block_size=32 batch_size=4",
                 max_iters=24, eval_interval=12, eval_iters=1, log_interval=6),
 }
