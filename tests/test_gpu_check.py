@@ -66,3 +66,19 @@ def test_the_tarball_holds_every_log_and_no_checkpoint(cpu_check):
     checks = {c["check"]: c["ok"] for c in sweep["checks"]}
     assert all(checks.values()) and len(checks) == 29, checks
     assert checks["gpucheck-mhc-s1: resumed from its checkpoint, not from scratch"]
+
+
+def test_without_tmux_the_sweep_runs_its_runner_directly_and_says_so(tmp_path):
+    """A GPU image without tmux (and no .whl/deb carried): every check but the session's still runs,
+    and every line says NO TMUX, so the figures are never mistaken for a tmux launch's."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_sweep.py"), "--work", str(tmp_path / "w"),
+                        "--device", "cpu", "--no-tmux", "--timeout", "600", "--json", str(tmp_path / "s.json")],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    verdicts = [line for line in p.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert verdicts and all(v.startswith("PASS sweep [NO TMUX: runner started directly]: ") for v in verdicts)
+    assert "NO TMUX: shard 0 runner started directly: CUDA_VISIBLE_DEVICES=" in p.stdout
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["no_tmux"] is True and len(result["checks"]) == 28 and all(c["ok"] for c in result["checks"])
+    assert not (tmp_path / "w" / "tmux.sock").exists()  # no tmux server was started
