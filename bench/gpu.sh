@@ -44,7 +44,11 @@ run() {  # run NAME LIMIT ARGS...: one bench invocation -> $OUT_DIR/NAME.json, p
         return
     fi
     [ "$left" -lt "$limit" ] && limit=$left
-    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) timeout "$limit" "$PY" -m sweepctl.train.bench --device "$DEVICE" --json "$@" \
+    # A fresh, empty inductor cache per row: a cold compile. Under BENCH_CACHE_ROOT it is kept as
+    # BENCH_CACHE_ROOT/NAME, so a later profile of the same preset (gpu_check.sh) starts warm.
+    local cache
+    if [ -n "${BENCH_CACHE_ROOT:-}" ]; then cache=$BENCH_CACHE_ROOT/$name; mkdir -p "$cache"; else cache=$(mktemp -d); fi
+    TORCHINDUCTOR_CACHE_DIR=$cache timeout "$limit" "$PY" -m sweepctl.train.bench --device "$DEVICE" --json "$@" \
         ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT_DIR/$name.json" || echo "$name: exit $? (124: timed out after ${limit}s)" >&2
 }
 

@@ -29,7 +29,7 @@ def test_piped_tables_keep_every_column_on_one_line() -> None:
     r = piped("presets")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert ("│ cvres_mhc_48l │ 48     │ 150    │ 6     │ 24    │ 4     │ 6666  │ 4       │ "
+    assert ("│ cvres_mhc_48l │ 48     │ 150    │ 6     │ 16    │ 4     │ 10000 │ 4       │ "
             "mHC + constrained (convex) value residual │") in lines
     assert len(lines) == 18  # title, 3 header lines, 12 presets, bottom rule, the closing sentence
     assert lines[-1] == ("All: block 1024, lr 6e-4 cosine to 6e-5 after 200 warmup steps, bf16. "
@@ -323,7 +323,16 @@ def test_an_empty_status_says_where_runs_are_and_how_to_point_at_them(
 
 
 def test_logs_follow_says_what_it_waits_for_then_prints_the_log(here: Path) -> None:
+    from sweepctl import manifest
+    from sweepctl.plan import make_plan
+    from sweepctl.spec import read_sweep
+
     out = here / "o"
+    csv = here / "r.csv"  # a launched sweep plans r1-s1: -f waits for it (a run no sweep knows is refused)
+    csv.write_text("run_id,config,seed,overrides,notes\nr1-s1,base,1,device='cpu',\n")
+    sweep_dir = manifest.sweep_dir(out, "r")
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "plan.json").write_text(make_plan(read_sweep(csv), shards=1, out_root=out).model_dump_json())
     proc = subprocess.Popen([SWEEPCTL, "logs", "r1-s1", "-f", "--out-root", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={k: v for k, v in os.environ.items() if k != "COLUMNS"})

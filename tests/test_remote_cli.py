@@ -458,6 +458,8 @@ def test_attach_execs_ssh_into_the_pods_tmux_session(
     monkeypatch.setattr(os, "execvp", lambda file, argv: execs.append(list(argv)))
     assert run_cli(capsys, "attach", "--host", "pod", "3").code == 0
     assert run_cli(capsys, "attach", "--host", "pod", "my.run").code == 0
+    subprocess.run(["tmux", "-S", os.environ["SWEEPCTL_TMUX_SOCKET"], "new-session", "-d", "-s", "sweep-2", "sleep 120"],
+                   check=True, timeout=10)
     assert run_cli(capsys, "attach", "2").code == 0
     remote_bin = os.environ["SWEEPCTL_REMOTE_BIN"]
     assert execs[0] == system_ssh_argv("pod", [remote_bin, "attach", "sweep-3"])
@@ -510,8 +512,8 @@ def test_one_sweep_over_two_pods_one_table_and_a_host_down(
     r = run_cli(capsys, "launch", str(csv), "--host", "pod=1", "--host", "pod2", "--no-wandb")
     assert r.code == 0, r.err
     assert "pod: 2 rows on sweep-0 " in r.out and "pod2: 1 row on sweep-0 " in r.out
-    assert "pod: started sweep-0: CPU slot 0, 2 rows" in r.out
-    assert "pod2: started sweep-0: CPU slot 0, 1 rows" in r.out
+    assert "pod: started sweep-0: CPU slot 0, 2 rows" in r.out  # pod has no GPU; pod2 has a stand-in one
+    assert "pod2: started sweep-0: CUDA_VISIBLE_DEVICES=0, 1 rows" in r.out
     assert "status: sweepctl status --host pod --host pod2" in r.out
     for p, ids in ((pod, ["row0", "row2"]), (pod2, ["row1"])):
         plan = json.loads((p.out_root / ".sweeps" / "sweep" / "plan.json").read_text())

@@ -197,7 +197,7 @@ def test_comparison_against_the_baseline_is_paired_by_seed(sweep_root: Path, dat
 # --------------------------------------------------------------------------- mHC diagnostics
 
 
-def test_mhc_composite_gain_stays_near_one_and_hc_logs_it(data: dict[str, Any]) -> None:
+def test_mhc_composite_gain_stays_near_one_and_hc_logs_it(data: dict[str, Any], sweep_root: Path) -> None:
     """What the report reads of the trainer's diag rows (either schema: the per-layer gains of the
     mHC paper, or the older full-depth composite gain): one row per eval, finite gains."""
     by_id = {r["run_id"]: r for r in data["runs"]}
@@ -212,6 +212,9 @@ def test_mhc_composite_gain_stays_near_one_and_hc_logs_it(data: dict[str, Any]) 
     groups = _groups(data)
     assert groups["tiny-base"]["diag"] is None
     assert groups["tiny-mhc"]["diag"]["fwd_gain"]["n"] == 2 and groups["tiny-mhc"]["diag"]["iters"] == [30]
+    for rid in ("tiny-mhc-s1", "tiny-mhc-s2"):  # the applied maps stay on the manifold
+        for r in _metric_rows(sweep_root, rid, "diag"):
+            assert r["n_layers"] == 2 and r["h_res_row_err"] < 1e-3 and r["h_res_col_err"] < 1e-3
 
 
 # --------------------------------------------------------------------------- CLI, plots, report.md

@@ -14,7 +14,6 @@ import pytest
 from cli import run_cli
 from sweep_helpers import TINY, Workspace, tiny
 from sweepctl import runs
-from sweepctl.settings import COMPILE_CACHE_DEFAULT
 from sweepctl.train import contract
 
 pytest_plugins = ["sweep_fixtures"]
@@ -58,8 +57,7 @@ def test_one_array_task_run_here_makes_exactly_its_rows_run_directory(
     d = ws.run_dir("b")
     assert (runs.read_json(d / runs.SUMMARY) or {}).get("ok") is True
     assert [f for f in contract.COMPLETE_FILES if not (d / f).exists()] == []
-    # no other row ran; .cache is the sweep's compile cache (settings.COMPILE_CACHE_DEFAULT)
-    assert sorted(p.name for p in ws.out_root.iterdir()) == [COMPILE_CACHE_DEFAULT.parts[0], ".sweeps", "b"]
+    assert sorted(p.name for p in ws.out_root.iterdir()) == [".cache", ".sweeps", "b"]  # no other row ran (.cache: the sweep's compile cache)
     meta = json.loads((d / runs.METADATA).read_text())
     assert (meta["sweep"]["name"], meta["sweep"]["row_index"], meta["attempt"]) == ("grid", 1, 1)
     assert "wandb_log=False" in (d / contract.COMMAND).read_text()

@@ -122,7 +122,10 @@ def test_each_variant_trains_and_val_loss_falls(tmp_path, data_dir, variant):
     diag = rows(out, "diag")  # residual-map diagnostics at each eval, for HC/mHC only
     assert [r["iter"] for r in diag] == ([] if variant == ["base"] else [0, 20, 40])
     if "mhc" in variant[0]:
-        assert all(abs(r["composite_gain_fwd"] - 1) < 0.05 and r["h_res_layers"] == 4 for r in diag)
+        for r in diag:  # the applied maps stay on the manifold: gains ~1 at every depth
+            assert r["n_layers"] == 4 and len(r["fwd_gain_max"]) == 4 and (r["tokens"] > 0) == (r["iter"] > 0)
+            assert r["h_res_row_err"] < 1e-3 and r["h_res_col_err"] < 1e-3
+            assert all(abs(g - 1) < 1e-2 for k in ("fwd_gain_max", "bwd_gain_max") for g in r[k]), r
 
 
 # --------------------------------------------------------------------------- the run directory

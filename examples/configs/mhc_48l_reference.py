@@ -41,3 +41,4 @@ mhc = True
 mhc_h_res_proj = "sinkhorn"
 sinkhorn_iters = 20
 sinkhorn_tau = 0.05
+mhc_h_res_balance = False  # the reference stops after its 20 iterations (row sums then off by ~1e-3)

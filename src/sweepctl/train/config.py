@@ -104,20 +104,26 @@ class TrainConfig(BaseModel):
     hc_num_fracs: int = Field(1, ge=1)  # frac-connections; only 1 is implemented
     hc_disable: bool = True  # True: plain residual
     hc_static_only: bool = False  # drop the input-dependent (dynamic) part of the HC weights
+    hc_dynamic_norm: Literal["rms", "layer"] = "rms"  # HC's norm before its dynamic branch (see docs/trainer.md)
     # --- manifold-constrained HC (mHC, arXiv 2512.24880) ---
     mhc: bool = False  # project H_res onto doubly stochastic matrices
     sinkhorn_iters: int = Field(20, gt=0)  # Sinkhorn-Knopp iterations (paper: 20)
-    sinkhorn_tau: float = Field(0.05, gt=0)  # temperature of exp(logits / tau)
+    sinkhorn_tau: float = Field(1.0, gt=0)  # temperature of exp(logits / tau); paper: 1 (reference: 0.05)
     mhc_h_res_proj: Literal["sinkhorn", "orthostochastic"] = "sinkhorn"
     ns_steps: int = Field(5, gt=0)  # Newton-Schulz steps for the orthostochastic map
     ns_eps: float = Field(1e-7, gt=0)  # added to the norm before Newton-Schulz
     ns_coeffs: NSTriple | tuple[NSTriple, ...] = (3.0, -3.2, 1.2)  # one (a,b,c) or one per step
+    ns_polish_steps: int = Field(3, ge=0)  # cubic Newton-Schulz steps after those, onto the manifold
+    mhc_h_res_balance: bool = True  # finish either projection with exact row and column sums (paper: no)
     mhc_residual_identity_mix: bool = False  # H_res = (1-a) I + a S with a learned a
-    mhc_residual_alpha: float = Field(0.01, ge=0, le=1)  # initial a of the identity mix
+    mhc_residual_alpha: float = Field(0.01, gt=0, lt=1)  # initial a = sigmoid(logit) of the identity mix
+    # --- residual-map diagnostics (logged at each eval for HC/mHC, see diagnostics.py) ---
+    diag_batch_size: int = Field(4, ge=1)  # sequences of the fixed val batch the maps are measured on
     # --- value residual ---
     v_residual: bool = False  # mix the first layer's values into every layer's values
     v_residual_constrained: bool = False  # softmax-normalized (convex) mixing weights
     v_residual_lamb_lr: float = Field(1e-2, gt=0)  # learning rate of the mixing weights
+    v_residual_init: float = Field(0.5, gt=0, lt=1)  # initial weight of layer 1's values (ResFormer: 0.5)
     # --- numerics and speed ---
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # autocast dtype on CUDA
     device: str | None = None  # cpu | cuda | cuda:N | mps; None picks cuda > mps > cpu
@@ -264,7 +270,7 @@ _DEEP: dict[str, Any] = dict(
     lr_decay_iters=10000, eval_batch_size=16,
 )
 _HC = dict(hc_disable=False, hc_num_streams=4)
-_MHC = dict(_HC, mhc=True, sinkhorn_iters=20, sinkhorn_tau=0.05, mhc_h_res_proj="sinkhorn")
+_MHC = dict(_HC, mhc=True, sinkhorn_iters=20, mhc_h_res_proj="sinkhorn")
 _VRES = dict(v_residual=True)
 _CVRES = dict(v_residual=True, v_residual_constrained=True)
 _VARIANTS: dict[str, dict[str, Any]] = {

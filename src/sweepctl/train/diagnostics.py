@@ -1,91 +1,124 @@
-"""Residual-mixing diagnostics for HC/mHC, logged at each eval into metrics.jsonl.
+"""The mHC paper's stability diagnostics of the residual maps a model actually applied.
 
-The mHC paper's stability evidence is the Amax gain of the *composite* residual map: the residual
-stream after L sub-layers is x_L = H_L ... H_2 H_1 x_0 (plus the sub-layer outputs), so the product
-P = H_L ... H_1 says how much the identity path amplifies the signal forward (max absolute row sum
-of P, the infinity norm) and the gradient backward (max absolute column sum, the 1-norm). For
-doubly stochastic H (mHC) both stay 1; for unconstrained HC they can grow or shrink with depth.
+Between sub-layers the residual streams are mixed by H_res (one n x n matrix per token and
+sub-layer: its static part plus the dynamic part computed from that token's state, after the
+Sinkhorn / orthostochastic projection for mHC). The identity path from sub-layer l to the output
+is the composite C_l = H_{L-1} ... H_{l+1} H_l (later sub-layers act on the left). Following the
+mHC paper (arXiv 2512.24880, the "Amax Gain Magnitude" figure), for every l:
+
+    forward gain  = max_i |sum_j C_l[i, j]|   (max absolute row sum: how much the state can grow)
+    backward gain = max_j |sum_i C_l[i, j]|   (max absolute column sum: the same for the gradient)
+
+each as the mean over tokens and the worst token, plus how far the applied maps are from the
+doubly stochastic manifold: max |row sum - 1| and max |column sum - 1| over sub-layers and tokens,
+and the smallest entry (a doubly stochastic map has none below 0).
+For mHC every gain stays ~1 and both errors stay below the projection's tolerance; for HC the
+gains can grow (or shrink) with depth.
 
     python -c "import torch; from sweepctl.train.diagnostics import residual_diagnostics; \
 print(residual_diagnostics(torch.eye(4).expand(12, 4, 4)))"
 
-Pure torch, no I/O: the trainer decides where the dict goes.
+Pure torch, no I/O: the trainer decides which batch is used and where the dict goes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
-# Keys of the dict `residual_diagnostics` returns; the reporter reads these names.
+# Keys of the "diag" record in metrics.jsonl (the reporter reads exactly these names). Index l of
+# each list is the composite from sub-layer l through the last: index 0 is the full depth.
+FWD_MEAN, FWD_MAX = "fwd_gain_mean", "fwd_gain_max"
+BWD_MEAN, BWD_MAX = "bwd_gain_mean", "bwd_gain_max"
+ROW_ERR, COL_ERR = "h_res_row_err", "h_res_col_err"
+MIN_ENTRY = "h_res_min_entry"  # smallest applied entry: < 0 means not a mixture of streams
+N_LAYERS = "n_layers"
+# The full-depth worst-token gains under their older names (= fwd_gain_max[0], bwd_gain_max[0]).
 GAIN_FWD = "composite_gain_fwd"
 GAIN_BWD = "composite_gain_bwd"
-PER_LAYER_KEYS = ("h_res_row_sum_min", "h_res_row_sum_max", "h_res_col_sum_min", "h_res_col_sum_max",
-                  "h_res_min_entry")
+DIAG_KEYS = (FWD_MEAN, FWD_MAX, BWD_MEAN, BWD_MAX, ROW_ERR, COL_ERR, MIN_ENTRY, N_LAYERS, GAIN_FWD, GAIN_BWD)
 
 
 def residual_diagnostics(h_res: torch.Tensor) -> dict[str, float | int | list[float]]:
-    """Stats of the residual mixing matrices of all sub-layers, in forward order.
+    """The paper's gains of the composites of `h_res`, and its distance from doubly stochastic.
 
-    h_res: (L, n, n), or (L, *batch, n, n) for input-dependent (dynamic) maps, e.g. one matrix per
-    token (L, B, T, n, n). With batch dims every statistic is the worst case over the batch: the
-    per-layer ranges span all tokens, and the composite gains are the maximum over tokens of each
-    token's own product (a token's residual path is multiplied through its own maps).
-
-    Returns a flat JSON-able dict: the two composite gains (floats), the number of layers, and per
-    layer (lists of L floats, forward order) the row-sum and column-sum ranges and the minimum
-    entry (negative entries mean the map is not a mixture of streams).
+    h_res: (L, n, n) for token-independent maps, or (L, *batch, n, n) with one map per token,
+    e.g. (L, B, T, n, n), in forward order. Each token is followed through its own maps.
+    Returns the JSON-able dict of `DIAG_KEYS` (lists of L floats, index 0 = full depth).
     """
     if h_res.dim() < 3 or h_res.shape[-1] != h_res.shape[-2]:
         raise ValueError(f"h_res must be (L, [batch...,] n, n), got shape {tuple(h_res.shape)}")
     # float64: a product over ~100 sub-layers accumulates float32 rounding that would read as drift
     with torch.no_grad():
         h = h_res.detach().to(torch.float64)
-        layers = h.shape[0]
-        flat = h.reshape(layers, -1, *h.shape[-2:])  # (L, tokens, n, n)
-        rows = flat.sum(-1)  # (L, tokens, n)
-        cols = flat.sum(-2)  # (L, tokens, n)
-        composite = h[0]
-        for layer in h[1:]:
-            composite = layer @ composite  # later layers act on the left: x_L = H_L ... H_1 x_0
-        gain_fwd = composite.abs().sum(-1).amax()  # max absolute row sum (infinity norm)
-        gain_bwd = composite.abs().sum(-2).amax()  # max absolute column sum (1-norm)
-        return {
-            GAIN_FWD: float(gain_fwd),
-            GAIN_BWD: float(gain_bwd),
-            "h_res_layers": layers,
-            "h_res_row_sum_min": _per_layer(rows.flatten(1).amin(1)),
-            "h_res_row_sum_max": _per_layer(rows.flatten(1).amax(1)),
-            "h_res_col_sum_min": _per_layer(cols.flatten(1).amin(1)),
-            "h_res_col_sum_max": _per_layer(cols.flatten(1).amax(1)),
-            "h_res_min_entry": _per_layer(flat.flatten(1).amin(1)),
-        }
+        layers, n = h.shape[0], h.shape[-1]
+        flat = h.reshape(layers, -1, n, n)  # (L, tokens, n, n)
+        fwd, bwd = [], []
+        composite = None
+        for layer in reversed(flat):  # C_l = C_{l+1} @ H_l, from the last sub-layer down
+            composite = layer if composite is None else composite @ layer
+            fwd.append(composite.sum(-1).abs().amax(-1))  # (tokens,) per token's max |row sum|
+            bwd.append(composite.sum(-2).abs().amax(-1))  # (tokens,) max |column sum|
+        fwd_t, bwd_t = torch.stack(fwd[::-1]), torch.stack(bwd[::-1])  # (L, tokens), index 0 = full depth
+        gains = {FWD_MEAN: fwd_t.mean(1), FWD_MAX: fwd_t.amax(1), BWD_MEAN: bwd_t.mean(1), BWD_MAX: bwd_t.amax(1)}
+        out: dict[str, float | int | list[float]] = {k: _floats(v) for k, v in gains.items()}
+        out[ROW_ERR] = float((flat.sum(-1) - 1).abs().max())
+        out[COL_ERR] = float((flat.sum(-2) - 1).abs().max())
+        out[MIN_ENTRY] = float(flat.min())
+        out[N_LAYERS] = layers
+        out[GAIN_FWD] = out[FWD_MAX][0]  # type: ignore[index]
+        out[GAIN_BWD] = out[BWD_MAX][0]  # type: ignore[index]
+        return out
 
 
-def _per_layer(values: torch.Tensor) -> list[float]:
-    # 6 significant digits: enough to see drift from 1, small enough for a line per eval
-    return [float(f"{v:.6g}") for v in values.tolist()]
+def _floats(values: torch.Tensor) -> list[float]:
+    # 7 significant digits: float32's precision, so a 1e-6 drift from 1 stays visible
+    return [float(f"{v:.7g}") for v in values.tolist()]
 
 
-def static_residual_matrices(connections: Sequence[nn.Module], cfg) -> torch.Tensor | None:
-    """The static residual mixing matrices (L, n, n) of `sweepctl.train.hyper` connections, in
-    forward order, or None for a plain residual (nothing to diagnose).
-
-    HC mixes with its raw static matrix; mHC with the projection of its static logits (the
-    `static_h_res` the model itself uses). Dynamic (per-token) parts are not included: pass the
-    per-token maps to `residual_diagnostics` directly when they are wanted.
-    """
-    from sweepctl.train.hyper import HyperConnection, ManifoldHyperConnection, static_h_res
-
-    mixing = [c for c in connections if isinstance(c, (HyperConnection, ManifoldHyperConnection))]
-    if not mixing:
-        return None
-    with torch.no_grad():
-        if isinstance(mixing[0], ManifoldHyperConnection):
-            return static_h_res(mixing, cfg)
-        return torch.stack([c.static_res.detach().float() for c in mixing])
+@contextmanager
+def capturing_h_res(connections: list[nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
+    """While open, every HC/mHC connection records the H_res its `write` applies (exactly the
+    tensor of the forward, detached): yields one list per connection, in forward order.
+    Connections without residual mixing (plain) record nothing."""
+    lists: list[list[torch.Tensor]] = []
+    mixing = [c for c in connections if hasattr(c, "captured")]
+    for c in mixing:
+        c.captured = []
+        lists.append(c.captured)
+    try:
+        yield lists
+    finally:
+        for c in mixing:
+            c.captured = None
 
 
-__all__ = ["GAIN_BWD", "GAIN_FWD", "PER_LAYER_KEYS", "residual_diagnostics", "static_residual_matrices"]
+@torch.no_grad()
+def applied_h_res(model: nn.Module, idx: torch.Tensor) -> torch.Tensor | None:
+    """(L, B, T, n, n): the H_res each sub-layer of `model` (a `GPT`) applied to each token of
+    idx (B, T) in one eager eval-mode forward, or None for a plain residual. Static maps (one
+    (n, n) per sub-layer) are broadcast to every token."""
+    was_training = model.training
+    model.eval()
+    try:
+        with capturing_h_res(model.connections()) as lists:
+            if not lists:
+                return None
+            model(idx)
+    finally:
+        model.train(was_training)
+    b, t = idx.shape
+    return torch.stack([got[-1].float().expand(b, t, *got[-1].shape[-2:]) for got in lists])
+
+
+def model_diagnostics(model: nn.Module, idx: torch.Tensor) -> dict[str, float | int | list[float]] | None:
+    """`residual_diagnostics` of the maps `model` applies to the tokens idx (B, T); None when plain."""
+    h = applied_h_res(model, idx)
+    return None if h is None else residual_diagnostics(h)
+
+
+__all__ = ["DIAG_KEYS", "GAIN_BWD", "GAIN_FWD", "applied_h_res", "capturing_h_res", "model_diagnostics",
+           "residual_diagnostics"]

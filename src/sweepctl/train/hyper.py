@@ -65,21 +65,48 @@ def _no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def sinkhorn(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
+def sinkhorn(logits: torch.Tensor, iters: int, tau: float, balance: bool = False) -> torch.Tensor:
     """(..., n, n) logits -> doubly stochastic matrices by Sinkhorn-Knopp on exp(logits / tau).
 
     Computed in log space (exp(x / 0.05) overflows float32 once x > 4.4) and in float32. The last
-    step normalises columns, so column sums are exact and row sums converge with `iters`.
+    step normalises columns, so column sums are exact and row sums converge with `iters` — slowly
+    where the matrix is near the identity with tiny off-diagonal entries, which is where training
+    takes it (rows 2e-3 off after 400 steps). With `balance`, `balance_rows` then makes the rows
+    exact too, keeping the columns (see there).
 
-    Under torch.compile it is one opaque op (`sweepctl::sinkhorn`, see `SinkhornOp`) instead of
-    20 unrolled steps in the graph of every sub-layer: its forward and its backward are each
-    compiled once and reused by every call. Eager, it is the plain autograd of `sinkhorn_eager`.
+    Under torch.compile the iteration is one opaque op (`sweepctl::sinkhorn`, see `SinkhornOp`)
+    instead of 20 unrolled steps in the graph of every sub-layer: its forward and its backward
+    are each compiled once and reused by every call. Eager, it is the plain autograd of
+    `sinkhorn_eager`. The balance step is ordinary tensor code either way.
     """
     if torch.compiler.is_compiling() and SinkhornOp.available:
         n = logits.shape[-1]
         flat = logits.float().reshape(-1, n, n).contiguous()  # (M, n, n): all tokens (or sub-layers)
-        return torch.ops.sweepctl.sinkhorn(flat, iters, float(tau))[0].view(logits.shape)
-    return sinkhorn_eager(logits, iters, tau)
+        p = torch.ops.sweepctl.sinkhorn(flat, iters, float(tau))[0].view(logits.shape)
+    else:
+        p = sinkhorn_eager(logits, iters, tau)
+    return balance_rows(p) if balance else p
+
+
+def balance_rows(p: torch.Tensor) -> torch.Tensor:
+    """(..., n, n) p with column sums 1 and row sums r -> p + (1 - r) 1^T / n: rows and columns exact.
+
+    Why both sums hold: each row i gets (1 - r_i) / n in every entry, so it sums to
+    r_i + (1 - r_i) = 1; column j gets sum_i (1 - r_i) / n = (n - sum_i r_i) / n = 0, because
+    sum_i r_i is the sum of all entries, which is the sum of the column sums, n. It is linear in p
+    (smooth: no case split whose side rounding could decide, so float32, float64, eager and
+    compiled get the same gradients), moves p by at most max |1 - r| / n, and is exactly the
+    identity where the projection has already converged (at the init, say). The price: an entry
+    smaller than (r_i - 1) / n goes up to that far below 0, so the result has exact sums but is
+    not always non-negative: bench/manifold.py measured a smallest entry of -7.7e-3 over 300
+    training steps of a tiny mHC. The gains the paper measures (absolute row and column sums of
+    the composite) stay exactly 1 regardless; a non-negative exact projection needs a case split
+    (a kink at r_i = 1 whose side float rounding decides) or many more Sinkhorn steps.
+    """
+    with _no_autocast(p.device):
+        p = p.float()
+        r = p.sum(-1, keepdim=True)  # (..., n, 1) row sums
+        return p + (1 - r) / p.shape[-1]
 
 
 def sinkhorn_eager(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
@@ -333,27 +360,44 @@ def newton_schulz(g: torch.Tensor, schedule: Sequence[tuple[float, float, float]
         return x
 
 
-def orthostochastic(logits: torch.Tensor, schedule: Sequence[tuple[float, float, float]], eps: float
-                    ) -> torch.Tensor:
+# Newton-Schulz's classic cubic step X <- 1.5 X - 0.5 X X^T X: slope 0 at the fixed point, so
+# singular values near 1 converge quadratically (an error e becomes ~1.5 e^2).
+NS_POLISH = (1.5, -0.5, 0.0)
+
+
+def orthostochastic(logits: torch.Tensor, schedule: Sequence[tuple[float, float, float]], eps: float,
+                    polish_steps: int = 0) -> torch.Tensor:
     """(..., n, n) -> orthostochastic matrices: the elementwise square of an orthogonal matrix.
 
     Rows and columns of an orthogonal matrix have unit norm, so its square is doubly stochastic
-    (exactly so only as far as Newton-Schulz has converged) and non-negative by construction.
+    exactly as far as Newton-Schulz has converged, and non-negative by construction. The quintic
+    schedules (the reference's (3, -3.2, 1.2), or NS_COEFFS) push small singular values up fast
+    but leave them oscillating around 1 (slope -0.6 at 1: row sums of 1.005 at init); the
+    `polish_steps` cubic steps after them (NS_POLISH) bring 5e-3 to ~4e-5 in one step and to
+    float32 rounding in two, so the square is on the manifold.
     """
-    return newton_schulz(logits, schedule, eps).square()
+    return newton_schulz(logits, (*schedule, *(NS_POLISH,) * polish_steps), eps).square()
 
 
 def project_h_res(logits: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """The configured H_res projection of (..., n, n) logits."""
     if cfg.mhc_h_res_proj == "orthostochastic":
-        return orthostochastic(logits, cfg.ns_schedule, cfg.ns_eps)
-    return sinkhorn(logits, cfg.sinkhorn_iters, cfg.sinkhorn_tau)
+        p = orthostochastic(logits, cfg.ns_schedule, cfg.ns_eps, cfg.ns_polish_steps)
+        # Newton-Schulz from ill-conditioned logits may stop far from orthogonal (row sums 0.5 off
+        # after training): normalising the columns, then `balance_rows`, puts it on the manifold
+        if not cfg.mhc_h_res_balance:
+            return p
+        return balance_rows(p / p.sum(-2, keepdim=True).clamp(min=1e-12))  # columns exact, then rows
+    return sinkhorn(logits, cfg.sinkhorn_iters, cfg.sinkhorn_tau, cfg.mhc_h_res_balance)
 
 
-def identity_mix(s: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """H_res = (1 - a) I + a S for (..., n, n) S and a of shape (...) — a convex mix of doubly
-    stochastic matrices stays doubly stochastic. a is clamped to [0, 1] so it stays a mix."""
-    a = alpha.float().clamp(0.0, 1.0)[..., None, None]  # (..., 1, 1)
+def identity_mix(s: torch.Tensor, alpha_logit: torch.Tensor) -> torch.Tensor:
+    """H_res = (1 - a) I + a S for (..., n, n) S, with a = sigmoid(alpha_logit) of shape (...).
+
+    A convex mix of doubly stochastic matrices stays doubly stochastic, so a must stay in [0, 1].
+    A sigmoid keeps it there with a gradient everywhere; clamping a free a (as before) made the
+    gradient exactly 0 once a step took it outside, and it could never come back."""
+    a = torch.sigmoid(alpha_logit.float())[..., None, None]  # (..., 1, 1)
     eye = torch.eye(s.shape[-1], device=s.device, dtype=s.dtype)
     return (1.0 - a) * eye + a * s
 
@@ -479,11 +523,13 @@ class HyperConnection(nn.Module):
         n, c = cfg.hc_num_streams, cfg.n_embd
         self.n = n
         self.dynamic = not cfg.hc_static_only
+        self.captured: list[torch.Tensor] | None = None  # H_res applied, while diagnostics capture
         pre = torch.zeros(n)
         pre[index % n] = 1.0
         self.static_pre = nn.Parameter(pre)  # A_m (n,): how much of each stream the sub-layer reads
         self.static_res = nn.Parameter(torch.eye(n))  # A_r^T (n, n): stream mixing, res @ x
         self.static_post = nn.Parameter(torch.ones(n))  # B (n,): how much output each stream gets
+        self.layer_norm = cfg.hc_dynamic_norm == "layer"
         if self.dynamic:
             # per stream: [W_m | W_r | W_beta] -> (1 + n + 1) numbers from that stream's own state
             self.dyn_proj = nn.Parameter(torch.zeros(c, n + 2))
@@ -493,6 +539,8 @@ class HyperConnection(nn.Module):
     def read(self, x: torch.Tensor, maps: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         pre, res, post = self.static_pre, self.static_res, self.static_post  # (n,), (n, n), (n,)
         if self.dynamic:
+            if self.layer_norm:  # LayerNorm without affine: centre each stream first
+                x = x - x.float().mean(-1, keepdim=True)
             d = torch.tanh(normed_projection(x, self.dyn_proj))  # (B, T, n, n + 2), row i from stream i
             pre = pre + self.dyn_gate_alpha * d[..., 0]  # (B, T, n)
             # d[..., i, 1 + j] is stream i's weight into stream j; as res[j, i] so that x' = res @ x
@@ -502,6 +550,8 @@ class HyperConnection(nn.Module):
 
     def write(self, x: torch.Tensor, y: torch.Tensor, ctx: tuple) -> torch.Tensor:
         res, post = ctx
+        if self.captured is not None:
+            self.captured.append(res.detach())
         return mix_and_write(res, x, post, y)
 
 
@@ -530,6 +580,7 @@ class ManifoldHyperConnection(nn.Module):
         self.n = n
         self.cfg = cfg
         self.dynamic = not cfg.hc_static_only
+        self.captured: list[torch.Tensor] | None = None  # H_res applied, while diagnostics capture
         k = index % n
         pre = torch.full((n,), -PRE_INIT_LOGIT)
         pre[k] = PRE_INIT_LOGIT
@@ -543,8 +594,8 @@ class ManifoldHyperConnection(nn.Module):
             self.dyn_proj = nn.Parameter(torch.zeros(n * c, 2 * n + n * n))  # phi: [pre | post | res]
             self.dyn_gate = nn.Parameter(torch.full((3,), DYNAMIC_GATE_INIT))  # alpha_pre, _post, _res
         self.identity_mix = cfg.mhc_residual_identity_mix
-        if self.identity_mix:
-            self.res_alpha = nn.Parameter(torch.tensor(cfg.mhc_residual_alpha))
+        if self.identity_mix:  # a = sigmoid(logit), starting at mhc_residual_alpha
+            self.res_alpha_logit = nn.Parameter(torch.logit(torch.tensor(cfg.mhc_residual_alpha)))
 
     def mappings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(H_pre, H_post, H_res) for streams x (B, T, n, C): (n,), (n,), (n, n) when static, else
@@ -556,7 +607,7 @@ class ManifoldHyperConnection(nn.Module):
             pre = pre + self.dyn_gate[0] * d[..., :n]  # (B, T, n)
             post = post + self.dyn_gate[1] * d[..., n:2 * n]  # (B, T, n)
             res = res + self.dyn_gate[2] * d[..., 2 * n:].unflatten(-1, (n, n))  # (B, T, n, n)
-        return constrain(pre, post, res, self.res_alpha if self.identity_mix else None, self.cfg)
+        return constrain(pre, post, res, self.res_alpha_logit if self.identity_mix else None, self.cfg)
 
     def read(self, x: torch.Tensor, maps: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         h_pre, h_post, h_res = maps if maps is not None else self.mappings(x)
@@ -564,6 +615,8 @@ class ManifoldHyperConnection(nn.Module):
 
     def write(self, x: torch.Tensor, y: torch.Tensor, ctx: tuple) -> torch.Tensor:
         h_res, h_post = ctx
+        if self.captured is not None:
+            self.captured.append(h_res.detach())
         return mix_and_write(h_res, x, h_post, y)
 
 
@@ -593,7 +646,7 @@ def static_mappings(connections: Sequence[nn.Module], cfg: TrainConfig
     pre = torch.stack([c.static_pre for c in connections])  # (L, n)
     post = torch.stack([c.static_post for c in connections])  # (L, n)
     res = torch.stack([c.static_res for c in connections])  # (L, n, n)
-    alpha = torch.stack([c.res_alpha for c in connections]) if cfg.mhc_residual_identity_mix else None  # (L,)
+    alpha = torch.stack([c.res_alpha_logit for c in connections]) if cfg.mhc_residual_identity_mix else None  # (L,)
     return constrain(pre, post, res, alpha, cfg)
 
 

@@ -48,8 +48,11 @@ class CausalSelfAttention(nn.Module):
         self.mix_values = cfg.v_residual and layer > 0
         self.constrained = cfg.v_residual_constrained
         if self.mix_values:
-            # (l1, l2): 0.5 each, as in ResFormer; constrained: logits 0 -> softmax (0.5, 0.5)
-            self.v_lambda = nn.Parameter(torch.zeros(2) if self.constrained else torch.full((2,), 0.5))
+            # (l1, l2) = (1 - w, w) with w = v_residual_init: 0.5 each by default, as in ResFormer;
+            # constrained: the softmax logits (log(1 - w), log w) give the same pair
+            w = cfg.v_residual_init
+            init = torch.tensor([1.0 - w, w])
+            self.v_lambda = nn.Parameter(init.log() if self.constrained else init)
 
     def forward(self, x: torch.Tensor, v1: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.shape

@@ -19,9 +19,10 @@ Files in out_dir (contract_version 1; every JSON written atomically, no secret i
                          tokens, spans: [{shard, path, start, end, windows}], sha256}}; a resume must match it
   metrics.jsonl          {"event": "train", iter, loss, lr, tok_per_s, ms_per_iter, grad_norm, elapsed_s,
                          mem (MB)} per log_interval; {"event": "eval", iter, train, val, best_val} per eval;
-                         {"event": "diag", iter, composite_gain_fwd, ...} per eval for HC/mHC (see
-                         diagnostics.py); {"event": "resume", iter}: later rows supersede a killed
-                         attempt's rows. Every record has tokens = iter * tokens_per_iter
+                         {"event": "diag", iter, tokens, fwd_gain_mean/_max, bwd_gain_mean/_max (L
+                         floats), h_res_row_err, h_res_col_err, n_layers} per eval for HC/mHC, on a
+                         fixed val batch (see diagnostics.py); {"event": "resume", iter}: later rows
+                         supersede a killed attempt's rows. Every record has tokens = iter * tokens_per_iter
   heartbeat.json         ts, iter, max_iters, pid, host, phase; every heartbeat_interval_s from a thread
   ckpt.pt                model, optimizer, scaler, iter_num, every rank's RNG states, config; each eval
                          and on SIGTERM/SIGINT (always_save_checkpoint=False: only when val improved)
@@ -80,7 +81,7 @@ from sweepctl.train.data import (
     shard_manifest,
     train_rng,
 )
-from sweepctl.train.diagnostics import GAIN_FWD, residual_diagnostics, static_residual_matrices
+from sweepctl.train.diagnostics import GAIN_FWD, model_diagnostics
 from sweepctl.train.model import GPT
 from sweepctl.train.rundir import (
     Heartbeat,
@@ -828,7 +829,7 @@ class Run:
                                   "val": finite_or_none(losses["val"]), "best_val": finite_or_none(self.best_val)})
             diag = self._residual_diagnostics()
             if diag is not None:
-                self._append_metrics({"event": "diag", "iter": it, **diag})
+                self._append_metrics({"event": "diag", "iter": it, "tokens": it * self.tokens_per_iter, **diag})
             self._log_wandb_eval(it, losses, diag)
         if save and (improved or self.cfg.always_save_checkpoint):
             if self.heartbeat:
@@ -838,9 +839,12 @@ class Run:
             self.heartbeat.phase = "training"
 
     def _residual_diagnostics(self) -> dict[str, Any] | None:
-        """HC/mHC: stats of the static residual maps and their composite gain (None when plain)."""
-        h_res = static_residual_matrices(self.raw_model.connections(), self.cfg)
-        return residual_diagnostics(h_res) if h_res is not None else None
+        """HC/mHC: the paper's gains of the H_res the model applies to a fixed val batch (None when
+        plain). The batch is the first diag_batch_size windows of the sweep's fixed eval set: the
+        same tokens at every eval and in every run of a sweep."""
+        idx, _ = self._to_device(*self.eval_sets["val"].batch(0, min(self.cfg.diag_batch_size, self.cfg.eval_windows)))
+        with self.autocast:
+            return model_diagnostics(self.raw_model, idx)
 
     def _log_wandb_eval(self, it: int, losses: dict[str, float], diag: dict[str, Any] | None) -> None:
         if self.wandb is None:
