@@ -45,6 +45,7 @@ from sweepctl.hosts import (
 from sweepctl.manifest import LAYOUT_FILE, PLAN_FILE, UPLOAD_DIR, remote_sweep_dir
 from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
 from sweepctl.tmux import SHARD_PREFIX, shard_session
+from sweepctl.train.contract import write_json_atomic
 
 if TYPE_CHECKING:  # annotations only: the transport is imported when a connection opens
     from sweepctl.transport import Result, Transport
@@ -251,7 +252,7 @@ class _RemoteLaunch:
 
     def _put_layout(self, host: str, t: Transport) -> None:
         local = self._local_dir(host)
-        (local / LAYOUT_FILE).write_text(json.dumps(self.layout, indent=2) + "\n")
+        write_json_atomic(local / LAYOUT_FILE, self.layout)
         t.put(local / LAYOUT_FILE, f"{_upload_dir(self.out_roots[host], self.sweep.name)}/{LAYOUT_FILE}")
 
     def _upload(self, host: str, t: Transport, directory: str) -> str:
