@@ -120,6 +120,22 @@ def test_rows_are_submitted_longest_first_as_dynamic_runners_claim(workspace: Wo
     assert [r.run_id for r in driver.rows_to_run()] == ["long", "mid", "mid2", "short"]
 
 
+def test_the_driver_lets_a_cancel_marker_decide_as_a_shard_runner_does(workspace: Workspace, ray_address: str) -> None:
+    """The driver is not told --include-cancelled: a marked row is skipped; a cancelled row whose
+    marker launch --include-cancelled (or rerun) moved aside is submitted again."""
+    ws = workspace
+    csv = ws.csv([("kept", ""), ("withdrawn", "")])
+    for run_id in ("kept", "withdrawn"):
+        runs.write_json_atomic(ws.run_dir(run_id) / runs.SUMMARY,
+                               {"ok": False, "status": "cancelled", "error_class": "cancelled"})
+        runs.write_json_atomic(ws.run_dir(run_id) / runs.CANCEL, {"run_id": run_id})
+    runs.backup(ws.run_dir("withdrawn"), [runs.CANCEL])
+    driver, _ = driver_for(ws, csv, ray_address, "t-cancel")
+    assert [r.run_id for r in driver.rows_to_run()] == ["withdrawn"]
+    assert [(r.run_id, r.result, r.detail) for r in driver.results] == [
+        ("kept", "skipped", "cancelled (sweepctl cancel)")]
+
+
 def test_every_row_runs_once_and_overlapping_rows_get_distinct_gpus(workspace: Workspace, ray_address: str) -> None:
     ws = workspace
     ids = [f"row{i}" for i in range(4)]
