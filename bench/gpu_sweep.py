@@ -36,8 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from sweepctl import runs  # noqa: E402
 from sweepctl.demo import corpus_files  # noqa: E402
+from sweepctl.train import contract  # noqa: E402
 
 SWEEP = "gpucheck"
 ROWS = (("base", "plain residual"), ("mhc", "mHC, SIGTERMed mid-run, resumed"), ("hc", "hyper-connections"))
@@ -101,7 +101,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
     try:
-        lines = (run_dir / runs.METRICS).read_text().splitlines()
+        lines = (run_dir / contract.METRICS).read_text().splitlines()
     except OSError:
         return []
     return [json.loads(line) for line in lines if line.strip()]
@@ -163,12 +163,12 @@ def launch_direct(csv_file: Path, out_root: Path, data_dir: Path, *, retry_faile
 
 def check_summary(c: Checks, run_dir: Path, *, device: str, max_iters: int) -> None:
     """Each summary against the run's own metrics and effective config: the figures a report trusts."""
-    s = read_json(run_dir / runs.SUMMARY) or {}
-    cfg = read_json(run_dir / runs.CONFIG_EFFECTIVE) or {}
+    s = read_json(run_dir / contract.SUMMARY) or {}
+    cfg = read_json(run_dir / contract.CONFIG_EFFECTIVE) or {}
     rows = metrics_rows(run_dir)
     evals = [r for r in rows if "val" in r and "iter" in r]
     name = run_dir.name
-    missing = [f for f in runs.COMPLETE_FILES if not (run_dir / f).is_file()]
+    missing = [f for f in contract.COMPLETE_FILES if not (run_dir / f).is_file()]
     c.add(f"{name}: every contract file present", not missing, f"missing {missing}" if missing else "")
     c.add(f"{name}: summary completed at max_iters", s.get("status") == "completed" and s.get("ok") is True
           and s.get("iter_num") == max_iters, f"status {s.get('status')}, iter {s.get('iter_num')}/{max_iters}")
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
         killed = out_root / KILLED
-        beat = wait_until(lambda: (b := read_json(killed / runs.HEARTBEAT)) and
+        beat = wait_until(lambda: (b := read_json(killed / contract.HEARTBEAT)) and
                           b.get("iter", 0) >= size["max_iters"] // 4 and b, max(1.0, t_end - time.monotonic()))
         r = sweepctl("status", "--out-root", str(out_root), "--sweep", SWEEP, env=env)
         smi = shutil.which("nvidia-smi")
@@ -259,11 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         c.add(f"SIGTERM {KILLED} mid-run", True, f"trainer pid {beat['pid']} at iter {beat['iter']}")
 
         first = wait_until(lambda: settled(env, out_root), max(1.0, t_end - time.monotonic()), every=1.0)
-        stopped = read_json(killed / runs.SUMMARY) or {}
+        stopped = read_json(killed / contract.SUMMARY) or {}
         c.add("first pass: the killed run says interrupted, with a checkpoint",
-              bool(first) and stopped.get("status") == "interrupted" and (killed / runs.CHECKPOINT).is_file(),
+              bool(first) and stopped.get("status") == "interrupted" and (killed / contract.CHECKPOINT).is_file(),
               f"summary {stopped.get('status')} at iter {stopped.get('iter_num')}: {stopped.get('error')}")
-        others = {rid: (read_json(out_root / rid / runs.SUMMARY) or {}).get("status")
+        others = {rid: (read_json(out_root / rid / contract.SUMMARY) or {}).get("status")
                   for rid in (f"{SWEEP}-base-s1", f"{SWEEP}-hc-s1")}
         c.add("first pass: the runner went on to the other rows", set(others.values()) == {"completed"}, f"{others}")
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             r = sweepctl("launch", *common, "--retry-failed", env=env)
             c.add("launch --retry-failed", r.returncode == 0, f"exit {r.returncode}")
         final = wait_until(lambda: settled(env, out_root), max(1.0, t_end - time.monotonic()), every=1.0)
-        resumed = read_json(killed / runs.SUMMARY) or {}
+        resumed = read_json(killed / contract.SUMMARY) or {}
         events = [row for row in metrics_rows(killed) if row.get("event") == "resume"]
         c.add(f"{KILLED}: resumed from its checkpoint, not from scratch",
               resumed.get("resumed_from_iter") is not None and resumed.get("resumed_from_iter") == stopped.get("iter_num")
