@@ -275,7 +275,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             r = sweepctl("launch", *common, "--retry-failed", env=env)
             c.add("launch --retry-failed", r.returncode == 0, f"exit {r.returncode}")
-        final = wait_until(lambda: settled(env, out_root), max(1.0, t_end - time.monotonic()), every=1.0)
+        if no_tmux:  # the runner's exit is the end of the retry
+            for proc in procs:
+                proc.wait(timeout=max(1.0, t_end - time.monotonic()))
+
+        def retried() -> dict[str, Any] | None:
+            # Settled alone is true at once, before the new runner has taken the row back up:
+            # wait until the interrupted summary is gone (moved aside, then replaced).
+            again = (read_json(killed / contract.SUMMARY) or {}).get("status") != "interrupted"
+            return settled(env, out_root) if again else None
+
+        final = wait_until(retried, max(1.0, t_end - time.monotonic()), every=1.0)
         resumed = read_json(killed / contract.SUMMARY) or {}
         events = [row for row in metrics_rows(killed) if row.get("event") == "resume"]
         c.add(f"{KILLED}: resumed from its checkpoint, not from scratch",
