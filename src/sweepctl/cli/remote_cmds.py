@@ -142,17 +142,8 @@ def stop(pods: Pods, args: list[str], *, shard: int | None, as_json: bool) -> No
         raise SweepctlError("--shard with several hosts is ambiguous: every pod has its own sweep-0, sweep-1, ...",
                             hint="pass the one --host that runs the shard, or --all")
     answers = pods.each(lambda h, t: pods.sweepctl_json(t, ["stop", *args, "--json"]))
-    if as_json:
-        out = answers[0].value if pods.single else {a.host: a.value if a.error is None else {"error": str(a.error)}
-                                                     for a in answers}
-        if out is not None:
-            typer.echo(json.dumps(out, indent=2))
-    else:
-        for a in answers:
-            if a.value is not None:
-                run_views.render_stop(a.value, prefix="" if pods.single else f"{a.host}: ")
-            elif not pods.single:
-                console.print(f"{a.host}: {a.describe()}", style="red", markup=False, highlight=False)
+    remote_opts.show_answers(pods, answers, as_json=as_json,
+                             render=lambda value, prefix: run_views.render_stop(value, prefix=prefix))
     remote_opts.raise_if_failed(answers)
 
 

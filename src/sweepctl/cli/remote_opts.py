@@ -143,6 +143,26 @@ def parse_json(transport: Transport, args: list[str], text: str) -> Any:
                           hint=f"run `sweepctl bootstrap --host {transport.host}` to install this version") from None
 
 
+def show_answers(pods: Pods, answers: list[Answer[Any]], *, as_json: bool,
+                 render: Callable[[Any, str], None]) -> None:
+    """Every pod's answer: as JSON (one pod's value, or {host: value or {"error"}}), or each value
+    rendered with a `host: ` prefix when there are several, and a pod that did not answer in red.
+    The failures are raised afterwards, by raise_if_failed."""
+    if as_json:
+        out = answers[0].value if pods.single else {a.host: a.value if a.error is None else {"error": str(a.error)}
+                                                     for a in answers}
+        if out is not None:
+            typer.echo(json.dumps(out, indent=2))
+        return
+    from sweepctl.console import console
+
+    for a in answers:
+        if a.value is not None:
+            render(a.value, "" if pods.single else f"{a.host}: ")
+        elif not pods.single:
+            console.print(f"{a.host}: {a.describe()}", style="red", markup=False, highlight=False)
+
+
 def raise_if_failed(answers: list[Answer[Any]]) -> None:
     """After the answers were shown: one host's error as it is (it names the host and keeps its
     exit code), or one line listing every host that failed."""

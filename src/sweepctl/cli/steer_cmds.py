@@ -88,17 +88,8 @@ def _remote(pods: remote_opts.Pods, command: str, rows: list[str], *, as_json: b
     if not pods.single:  # each pod holds its part of the rows; the patterns are checked against them all
         args.append("--unmatched-ok")
     answers = pods.each(lambda h, t: pods.sweepctl_json(t, args))
-    if as_json:
-        out = answers[0].value if pods.single else {a.host: a.value if a.error is None else {"error": str(a.error)}
-                                                     for a in answers}
-        if out is not None:
-            typer.echo(json.dumps(out, indent=2))
-    else:
-        for a in answers:
-            if a.value is not None:
-                _show(a.value, as_json=False, prefix="" if pods.single else f"{a.host}: ")
-            elif not pods.single:
-                console.print(f"{a.host}: {a.describe()}", style="red", markup=False, highlight=False)
+    remote_opts.show_answers(pods, answers, as_json=as_json,
+                             render=lambda value, prefix: _show(value, as_json=False, prefix=prefix))
     remote_opts.raise_if_failed(answers)
     seen = [s["run_id"] for a in answers for s in a.value or []]
     unmatched = [p for p in rows if not any(fnmatch.fnmatchcase(i, p) for i in seen)]
