@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sweepctl.runs import create_once
+
 TIMEOUT_S = 10.0  # one POST; a webhook answers in well under a second
 RETRY_DELAYS_S = (1.0, 4.0, 15.0)  # after the first try: a flapping network, a 429 from the service
 
@@ -57,13 +59,8 @@ class Notifier:
 
     def send_once(self, marker_dir: Path, event: str, text: str) -> bool:
         """Queue `text` unless this event was sent already (by anyone); True when queued here."""
-        marker_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(marker_dir / event, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        if not create_once(marker_dir / event, {"ts": time.time(), "pid": os.getpid(), "text": text}):
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump({"ts": time.time(), "pid": os.getpid(), "text": text}, f)
         thread = threading.Thread(target=self._deliver, args=(text,), daemon=True, name=f"notify-{event}")
         thread.start()
         self.threads.append(thread)

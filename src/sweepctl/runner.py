@@ -96,14 +96,8 @@ class Outcome:
 
 def claim(claims_dir: Path, run_id: str, shard: int | None) -> bool:
     """Atomically claim a row; True for exactly one caller per (claims_dir, run_id)."""
-    claims_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(claims_dir / run_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        json.dump({"shard": shard, "pid": os.getpid(), "host": runs.HOST, "ts": time.time()}, f)
-    return True
+    return runs.create_once(claims_dir / run_id,
+                            {"shard": shard, "pid": os.getpid(), "host": runs.HOST, "ts": time.time()})
 
 
 def cancel_requested(planned: PlannedRun) -> bool:

@@ -228,6 +228,19 @@ def pid_alive(pid: int) -> bool:
 
 # --- reading -------------------------------------------------------------------------------------
 
+def create_once(path: Path, record: dict[str, Any]) -> bool:
+    """Create `path` holding `record`, unless it exists: True for exactly one caller across
+    processes (O_EXCL), which is what makes a claim or a sent notification happen once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    return True
+
+
 def read_json(path: str | Path) -> dict[str, Any] | None:
     """A JSON object, or None when absent or unreadable (a half-written file from a foreign writer)."""
     try:
