@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from sweepctl import runs
-from sweepctl.plan import Plan, PlannedRun, ShardPlan
 from sweepctl.runner import RunnerOptions, ShardRunner
+from sweepctl.state import runs
+from sweepctl.sweep.plan import Plan, PlannedRun, ShardPlan
 from sweepctl.train.config import TrainConfig
 
 

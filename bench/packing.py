@@ -46,7 +46,7 @@ ESTIMATES = ROOT / "src" / "sweepctl" / "assets" / "memory_estimates.json"
 def write_data(folder: Path, vocab: int, tokens: int) -> Path:
     import numpy as np
 
-    from sweepctl.data import write_shard
+    from sweepctl.pod.data import write_shard
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -189,7 +189,7 @@ def main() -> int:
             first, second = compile_twice(preset, work, data, args)
             print(f"{preset:<8}  {first:>14}  {second:>14}")
     if args.write_estimates:
-        from sweepctl.slots import memory_key
+        from sweepctl.state.slots import memory_key
 
         table = json.loads(ESTIMATES.read_text())
         for r in results:

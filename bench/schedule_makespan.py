@@ -12,11 +12,11 @@ Policies:
   static   row i goes to worker i % N, which runs its rows in order (`launch --schedule static`);
   dynamic  a free worker claims the next unclaimed row in CSV order (the runner before LPT);
   LPT      a free worker claims the longest unclaimed row, ties in CSV order: what
-           `launch --schedule dynamic` does now (`sweepctl.plan.claim_order`, here on run lengths).
+           `launch --schedule dynamic` does now (`sweepctl.sweep.plan.claim_order`, here on run lengths).
 
 `--real` starts N processes: static workers walk their rows, dynamic and LPT workers claim rows
 with `sweepctl.runner.claimed_rows` (the O_CREAT|O_EXCL claim files the shard runner uses) in CSV
-order or in `sweepctl.plan.longest_first` order, and sleep length x unit seconds per row as a
+order or in `sweepctl.sweep.plan.longest_first` order, and sleep length x unit seconds per row as a
 stand-in trainer; makespan is wall time / unit. Without it, the same policies are simulated
 exactly. Either way the table shows makespan next to the lower bound max(longest run, total / N).
 
@@ -79,7 +79,7 @@ def simulate_static(lengths: list[float], workers: int) -> float:
 
 
 def lpt_order(lengths: list[float]) -> list[int]:
-    from sweepctl.plan import longest_first  # the order the shard runners claim in
+    from sweepctl.sweep.plan import longest_first  # the order the shard runners claim in
 
     return longest_first(lengths)
 
@@ -111,8 +111,6 @@ def _worker(schedule: str, worker: int, workers: int, lengths: list[float], unit
 
 def measure(schedule: str, lengths: list[float], workers: int, unit: float) -> float:
     # imported once here, inherited by the forked workers
-    import sweepctl.plan
-    import sweepctl.runner  # noqa: F401
 
     ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
     ready = ctx.Barrier(workers + 1)

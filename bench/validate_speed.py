@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sweepctl.spec import read_sweep
+from sweepctl.sweep.spec import read_sweep
 
 VARIANTS = [
     ("config/mhc.py", "mhc_h_res_proj='orthostochastic' ns_coeffs=NS_COEFFS ns_steps=len(NS_COEFFS)"),

@@ -20,7 +20,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def shard_bytes(tokens: list[int]) -> bytes:
-    """A shard in the modded-nanogpt format, written independently of sweepctl.data."""
+    """A shard in the modded-nanogpt format, written independently of sweepctl.pod.data."""
     header = struct.pack("<3i", 20240520, 1, len(tokens)) + b"\0" * (256 * 4 - 12)
     return header + struct.pack(f"<{len(tokens)}H", *tokens)
 

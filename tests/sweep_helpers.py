@@ -54,7 +54,7 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 60.0, what: str
 
 def panes(socket: str) -> str:
     """Every sweep session's pane text, to explain a test that timed out."""
-    from sweepctl.tmux import Tmux
+    from sweepctl.pod.tmux import Tmux
 
     t = Tmux(socket)
     return "\n".join(f"--- {s.name} (alive={s.alive})\n" + "\n".join(t.capture(s.name, 60)) for s in t.sessions())
@@ -100,7 +100,7 @@ def _pane_pids(socket: str) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
-    from sweepctl.runs import pid_alive
+    from sweepctl.state.runs import pid_alive
 
     return pid_alive(pid)
 
@@ -118,7 +118,7 @@ def write_tiny_data(data_dir: Path, tokens: int = 4096, seed: int = 0) -> Path:
     """One train and one val shard of random token ids below 256 (the tiny vocab)."""
     import numpy as np
 
-    from sweepctl.data import write_shard
+    from sweepctl.pod.data import write_shard
 
     data_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -149,7 +149,7 @@ class Workspace:
 
     def reap(self) -> None:
         """SIGKILL any trainer or runner the runs recorded that is still alive (ours, by pid)."""
-        from sweepctl.runs import OWNER, read_json
+        from sweepctl.state.runs import OWNER, read_json
 
         for owner_file in self.out_root.glob(f"*/{OWNER}"):
             owner = read_json(owner_file) or {}

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from sweep_helpers import Workspace, wait_until
-from sweepctl import backends, control, manifest
+from sweepctl import backends, control
 from sweepctl.errors import SweepctlError
 from sweepctl.launch import LaunchOptions, prepare
+from sweepctl.pod.tmux import Tmux
 from sweepctl.settings import load_settings
-from sweepctl.tmux import Tmux
+from sweepctl.state import manifest
 
 pytest_plugins = ["sweep_fixtures"]
 

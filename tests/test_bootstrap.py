@@ -11,16 +11,16 @@ import pytest
 
 from cli import run_cli
 from hub_server import FakeHub, shard_bytes
-from sweepctl.bootstrap import (
+from sweepctl.pod.bootstrap import (
     ensure_shell_env,
     ensure_tools,
     gpu_check,
     wandb_check,
     write_project_file,
 )
-from sweepctl.data import FINEWEB_REPO, fineweb_file_names
-from sweepctl.gpus import query_gpus
-from sweepctl.python_env import torch_check
+from sweepctl.pod.data import FINEWEB_REPO, fineweb_file_names
+from sweepctl.pod.gpus import query_gpus
+from sweepctl.pod.python_env import torch_check
 
 try:
     import tomllib

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sweepctl.sshkeys import default_ssh_dir, ensure_ssh, materialize_ssh_dir, merge_known_hosts
+from sweepctl.pod.sshkeys import default_ssh_dir, ensure_ssh, materialize_ssh_dir, merge_known_hosts
 
 PROVIDER_KEYS = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIProvider provider@injected\n"
 VOLUME_KEYS = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIVolume stale@volume\n"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from sweepctl import __version__
-from sweepctl.bootstrap import bootstrap_remote
-from sweepctl.python_env import WHEEL_MARKER, _installed_version, build_wheel, ensure_venv
+from sweepctl.pod.bootstrap import bootstrap_remote
+from sweepctl.pod.python_env import WHEEL_MARKER, _installed_version, build_wheel, ensure_venv
 
 pytestmark = pytest.mark.slow
 

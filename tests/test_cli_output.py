@@ -323,9 +323,9 @@ def test_an_empty_status_says_where_runs_are_and_how_to_point_at_them(
 
 
 def test_logs_follow_says_what_it_waits_for_then_prints_the_log(here: Path) -> None:
-    from sweepctl import manifest
-    from sweepctl.plan import make_plan
-    from sweepctl.spec import read_sweep
+    from sweepctl.state import manifest
+    from sweepctl.sweep.plan import make_plan
+    from sweepctl.sweep.spec import read_sweep
 
     out = here / "o"
     csv = here / "r.csv"  # a launched sweep plans r1-s1: -f waits for it (a run no sweep knows is refused)

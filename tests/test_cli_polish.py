@@ -17,7 +17,7 @@ import pytest
 
 from cli import run_cli
 from sweep_helpers import Workspace
-from sweepctl import runs
+from sweepctl.state import runs
 
 pytest_plugins = ["sweep_fixtures"]
 
@@ -129,12 +129,12 @@ def test_an_unreachable_host_exits_3(tmp_path: Path) -> None:
 def test_an_explicit_exit_code_from_a_command_reaches_the_shell(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Ctrl-C while a command runs: Typer turns it into exit 130, which must not become 0."""
-    import sweepctl.spec
+    import sweepctl.sweep.spec
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweepctl.spec, "read_sweep", interrupted)
+    monkeypatch.setattr(sweepctl.sweep.spec, "read_sweep", interrupted)
     assert run_cli(capsys, "validate", str(bad_csv(tmp_path))).code == 130
 
 
@@ -143,12 +143,12 @@ def test_an_explicit_exit_code_from_a_command_reaches_the_shell(
 
 def test_an_unexpected_exception_is_one_line_with_a_hint_and_debug_shows_it(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import sweepctl.spec
+    import sweepctl.sweep.spec
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(sweepctl.spec, "read_sweep", broken)
+    monkeypatch.setattr(sweepctl.sweep.spec, "read_sweep", broken)
     csv = str(bad_csv(tmp_path))
     r = run_cli(capsys, "validate", csv)
     assert r.code == 1

@@ -10,8 +10,8 @@ import pytest
 
 from cli import run_cli
 from hub_server import FakeHub, shard_bytes
-from sweepctl.data import FINEWEB_REPO, fineweb_download, fineweb_file_names
 from sweepctl.errors import RemoteError, SweepctlError
+from sweepctl.pod.data import FINEWEB_REPO, fineweb_download, fineweb_file_names
 
 FILES = {name: shard_bytes(list(range(i * 7, i * 7 + 5 + i))) for i, name in enumerate(fineweb_file_names(3))}
 

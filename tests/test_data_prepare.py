@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from cli import run_cli
-from sweepctl.data import prepare_text, verify_shard
 from sweepctl.errors import SweepctlError
-from sweepctl.tokenizer import gpt2_encoding
+from sweepctl.pod.data import prepare_text, verify_shard
+from sweepctl.pod.tokenizer import gpt2_encoding
 
 
 def read_tokens(path):

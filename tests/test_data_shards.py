@@ -7,7 +7,14 @@ import struct
 import pytest
 
 from hub_server import shard_bytes
-from sweepctl.data import ShardError, is_network_fs, mount_fstype, shard_problem, verify_shard, write_shard
+from sweepctl.pod.data import (
+    ShardError,
+    is_network_fs,
+    mount_fstype,
+    shard_problem,
+    verify_shard,
+    write_shard,
+)
 
 
 def test_valid_shard_reports_its_token_count(tmp_path):
@@ -75,7 +82,7 @@ def test_network_filesystems(fstype, network):
 
 
 def test_header_constants_agree_with_the_trainer_reader(tmp_path):
-    from sweepctl import data
+    from sweepctl.pod import data
     from sweepctl.train import data as train_data
 
     assert (data.SHARD_MAGIC, data.SHARD_VERSION, data.HEADER_BYTES) == (

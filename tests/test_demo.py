@@ -15,11 +15,12 @@ import pytest
 
 from cli import run_cli
 from sweep_helpers import FakeGpus, Workspace
-from sweepctl import demo, runs
-from sweepctl.data import verify_shard
+from sweepctl import demo
 from sweepctl.errors import RefusedError, SweepctlError
-from sweepctl.spec import read_sweep
-from sweepctl.tmux import Tmux
+from sweepctl.pod.data import verify_shard
+from sweepctl.pod.tmux import Tmux
+from sweepctl.state import runs
+from sweepctl.sweep.spec import read_sweep
 
 pytest_plugins = ["sweep_fixtures"]
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from sweep_helpers import TINY, tiny, write_tiny_data
-from sweepctl import manifest, runs, status
-from sweepctl.eta import tokens_of
-from sweepctl.plan import make_plan, run_cost
-from sweepctl.spec import read_sweep
+from sweepctl.state import manifest, runs
+from sweepctl.sweep.plan import make_plan, run_cost
+from sweepctl.sweep.spec import read_sweep
+from sweepctl.views import status
+from sweepctl.views.eta import tokens_of
 
 SHAPE_A = "base L1 C32 H2 B4x32 V256 float32"
 SHAPE_B = "base L2 C32 H2 B4x32 V256 float32"
@@ -88,7 +89,7 @@ def test_status_gives_gpu_hours_eta_and_cost_from_observed_throughput(sweep: tup
 
 
 def test_a_packed_attempt_counts_its_share_of_the_gpu() -> None:
-    from sweepctl.eta import attempt_gpu_hours
+    from sweepctl.views.eta import attempt_gpu_hours
 
     summary = {"elapsed_s": 3600.0}
     packed = {"slot": {"slot": 1, "runs_per_gpu": 4, "alone": False}}
@@ -123,7 +124,7 @@ def test_nothing_observed_means_no_estimate_and_says_so(tmp_path: Path) -> None:
 
 def test_report_gives_gpu_hours_per_run_and_per_group(sweep: tuple[Path, object],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from sweepctl import report
+    from sweepctl.views import report
 
     out, _ = sweep
     data = report.collect(out, sweep="eta")
@@ -143,8 +144,8 @@ def test_report_gives_gpu_hours_per_run_and_per_group(sweep: tuple[Path, object]
 
 
 def test_a_running_packed_run_counts_its_progress_its_share_and_its_slot(tmp_path: Path) -> None:
-    from sweepctl.eta import estimate
-    from sweepctl.runs import RunView
+    from sweepctl.state.runs import RunView
+    from sweepctl.views.eta import estimate
 
     csv = tmp_path / "p.csv"
     csv.write_text("run_id,config,seed,overrides,notes\n" + "".join(f'r{i},base,{i},"{TINY}",\n' for i in range(3)))

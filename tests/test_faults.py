@@ -23,8 +23,9 @@ import pytest
 
 from cli import run_cli
 from sweep_helpers import Workspace, kill_tmux_server, panes, wait_until
-from sweepctl import runs, status
 from sweepctl.runner import RunnerOptions, ShardRunner
+from sweepctl.state import runs
+from sweepctl.views import status
 from test_runner import FAKE_TRAINER, make_plan, run_shard
 from volumes import fill, free_bytes, read_only_bind, small_tmpfs
 
@@ -134,7 +135,7 @@ def test_a_full_volume_fails_the_row_not_the_shard_and_retry_failed_resumes_from
         last_good = torch.load(big / runs.CHECKPOINT, weights_only=False)["iter_num"]
         assert last_good >= 10
         filler.unlink()
-        from sweepctl.tmux import Tmux
+        from sweepctl.pod.tmux import Tmux
 
         # its last line is written just before it exits: a relaunch while the pane lives is refused
         wait_for(lambda: not ((s := Tmux(os.environ["SWEEPCTL_TMUX_SOCKET"]).session("sweep-0")) and s.alive),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sweep_helpers import FakeGpus, gpu_row
-from sweepctl import gpus
-from sweepctl.gpus import Gpu, least_busy, parse_query, query_gpus
+from sweepctl.pod import gpus
+from sweepctl.pod.gpus import Gpu, least_busy, parse_query, query_gpus
 
 pytest_plugins = ["sweep_fixtures"]
 

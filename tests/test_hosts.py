@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sweepctl.errors import RefusedError, SweepctlError
-from sweepctl.hosts import (
+from sweepctl.sweep.hosts import (
     HostAnswer,
     PodRecord,
     check_forget,
@@ -22,8 +22,8 @@ from sweepctl.hosts import (
     split_rows,
     subset_csv,
 )
-from sweepctl.plan import make_plan
-from sweepctl.spec import read_sweep
+from sweepctl.sweep.plan import make_plan
+from sweepctl.sweep.spec import read_sweep
 
 
 def test_parse_host_takes_an_optional_shard_count_after_equals() -> None:
@@ -105,7 +105,7 @@ def _model(out_root: str, run_ids: list[str], state: str = "ok") -> dict:
 def test_merged_status_has_a_host_column_and_names_the_host_that_did_not_answer() -> None:
     from rich.console import Console
 
-    from sweepctl.status import render
+    from sweepctl.views.status import render
 
     on_b = _model("/out/b", ["r1"])
     on_b["sessions"][0]["devices"] = "3"  # b's sweep-0 is pinned elsewhere than a's sweep-0
@@ -133,7 +133,7 @@ def test_merged_status_has_a_host_column_and_names_the_host_that_did_not_answer(
 def test_one_host_renders_exactly_as_on_the_pod() -> None:
     from rich.console import Console
 
-    from sweepctl.status import render
+    from sweepctl.views.status import render
 
     def text(model: dict) -> str:
         console = Console(width=200, record=True)

@@ -14,9 +14,10 @@ import pytest
 
 from cli import run_cli
 from sweep_helpers import Workspace, panes, wait_until
-from sweepctl import runs, status
-from sweepctl.tmux import Tmux
+from sweepctl.pod.tmux import Tmux
+from sweepctl.state import runs
 from sweepctl.train import contract
+from sweepctl.views import status
 
 pytest_plugins = ["sweep_fixtures"]
 

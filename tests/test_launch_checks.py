@@ -13,11 +13,11 @@ import pytest
 
 from cli import run_cli
 from sweep_helpers import Workspace, wait_until
-from sweepctl import runs
-from sweepctl.hosts import layout_json, place, subset_csv
 from sweepctl.launch import LaunchOptions, prepare, write_manifest
+from sweepctl.pod.tmux import Tmux
 from sweepctl.settings import load_settings
-from sweepctl.tmux import Tmux
+from sweepctl.state import runs
+from sweepctl.sweep.hosts import layout_json, place, subset_csv
 from test_runs import LockHolder, dead_pid
 
 pytest_plugins = ["sweep_fixtures"]

@@ -16,11 +16,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sweepctl"
 # library -> the only place (a module, or a package ending in /) allowed to import it
 OWNERS = {
     "paramiko": "transport/",
-    "libtmux": "tmux.py",
-    "huggingface_hub": "data.py",
-    "tiktoken": "tokenizer.py",
-    "ray": "ray_backend.py",
-    "matplotlib": "plots.py",
+    "libtmux": "pod/tmux.py",
+    "huggingface_hub": "pod/data.py",
+    "tiktoken": "pod/tokenizer.py",
+    "ray": "backends/ray_backend.py",
+    "matplotlib": "views/plots.py",
     "pydantic_settings": "settings.py",
     "typer": "cli/",
 }
@@ -75,7 +75,7 @@ def test_the_run_contract_is_standard_library_only():
 
 
 def test_importing_the_contract_does_not_import_torch():
-    code = ("import sys, sweepctl.runs, sweepctl.train.contract; "
+    code = ("import sys, sweepctl.state.runs, sweepctl.train.contract; "
             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout == "[]\n"
@@ -86,11 +86,11 @@ SPELLED_BY = {
     **{name: "train/contract.py" for name in ("stdout.log", "command.sh", "run_metadata.json", "config_effective.json",
                                               "dataset_manifest.json", "metrics.jsonl", "heartbeat.json", "ckpt.pt",
                                               "summary.json", "runner.json", ".sweepctl.lock", "cancel.json")},
-    **{name: "manifest.py" for name in (".sweeps", "plan.json", "launch.json", "launches.jsonl", "hosts.json",
+    **{name: "state/manifest.py" for name in (".sweeps", "plan.json", "launch.json", "launches.jsonl", "hosts.json",
                                           ".plan.lock")},
 }
-SESSION_PREFIXES = ("sweep-", "rerun-")  # tmux.py: shard_session, rerun_session
-NOT_A_SESSION = {("ray_backend.py", "rerun-")}  # the launch id of a Ray rerun, kept in its driver's state
+SESSION_PREFIXES = ("sweep-", "rerun-")  # pod/tmux.py: shard_session, rerun_session
+NOT_A_SESSION = {("backends/ray_backend.py", "rerun-")}  # the launch id of a Ray rerun, kept in its driver's state
 
 
 def string_constants() -> list[tuple[str, int, str]]:
@@ -112,7 +112,7 @@ def string_constants() -> list[tuple[str, int, str]]:
 def test_file_and_session_names_are_spelled_in_one_place():
     strays = [f"{rel}:{line} {text!r}" for rel, line, text in string_constants()
               if (text in SPELLED_BY and rel != SPELLED_BY[text])
-              or (text.startswith(SESSION_PREFIXES) and rel != "tmux.py" and (rel, text) not in NOT_A_SESSION)]
+              or (text.startswith(SESSION_PREFIXES) and rel != "pod/tmux.py" and (rel, text) not in NOT_A_SESSION)]
     assert not strays
 
 
@@ -190,7 +190,8 @@ def test_no_private_name_is_imported_from_another_module():
     assert not strays
 
 
-@pytest.mark.parametrize("reader", ["status.py", "control.py", "report.py", "runner.py", "manifest.py", "runtable.py"])
+@pytest.mark.parametrize("reader", ["views/status.py", "control.py", "views/report.py", "runner.py", "state/manifest.py",
+                                    "state/runtable.py"])
 def test_what_reads_a_launched_sweep_does_not_import_launch(reader):
     """The manifest and the run table have homes of their own: reading a sweep back, or deciding a
     row, never needs the module that launches one."""
@@ -200,4 +201,46 @@ def test_what_reads_a_launched_sweep_does_not_import_launch(reader):
                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                if isinstance(node, ast.ImportFrom) and node.module == "sweepctl"
                and any(a.name == "launch" for a in node.names)]
+    assert not strays
+
+
+# The stages, in the order data flows (docs/architecture.md draws them): each may import the
+# stages named here, the foundations and the trainer, and nothing else. cli/ may import anything;
+# nothing imports cli/ (test_only_the_entry_point_imports_the_command_line).
+FOUNDATIONS = {"sweepctl", "errors", "settings", "console", "transport", "remote", "train"}
+STAGES = {
+    "sweep": set(),  # CSV -> specs -> plan, placement over pods: pure
+    "state": {"sweep"},  # what is on disk (run directories, the manifest) and the run table
+    "pod": set(),  # the machine: tmux, GPUs, its Python, data, bootstrap
+    "views": {"sweep", "state", "pod"},  # status, report, plots, ETA: read-only
+    "notify": {"state"},
+    "runner": {"sweep", "state", "pod", "views", "notify"},
+    "launch": {"sweep", "state", "pod", "views", "runner"},
+    "backends": {"sweep", "state", "pod", "views", "runner", "launch"},
+    "control": {"sweep", "state", "pod", "views", "backends"},
+    "demo": {"sweep", "state", "pod"},
+}
+
+
+def stage(module: str) -> str:
+    """sweepctl.state.runs -> state; sweepctl.launch -> launch; sweepctl -> sweepctl."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_every_module_belongs_to_a_stage():
+    strays = sorted({stage(m) for m in module_graph()} - set(STAGES) - FOUNDATIONS - {"cli", "__main__"})
+    assert not strays, f"add {strays} to STAGES or FOUNDATIONS here and to docs/architecture.md"
+
+
+def test_each_stage_imports_only_the_stages_before_it():
+    strays = []
+    for module, targets in module_graph().items():
+        own = stage(module)
+        allowed = STAGES.get(own, set()) | FOUNDATIONS | {own} if own in STAGES else None
+        if own in FOUNDATIONS - {"sweepctl"}:
+            allowed = FOUNDATIONS | {own}
+        if allowed is None:
+            continue  # cli/ and __main__
+        strays += [f"{module} -> {t}" for t in sorted(targets) if stage(t) not in allowed]
     assert not strays

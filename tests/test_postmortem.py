@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweepctl.plan import make_plan
-from sweepctl.spec import read_sweep
+from sweepctl.sweep.plan import make_plan
+from sweepctl.sweep.spec import read_sweep
 from sweepctl.train.config import resolve_config
 
 

@@ -28,9 +28,12 @@ ray = pytest.importorskip("ray")
 
 from cli import run_cli  # noqa: E402
 from sweep_helpers import FAKE_BIN, TINY, Workspace, kill_tmux_server, panes, wait_until  # noqa: E402
-from sweepctl import launch, ray_backend, runs, status  # noqa: E402
+from sweepctl import launch  # noqa: E402
+from sweepctl.backends import ray_backend  # noqa: E402
 from sweepctl.settings import load_settings  # noqa: E402
+from sweepctl.state import runs  # noqa: E402
 from sweepctl.train import contract  # noqa: E402
+from sweepctl.views import status  # noqa: E402
 from test_launch import pane_done  # noqa: E402  (the pane's last sweepctl line once it has ended)
 
 pytest_plugins = ["sweep_fixtures", "sshd"]

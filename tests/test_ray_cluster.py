@@ -23,7 +23,7 @@ import pytest
 
 from cli import run_cli
 from sweep_helpers import Workspace
-from sweepctl import ray_backend, ray_cluster
+from sweepctl.backends import ray_backend, ray_cluster
 from sweepctl.errors import RemoteError, SweepctlError
 from sweepctl.transport import LocalTransport
 

@@ -26,8 +26,9 @@ import pytest
 
 from cli import CliResult, run_cli
 from sweep_helpers import FAKE_BIN, TINY, Workspace, gpu_row, kill_tmux_server, panes, wait_until
-from sweepctl import __version__, runs
-from sweepctl.manifest import sweep_dir
+from sweepctl import __version__
+from sweepctl.state import runs
+from sweepctl.state.manifest import sweep_dir
 from sweepctl.train import contract
 from sweepctl.transport import SSHTransport, system_ssh_argv
 
@@ -147,7 +148,7 @@ def summaries(p: Pod, ids: list[str]) -> dict[str, dict] | None:
 
 def fabricate_ok_runs(out_root: Path, n: int, sweep: str = "big") -> list[str]:
     """n finished run directories and the plan.json of a sweep listing them: status input, no training."""
-    from sweepctl.plan import Plan, PlannedRun, ShardPlan
+    from sweepctl.sweep.plan import Plan, PlannedRun, ShardPlan
     from sweepctl.train.config import TrainConfig
 
     ids = [f"run-{i:04d}" for i in range(n)]
@@ -672,7 +673,7 @@ def test_bootstrap_over_ssh_installs_this_wheel_and_keeps_ssh_access(
         ssh_pod, workspace: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import sysconfig
 
-    from sweepctl.bootstrap import WHEEL_MARKER
+    from sweepctl.pod.bootstrap import WHEEL_MARKER
 
     pod_home, volume = workspace.root / "pod-home", workspace.root / "pod-volume"
     (pod_home / ".ssh").mkdir(parents=True)

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from cli import run_cli
-from sweepctl import report
 from sweepctl.errors import SweepctlError
+from sweepctl.views import report
 
 SWEEP = "tiny"
 TINY = ("device=cpu dtype=float32 n_layer=1 n_embd=32 n_head=2 block_size=32 batch_size=4 "
@@ -52,8 +52,8 @@ def _write_shards(folder: Path) -> None:
 @pytest.fixture(scope="session")
 def sweep_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """out_root of the trained sweep (read-only for tests: copy before changing anything)."""
-    from sweepctl.plan import make_plan
-    from sweepctl.spec import read_sweep
+    from sweepctl.sweep.plan import make_plan
+    from sweepctl.sweep.spec import read_sweep
 
     base = tmp_path_factory.mktemp("report")
     data, bad, out = base / "data", base / "bad", base / "out"
@@ -325,7 +325,7 @@ def test_json_from_a_pod_renders_the_same_report_on_a_laptop(sweep_root: Path, d
                                                              tmp_path: Path) -> None:
     """The --host path: collect on the pod, JSON over SSH, render here without the run directories."""
     from sweepctl.cli.report_cmds import render_markdown
-    from sweepctl.plots import write_plots
+    from sweepctl.views.plots import write_plots
 
     shipped = json.loads(json.dumps(data))
     assert render_markdown(shipped, report.compare(shipped, "tiny-base"), {}) == render_markdown(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sweepctl import report
 from sweepctl.train import diagnostics
+from sweepctl.views import report
 
 
 def test_gain_keys_match_what_the_trainer_writes() -> None:

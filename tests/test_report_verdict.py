@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cli import run_cli
-from sweepctl import report
+from sweepctl.views import report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +104,7 @@ def test_the_val_plot_is_not_stretched_by_the_first_eval(unequal_batches: Path, 
     import matplotlib
     import matplotlib.image
 
-    from sweepctl.plots import write_plots
+    from sweepctl.views.plots import write_plots
 
     written = write_plots(report.collect(unequal_batches), tmp_path / "plots", baseline="a")
     assert sorted(written) == ["tok_per_s.png", "train_loss.png", "val_delta.png", "val_loss.png"]
@@ -236,7 +236,7 @@ def test_gain_against_layer_plot(diagnosed: Path, tmp_path: Path) -> None:
     import matplotlib
     import matplotlib.image
 
-    from sweepctl.plots import write_plots
+    from sweepctl.views.plots import write_plots
 
     written = write_plots(report.collect(diagnosed), tmp_path / "plots")
     assert sorted(written) == ["gain.png", "gain_layers.png", "tok_per_s.png", "train_loss.png", "val_loss.png"]

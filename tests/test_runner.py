@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sweepctl import runs
-from sweepctl.plan import Plan, PlannedRun, ShardPlan
 from sweepctl.runner import RunnerOptions, ShardRunner, claimed_rows, trainer_command
+from sweepctl.state import runs
+from sweepctl.sweep.plan import Plan, PlannedRun, ShardPlan
 
 FAKE_TRAINER = textwrap.dedent('''
     """A stand-in trainer: behaves as told by its first argument, keeps the run-directory contract."""
@@ -306,9 +306,9 @@ def test_dynamic_runners_claim_the_longest_rows_first(tmp_path: Path, fake: Path
 
 
 def test_the_cost_estimate_ranks_deep_presets_above_shallow_ones_and_scales_with_tokens(tmp_path: Path) -> None:
-    from sweepctl.plan import claim_order, longest_first, run_cost
-    from sweepctl.plan import make_plan as plan_of
-    from sweepctl.spec import read_sweep
+    from sweepctl.sweep.plan import claim_order, longest_first, run_cost
+    from sweepctl.sweep.plan import make_plan as plan_of
+    from sweepctl.sweep.spec import read_sweep
     from sweepctl.train.config import resolve_config
 
     def cost(preset: str, *overrides: str) -> float:
@@ -330,7 +330,7 @@ def test_the_cost_estimate_ranks_deep_presets_above_shallow_ones_and_scales_with
 
 
 def test_planning_and_running_rows_import_no_torch() -> None:
-    code = ("import sys, sweepctl.plan, sweepctl.runner, sweepctl.cli.remote_cmds; "
+    code = ("import sys, sweepctl.sweep.plan, sweepctl.runner, sweepctl.cli.remote_cmds; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

@@ -12,9 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from sweepctl import runs
-from sweepctl.manifest import sweep_dir
-from sweepctl.runs import HOST, RunLock, backup, lock_held, pid_alive, read_run, tail_lines, tail_metrics
+from sweepctl.state import runs
+from sweepctl.state.manifest import sweep_dir
+from sweepctl.state.runs import (
+    HOST,
+    RunLock,
+    backup,
+    lock_held,
+    pid_alive,
+    read_run,
+    tail_lines,
+    tail_metrics,
+)
 
 
 def dead_pid() -> int:
@@ -209,7 +218,7 @@ def timed(fn, repeats: int = 3):
 
 @pytest.mark.parametrize("n", [2000])
 def test_status_reads_2000_run_directories_in_well_under_a_second(tmp_path: Path, n: int) -> None:
-    from sweepctl.status import collect
+    from sweepctl.views.status import collect
 
     out = tmp_path / "out"
     live, gone = os.getpid(), dead_pid()
@@ -237,7 +246,7 @@ def test_status_reads_2000_run_directories_in_well_under_a_second(tmp_path: Path
     assert running["iter"] == 390 and running["train_loss"] == 3.0 and running["eta_s"] == pytest.approx(1.0)
 
     # the same directories as a launched sweep: plan.json (every row's full config) is read too
-    from sweepctl.plan import Plan, PlannedRun, ShardPlan
+    from sweepctl.sweep.plan import Plan, PlannedRun, ShardPlan
     from sweepctl.train.config import TrainConfig
 
     config = TrainConfig().model_dump(mode="json")

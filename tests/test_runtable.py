@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sweepctl import runs
-from sweepctl.runtable import Decision, Policy, decide, decide_rerun, refusals
+from sweepctl.state import runs
+from sweepctl.state.runtable import Decision, Policy, decide, decide_rerun, refusals
 
 OOM = {"ok": False, "status": "failed", "error_class": "oom", "error": "Traceback ...\nCUDA out of memory"}
 NAN = {"ok": False, "status": "failed", "error_class": "nan", "error": "loss is nan"}

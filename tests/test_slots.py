@@ -18,9 +18,10 @@ from rich.console import Console
 
 from cli import run_cli
 from sweep_helpers import Workspace, gpu_row, panes, wait_until
-from sweepctl import runs, slots, status
-from sweepctl.slots import GpuGate
-from sweepctl.tmux import Tmux
+from sweepctl.pod.tmux import Tmux
+from sweepctl.state import runs, slots
+from sweepctl.state.slots import GpuGate
+from sweepctl.views import status
 
 pytest_plugins = ["sweep_fixtures"]
 
@@ -247,8 +248,8 @@ def test_preflight_refuses_runs_per_gpu_that_cannot_fit_the_measured_peak_memory
     ws = workspace
     ws.gpus.set([gpu_row(0, total=10240)])  # a 10 GiB GPU
     csv = ws.csv([(f"big{i}", "device='cuda'") for i in range(3)], name="fit")
-    from sweepctl.plan import make_plan
-    from sweepctl.spec import read_sweep
+    from sweepctl.sweep.plan import make_plan
+    from sweepctl.sweep.spec import read_sweep
 
     key = slots.memory_key(make_plan(read_sweep(csv), shards=1, out_root=ws.out_root).runs[0].config)
     monkeypatch.setattr(slots, "load_estimates", lambda: {key: {"peak_mib": 3000.0, "gpu": "H200", "source": "t"}})

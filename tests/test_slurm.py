@@ -13,7 +13,7 @@ import pytest
 
 from cli import run_cli
 from sweep_helpers import TINY, Workspace, tiny
-from sweepctl import runs
+from sweepctl.state import runs
 from sweepctl.train import contract
 
 pytest_plugins = ["sweep_fixtures"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli import run_cli
-from sweepctl.spec import read_sweep
+from sweepctl.sweep.spec import read_sweep
 from sweepctl.train.config import PRESETS, TrainConfig
 
 HEADER = "run_id,config,seed,overrides,notes\n"

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from sweepctl import manifest, runs, status
-from sweepctl.plan import claim_order
 from sweepctl.runner import RunnerOptions, ShardRunner
-from sweepctl.spec import read_sweep
+from sweepctl.state import manifest, runs
+from sweepctl.sweep.plan import claim_order
+from sweepctl.sweep.spec import read_sweep
+from sweepctl.views import status
 from test_remote_cli import pod as pod  # a fixture
 from test_runner import FAKE_TRAINER, make_plan
 
@@ -349,7 +350,7 @@ def test_rows_added_cancelled_and_prioritized_while_a_dynamic_sweep_runs(
     assert r.code == 0, r.err
     assert {row["run_id"]: (row["action"], row["detail"]) for row in json.loads(r.out)["rows"]} == {
         "long": ("skip", "cancelled; --include-cancelled runs it"), "p1": ("skip", "cancelled; --include-cancelled runs it")}
-    from sweepctl import report
+    from sweepctl.views import report
 
     data = report.collect(ws.out_root, sweep="live")
     assert sorted(rid for g in data["groups"] for rid in g["run_ids"]) == ["add1", "add2"]
@@ -364,7 +365,7 @@ def summaries_of(ws, ids: list[str]) -> dict | None:
 def Tmux_alive() -> bool:
     import os
 
-    from sweepctl.tmux import Tmux
+    from sweepctl.pod.tmux import Tmux
 
     info = Tmux(os.environ["SWEEPCTL_TMUX_SOCKET"]).session("sweep-0")
     return info is not None and info.alive
@@ -459,8 +460,8 @@ def test_cancel_and_prioritize_say_what_they_did_to_each_row_and_refuse_a_typo(
 
 
 def test_a_cancelled_row_runs_again_only_once_its_cancel_is_withdrawn(tmp_path: Path, fake: Path) -> None:
-    from sweepctl import runtable
     from sweepctl.launch import LaunchOptions
+    from sweepctl.state import runtable
     from test_runner import run_shard
 
     plan = make_plan(tmp_path, fake, {"c": "ok"})

@@ -9,7 +9,7 @@ import pytest
 
 from sweep_helpers import wait_until
 from sweepctl.errors import RefusedError
-from sweepctl.tmux import Tmux, attach_command, rerun_session
+from sweepctl.pod.tmux import Tmux, attach_command, rerun_session
 
 pytest_plugins = ["sweep_fixtures"]
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from sweepctl import tokenizer
+from sweepctl.pod import tokenizer
 
 
 def test_shipped_files_are_the_pinned_gpt2_files():

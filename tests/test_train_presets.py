@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from sweepctl.spec import read_sweep
+from sweepctl.sweep.spec import read_sweep
 from sweepctl.train.config import PRESETS, TrainConfig, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]

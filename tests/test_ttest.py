@@ -1,4 +1,4 @@
-"""sweepctl.ttest against tabulated Student t values, closed forms and hand-computed tests."""
+"""sweepctl.views.ttest against tabulated Student t values, closed forms and hand-computed tests."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sweepctl import ttest
+from sweepctl.views import ttest
 
 
 # Two-sided 95% critical values t_{0.975, df}, as printed in every t table (3 decimals).

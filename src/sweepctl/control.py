@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweepctl import backends, manifest, runs
+from sweepctl import backends
 from sweepctl.errors import RefusedError, SweepctlError
-from sweepctl.manifest import find_run, latest_sweep, load_manifest, read_launch
-from sweepctl.plan import Plan
-from sweepctl.runtable import decide_rerun
+from sweepctl.pod.tmux import SHARD_PREFIX, Tmux, attach_command, rerun_session
 from sweepctl.settings import Settings
-from sweepctl.tmux import SHARD_PREFIX, Tmux, attach_command, rerun_session
+from sweepctl.state import manifest, runs
+from sweepctl.state.manifest import find_run, latest_sweep, load_manifest, read_launch
+from sweepctl.state.runtable import decide_rerun
+from sweepctl.sweep.plan import Plan
+from sweepctl.train.contract import valid_run_id
 
 
 @dataclass
@@ -128,7 +130,7 @@ def run_directory(out_root: Path, run_id: str) -> Path:
     try:
         return runs.resolve_run_dir(out_root, run_id)
     except ValueError as e:
-        raise SweepctlError(str(e), where=run_id if runs.valid_run_id(run_id) else None,
+        raise SweepctlError(str(e), where=run_id if valid_run_id(run_id) else None,
                             hint=f"see the run_ids with: sweepctl status --out-root {out_root}") from None
 
 

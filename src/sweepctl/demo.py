@@ -8,7 +8,7 @@
 Everything after that is the real path (`sweepctl.launch`, tmux sessions, the shard runner, the
 trainer, `status`, `report`); this module only makes the inputs. The text is the Python standard
 library's own source files, because every Python install has them and no download is needed: the
-tokens come from `sweepctl.data.prepare_text` with the shipped GPT-2 encoding.
+tokens come from `sweepctl.pod.data.prepare_text` with the shipped GPT-2 encoding.
 
 Layout of the demo's out-root (its run directories sit next to its inputs, so one folder holds
 the whole demo and moving it aside keeps a rerun from mixing with the old results):
@@ -30,9 +30,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweepctl import __version__, runs
+from sweepctl import __version__
 from sweepctl.errors import RefusedError, SweepctlError
-from sweepctl.tmux import Tmux
+from sweepctl.pod.tmux import Tmux
+from sweepctl.state import runs
 from sweepctl.train.contract import write_text_atomic
 
 DEMO_NAME = "demo"  # the sweep name: `.sweeps/demo/`, `sweepctl status --sweep demo`
@@ -194,7 +195,7 @@ class DatasetInfo:
 
 def build_dataset(data_dir: Path, size: DemoSize) -> DatasetInfo:
     """GPT-2 token shards of the stdlib sources in `data_dir`; valid shards already there are reused."""
-    from sweepctl.data import prepare_text, shard_problem, verify_shard
+    from sweepctl.pod.data import prepare_text, shard_problem, verify_shard
 
     existing = sorted(data_dir.glob("fineweb_*.bin"))
     has_both = any(p.name.startswith("fineweb_val_") for p in existing) and \

@@ -6,7 +6,7 @@ start one tmux session per shard — and return at once.
 
 `prepare` only reads (the CSV, the run directories, nvidia-smi, the disk), so `--dry-run` is
 `prepare` plus printing. On a pod of a multi-pod sweep it first refuses rows that the sweep's
-`upload/hosts.json` gives to another pod (`sweepctl.hosts.check_local_launch`), unless the
+`upload/hosts.json` gives to another pod (`sweepctl.sweep.hosts.check_local_launch`), unless the
 laptop's `launch --host` runs it (the laptop placed the rows against every pod's record).
 `execute` refuses up front — failed runs in the way, a pre-flight failure, every needed tmux
 session still busy — and only then writes `.sweeps/<name>/` and starts sessions. The runners
@@ -25,15 +25,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweepctl import __version__, manifest, runs, runtable
+from sweepctl import __version__
 from sweepctl.errors import RefusedError, SweepctlError
-from sweepctl.gpus import GpuQuery, query_gpus
-from sweepctl.plan import Plan, Schedule, cuda_visible_devices, make_plan, merge_plans
+from sweepctl.pod.gpus import GpuQuery, query_gpus
+from sweepctl.pod.tmux import Tmux, attach_command, shard_session, tmux_version
 from sweepctl.runner import DEFAULT_STALL_AFTER_S
-from sweepctl.runtable import Decision, Policy
 from sweepctl.settings import Settings, compile_cache_dir
-from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep, sweep_name_of
-from sweepctl.tmux import Tmux, attach_command, shard_session, tmux_version
+from sweepctl.state import manifest, runs, runtable
+from sweepctl.state.runtable import Decision, Policy
+from sweepctl.sweep.plan import Plan, Schedule, cuda_visible_devices, make_plan, merge_plans
+from sweepctl.sweep.spec import Sweep, read_sweep, sweep_name_of
+from sweepctl.train.contract import RUN_ID_RE
 
 MIN_FREE_BYTES = 1 << 30  # checkpoints of a 48-layer model are hundreds of MB each
 
@@ -232,7 +234,7 @@ def check_placement(sweep: Sweep, sweep_dir: Path, placed_on: str | None = None)
     """This machine's name in the sweep's multi-pod layout, after refusing rows the layout gives to
     another pod (RefusedError, before anything is written). None: no name known, or no layout.
     `placed_on`: the laptop's `launch --host` placed these rows against every pod's record."""
-    from sweepctl.hosts import check_local_launch
+    from sweepctl.sweep.hosts import check_local_launch
 
     if placed_on:
         return placed_on
@@ -302,7 +304,7 @@ def preflight(plan: Plan, gpus: GpuQuery, out_root: Path) -> list[Check]:
 
 def _slots_check(plan: Plan, gpus: GpuQuery) -> Check:
     """K runs per GPU fit in the smallest GPU used, when the rows' peak memory was measured."""
-    from sweepctl.slots import fit_problem, load_estimates
+    from sweepctl.state.slots import fit_problem, load_estimates
 
     k = plan.runs_per_gpu
     what = f"{k} runs per GPU"
@@ -323,7 +325,7 @@ def _slots_check(plan: Plan, gpus: GpuQuery) -> Check:
 
 
 def _data_check(data_dir: Path) -> Check:
-    from sweepctl.data import shard_problem
+    from sweepctl.pod.data import shard_problem
 
     train = sorted(data_dir.glob("fineweb_train_*.bin"))
     val = sorted(data_dir.glob("fineweb_val_*.bin"))

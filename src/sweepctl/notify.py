@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sweepctl.runs import create_once
+from sweepctl.state.runs import create_once
 
 TIMEOUT_S = 10.0  # one POST; a webhook answers in well under a second
 RETRY_DELAYS_S = (1.0, 4.0, 15.0)  # after the first try: a flapping network, a 429 from the service

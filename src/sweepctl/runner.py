@@ -3,7 +3,7 @@
     sweepctl runner /mnt/pod_artifacts/outputs/.sweeps/fineweb --shard 3 --devices 3 ...
 
 Static schedule: the rows of the plan with row % N == shard. Dynamic schedule: every runner claims
-the next unclaimed row, longest first (`sweepctl.plan.claim_order`), by creating
+the next unclaimed row, longest first (`sweepctl.sweep.plan.claim_order`), by creating
 `claims/<launch>/<run_id>` with O_CREAT|O_EXCL, which the filesystem grants to exactly one process —
 no row runs twice and no GPU idles while rows remain.
 
@@ -20,7 +20,7 @@ on. Only a volume where not even that summary can be written stops the shard, wi
 the pane and the shard log (when they can still be written).
 
 Slots (`runs_per_gpu` K > 1): K runners share a GPU group; each row holds the group's gate
-(`sweepctl.slots.GpuGate`) shared, a row with `gpus > 1` holds it alone, and a packed run that
+(`sweepctl.state.slots.GpuGate`) shared, a row with `gpus > 1` holds it alone, and a packed run that
 ends with error_class `oom` is retried once alone (its summary says `retried_alone`).
 Every trainer gets the sweep's compile cache (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR).
 
@@ -45,10 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from sweepctl import manifest, notify, runs, runtable
-from sweepctl.plan import Plan, PlannedRun, claim_order
-from sweepctl.slots import GpuGate
-from sweepctl.tmux import SHARD_PREFIX
+from sweepctl import notify
+from sweepctl.pod.tmux import SHARD_PREFIX
+from sweepctl.state import manifest, runs, runtable
+from sweepctl.state.slots import GpuGate
+from sweepctl.sweep.plan import Plan, PlannedRun, claim_order
 from sweepctl.train.contract import CONTEXT_ENV
 from sweepctl.train.rundir import disk_error_text, is_disk_error
 
@@ -353,7 +354,7 @@ class ShardRunner:
         self.notifier.send_once(manifest.notified_dir(self.options.sweep_dir), event, text)
 
     def _best_groups(self, shown: int = 3) -> list[dict[str, Any]]:
-        from sweepctl import report
+        from sweepctl.views import report
 
         try:
             data = report.collect(self.options.sweep_dir.parent.parent, sweep=self.plan.sweep,

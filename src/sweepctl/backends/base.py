@@ -30,8 +30,8 @@ from sweepctl.errors import SweepctlError
 
 if TYPE_CHECKING:
     from sweepctl.launch import LaunchOptions, LaunchPreview
-    from sweepctl.plan import Plan
     from sweepctl.settings import Settings
+    from sweepctl.sweep.plan import Plan
 
 
 @dataclass(frozen=True)

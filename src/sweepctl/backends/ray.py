@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sweepctl import launch, ray_backend
+from sweepctl import launch
+from sweepctl.backends import ray_backend
 from sweepctl.backends.base import RerunCommand
-from sweepctl.plan import Plan
 from sweepctl.settings import Settings
+from sweepctl.sweep.plan import Plan
 
 
 class RayBackend:

@@ -1,4 +1,4 @@
-"""Slurm: an sbatch job array, one task per row, written for the user to submit (slurm.py). A
+"""Slurm: an sbatch job array, one task per row, written for the user to submit (slurm_export.py). A
 rerun runs the row here, in tmux, as a tmux-launched sweep's would."""
 
 from __future__ import annotations
@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sweepctl import launch, slurm
+from sweepctl import launch
+from sweepctl.backends import slurm_export as slurm
 from sweepctl.backends.base import RerunCommand
 from sweepctl.backends.tmux import BACKEND as TMUX
-from sweepctl.plan import Plan
 from sweepctl.settings import Settings
+from sweepctl.sweep.plan import Plan
 
 
 class SlurmBackend:

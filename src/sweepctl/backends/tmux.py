@@ -15,9 +15,9 @@ from typing import Any
 from sweepctl import launch
 from sweepctl.backends.base import RerunCommand
 from sweepctl.errors import SweepctlError
-from sweepctl.gpus import least_busy, query_gpus
-from sweepctl.plan import Plan, cuda_visible_devices
+from sweepctl.pod.gpus import least_busy, query_gpus
 from sweepctl.settings import Settings
+from sweepctl.sweep.plan import Plan, cuda_visible_devices
 
 
 class TmuxBackend:

@@ -13,8 +13,8 @@ import typer
 from sweepctl.console import console, err_console
 
 if TYPE_CHECKING:  # annotations only: the commands import their libraries when they run
+    from sweepctl.backends.ray_backend import RayLaunchResult
     from sweepctl.launch import LaunchPreview
-    from sweepctl.ray_backend import RayLaunchResult
     from sweepctl.settings import Settings
 
 ray_app = typer.Typer(name="ray", no_args_is_help=True,
@@ -38,7 +38,8 @@ def launch_on_backend(backend: str, csv_path: Path, settings: Settings, *, ray_a
     """`launch --backend ray`: pre-flight against the Ray cluster, then the driver in tmux session
     sweep-ray; returns at once. `shard_flags` are the tmux-only options the user gave: refused, not
     ignored (`--shards 1` is accepted: a Ray plan is one shard, and `--host` sends it)."""
-    from sweepctl import backends, ray_backend
+    from sweepctl import backends
+    from sweepctl.backends import ray_backend
     from sweepctl.cli import run_views
     from sweepctl.errors import SweepctlError
     from sweepctl.launch import refuse_if_needed
@@ -91,7 +92,7 @@ def driver_pod_shards(hosts: list[str], shards: int | None) -> int:
 
 def _ray_model(model: dict[str, Any], preview: LaunchPreview, result: RayLaunchResult | None) -> dict[str, Any]:
     """launch's JSON with the driver session as the one session started (so `--host` renders it too)."""
-    from sweepctl.ray_backend import DRIVER_SESSION, RAY_DEVICES
+    from sweepctl.backends.ray_backend import DRIVER_SESSION, RAY_DEVICES
 
     todo = len(preview.todo)
     model = {**model, "backend": "ray", "shards_to_start": ["ray"] if todo else []}  # sessions_text -> sweep-ray
@@ -118,7 +119,7 @@ def ray_driver(
     stale_after: float = typer.Option(120.0, "--stale-after"),
 ) -> None:
     """The Ray driver (runs in tmux session sweep-ray, started by `launch --backend ray`, or rerun-<run_id>)."""
-    from sweepctl import ray_backend
+    from sweepctl.backends import ray_backend
     from sweepctl.launch import LaunchOptions
 
     policy = LaunchOptions(shards=1, max_retries=max_retries, force=force, retry_failed=on_failed == "retry",
@@ -145,8 +146,8 @@ def ray_up(
                                                     "e.g. --start-arg=--num-gpus=8."),
     remote_bin: str | None = REMOTE_BIN,
 ) -> None:
-    from sweepctl.ray_cluster import Ports
-    from sweepctl.ray_cluster import ray_up as up
+    from sweepctl.backends.ray_cluster import Ports
+    from sweepctl.backends.ray_cluster import ray_up as up
     from sweepctl.settings import load_settings
 
     settings = load_settings(remote_bin=remote_bin)
@@ -169,7 +170,7 @@ def ray_down(
     worker: list[str] | None = WORKER,
     remote_bin: str | None = REMOTE_BIN,
 ) -> None:
-    from sweepctl.ray_cluster import ray_down as down
+    from sweepctl.backends.ray_cluster import ray_down as down
     from sweepctl.settings import load_settings
 
     settings = load_settings(remote_bin=remote_bin)
@@ -199,7 +200,7 @@ def export_slurm(
     """Write an sbatch job-array script: one task per row, longest first.
 
     Each task runs the shard runner's per-row code path (lock, run table, trainer, summary)."""
-    from sweepctl import slurm
+    from sweepctl.backends import slurm_export as slurm
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir)

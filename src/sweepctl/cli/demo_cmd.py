@@ -55,8 +55,8 @@ def demo(
         write_csv,
     )
     from sweepctl.errors import RefusedError, SweepctlError
+    from sweepctl.pod.tmux import shard_session
     from sweepctl.settings import load_settings
-    from sweepctl.tmux import shard_session
 
     if size not in SIZES:
         raise SweepctlError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
@@ -114,7 +114,7 @@ def demo(
                           f"{_prog()} status --watch --out-root {shlex.quote(str(layout.out_root))}",
                           markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    from sweepctl import status
+    from sweepctl.views import status
 
     _print_wide(status.render(model))
     console.print(f"sweep took {time.monotonic() - t_watch:.0f} s", style="dim", highlight=False, soft_wrap=True)
@@ -150,7 +150,7 @@ def _print_wide(renderable: Any) -> None:
 
 def _device() -> tuple[str, int]:
     """("cuda", GPUs) when nvidia-smi sees GPUs and this torch can use them, else ("cpu", 0)."""
-    from sweepctl.gpus import query_gpus
+    from sweepctl.pod.gpus import query_gpus
 
     gpus = query_gpus().gpus
     if not gpus:
@@ -165,8 +165,8 @@ def _watch(out_root: Path, settings: Any, sessions: set[str], timeout_s: float) 
 
     On a terminal the live table redraws in place and is replaced by the final one; elsewhere
     (a pipe, CI) one line per change keeps the log readable."""
-    from sweepctl import status
     from sweepctl.demo import DEMO_NAME
+    from sweepctl.views import status
 
     def model() -> dict[str, Any]:
         return status.collect(out_root, sweep=DEMO_NAME, stale_after_s=settings.stale_after_s,
@@ -226,10 +226,10 @@ def _check_deadline(deadline: float, timeout_s: float, out_root: Path) -> None:
 
 def _compare(out_root: Path, stale_after_s: float) -> None:
     """The report's seed-group table and its comparison against the plain runs."""
-    from sweepctl import report
     from sweepctl.cli.report_cmds import render_table
     from sweepctl.demo import BASELINE_GROUP, DEMO_NAME
     from sweepctl.errors import SweepctlError
+    from sweepctl.views import report
 
     data = report.collect(out_root, sweep=DEMO_NAME, stale_after_s=stale_after_s)
     try:

@@ -1,6 +1,6 @@
 """bootstrap, data fineweb, data prepare: get a pod (or a laptop) ready to train.
 
-Thin: parse flags, call sweepctl.data / sweepctl.bootstrap, render a table or JSON.
+Thin: parse flags, call sweepctl.pod.data / sweepctl.pod.bootstrap, render a table or JSON.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def fineweb(
     as_json: bool = typer.Option(False, "--json", help="Print what was found and done as JSON."),
 ) -> None:
     """Download FineWeb10B GPT-2 shards; files already present and valid are kept, corrupt ones fetched again."""
-    from sweepctl.data import fineweb_download
+    from sweepctl.pod.data import fineweb_download
 
     report = fineweb_download(_data_dir(data_dir), train_shards, repo_id=repo, revision=revision, stage=stage,
                               progress=not as_json)
@@ -77,7 +77,7 @@ def prepare(
     as_json: bool = typer.Option(False, "--json", help="Print the shards written as JSON."),
 ) -> None:
     """GPT-2-tokenize text into FineWeb-format shards (val shard first), offline."""
-    from sweepctl.data import prepare_text
+    from sweepctl.pod.data import prepare_text
 
     def on_file(path: Path) -> None:
         if not as_json:
@@ -121,8 +121,8 @@ def bootstrap(
 
     authorized_keys is never touched. Safe to run again: a second run changes nothing. With
     --host: install this machine's sweepctl on the pod first, then run it there."""
-    from sweepctl import bootstrap as bs
     from sweepctl import settings as st
+    from sweepctl.pod import bootstrap as bs
 
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         if no_venv:
@@ -178,7 +178,7 @@ def render_checklist(report: dict) -> None:
 def bootstrap_on_pods(pods: Pods, args: list[str], *, venv: Path | None, wheel: Path | None, python: str,
               as_json: bool) -> None:
     """Install this laptop's sweepctl (as a wheel) on each pod, then run its bootstrap there."""
-    from sweepctl.bootstrap import bootstrap_remote, build_wheel
+    from sweepctl.pod.bootstrap import bootstrap_remote, build_wheel
 
     with tempfile.TemporaryDirectory(prefix="sweepctl-wheel-") as tmp:
         built = wheel or build_wheel(Path(tmp))

@@ -39,7 +39,7 @@ WATCH_INTERVAL_S = 2.0  # the local `status --watch` redraws every 2 s too
 def status(pods: Pods, args: list[str], *, as_json: bool, watch: bool, interval: float = WATCH_INTERVAL_S,
            show_all: bool = False) -> None:
     """One `status --json` per pod (one round trip each), drawn as one table."""
-    from sweepctl.status import render as render_status
+    from sweepctl.views.status import render as render_status
 
     again = remote_opts.command_line("status", "--all", drop=("--watch", "--interval"))
 
@@ -94,7 +94,7 @@ def watch_models(pods: Pods, pod_args: list[str], *, interval: float = WATCH_INT
 
 
 def _merge(pods: Pods, answers: list[tuple[remote_opts.Answer[Any], float | None]]) -> dict[str, Any]:
-    from sweepctl.hosts import HostAnswer, merge_status
+    from sweepctl.sweep.hosts import HostAnswer, merge_status
 
     return merge_status([HostAnswer(a.host, a.value, a.describe() if a.error else None, age)
                          for a, age in answers], host_column=not pods.single)
@@ -174,9 +174,9 @@ def attach(
 
     With --host: `ssh -t HOST`, then the pod's own `sweepctl attach`, which knows the pod's tmux
     server."""
-    from sweepctl.runs import run_id_problem
+    from sweepctl.pod.tmux import RERUN_PREFIX, SHARD_PREFIX, rerun_session, shard_session
     from sweepctl.settings import load_settings
-    from sweepctl.tmux import RERUN_PREFIX, SHARD_PREFIX, rerun_session, shard_session
+    from sweepctl.train.contract import run_id_problem
 
     if target.isdigit():
         session = shard_session(int(target))
@@ -203,7 +203,7 @@ def attach(
 
 def _check_session(session: str, socket: str | None) -> None:
     """tmux's own "can't find session" names no alternative: list the sweep sessions that exist."""
-    from sweepctl.tmux import Tmux, tmux_version
+    from sweepctl.pod.tmux import Tmux, tmux_version
 
     if tmux_version() is None:
         return  # _exec says tmux is missing
@@ -251,9 +251,9 @@ def pull(
     deleted. The sweep's .sweeps/<name> manifest comes too."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from sweepctl.manifest import SWEEPS_DIR
-    from sweepctl.runs import valid_run_id
     from sweepctl.settings import COMPILE_CACHE_DEFAULT, load_settings
+    from sweepctl.state.manifest import SWEEPS_DIR
+    from sweepctl.train.contract import valid_run_id
 
     pods = remote_opts.resolve(host, remote_bin, accept_new_host_key)
     if pods is None:

@@ -5,7 +5,7 @@
 The other pod-facing commands are one call per pod (`remote_cmds`). A launch is a sequence of
 steps, most of them a round of calls over the pods, and any step before `start` may stop it with
 nothing started anywhere: survey every pod (its out_root, shard count and record of the sweep),
-check the record (`sweepctl.hosts`), place the rows, rehearse on every pod (several pods), write
+check the record (`sweepctl.sweep.hosts`), place the rows, rehearse on every pod (several pods), write
 the layout to every pod of the sweep, start, render. `_RemoteLaunch` holds what the steps share
 (the connections, each pod's out_root and record, the placement) with a method per step, so
 `launch` reads as that sequence.
@@ -27,7 +27,9 @@ from sweepctl.cli import remote_opts
 from sweepctl.cli.remote_opts import Pods
 from sweepctl.console import console, err_console
 from sweepctl.errors import RefusedError, RemoteError, SweepctlError
-from sweepctl.hosts import (
+from sweepctl.pod.tmux import SHARD_PREFIX, shard_session
+from sweepctl.state.manifest import LAYOUT_FILE, PLAN_FILE, UPLOAD_DIR, remote_sweep_dir
+from sweepctl.sweep.hosts import (
     HostPart,
     Placement,
     PodRecord,
@@ -42,10 +44,8 @@ from sweepctl.hosts import (
     some_of,
     subset_csv,
 )
-from sweepctl.manifest import LAYOUT_FILE, PLAN_FILE, UPLOAD_DIR, remote_sweep_dir
-from sweepctl.spec import RUN_ID_RE, Sweep, read_sweep
-from sweepctl.tmux import SHARD_PREFIX, shard_session
-from sweepctl.train.contract import write_json_atomic
+from sweepctl.sweep.spec import Sweep, read_sweep
+from sweepctl.train.contract import RUN_ID_RE, write_json_atomic
 
 if TYPE_CHECKING:  # annotations only: the transport is imported when a connection opens
     from sweepctl.transport import Result, Transport
@@ -58,7 +58,7 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
 
     Every pod's record of the sweep is read first, on the same connection: a relaunch keeps each
     row on the pod it was given to, and naming other pods is refused unless `reassign`
-    (`sweepctl.hosts`); `forget` (with `reassign`) names pods lost for good, which must not
+    (`sweepctl.sweep.hosts`); `forget` (with `reassign`) names pods lost for good, which must not
     answer. Several pods are rehearsed (`launch --dry-run` on each): a refusal or a
     failed pre-flight on any pod starts nothing anywhere."""
     sweep = _read_sweep(csv_path, name, as_json=as_json)  # every row valid here, or nothing is uploaded
@@ -438,7 +438,7 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 def _pod_gpu_shards(t: Transport, host: str, gpus_per_shard: int) -> int:
     """The pod's GPU count (nvidia-smi --query-gpu over SSH) per --gpus-per-shard: the default."""
-    from sweepctl.gpus import QUERY_ARGV, parse_query
+    from sweepctl.pod.gpus import QUERY_ARGV, parse_query
 
     result = t.run(QUERY_ARGV, timeout=30)
     problem = None

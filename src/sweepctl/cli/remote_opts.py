@@ -180,8 +180,8 @@ def raise_if_failed(answers: list[Answer[Any]]) -> None:
 def resolve(host: list[str] | None, remote_bin: str | None, accept_new_host_key: bool) -> Pods | None:
     """The pods named by --host, else SWEEPCTL_HOST / the project file's host, else its hosts;
     None means this machine. `HOST=N` (launch) sets that host's shard count."""
-    from sweepctl.hosts import parse_host
     from sweepctl.settings import load_settings
+    from sweepctl.sweep.hosts import parse_host
 
     settings = load_settings(remote_bin=remote_bin)
     given = list(host or []) or ([settings.host] if settings.host else list(settings.hosts))

@@ -205,7 +205,7 @@ def _md_row(cells: list[str]) -> str:
 
 def render_markdown(data: dict[str, Any], comparison: dict[str, Any] | None, images: dict[str, str]) -> str:
     """report.md; `images` maps a plot's file name to its link, relative to where report.md goes."""
-    from sweepctl.plots import PLOTS
+    from sweepctl.views.plots import PLOTS
 
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(data["generated"]))
     lines = [f"# Sweep report: {data['sweep'] or data['out_root']}", "",
@@ -287,14 +287,14 @@ def _csv(v: Any) -> Any:
 def emit(data: dict[str, Any], *, fmt: str = "table", plots_dir: Path | None = None,
          baseline: str | None = None) -> None:
     """Render collected report data: tables / md / csv / json, plots when asked."""
-    from sweepctl import report
+    from sweepctl.views import report
 
     if fmt not in FORMATS:
         raise SweepctlError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     comparison = report.compare(data, baseline) if baseline else None
     written: dict[str, Path] = {}
     if plots_dir is not None:
-        from sweepctl.plots import PlottingUnavailable, write_plots
+        from sweepctl.views.plots import PlottingUnavailable, write_plots
 
         try:
             written = write_plots(data, plots_dir, baseline=baseline)
@@ -335,8 +335,8 @@ def report_command(
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Aggregate a sweep's results: mean ± std over seeds per group, compare to a baseline, plot."""
-    from sweepctl import report
     from sweepctl.settings import load_settings
+    from sweepctl.views import report
 
     if fmt not in FORMATS:
         raise SweepctlError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -357,7 +357,7 @@ def report_on_pods(pods: Pods, args: list[str], *, fmt: str, plots: Path | None,
            group_by: str, sweep: str | None) -> None:
     """`report --format json` on each pod; several pods' runs are grouped again here, so seeds that
     ran on different pods land in one group; tables, CSV, markdown and plots are made here."""
-    from sweepctl import report
+    from sweepctl.views import report
 
     pod_args = ["report", *args, "--format", "json"]
     answers = pods.each(lambda h, t: pods.sweepctl_json(t, pod_args))

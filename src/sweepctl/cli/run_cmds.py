@@ -1,6 +1,6 @@
 """launch, status, logs, stop, rerun (and the hidden runner): a sweep on the machine they run on.
 
-Thin: parse, call the library (launch.py, status.py, control.py, runner.py), render. The
+Thin: parse, call the library (launch.py, views/status.py, control.py, runner.py), render. The
 library calls return data, so a remote command is the same subcommand run on the pod.
 """
 
@@ -111,8 +111,8 @@ def launch(
     if shards is None:
         shards = live_shard_count(csv_path, name, settings)  # rows joining a live sweep keep its shards
     if shards is None:
-        from sweepctl.gpus import query_gpus
-        from sweepctl.hosts import default_shards
+        from sweepctl.pod.gpus import query_gpus
+        from sweepctl.sweep.hosts import default_shards
 
         found = query_gpus()
         shards = default_shards(len(found.gpus), gpus_per_shard, where="this machine", problem=found.problem)
@@ -167,10 +167,10 @@ def status(
 ) -> None:
     """Every run (state, progress, losses, ETA), every GPU, every sweep session."""
     from sweepctl.errors import SweepctlError
-    from sweepctl.runs import STATES
     from sweepctl.settings import load_settings
-    from sweepctl.status import collect
-    from sweepctl.status import render as render_status
+    from sweepctl.state.runs import STATES
+    from sweepctl.views.status import collect
+    from sweepctl.views.status import render as render_status
 
     if state is not None and state not in STATES:
         raise SweepctlError(f"--state must be one of {', '.join(STATES)}, got {state!r}")
@@ -209,10 +209,10 @@ def status(
 def _no_runs(where: Path, flag: str | None) -> list[str]:
     """The lines of an empty status: the demo's folder, the project file's out_root and the
     default are looked at too, and named when they hold runs."""
-    from sweepctl import runs
     from sweepctl.cli.demo_cmd import DEFAULT_OUT_ROOT
     from sweepctl.cli.run_views import no_runs_lines
     from sweepctl.settings import explain_settings, project_file_value
+    from sweepctl.state import runs
 
     source = next(src for name, _, src in explain_settings(out_root=flag) if name == "out_root")
     candidates = [("the demo's folder", Path(DEFAULT_OUT_ROOT).absolute())]
@@ -239,8 +239,9 @@ def logs(
     """Print the end of a run's stdout.log."""
     import sys
 
-    from sweepctl import control, runs
+    from sweepctl import control
     from sweepctl.settings import load_settings
+    from sweepctl.state import runs
 
     check_run_id(run_id)
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
@@ -348,8 +349,8 @@ def runner(
     from sweepctl.runner import RunnerOptions, main
 
     if row_index is not None:
-        from sweepctl.manifest import read_plan
-        from sweepctl.slurm import run_id_of_row
+        from sweepctl.backends.slurm_export import run_id_of_row
+        from sweepctl.state.manifest import read_plan
 
         only = [run_id_of_row(read_plan(sweep_dir), row_index, sweep_dir)]
     options = RunnerOptions(sweep_dir=sweep_dir, shard=shard, devices=devices, session=session,
@@ -365,7 +366,7 @@ def runner(
 def check_run_id(run_id: str) -> None:
     """Refuse what cannot be a run_id before anything (here or on a pod) looks for it."""
     from sweepctl.errors import SweepctlError
-    from sweepctl.runs import run_id_problem
+    from sweepctl.train.contract import run_id_problem
 
     if problem := run_id_problem(run_id):
         raise SweepctlError(problem, hint="see the run_ids with: sweepctl status")

@@ -17,7 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from sweepctl.console import console, err_console
-from sweepctl.tmux import shard_session
+from sweepctl.pod.tmux import shard_session
 
 
 def launch_model(preview: Any, result: Any | None = None) -> dict[str, Any]:

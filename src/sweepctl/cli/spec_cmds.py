@@ -29,7 +29,7 @@ def validate(
 ) -> None:
     """Check every row of a sweep CSV; report every problem as CSVFILE:LINE: message."""
     from sweepctl.cli.sweep_views import render_validate, validate_model
-    from sweepctl.spec import read_sweep
+    from sweepctl.sweep.spec import read_sweep
 
     sweep = read_sweep(csv_path)
     model = validate_model(sweep, with_rows=as_json or show_all)
@@ -55,9 +55,9 @@ def plan(
     from sweepctl.cli.sweep_views import plan_model, render_plan
     from sweepctl.errors import SweepctlError
     from sweepctl.launch import all_rows_on_cpu
-    from sweepctl.plan import make_plan
     from sweepctl.settings import load_settings
-    from sweepctl.spec import read_sweep
+    from sweepctl.sweep.plan import make_plan
+    from sweepctl.sweep.spec import read_sweep
 
     if schedule not in ("static", "dynamic"):
         raise SweepctlError(f"--schedule must be static or dynamic, got {schedule!r}")
@@ -85,7 +85,7 @@ def _print_plan_json(p: object) -> None:
     string: a 20,000-row plan's JSON is 60 MB, and building it whole doubled the peak memory."""
     import sys
 
-    from sweepctl.plan import Plan
+    from sweepctl.sweep.plan import Plan
 
     assert isinstance(p, Plan)
     # the launch-time fields (slots, compile cache) are launch's to set: not part of `plan --json`

@@ -39,7 +39,7 @@ def progress(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def progress_text(p: dict[str, Any]) -> str:
-    from sweepctl.status import duration
+    from sweepctl.views.status import duration
 
     share = f"{p['done_iters'] / p['total_iters']:.0%}" if p["total_iters"] else "?%"
     eta = f"ETA {duration(p['eta_s'])}" if p["eta_s"] is not None else "ETA unknown (nothing running)"

@@ -14,7 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from sweepctl.console import console
-from sweepctl.tmux import shard_session
+from sweepctl.pod.tmux import shard_session
 
 SHOW_ALL_UP_TO = 200  # rows; above this a view summarises unless --all
 FIRST_GROUPS = 20  # groups shown in a summary
@@ -124,7 +124,7 @@ def expected_shares(costs: list[float], order: list[int], shards: int, assigned:
 
 def plan_model(plan: Any, *, cpu: bool) -> dict[str, Any]:
     """The plan as the views need it: rows in the order they run, each shard's label and share."""
-    from sweepctl.plan import claim_order, run_cost
+    from sweepctl.sweep.plan import claim_order, run_cost
 
     costs = [run_cost(r.config) for r in plan.runs]
     order = list(range(len(plan.runs)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,10 @@ RUN_KIND = "sweepctl.train"
 # JSON {"sweep": {name, row_index, shard_index, ...}, "attempt": n} from the launcher to the trainer,
 # recorded in run_metadata.json so a run directory says which sweep row made it.
 CONTEXT_ENV = "SWEEPCTL_RUN_CONTEXT"
+
+# What may name a run directory: the CSV's run_id, and every command that takes one.
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RUN_ID_MAX = 128
 
 # The trainer's files.
 STDOUT_LOG = "stdout.log"  # the runner's tee of the trainer's output
@@ -79,3 +84,15 @@ def write_json_atomic(path: Path, data: Any, *, default: Callable[[Any], Any] | 
                       allow_nan: bool = True) -> None:
     """`data` as indented JSON, written atomically (see `write_bytes_atomic`)."""
     write_text_atomic(path, json.dumps(data, indent=2, default=default, allow_nan=allow_nan) + "\n")
+
+
+def valid_run_id(run_id: str) -> bool:
+    return len(run_id) <= RUN_ID_MAX and RUN_ID_RE.fullmatch(run_id) is not None
+
+
+def run_id_problem(run_id: str) -> str | None:
+    """Why `run_id` cannot name a run directory, or None. The message quotes only what was typed."""
+    if valid_run_id(run_id):
+        return None
+    return (f"{run_id!r} is not a run_id (letters, digits, '.', '_', '-', starting with a letter or digit, "
+            f"at most {RUN_ID_MAX} characters)")

@@ -41,13 +41,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-from sweepctl import launch, manifest, ray_guard, runs, runtable
+from sweepctl import launch
+from sweepctl.backends import ray_guard
 from sweepctl.errors import RefusedError, SweepctlError
-from sweepctl.plan import Plan, PlannedRun, claim_order
+from sweepctl.pod.tmux import SHARD_PREFIX, Tmux, attach_command
 from sweepctl.runner import Outcome, RunnerOptions, ShardRunner, end_line
 from sweepctl.settings import Settings
-from sweepctl.spec import read_sweep
-from sweepctl.tmux import SHARD_PREFIX, Tmux, attach_command
+from sweepctl.state import manifest, runs, runtable
+from sweepctl.sweep.plan import Plan, PlannedRun, claim_order
+from sweepctl.sweep.spec import read_sweep
 from sweepctl.train.contract import write_bytes_atomic
 
 RAY_VERSION = "2.60.0"  # the `ray` extra's pin: the driver and every node must run the same Ray
@@ -316,7 +318,7 @@ def _guarded(directory: Path, log: Path, kill_grace_s: float) -> Iterator[None]:
     with os.fdopen(write_end, "wb") as pipe:
         try:
             with open(log, "ab") as out:
-                guard = subprocess.Popen([sys.executable, "-m", "sweepctl.ray_guard", str(directory),
+                guard = subprocess.Popen([sys.executable, "-m", "sweepctl.backends.ray_guard", str(directory),
                                           str(os.getpid()), repr(kill_grace_s)],
                                          stdin=read_end, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         finally:

@@ -7,9 +7,9 @@ Each step looks before it acts and returns a `Check` (one row of the checklist) 
 changed, so a second run changes nothing and says so. This module is the orchestration: it runs
 the steps in order and assembles the checklist. The steps with rules of their own live apart:
 
-- SSH (`sweepctl.sshkeys`): persisted keys on the volume are *copied* into a real `~/.ssh`; an
+- SSH (`sweepctl.pod.sshkeys`): persisted keys on the volume are *copied* into a real `~/.ssh`; an
   `authorized_keys` is never written, replaced or removed (postmortem, failure 1).
-- Python (`sweepctl.python_env`): a venv on fast local disk, reusing the image's CUDA torch
+- Python (`sweepctl.pod.python_env`): a venv on fast local disk, reusing the image's CUDA torch
   (`--system-site-packages`), and the torch probe.
 
 The smaller steps stay here:
@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sweepctl.checklist import Check, last_line, run_command, set_mode
 from sweepctl.errors import RemoteError, SweepctlError
-from sweepctl.gpus import GpuQuery, query_gpus
-from sweepctl.python_env import (
+from sweepctl.pod.checklist import Check, last_line, run_command, set_mode
+from sweepctl.pod.gpus import GpuQuery, query_gpus
+from sweepctl.pod.python_env import (
     TORCH_PROBE,
     WHEEL_MARKER,
     default_venv,
@@ -53,9 +53,9 @@ from sweepctl.python_env import (
 
 # Re-exported (`X as X`): the CLI reaches bootstrap through this one module, so cli.remote_cmds
 # (`bootstrap --host`) and cli.pod_cmds import these from here, though they live in the step modules.
-from sweepctl.python_env import build_wheel as build_wheel
-from sweepctl.sshkeys import default_ssh_dir as default_ssh_dir
-from sweepctl.sshkeys import ensure_ssh
+from sweepctl.pod.python_env import build_wheel as build_wheel
+from sweepctl.pod.sshkeys import default_ssh_dir as default_ssh_dir
+from sweepctl.pod.sshkeys import ensure_ssh
 from sweepctl.train.contract import write_text_atomic
 
 SYSTEM_TOOLS = ("tmux", "git", "rsync")
@@ -94,7 +94,7 @@ def ensure_tools(tools: Sequence[str] = SYSTEM_TOOLS, *, allow_apt: bool = True)
 
 
 def gpu_check(query: GpuQuery) -> Check:
-    """GPUs from sweepctl.gpus (`nvidia-smi --query-gpu`, never its process list, which is empty
+    """GPUs from sweepctl.pod.gpus (`nvidia-smi --query-gpu`, never its process list, which is empty
     inside containers)."""
     if not query.gpus:
         hint = "fine on a laptop; on a pod, check that the image has the NVIDIA driver mounted"
@@ -174,7 +174,7 @@ def disk_check(path: Path) -> Check:
 
 
 def data_check(data_dir: Path, train_shards: int, *, progress: bool) -> Check:
-    from sweepctl.data import fineweb_download, shard_problem
+    from sweepctl.pod.data import fineweb_download, shard_problem
 
     if train_shards > 0:
         report = fineweb_download(data_dir, train_shards, progress=progress)

@@ -32,13 +32,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sweepctl import manifest, runs, ttest
 from sweepctl.errors import SweepctlError
-from sweepctl.eta import attempt_gpu_hours
+from sweepctl.state import manifest, runs
 from sweepctl.train import contract
 from sweepctl.train.config import FIELD_NAMES
+from sweepctl.views import ttest
+from sweepctl.views.eta import attempt_gpu_hours
 
-REPORT_SCHEMA = "sweepctl.report/2"
+REPORT_SCHEMA = "sweepctl.views.report/2"
 # The composite-gain keys of diag rows written before the per-layer diagnostics of the mHC paper
 # (the full-depth gain of the static maps only); still read, as the full-depth gain. Not imported
 # from `sweepctl.train.diagnostics`: that module needs torch, and a report must run without it.
@@ -265,7 +266,7 @@ def run_record(directory: Path, *, planned_config: dict[str, Any] | None = None,
         "tokens_per_iter": tpi,
         "tok_per_s": _finite(summary.get("tok_per_s")),
         "elapsed_s": _finite(summary.get("elapsed_s", summary.get("elapsed"))),
-        # its last attempt's wall time x GPUs, shared by the runs packed beside it (sweepctl.eta)
+        # its last attempt's wall time x GPUs, shared by the runs packed beside it (sweepctl.views.eta)
         "gpu_hours": attempt_gpu_hours(view.summary, view.owner, gpus=int(summary.get("world_size") or 1)),
         "iter_num": summary.get("iter_num"),
         "max_iters": summary.get("max_iters") or (config or {}).get("max_iters"),

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from sweepctl.errors import SpecError
-from sweepctl.runs import RUN_ID_MAX, RUN_ID_RE  # one rule for the CSV and every command that takes a run_id
 from sweepctl.train.config import (
     PRESETS,
     ConfigError,
@@ -35,6 +34,7 @@ from sweepctl.train.config import (
     settings_of,
     suggest,
 )
+from sweepctl.train.contract import RUN_ID_MAX, RUN_ID_RE  # one rule for the CSV and every command
 
 REQUIRED_COLUMNS = ("run_id", "config", "seed")
 OPTIONAL_COLUMNS = ("overrides", "notes", "gpus", "priority")

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from sweepctl import __version__, launch
 from sweepctl.errors import SpecError, SweepctlError
-from sweepctl.plan import Plan, claim_order
 from sweepctl.settings import Settings
-from sweepctl.spec import read_sweep
+from sweepctl.sweep.plan import Plan, claim_order
+from sweepctl.sweep.spec import read_sweep
 from sweepctl.train.contract import write_text_atomic
 
 SLURM_LOG_DIR = "slurm"  # .sweeps/<name>/slurm/<job>_<task>.out; sbatch does not create it

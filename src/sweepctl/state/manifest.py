@@ -14,7 +14,7 @@ laptop (or the pod) that launched it is gone.
       notified/<event>    one marker per webhook message sent, so each is sent once (notified_dir)
       <session>.json      each runner's own state (runner.py)
       upload/             on a pod: what `launch --host` uploaded, and hosts.json (which pod runs which row)
-      slurm/              sbatch's logs (slurm.py)
+      slurm/              sbatch's logs (backends/slurm_export.py)
 
     plan, launched = load_manifest(out_root, latest_sweep(out_root))
 """
@@ -33,9 +33,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sweepctl import runs
 from sweepctl.errors import SweepctlError
-from sweepctl.plan import Plan
+from sweepctl.state import runs
+from sweepctl.sweep.plan import Plan
 from sweepctl.train.contract import write_bytes_atomic
 
 SWEEPS_DIR = ".sweeps"

@@ -15,7 +15,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from sweepctl.train.contract import (
     OWNER,
     STDOUT_LOG,
     SUMMARY,
+    run_id_problem,
 )
 
 # The one atomic writer, re-exported: the orchestration side writes runs.write_json_atomic(...).
@@ -47,8 +47,6 @@ RESTART_BACKUPS = (STDOUT_LOG, SUMMARY, METRICS, HEARTBEAT, CHECKPOINT)
 RETRY_BACKUPS = (STDOUT_LOG, SUMMARY)
 
 # What a run_id may be (the CSV's rule): one safe path component, never `..`, never a path.
-RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-RUN_ID_MAX = 128
 # A run directory's files that a link could redirect a write through (backups, locks, the trainer).
 LINKABLE = (*COMPLETE_FILES, OWNER, LOCK)
 
@@ -62,18 +60,6 @@ HOST = socket.gethostname()
 
 def run_dir(out_root: str | Path, run_id: str) -> Path:
     return Path(out_root) / run_id
-
-
-def valid_run_id(run_id: str) -> bool:
-    return len(run_id) <= RUN_ID_MAX and RUN_ID_RE.fullmatch(run_id) is not None
-
-
-def run_id_problem(run_id: str) -> str | None:
-    """Why `run_id` cannot name a run directory, or None. The message quotes only what was typed."""
-    if valid_run_id(run_id):
-        return None
-    return (f"{run_id!r} is not a run_id (letters, digits, '.', '_', '-', starting with a letter or digit, "
-            f"at most {RUN_ID_MAX} characters)")
 
 
 def symlink_problem(directory: Path) -> str | None:

@@ -27,8 +27,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sweepctl.backends.ray_backend import RAY_VERSION
 from sweepctl.errors import RemoteError
-from sweepctl.ray_backend import RAY_VERSION
 from sweepctl.remote import MISSING_EXIT, open_transport
 from sweepctl.transport import Transport
 

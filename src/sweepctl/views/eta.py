@@ -9,7 +9,7 @@ earlier attempts' summaries are `.bak-` copies that status does not read (it sta
 thousands of runs).
 
 What is left is costed from the throughput observed in this sweep, per model shape
-(`sweepctl.slots.memory_key`: tokens trained / wall seconds of every attempt that trained, so
+(`sweepctl.state.slots.memory_key`: tokens trained / wall seconds of every attempt that trained, so
 start-up and compile time count, and packed runs are measured packed). A shape not seen yet
 falls back to the FLOPs estimate the dynamic schedule uses (`plan.run_cost`), scaled by the
 FLOPs per second observed over every shape; with nothing observed, nothing is estimated.
@@ -23,9 +23,9 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sweepctl.plan import Plan, longest_first, run_cost
-from sweepctl.runs import RunView
-from sweepctl.slots import memory_key
+from sweepctl.state.runs import RunView
+from sweepctl.state.slots import memory_key
+from sweepctl.sweep.plan import Plan, longest_first, run_cost
 
 # every config field that memory_key, tokens_of or run_cost reads
 _SHAPE_FIELDS = ("hc_disable", "hc_num_streams", "mhc", "v_residual", "n_layer", "n_embd", "n_head", "batch_size",

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from sweepctl import __version__
-from sweepctl.checklist import Check, last_line, run_command
 from sweepctl.errors import SweepctlError
-from sweepctl.gpus import Gpu
+from sweepctl.pod.checklist import Check, last_line, run_command
+from sweepctl.pod.gpus import Gpu
 
 WHEEL_MARKER = ".sweepctl-install"  # in the venv: what was installed there (wheel sha256 or version)
 REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip entry can carry

@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from sweepctl.checklist import Check, set_mode
+from sweepctl.pod.checklist import Check, set_mode
 
 
 def default_ssh_dir(volume: Path) -> Path | None:

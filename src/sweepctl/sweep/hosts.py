@@ -303,7 +303,7 @@ def subset_csv(text: str, rows: Iterable[int] | None = None, config_refs: Mappin
     """The sweep CSV with only `rows` (0-based data row indices; None: all) and the config column
     of row i replaced by `config_refs[i]` (the uploaded copy of a config file).
 
-    Rows are parsed as `sweepctl.spec` parses them (blank records are not rows). Each kept row is
+    Rows are parsed as `sweepctl.sweep.spec` parses them (blank records are not rows). Each kept row is
     written back on its original line, padded with blank lines, so line numbers still match the
     laptop's file; a row whose config column does not change is copied as it was written."""
     keep = None if rows is None else set(rows)
@@ -354,7 +354,7 @@ class HostAnswer:
 
 
 def merge_status(answers: list[HostAnswer], *, host_column: bool = True) -> dict[str, Any]:
-    """One status dict (the shape `sweepctl.status.render` draws) out of several hosts' dicts.
+    """One status dict (the shape `sweepctl.views.status.render` draws) out of several hosts' dicts.
 
     Runs, GPUs, sessions and disks get a `host` key (unless `host_column` is False: one host, drawn
     exactly as on the pod); `hosts` lists every host with its error, so a host that did not

@@ -20,11 +20,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sweepctl import runs
-from sweepctl.gpus import query_gpus
-from sweepctl.manifest import latest_sweep, load_manifest
-from sweepctl.plan import Plan, cuda_visible_devices
-from sweepctl.tmux import shard_session
+from sweepctl.pod.gpus import query_gpus
+from sweepctl.pod.tmux import shard_session
+from sweepctl.state import runs
+from sweepctl.state.manifest import latest_sweep, load_manifest
+from sweepctl.sweep.plan import Plan, cuda_visible_devices
 
 # A volume this full is said in yellow: a checkpoint of a 48-layer model is hundreds of MB, and a
 # run that cannot write one fails at its next eval.
@@ -83,7 +83,7 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
         # running now are running in parallel
         live = max(sum(len(g["alive"]) for g in model["slots"]), counts["running"]) if with_sessions \
             else plan.shard_count
-        from sweepctl.eta import estimate
+        from sweepctl.views.eta import estimate
 
         model["eta"] = estimate(plan, views, now=now, slots=live, price=gpu_hour_price)
     return model
@@ -170,7 +170,7 @@ def _seconds_per_iter(tail: runs.MetricsTail) -> float | None:
 
 def sessions(socket: str | None, plan: Plan | None) -> list[dict[str, Any]]:
     """sweep-*/rerun-* sessions on the tmux server; a shard session also names its devices."""
-    from sweepctl.tmux import SHARD_PREFIX, Tmux, tmux_version
+    from sweepctl.pod.tmux import SHARD_PREFIX, Tmux, tmux_version
 
     if tmux_version() is None:
         return []
@@ -267,7 +267,7 @@ def _render_full(model: dict[str, Any], *, title: str | None = None, footer: boo
     from rich.table import Table
     from rich.text import Text
 
-    # Several pods (sweepctl.hosts.merge_status): runs, GPUs and sessions carry a `host` key, and
+    # Several pods (sweepctl.sweep.hosts.merge_status): runs, GPUs and sessions carry a `host` key, and
     # the same shard number exists once per host, so every lookup is by (host, name).
     multi = any("host" in r for r in (*model["runs"], *model.get("gpus", []), *model.get("sessions", [])))
     devices = {(e.get("host"), e["name"]): e.get("devices") for e in model.get("sessions", [])}

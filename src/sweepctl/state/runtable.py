@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sweepctl import runs
-from sweepctl.plan import Plan
+from sweepctl.state import runs
+from sweepctl.sweep.plan import Plan
 
 Action = Literal["skip", "run", "resume", "restart"]
 

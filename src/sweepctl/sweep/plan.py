@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from sweepctl.errors import RefusedError, SpecError
-from sweepctl.spec import RunSpec, Sweep, shared_fields_set
+from sweepctl.sweep.spec import RunSpec, Sweep, shared_fields_set
 from sweepctl.train.config import TrainConfig, format_override
 
 Schedule = Literal["static", "dynamic"]

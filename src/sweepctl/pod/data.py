@@ -442,7 +442,7 @@ def prepare_text(
     """
     import numpy as np
 
-    from sweepctl.tokenizer import EOT_TOKEN, gpt2_encoding
+    from sweepctl.pod.tokenizer import EOT_TOKEN, gpt2_encoding
 
     if shard_tokens < 1:
         raise SweepctlError(f"--shard-tokens must be at least 1, got {shard_tokens}")

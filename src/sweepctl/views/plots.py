@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sweepctl import report
 from sweepctl.errors import SweepctlError
+from sweepctl.views import report
 
 FIGSIZE = (10.0, 5.5)  # inches
 DPI = 100  # -> 1000 x 550 px

@@ -1,6 +1,6 @@
 """The guard beside a Ray task's trainer: when the Ray worker dies, its trainer dies too.
 
-    python -m sweepctl.ray_guard RUN_DIR WORKER_PID KILL_GRACE_S   # stdin: a pipe only the worker writes
+    python -m sweepctl.backends.ray_guard RUN_DIR WORKER_PID KILL_GRACE_S   # stdin: a pipe only the worker writes
 
 Ray gives a dead worker's GPUs to the next task at once. A trainer orphaned by a SIGKILLed worker
 (the OOM killer, `ray stop --force`, a forced `ray.cancel`) would go on training beside that task
@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from sweepctl import runs
+from sweepctl.state import runs
 
 DONE = b"done"
 POLL_S = 0.2

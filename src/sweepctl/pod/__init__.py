@@ -1,0 +1,1 @@
+"""Making a pod ready: bootstrap, SSH keys, its Python, data and tokenizer."""

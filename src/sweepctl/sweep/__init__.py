@@ -1,0 +1,1 @@
+"""CSV -> run specs -> plan; multi-pod placement. Pure."""

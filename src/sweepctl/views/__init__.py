@@ -1,0 +1,1 @@
+"""Read-only pictures of a sweep: status, report, plots, GPUs, ETA."""
