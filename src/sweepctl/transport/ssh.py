@@ -314,16 +314,9 @@ class SSHTransport(Transport):
         argv = list(argv)
         out = bytearray()
         with self._running(argv, env, timeout) as (command, deadline):
-            chan = command.chan
-            if stdin is not None:
-                chan.sendall(as_bytes(stdin))
-            chan.shutdown_write()  # EOF on the remote stdin, so `cat`-like commands finish
-            for stream_name, chunk in channel_chunks(chan, deadline):
-                if stream_name == "out":
-                    out.extend(chunk)
-                else:
-                    command.feed_stderr(chunk)
-            code = self._exit_status(chan)
+            for chunk in self._stdout(command, deadline, stdin):
+                out.extend(chunk)
+            code = self._exit_status(command.chan)
         return checked_result(self, argv, Result(code, decode_output(bytes(out)), decode_output(command.stderr)), check)
 
     def stream(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True,
@@ -332,23 +325,31 @@ class SSHTransport(Transport):
         pending = b""
         # Leaving the `with` abandons the command, also when the caller stops reading early.
         with self._running(argv, env, timeout) as (command, deadline):
-            chan = command.chan
-            chan.shutdown_write()
-            for stream_name, chunk in channel_chunks(chan, deadline):
-                if stream_name == "err":
-                    command.feed_stderr(chunk)
-                    continue
+            for chunk in self._stdout(command, deadline):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     yield decode_output(line)
             if pending:
                 yield decode_output(pending)
-            code = self._exit_status(chan)
+            code = self._exit_status(command.chan)
         result = Result(code, "", decode_output(command.stderr))
         if check and code != 0:
             raise self.error_for(argv, result)
         return result
+
+    def _stdout(self, command: RemoteCommand, deadline: float | None, stdin: StrInput = None) -> Iterator[bytes]:
+        """The command's stdout as it comes, after `stdin` and an EOF on it (so `cat`-like commands
+        finish); its stderr goes to the command's tail as it comes."""
+        chan = command.chan
+        if stdin is not None:
+            chan.sendall(as_bytes(stdin))
+        chan.shutdown_write()
+        for stream_name, chunk in channel_chunks(chan, deadline):
+            if stream_name == "err":
+                command.feed_stderr(chunk)
+            else:
+                yield chunk
 
     def _exit_status(self, chan: paramiko.Channel) -> int:
         if not chan.exit_status_ready():
@@ -418,18 +419,13 @@ class SSHTransport(Transport):
         done = 0
         argv = ["cat", "--", remote]
         with self._running(argv, None, None) as (command, deadline), open(local, "wb") as f:
-            chan = command.chan
-            chan.shutdown_write()
-            for stream_name, chunk in channel_chunks(chan, deadline):
-                if stream_name == "err":
-                    command.feed_stderr(chunk)
-                    continue
+            for chunk in self._stdout(command, deadline):
                 f.write(chunk)
                 done += len(chunk)
                 if progress:
                     progress(done)
             try:
-                code = self._exit_status(chan)
+                code = self._exit_status(command.chan)
             except (paramiko.SSHException, EOFError) as e:
                 raise self._lost(argv, e) from None
         if code != 0:
