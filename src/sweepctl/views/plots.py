@@ -58,8 +58,11 @@ def install_hint() -> str:
     import sys
 
     python = shlex.quote(sys.executable)
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").is_file() and Path(__file__).resolve().parent.parent.name == "src":
+    import sweepctl
+
+    package = Path(sweepctl.__file__).resolve().parent  # <checkout>/src/sweepctl in a source checkout
+    checkout = package.parent.parent
+    if package.parent.name == "src" and (checkout / "pyproject.toml").is_file():
         return f"{python} -m pip install -e {shlex.quote(str(checkout) + '[plots]')}"
     return f"{python} -m pip install 'sweepctl[plots]'"
 
