@@ -74,6 +74,16 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
     run.render(as_json=as_json)
 
 
+def driver_pod_shards(backend: str, hosts: list[str], shards: int | None) -> int:
+    """`launch --host POD --backend ray`: the one pod that runs the driver gets the whole CSV, as
+    a plan of one shard (`--shards 1`, the only count such a launch accepts), and no GPU survey."""
+    if len(hosts) > 1:
+        raise SweepctlError(f"--backend {backend} runs its driver on one pod; got {len(hosts)}: {', '.join(hosts)}",
+                            hint=f"pass the --host of a {backend} node (e.g. the head from `sweepctl ray up`); "
+                                 f"{backend} spreads the rows over every node of its cluster")
+    return 1 if shards is None else shards
+
+
 def _live_shards(record: PodRecord) -> int | None:
     """A pod whose runners are live keeps its shard count: rows added now join their queue."""
     if not record.live_sessions or not record.layout:

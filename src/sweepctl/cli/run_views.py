@@ -17,13 +17,14 @@ from typing import Any
 from rich.table import Table
 
 from sweepctl.console import console, err_console
-from sweepctl.tmux import shard_session
 
 
-def launch_model(preview: Any, result: Any | None = None) -> dict[str, Any]:
-    """`launch --json`: the pre-flight, the run table, and (after execute) the sessions started."""
+def launch_model(preview: Any, sessions: list[str], started: Any | None = None) -> dict[str, Any]:
+    """`launch --json`: the pre-flight, the run table, the sessions the backend would start, and
+    (after `start`) what it started (`backends.Started`: the same shape for every backend)."""
     return {
         "sweep": preview.sweep.name,
+        "backend": preview.options.backend,
         "out_root": str(preview.out_root),
         "sweep_dir": str(preview.sweep_dir),
         "warnings": list(preview.sweep.warnings),
@@ -37,14 +38,17 @@ def launch_model(preview: Any, result: Any | None = None) -> dict[str, Any]:
         "schedule": preview.plan.schedule,
         "runs_per_gpu": preview.plan.runs_per_gpu,
         "shards_to_start": list(preview.shards_to_start),
+        "sessions_to_start": list(sessions),
         "dry_run": preview.options.dry_run,
-        "started": [asdict(s) for s in result.started] if result else [],
-        "refused_sessions": list(result.refused_sessions) if result else [],
-        "attach": result.attach if result else None,
-        "status_command": result.status_command if result else None,
+        "started": list(started.sessions) if started else [],
+        "refused_sessions": list(started.refused_sessions) if started else [],
+        "attach": started.attach if started else None,
+        "status_command": started.status_command if started else None,
+        "notes": list(started.notes) if started else [],
         # the sweep's runners were live: the CSV's rows joined their queue (None otherwise)
         "joined": ({"sessions": j.sessions, "added": j.added, "updated": j.updated}
                    if (j := preview.joining) is not None else None),
+        **(started.record if started else {}),
     }
 
 
@@ -75,16 +79,12 @@ def render_launch_preview(model: dict[str, Any], *, detailed: bool) -> None:
     console.print(table)
 
 
-def sessions_text(shards: list[int]) -> str:
-    return ", ".join(shard_session(s) for s in shards) or "no session"
-
-
 def render_launch_outcome(model: dict[str, Any], *, attach: str | None = None, status: str | None = None,
                           show_status: bool = True, prefix: str = "") -> None:
-    """The sessions started and how to look at them; `attach`/`status` replace the pod's own hints
-    (several pods print one status line, after the last)."""
+    """The sessions started, the backend's own lines, and how to look at them; `attach`/`status`
+    replace the pod's own hints (several pods print one status line, after the last)."""
     if model["dry_run"]:
-        console.print(f"{prefix}dry run: would start {sessions_text(model['shards_to_start'])}; "
+        console.print(f"{prefix}dry run: would start {', '.join(model['sessions_to_start']) or 'no session'}; "
                       "nothing written, nothing started.", highlight=False)
         return
     if joined := model.get("joined"):
@@ -93,7 +93,8 @@ def render_launch_outcome(model: dict[str, Any], *, attach: str | None = None, s
                       + (f" ({', '.join(added)})" if added else "") + f", {len(updated)} updated"
                       + (f" ({', '.join(updated)})" if updated else "")
                       + "; the runners claim them without a restart", highlight=False)
-    if not model["started"]:
+    notes = model.get("notes") or []
+    if not model["started"] and not notes:
         if not joined:
             console.print(f"{prefix}nothing to start: every run is ok, running, or skipped.", highlight=False)
         return
@@ -104,8 +105,11 @@ def render_launch_outcome(model: dict[str, Any], *, attach: str | None = None, s
         where = (f"CPU slot {s['shard']}" if model.get("cpu") and s.get("shard") is not None
                  else f"CUDA_VISIBLE_DEVICES={s['devices']}{slot}")
         console.print(f"{prefix}{s['how']} {s['session']}: {where}, {rows}", highlight=False)
-    console.print(f"attach: {attach or model['attach']}", highlight=False)
-    if show_status:
+    for note in notes:
+        console.print(f"{prefix}{note}", highlight=False, soft_wrap=True)
+    if model["started"]:
+        console.print(f"attach: {attach or model['attach']}", highlight=False)
+    if show_status and (status or model["status_command"]):
         console.print(f"status: {status or model['status_command']}", highlight=False)
 
 
