@@ -136,6 +136,7 @@ def test_launch_backend_slurm_writes_the_job_array(workspace: Workspace, capsys:
     model = json.loads(r.out)
     sweep_dir = ws.out_root / ".sweeps" / "grid"
     script = sweep_dir / "grid.sbatch"
+    assert [c["what"].split()[0] for c in model["checks"]] == ["data", "out-root"]  # not this machine's GPUs, tmux
     assert (model["backend"], model["started"], model["script"]) == ("slurm", [], str(script))
     assert model["notes"] == [f"wrote {script}: 2 array tasks (--array=0-1, --gres=gpu:1); manifest in {sweep_dir}",
                               f"submit: sbatch {script}"]
