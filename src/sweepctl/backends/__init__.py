@@ -10,6 +10,7 @@ ray (a Ray task per row), slurm (an sbatch job array). A new engine is one modul
 """
 
 from sweepctl.backends.base import (
+    DEFAULT,
     Backend,
     LaunchRequest,
     RerunCommand,
@@ -22,5 +23,5 @@ from sweepctl.backends.base import (
     unregister,
 )
 
-__all__ = ["Backend", "LaunchRequest", "RerunCommand", "Started", "check_request", "get", "names", "of_launch",
+__all__ = ["DEFAULT", "Backend", "LaunchRequest", "RerunCommand", "Started", "check_request", "get", "names", "of_launch",
            "register", "unregister"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from sweepctl.console import console, err_console
+from sweepctl.console import console
 
 ray_app = typer.Typer(name="ray", no_args_is_help=True,
                       help="A Ray cluster on your pods for `launch --backend ray` (up, down).")
@@ -67,6 +67,7 @@ def ray_up(
                                                     "e.g. --start-arg=--num-gpus=8."),
     remote_bin: str | None = REMOTE_BIN,
 ) -> None:
+    from sweepctl.cli.render.cluster import render_ray_up
     from sweepctl.ray_cluster import Ports
     from sweepctl.ray_cluster import ray_up as up
     from sweepctl.settings import load_settings
@@ -75,13 +76,7 @@ def ray_up(
     result = up(head, worker or [], remote_bin=settings.remote_bin,
                 ports=Ports(port, node_manager_port, object_manager_port), extra=start_arg or [],
                 progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
-    console.print(f"Ray cluster up: head {result.head} at {result.address}"
-                  + (f", workers {', '.join(result.workers)}" if result.workers else ", no workers"), highlight=False, soft_wrap=True)
-    console.print(f"launch:    sweepctl launch CSV --backend ray --ray-address {result.address} --host {head}",
-                  highlight=False, soft_wrap=True)
-    console.print(f"dashboard: ssh -N -L 8265:127.0.0.1:8265 {head}, then http://127.0.0.1:8265", highlight=False, soft_wrap=True)
-    console.print(f"stop:      sweepctl ray down --head {head}" + "".join(f" --worker {w}" for w in worker or []),
-                  highlight=False, soft_wrap=True)
+    render_ray_up(result, head, worker or [])
 
 
 @ray_app.command("down", help="Stop Ray on pods over SSH (`ray stop` on each worker, then the head). "
@@ -122,19 +117,14 @@ def export_slurm(
 
     Each task runs the shard runner's per-row code path (lock, run table, trainer, summary)."""
     from sweepctl import slurm
+    from sweepctl.cli.render.cluster import render_export
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir)
     options = slurm.SlurmOptions(name=name, gpus_per_task=gpus_per_task, concurrency=concurrency,
                                  max_retries=max_retries, retry_failed=retry_failed, no_wandb=no_wandb)
     exported = slurm.export(csv_path, options, settings, output)
-    for w in [*exported.preview.sweep.warnings, *exported.warnings]:
-        err_console.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"wrote {exported.script}: {exported.rows} array tasks (--array={exported.array}, "
-                  f"--gres=gpu:{exported.preview.options.gpus_per_task}); manifest in {exported.preview.sweep_dir}", highlight=False, soft_wrap=True)
-    console.print(f"submit: sbatch {exported.script}", highlight=False, soft_wrap=True)
-    console.print(f"status: sweepctl status --out-root {exported.preview.out_root} --sweep {exported.preview.sweep.name}",
-                  highlight=False, soft_wrap=True)
+    render_export(exported)
 
 
 def register(app: typer.Typer) -> None:

@@ -50,7 +50,7 @@ def launch(
                                       help="End a run whose iteration has not advanced for S seconds (0: never)."),
     run_timeout: float | None = typer.Option(None, "--run-timeout", help="End a run after S seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print the pre-flight, run table and sessions started as JSON."),
-    backend: str = typer.Option("tmux", "--backend",
+    backend: str = typer.Option(backends.DEFAULT, "--backend",
                                 help=f"How the rows run: {', '.join(backends.names())} (tmux: a session per shard; "
                                      "ray: a Ray task per row; slurm: an sbatch job array to submit)."),
     ray_address: str | None = typer.Option(None, "--ray-address", metavar="ADDR",
@@ -89,7 +89,7 @@ def launch(
                                     dry_run=dry_run, as_json=as_json, reassign=reassign, forget=forget,
                                     forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json",
                                                                              "reassign", "forget", "placed_on")))
-    from sweepctl.cli import run_views as views
+    from sweepctl.cli.render import run as views
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir, notify_url=notify, runs_per_gpu=runs_per_gpu)
@@ -153,9 +153,9 @@ def status(
     if state is not None and state not in STATES:
         raise SweepctlError(f"--state must be one of {', '.join(STATES)}, got {state!r}")
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
+        from sweepctl.cli import on_pods
 
-        return remote_cmds.status(pods, remote_opts.forwarded(exclude=("as_json", "watch", "interval", "show_all")),
+        return on_pods.status(pods, remote_opts.forwarded(exclude=("as_json", "watch", "interval", "show_all")),
                                   as_json=as_json, watch=watch, interval=interval, show_all=show_all)
     settings = load_settings(out_root=out_root, gpu_hour_price=gpu_hour_price)
 
@@ -178,8 +178,8 @@ def status(
             for line in _no_runs(Path(m["out_root"]), out_root):
                 console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
-    from sweepctl.cli.status_watch import polled
-    from sweepctl.cli.status_watch import watch as watch_status
+    from sweepctl.cli.render.watch import polled
+    from sweepctl.cli.render.watch import watch as watch_status
 
     watch_status(polled(model, interval), interval=interval, render=render)
 
@@ -188,8 +188,8 @@ def _no_runs(where: Path, flag: str | None) -> list[str]:
     """The lines of an empty status: the demo's folder, the project file's out_root and the
     default are looked at too, and named when they hold runs."""
     from sweepctl import runs
-    from sweepctl.cli.demo_cmd import DEFAULT_OUT_ROOT
-    from sweepctl.cli.run_views import no_runs_lines
+    from sweepctl.cli.render.run import no_runs_lines
+    from sweepctl.demo import DEFAULT_OUT_ROOT
     from sweepctl.settings import explain_settings, project_file_value
 
     source = next(src for name, _, src in explain_settings(out_root=flag) if name == "out_root")
@@ -222,9 +222,9 @@ def logs(
 
     check_run_id(run_id)
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
+        from sweepctl.cli import on_pods
 
-        return remote_cmds.logs(pods, run_id, remote_opts.forwarded())
+        return on_pods.logs(pods, run_id, remote_opts.forwarded())
     settings = load_settings(out_root=out_root)
     path = control.log_path(Path(settings.out_root), run_id, follow=follow)
     directory = path.parent
@@ -256,22 +256,22 @@ def stop(
 ) -> None:
     """SIGINT to the runners: each trainer writes `interrupted`, no new row starts, sessions stay."""
     from sweepctl import control
-    from sweepctl.cli import run_views
+    from sweepctl.cli.render import run as views
     from sweepctl.errors import SweepctlError
     from sweepctl.settings import load_settings
 
     if (shard is None) == (not all_shards):
         raise SweepctlError("pass --shard I or --all")
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
+        from sweepctl.cli import on_pods
 
-        return remote_cmds.stop(pods, remote_opts.forwarded(exclude=("as_json",)), shard=shard, as_json=as_json)
+        return on_pods.stop(pods, remote_opts.forwarded(exclude=("as_json",)), shard=shard, as_json=as_json)
     settings = load_settings(out_root=out_root)
-    model = run_views.stop_model(control.stop(Path(settings.out_root), sweep=sweep, shard=shard), shard)
+    model = views.stop_model(control.stop(Path(settings.out_root), sweep=sweep, shard=shard), shard)
     if as_json:
         typer.echo(json.dumps(model, indent=2))
     else:
-        run_views.render_stop(model)
+        views.render_stop(model)
 
 
 def rerun(
@@ -288,20 +288,20 @@ def rerun(
     from dataclasses import asdict
 
     from sweepctl import control
-    from sweepctl.cli import run_views
+    from sweepctl.cli.render import run as views
     from sweepctl.settings import load_settings
 
     check_run_id(run_id)
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
+        from sweepctl.cli import on_pods
 
-        return remote_cmds.rerun(pods, run_id, remote_opts.forwarded(exclude=("as_json",)), as_json=as_json)
+        return on_pods.rerun(pods, run_id, remote_opts.forwarded(exclude=("as_json",)), as_json=as_json)
     settings = load_settings(out_root=out_root)
     r = control.rerun(Path(settings.out_root), run_id, settings=settings, force=force, gpu=gpu)
     if as_json:
         typer.echo(json.dumps(asdict(r), indent=2))
     else:
-        run_views.render_rerun(asdict(r), logs=remote_opts.hint("logs", run_id, "-f"))
+        views.render_rerun(asdict(r), logs=remote_opts.hint("logs", run_id, "-f"))
 
 
 def runner(

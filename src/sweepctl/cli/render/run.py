@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from sweepctl.console import console, err_console
+from sweepctl.tmux import SHARD_PREFIX, shard_session
 
 
 def launch_model(preview: Any, sessions: list[str], started: Any | None = None) -> dict[str, Any]:
@@ -157,3 +158,74 @@ def no_runs_lines(out_root: Path, source: str, elsewhere: list[tuple[str, Path, 
     lines.append("runs in another folder: --out-root DIR (or export SWEEPCTL_OUT_ROOT=DIR); runs on a pod: "
                  "--host POD, an alias from ~/.ssh/config (or export SWEEPCTL_HOST=POD)")
     return lines
+
+
+# --- launch over several pods -----------------------------------------------------------------------
+
+
+@dataclass
+class PodLaunched:
+    """One pod's part of a `launch --host`: its answer (`launch --json`), and whether it started."""
+
+    host: str
+    model: dict[str, Any] | None
+    started: bool  # it answered without an error, and every pod passed its rehearsal
+    rows: int
+    shards: int
+
+
+def render_pods_launch(placement: Any, launched: list[PodLaunched], idle: list[str], *, single: bool,
+                       dry_run: bool, stopped: bool, status: str) -> None:
+    """Each pod's pre-flight and sessions under a rule naming its rows and sessions (its own
+    sweep-0.., as `attach` and status's shard column number them); when `stopped`, these are
+    the rehearsal's dry-run answers and nothing was started. `placement` is `hosts.Placement`:
+    the rows --reassign moved and --forget started over, and those kept on pods not named;
+    `status` the status command for every --host and the --out-root given."""
+    from sweepctl.hosts import rows_text, some_of
+
+    moves: dict[tuple[str, str], int] = {}
+    for _run_id, src, dst in placement.moved:
+        if src not in placement.forgotten:
+            moves[src, dst] = moves.get((src, dst), 0) + 1
+    for host in placement.forgotten:
+        lost = [(run_id, dst) for run_id, src, dst in placement.moved if src == host]
+        console.print(f"--forget {host}: {host} is forgotten (lost with its volume); "
+                      + (f"{rows_text(len(lost))} recorded there start over: "
+                         + some_of([f"{run_id} -> {dst}" for run_id, dst in lost], 10) if lost
+                         else "no row recorded there starts over (each is ok on a pod named)"),
+                      highlight=False)
+    if moves:
+        console.print("--reassign moves rows that have not started: "
+                      + ", ".join(f"{src} -> {dst}: {rows_text(n)}" for (src, dst), n in moves.items()),
+                      highlight=False)
+    for host, run_ids in placement.elsewhere.items():
+        shown = ", ".join(run_ids[:5]) + (", ..." if len(run_ids) > 5 else "")
+        console.print(f"{host} keeps {rows_text(len(run_ids))} started there ({shown}): launched nowhere now; "
+                      f"add --host {host} to launch them there", highlight=False)
+    for pod in launched:
+        model = pod.model
+        if not single:
+            n = (model or {}).get("shard_count") or pod.shards  # the pod's sessions: x its --runs-per-gpu
+            sessions = shard_session(0) + (f"..{shard_session(n - 1)}" if n > 1 else "")
+            console.rule(f"{pod.host}: {rows_text(pod.rows)} on {sessions}", align="left")
+        if model is None:
+            continue
+        model = dict(model, warnings=[])  # the laptop printed the CSV's warnings once already
+        render_launch_preview(model, detailed=dry_run)
+        if pod.started:
+            first = model["started"][0]["session"] if model["started"] else shard_session(0)
+            render_launch_outcome(model, attach=f"sweepctl attach --host {pod.host} {attach_target(first)}",
+                                  status=status, show_status=pod is launched[-1],
+                                  prefix="" if single else f"{pod.host}: ")
+    for host in idle:
+        console.print(f"{host}: no rows; nothing launched there", highlight=False)
+    if stopped:
+        console.print("nothing started on any host: every pod must pass its pre-flight first.", style="red",
+                      highlight=False)
+
+
+def attach_target(session: str) -> str:
+    """`sweep-3` -> `3` (attach's shard shorthand); other sessions (`sweep-ray`) by their full name,
+    since a bare word is read as a run_id (`rerun-<run_id>`)."""
+    rest = session.removeprefix(SHARD_PREFIX)
+    return rest if rest.isdigit() else session
