@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -190,3 +192,31 @@ def test_a_toy_backend_is_one_module_and_one_register_call(
         if runs.pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_an_installed_package_adds_a_backend_with_an_entry_point(
+        workspace: Workspace, tmp_path: Path) -> None:
+    """The command line as a user runs it, in a fresh process: the toy module and a package that
+    declares it (`[project.entry-points."sweepctl.backends"] toy = "toy_backend"`, what pip writes
+    as entry_points.txt) on the path, and nothing registered by hand."""
+    site = tmp_path / "site"
+    (site / "toy_backend-0.1.dist-info").mkdir(parents=True)
+    (site / "toy_backend.py").write_text(textwrap.dedent(TOY))
+    (site / "toy_backend-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-backend\n"
+                                                                 "Version: 0.1\n")
+    (site / "toy_backend-0.1.dist-info" / "entry_points.txt").write_text("[sweepctl.backends]\ntoy = toy_backend\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    csv = str(workspace.csv([("a", ""), ("b", "")]))
+
+    def sweepctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sweepctl", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    dry = sweepctl("launch", csv, "--backend", "toy", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[-1] == "dry run: would start no session; nothing written, nothing started."
+    assert "2 runs: 2 run" in dry.stdout and not workspace.out_root.exists()
+    typo = sweepctl("launch", csv, "--backend", "tyo")
+    assert typo.returncode == 1
+    assert typo.stderr == ("error: --backend must be one of ray, slurm, tmux, toy, got 'tyo' — did you mean "
+                           "--backend toy?\n")

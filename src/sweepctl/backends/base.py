@@ -109,6 +109,12 @@ _MODULES: dict[str, str] = {
     "slurm": "sweepctl.backends.slurm",
 }
 DEFAULT = "tmux"  # a launch.json that names no backend was written by a tmux launch
+# An installed package adds a backend to the command line without code here by declaring
+#     [project.entry-points."sweepctl.backends"]
+#     toy = "toy_backend"
+# which is the same as register("toy", "toy_backend"). Read on the first lookup that needs it.
+ENTRY_POINTS = "sweepctl.backends"
+_declared: list[bool] = []  # [True] once the entry points were read
 
 
 def register(name: str, module: str) -> None:
@@ -125,11 +131,24 @@ def unregister(name: str) -> None:
         _MODULES.pop(name, None)
 
 
+def _read_entry_points() -> None:
+    if _declared:
+        return
+    _declared.append(True)
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINTS):
+        _MODULES.setdefault(point.name, point.value)  # a built-in name is never taken over
+
+
 def names() -> list[str]:
+    _read_entry_points()
     return sorted(_MODULES)
 
 
 def get(name: str) -> Backend:
+    if name not in _MODULES:
+        _read_entry_points()
     if name not in _MODULES:
         close = difflib.get_close_matches(name, names(), n=1, cutoff=0.5)
         raise SweepctlError(f"--backend must be one of {', '.join(names())}, got {name!r}",

@@ -51,8 +51,8 @@ def launch(
     run_timeout: float | None = typer.Option(None, "--run-timeout", help="End a run after S seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print the pre-flight, run table and sessions started as JSON."),
     backend: str = typer.Option(backends.DEFAULT, "--backend",
-                                help=f"How the rows run: {', '.join(backends.names())} (tmux: a session per shard; "
-                                     "ray: a Ray task per row; slurm: an sbatch job array to submit)."),
+                                help="How the rows run: tmux (a session per shard), ray (a Ray task per row), slurm "
+                                     "(an sbatch job array to submit), or a backend a package registers."),
     ray_address: str | None = typer.Option(None, "--ray-address", metavar="ADDR",
                                            help="Ray cluster for --backend ray, HEAD_IP:6379 \\[default: RAY_ADDRESS, "
                                                 "else the cluster started on this machine]."),
