@@ -45,7 +45,8 @@ class LaunchRequest:
 
     csv_path: Path
     settings: Settings
-    # Every backend's: what to run and how to treat the run table.
+    # The LaunchOptions fields every backend shares, as keywords: name, no_wandb, dry_run, force,
+    # retry_failed, skip_failed, max_retries, stall_after_s, run_timeout_s, include_cancelled, placed_on.
     common: dict[str, Any]
     # Where tmux shards put rows (--shards, --schedule, --gpus-per-shard, --runs-per-gpu,
     # --fail-fast), by flag; None or the default when not given.
@@ -54,6 +55,7 @@ class LaunchRequest:
     engine_flags: dict[str, Any] = field(default_factory=dict)
 
     def shard_flags_given(self) -> list[str]:
+        # `--shards 1` is no shard option: an engine's plan is one shard, and `launch --host` sends it
         defaults = {"--gpus-per-shard": 1, "--fail-fast": False, "--shards": 1, "--schedule": "static",
                     "--runs-per-gpu": 1}
         return [flag for flag, value in self.shard_flags.items() if value not in (None, defaults.get(flag))]
