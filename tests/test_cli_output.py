@@ -208,7 +208,7 @@ def test_status_of_many_runs_summarises_by_state_and_group_then_lists_what_needs
 
 
 def test_watch_without_a_terminal_prints_a_line_per_change(capsys: pytest.CaptureFixture[str]) -> None:
-    from sweepctl.cli.status_watch import watch
+    from sweepctl.cli.render.watch import watch
 
     def model(states: list[tuple[str, int, float | None]]) -> dict:
         runs = [{"run_id": f"r{i}", "state": s, "iter": it, "max_iters": 100, "eta_s": eta}
@@ -233,7 +233,7 @@ def test_watch_on_a_terminal_shows_progress_the_refresh_time_and_how_to_quit() -
 
     from rich.console import Console
 
-    from sweepctl.cli.status_watch import _view
+    from sweepctl.cli.render.watch import _view
 
     m = {"runs": [{"run_id": "r0", "state": "running", "iter": 25, "max_iters": 100, "eta_s": 150.0}],
          "counts": {"running": 1}}

@@ -244,3 +244,32 @@ def test_each_stage_imports_only_the_stages_before_it():
             continue  # cli/ and __main__
         strays += [f"{module} -> {t}" for t in sorted(targets) if stage(t) not in allowed]
     assert not strays
+def command_modules() -> set[str]:
+    """cli modules that add commands to the app: they define `register(app)`."""
+    return {f"sweepctl.cli.{p.stem}" for p in (SRC / "cli").glob("*.py")
+            if any(isinstance(n, ast.FunctionDef) and n.name == "register"
+                   for n in ast.parse(p.read_text(encoding="utf-8")).body)}
+
+
+def test_command_modules_do_not_import_each_other():
+    """Each command module parses its options and calls the library, `cli/render` and the `--host`
+    helpers (remote_opts, on_pods, remote_launch); only the app imports command modules."""
+    commands = command_modules()
+    assert {"sweepctl.cli.run_cmds", "sweepctl.cli.report_cmds", "sweepctl.cli.remote_cmds"} <= commands
+    graph = module_graph()
+    strays = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                    if t in commands and m != "sweepctl.cli.app")
+    assert strays == []
+
+
+def test_what_the_command_line_prints_is_drawn_in_cli_render():
+    """Tables, live views and progress bars are drawn in cli/render/, from plain data: no command
+    module imports the rendering library, and no renderer imports a command."""
+    commands = {m.removeprefix("sweepctl.").replace(".", "/") + ".py" for m in command_modules()}
+    strays = [f"{rel}:{line} {name}" for rel, line, name in imports()
+              if rel in commands and name.split(".")[0] == "rich"]
+    assert strays == []
+    graph = module_graph()
+    upward = sorted(f"{m} -> {t}" for m, targets in graph.items() if m.startswith("sweepctl.cli.render")
+                    for t in targets if t in command_modules())
+    assert upward == []

@@ -283,11 +283,11 @@ def test_status_watch_keeps_going_through_a_dropped_connection(
         pod: Pod, ssh_pod, transports: list[SSHTransport], capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     from sshd import _children
-    from sweepctl.cli import remote_cmds, remote_opts
+    from sweepctl.cli import on_pods, remote_opts
 
     fabricate_ok_runs(pod.out_root, 3)
     pods = remote_opts.resolve(["pod"], None, False)
-    models = remote_cmds.watch_models(pods, ["status", "--json"], interval=0)
+    models = on_pods.watch_models(pods, ["status", "--json"], interval=0)
 
     first = next(models)
     assert first["counts"]["ok"] == 3 and not any(h["error"] for h in first["hosts"])
@@ -306,8 +306,8 @@ def test_status_watch_keeps_going_through_a_dropped_connection(
     models.close()
 
     # The command itself draws every refresh (two here, then the test stops the loop).
-    real = remote_cmds.watch_models
-    monkeypatch.setattr(remote_cmds, "watch_models",
+    real = on_pods.watch_models
+    monkeypatch.setattr(on_pods, "watch_models",
                         lambda p, a, interval: (m for m, _ in zip(real(p, a, interval=0), range(2), strict=False)))
     r = run_cli(capsys, "status", "--host", "pod", "--watch")
     assert r.code == 0, r.err

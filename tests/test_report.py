@@ -324,7 +324,7 @@ def test_table_csv_and_json_formats(sweep_root: Path, data: dict[str, Any], caps
 def test_json_from_a_pod_renders_the_same_report_on_a_laptop(sweep_root: Path, data: dict[str, Any],
                                                              tmp_path: Path) -> None:
     """The --host path: collect on the pod, JSON over SSH, render here without the run directories."""
-    from sweepctl.cli.report_cmds import render_markdown
+    from sweepctl.cli.render.report import render_markdown
     from sweepctl.views.plots import write_plots
 
     shipped = json.loads(json.dumps(data))

@@ -37,6 +37,7 @@ from sweepctl.state import runs
 from sweepctl.train.contract import write_text_atomic
 
 DEMO_NAME = "demo"  # the sweep name: `.sweeps/demo/`, `sweepctl status --sweep demo`
+DEFAULT_OUT_ROOT = "sweepctl-demo"  # `sweepctl demo`'s folder; an empty `status` looks there too
 MARKER = ".sweepctl-demo"
 CSV_NAME = "demo.csv"
 DATA_SUBDIR = "data"

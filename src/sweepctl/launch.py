@@ -21,6 +21,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class LaunchOptions:
     stall_after_s: float | None = DEFAULT_STALL_AFTER_S
     run_timeout_s: float | None = None
     include_cancelled: bool = False  # run rows `sweepctl cancel` withdrew (their markers are moved aside)
+    backend: str = "tmux"  # the backend that runs the rows (backends.get), kept in launch.json for rerun
     runs_per_gpu: int = 1  # slots per GPU group (sessions = shards x runs_per_gpu); > 1 needs the dynamic schedule
     # Set only by the laptop's `launch --host` (hidden `--placed-on`): this pod's name in the sweep's
     # multi-pod layout, and that the laptop placed these rows against every pod's record.
@@ -130,7 +132,19 @@ class LaunchResult:
 
 # --- prepare (reads only) ------------------------------------------------------------------------
 
-def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> LaunchPreview:
+# The pre-flight of where the rows run, given the plan and the out-root: the GPUs it found (empty
+# where this machine's do not matter) and its checks. A backend passes its own to `prepare`.
+Preflight = Callable[[Plan, Path], tuple[GpuQuery, list[Check]]]
+
+
+def this_machine(plan: Plan, out_root: Path) -> tuple[GpuQuery, list[Check]]:
+    """Rows on this machine's GPUs, in tmux sessions here: nvidia-smi, then every check."""
+    gpus = query_gpus()
+    return gpus, preflight(plan, gpus, out_root)
+
+
+def prepare(csv_path: Path, options: LaunchOptions, settings: Settings, *,
+            checks: Preflight = this_machine) -> LaunchPreview:
     sweep = read_sweep(csv_path, name=options.name)  # every row valid, or nothing starts
     if not RUN_ID_RE.fullmatch(sweep.name):
         raise SweepctlError(f"sweep name {sweep.name!r} is not a safe directory name",
@@ -155,8 +169,7 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
     if joining is not None:
         plan = merge_plans(manifest.read_plan(sweep_dir), plan, started_rows(sweep_dir, joining.claims_dir, out_root),
                            str(csv_path))[0]
-    gpus = query_gpus()
-    checks = preflight(plan, gpus, out_root)
+    gpus, found = checks(plan, out_root)
     rows = runtable.read_table(plan, options.table_policy(), stale_after_s=settings.stale_after_s)
     refusals = runtable.refusals(rows, out_root)
     todo = {r.run_id for r in rows if r.action != "skip"}
@@ -168,7 +181,7 @@ def prepare(csv_path: Path, options: LaunchOptions, settings: Settings) -> Launc
         # slot 0 of every GPU first: fewer rows than slots spread over the GPUs before they pack
         shards = sorted(range(plan.shard_count), key=lambda i: plan.slot(i)[::-1])[:len(todo)]
     return LaunchPreview(sweep=sweep, plan=plan, options=options, settings=settings, out_root=out_root,
-                         sweep_dir=sweep_dir, config_copies=copies, gpus=gpus, checks=checks, rows=rows,
+                         sweep_dir=sweep_dir, config_copies=copies, gpus=gpus, checks=found, rows=rows,
                          shards_to_start=shards, refusals=refusals, pod=pod, joining=joining)
 
 
@@ -275,6 +288,11 @@ def all_rows_on_cpu(plan: Plan) -> bool:
 
 def preflight(plan: Plan, gpus: GpuQuery, out_root: Path) -> list[Check]:
     """GPUs vs shards, data shards, out-root, tmux: one table, every line checked."""
+    return [*gpu_checks(plan, gpus), *storage_checks(plan, out_root), tmux_check()]
+
+
+def gpu_checks(plan: Plan, gpus: GpuQuery) -> list[Check]:
+    """The shards' GPUs are visible here, and K slots per GPU fit in its memory."""
     checks = []
     visible = {g.index for g in gpus.gpus}
     needed = sorted({d for s in plan.shards for d in s.devices})
@@ -293,13 +311,19 @@ def preflight(plan: Plan, gpus: GpuQuery, out_root: Path) -> list[Check]:
         checks.append(Check("GPUs", True, f"{seen}; shards use {', '.join(map(str, needed))}"))
     if plan.runs_per_gpu > 1:
         checks.append(_slots_check(plan, gpus))
-    for data_dir in sorted({str(r.config.get("data_dir")) for r in plan.runs}):
-        checks.append(_data_check(Path(data_dir)))
-    checks.append(_out_root_check(out_root))
-    version = tmux_version()
-    checks.append(Check("tmux", version is not None, version or "tmux not found on PATH",
-                        hint="" if version else "install tmux (apt-get install tmux)"))
     return checks
+
+
+def storage_checks(plan: Plan, out_root: Path) -> list[Check]:
+    """The data shards every row reads, and room in the out-root: whichever backend runs the rows."""
+    return [*(_data_check(Path(d)) for d in sorted({str(r.config.get("data_dir")) for r in plan.runs})),
+            _out_root_check(out_root)]
+
+
+def tmux_check() -> Check:
+    version = tmux_version()
+    return Check("tmux", version is not None, version or "tmux not found on PATH",
+                 hint="" if version else "install tmux (apt-get install tmux)")
 
 
 def _slots_check(plan: Plan, gpus: GpuQuery) -> Check:

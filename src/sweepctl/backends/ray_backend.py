@@ -4,7 +4,7 @@
     sweepctl launch sweeps/fineweb.csv --backend ray --ray-address 10.0.0.5:6379
 
 `prepare` is launch's own `prepare` (CSV, plan, run table, data and out-root checks) with the GPU
-line answered by the Ray cluster instead of nvidia-smi; `execute` writes the same
+line answered by the Ray cluster instead of nvidia-smi (which is never asked); `execute` writes the same
 `.sweeps/<name>/` manifest and starts the driver in tmux session `sweep-ray`, then returns. The
 driver (`Driver`, hidden command `sweepctl ray-driver`) submits one task per row with
 `num_gpus=row.gpus`, `max_retries=--max-retries` and `retry_exceptions=[RowFailed]`. A task
@@ -44,6 +44,7 @@ from typing import Any, TextIO
 from sweepctl import launch
 from sweepctl.backends import ray_guard
 from sweepctl.errors import RefusedError, SweepctlError
+from sweepctl.pod.gpus import GpuQuery
 from sweepctl.pod.tmux import SHARD_PREFIX, Tmux, attach_command
 from sweepctl.runner import Outcome, RunnerOptions, ShardRunner, end_line
 from sweepctl.settings import Settings
@@ -139,11 +140,17 @@ def prepare(csv_path: Path, options: RayLaunchOptions, settings: Settings) -> la
     sweep = read_sweep(csv_path, name=options.name)
     options = replace(options, shards=1, schedule="dynamic", gpus_per_shard=max((r.gpus for r in sweep.runs), default=1),
                       ray_address=default_address(options.ray_address))
-    preview = launch.prepare(csv_path, options, settings)
-    check, resolved = cluster_check(options.ray_address, preview.plan)
+    resolved: list[str] = []
+
+    def on_the_cluster(plan: Plan, out_root: Path) -> tuple[GpuQuery, list[launch.Check]]:
+        # The rows run on the cluster's GPUs, not this machine's; the driver runs in tmux here.
+        check, address = cluster_check(options.ray_address, plan)
+        resolved.extend([address] if address else [])
+        return GpuQuery([]), [check, *launch.storage_checks(plan, out_root), launch.tmux_check()]
+
+    preview = launch.prepare(csv_path, options, settings, checks=on_the_cluster)
     if resolved:  # the driver connects to what we checked, not to `auto` again
-        preview.options = replace(options, ray_address=resolved)
-    preview.checks = [check if c.what == "GPUs" else c for c in preview.checks]
+        preview.options = replace(options, ray_address=resolved[0])
     return preview
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sweepctl import __version__, launch
 from sweepctl.errors import SpecError, SweepctlError
+from sweepctl.pod.gpus import GpuQuery
 from sweepctl.settings import Settings
 from sweepctl.sweep.plan import Plan, claim_order
 from sweepctl.sweep.spec import read_sweep
@@ -76,17 +77,21 @@ def prepare(csv_path: Path, options: SlurmOptions, settings: Settings) -> launch
     if problems:
         raise SpecError(problems)
     options = replace(options, shards=1, schedule="dynamic", gpus_per_shard=k, gpus_per_task=k)
-    return launch.prepare(csv_path, options, settings)
+    return launch.prepare(csv_path, options, settings, checks=on_the_cluster)
+
+
+def on_the_cluster(plan: Plan, out_root: Path) -> tuple[GpuQuery, list[launch.Check]]:
+    """The array runs on the cluster's nodes: this machine's GPUs and tmux say nothing about them.
+    Data and out-root usually sit on a shared filesystem, so their checks still warn early."""
+    return GpuQuery([]), launch.storage_checks(plan, out_root)
 
 
 def write(preview: launch.LaunchPreview, output: Path | None = None) -> SlurmExport:
     """The manifest (launch.json records the script) and the executable job script."""
     assert isinstance(preview.options, SlurmOptions)
     options = preview.options
-    # The array runs on other machines: this one's GPUs and tmux say nothing about them. Data and
-    # out-root usually sit on a shared filesystem, so their checks still warn early.
-    warnings = [f"{c.what}: {c.detail}" + (f" — {c.hint}" if c.hint else "")
-                for c in preview.checks if not c.ok and c.what not in ("GPUs", "tmux")]
+    # sbatch runs the array whatever this machine sees: a failed check is a warning, not a refusal
+    warnings = [f"{c.what}: {c.detail}" + (f" — {c.hint}" if c.hint else "") for c in preview.checks if not c.ok]
     warnings += [f"{r}; the array tasks skip them" + ("" if options.retry_failed else " (--retry-failed runs them)")
                  for r in preview.refusals if "failed run" in r]
     script = (output or preview.sweep_dir / f"{preview.sweep.name}.sbatch").absolute()

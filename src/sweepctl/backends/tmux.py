@@ -1,7 +1,8 @@
 """tmux shards: one session per shard, each a runner walking (or claiming) its rows, on this
 machine or, through `launch --host`, on each pod.
 
-The launch itself is `launch.prepare` / `launch.execute`; this adapter adds how one run starts
+The launch itself is `launch.prepare` / `launch.execute`; this adapter adds what launch's flags
+mean here (a missing --shards: the live sweep's shards, else one per GPU) and how one run starts
 again: a runner for that row alone in session `rerun-<run_id>`, on the least busy GPUs.
 """
 
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sweepctl import launch
-from sweepctl.backends.base import RerunCommand
+from sweepctl.backends.base import LaunchRequest, RerunCommand, Started
 from sweepctl.errors import SweepctlError
 from sweepctl.pod.gpus import least_busy, query_gpus
+from sweepctl.pod.tmux import shard_session
 from sweepctl.settings import Settings
 from sweepctl.sweep.plan import Plan, cuda_visible_devices
 
@@ -23,12 +26,36 @@ from sweepctl.sweep.plan import Plan, cuda_visible_devices
 class TmuxBackend:
     name = "tmux"
     places_rows = False
+    engine_flags: tuple[str, ...] = ()
+
+    def options(self, request: LaunchRequest) -> launch.LaunchOptions:
+        flags, settings = request.shard_flags, request.settings
+        shards = flags.get("--shards")
+        if shards is None:  # rows joining a live sweep keep its shards
+            shards = launch.live_shard_count(request.csv_path, request.common.get("name"), settings)
+        gpus_per_shard = flags.get("--gpus-per-shard") or 1
+        if shards is None:
+            from sweepctl.sweep.hosts import default_shards
+
+            found = query_gpus()
+            shards = default_shards(len(found.gpus), gpus_per_shard, where="this machine", problem=found.problem)
+        # slots claim rows: K > 1 means the dynamic schedule unless static was asked for (make_plan refuses that)
+        schedule = flags.get("--schedule") or ("dynamic" if settings.runs_per_gpu > 1 else "static")
+        return launch.LaunchOptions(shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,
+                                    runs_per_gpu=settings.runs_per_gpu, fail_fast=bool(flags.get("--fail-fast")),
+                                    backend=self.name, **request.common)
 
     def preflight(self, csv_path: Path, options: launch.LaunchOptions, settings: Settings) -> launch.LaunchPreview:
         return launch.prepare(csv_path, options, settings)
 
-    def start(self, preview: launch.LaunchPreview) -> launch.LaunchResult:
-        return launch.execute(preview)
+    def sessions(self, preview: launch.LaunchPreview) -> list[str]:
+        return [shard_session(s) for s in preview.shards_to_start]
+
+    def refuse(self, preview: launch.LaunchPreview) -> None:
+        launch.refuse_if_needed(preview)
+
+    def start(self, preview: launch.LaunchPreview) -> Started:
+        return started_of(launch.execute(preview))
 
     def rerun(self, plan: Plan, run_id: str, *, sweep_dir: Path, launched: dict[str, Any], session: str,
               settings: Settings, force: bool, gpu: int | None) -> RerunCommand:
@@ -40,6 +67,11 @@ class TmuxBackend:
         if planned.shard is not None:
             argv += ["--shard", str(planned.shard)]  # recorded in run_metadata's sweep context
         return RerunCommand(argv, devices, {"CUDA_VISIBLE_DEVICES": devices})
+
+
+def started_of(result: launch.LaunchResult) -> Started:
+    return Started([asdict(s) for s in result.started], list(result.refused_sessions), result.attach,
+                   result.status_command)
 
 
 def rerun_devices(plan: Plan, run_id: str, k: int, device: str | None, gpu: int | None) -> str:

@@ -1,21 +1,15 @@
-"""Beyond tmux on one pod: `launch --backend ray` (via run_cmds), `ray up/down`, `export slurm`, and the
-hidden `ray-driver`. Thin: parse, call ray_backend / ray_cluster / slurm, render.
+"""Beyond tmux on one pod: `ray up/down`, `export slurm`, and the hidden `ray-driver`. Thin: parse,
+call ray_backend / ray_cluster / slurm, render. (`launch --backend ray|slurm` is launch's own,
+through `sweepctl.backends`.)
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import typer
 
-from sweepctl.console import console, err_console
-
-if TYPE_CHECKING:  # annotations only: the commands import their libraries when they run
-    from sweepctl.backends.ray_backend import RayLaunchResult
-    from sweepctl.launch import LaunchPreview
-    from sweepctl.settings import Settings
+from sweepctl.console import console
 
 ray_app = typer.Typer(name="ray", no_args_is_help=True,
                       help="A Ray cluster on your pods for `launch --backend ray` (up, down).")
@@ -29,79 +23,6 @@ HEAD = typer.Option(..., "--head", metavar="HOST", help="ssh alias of the pod th
 WORKER = typer.Option(None, "--worker", metavar="HOST", help="ssh alias of a worker pod (repeat).")
 REMOTE_BIN = typer.Option(None, "--remote-bin", metavar="PATH",
                           help="sweepctl on the pods; `ray` is taken from the same folder \\[default: settings].")
-
-
-# --- launch --backend ray (called by run_cmds.launch) --------------------------------------------
-
-def launch_on_backend(backend: str, csv_path: Path, settings: Settings, *, ray_address: str | None,
-                      as_json: bool, shard_flags: dict[str, bool], **launch_options: Any) -> None:
-    """`launch --backend ray`: pre-flight against the Ray cluster, then the driver in tmux session
-    sweep-ray; returns at once. `shard_flags` are the tmux-only options the user gave: refused, not
-    ignored (`--shards 1` is accepted: a Ray plan is one shard, and `--host` sends it)."""
-    from sweepctl import backends
-    from sweepctl.backends import ray_backend
-    from sweepctl.cli import run_views
-    from sweepctl.errors import SweepctlError
-    from sweepctl.launch import refuse_if_needed
-
-    engine = backends.get(backend)
-    if engine.name != "ray":  # its launch result is a Ray driver's; Slurm has a command of its own
-        raise SweepctlError(f"launch --backend {backend}: only tmux and ray start from `launch`",
-                            hint=f"sweepctl export slurm {csv_path}" if backend == "slurm" else None)
-    given = [flag for flag, on in shard_flags.items() if on]
-    if given:
-        raise SweepctlError(f"{', '.join(given)} place rows on tmux shards; with --backend ray, Ray places each row "
-                            "on a node with the GPUs it asks for (the CSV's gpus column)",
-                            hint=f"drop {', '.join(given)}")
-    options = ray_backend.RayLaunchOptions(ray_address=ray_address, **launch_options)
-    preview = engine.preflight(csv_path, options, settings)
-    model = _ray_model(run_views.launch_model(preview), preview, None)
-    if not as_json:
-        run_views.render_launch_preview(model, detailed=options.dry_run)
-    try:
-        if options.dry_run:
-            refuse_if_needed(preview)
-            result = None
-        else:
-            result = engine.start(preview)
-    except SweepctlError:
-        if as_json:
-            typer.echo(json.dumps(model, indent=2))
-        raise
-    model = _ray_model(model, preview, result)
-    if as_json:
-        typer.echo(json.dumps(model, indent=2))
-        return
-    run_views.render_launch_outcome(model)
-    if result is not None and result.how is not None:
-        console.print(f"ray:    {result.address}; each row asks Ray for its GPUs; "
-                      f"driver log {preview.sweep_dir / ray_backend.DRIVER_LOG}", highlight=False, soft_wrap=True)
-
-
-def driver_pod_shards(hosts: list[str], shards: int | None) -> int:
-    """`launch --host POD --backend ray`: the one pod that runs the driver gets the whole CSV, as
-    a plan of one shard (`--shards 1`, the only count a Ray launch accepts), and no GPU survey."""
-    from sweepctl.errors import SweepctlError
-
-    if len(hosts) > 1:
-        raise SweepctlError(f"--backend ray runs its driver on one pod; got {len(hosts)}: {', '.join(hosts)}",
-                            hint="pass the --host of a Ray node (e.g. the head from `sweepctl ray up`); Ray "
-                                 "spreads the rows over every node of its cluster")
-    return 1 if shards is None else shards
-
-
-def _ray_model(model: dict[str, Any], preview: LaunchPreview, result: RayLaunchResult | None) -> dict[str, Any]:
-    """launch's JSON with the driver session as the one session started (so `--host` renders it too)."""
-    from sweepctl.backends.ray_backend import DRIVER_SESSION, RAY_DEVICES
-
-    todo = len(preview.todo)
-    model = {**model, "backend": "ray", "shards_to_start": ["ray"] if todo else []}  # sessions_text -> sweep-ray
-    if result is not None:
-        started = [{"shard": None, "session": DRIVER_SESSION, "devices": RAY_DEVICES, "rows": todo,
-                    "how": result.how}] if result.how else []
-        model.update(started=started, attach=result.attach, status_command=result.status_command,
-                     ray_address=result.address)
-    return model
 
 
 def ray_driver(
@@ -148,19 +69,14 @@ def ray_up(
 ) -> None:
     from sweepctl.backends.ray_cluster import Ports
     from sweepctl.backends.ray_cluster import ray_up as up
+    from sweepctl.cli.render.cluster import render_ray_up
     from sweepctl.settings import load_settings
 
     settings = load_settings(remote_bin=remote_bin)
     result = up(head, worker or [], remote_bin=settings.remote_bin,
                 ports=Ports(port, node_manager_port, object_manager_port), extra=start_arg or [],
                 progress=lambda line: console.print(line, highlight=False, soft_wrap=True))
-    console.print(f"Ray cluster up: head {result.head} at {result.address}"
-                  + (f", workers {', '.join(result.workers)}" if result.workers else ", no workers"), highlight=False, soft_wrap=True)
-    console.print(f"launch:    sweepctl launch CSV --backend ray --ray-address {result.address} --host {head}",
-                  highlight=False, soft_wrap=True)
-    console.print(f"dashboard: ssh -N -L 8265:127.0.0.1:8265 {head}, then http://127.0.0.1:8265", highlight=False, soft_wrap=True)
-    console.print(f"stop:      sweepctl ray down --head {head}" + "".join(f" --worker {w}" for w in worker or []),
-                  highlight=False, soft_wrap=True)
+    render_ray_up(result, head, worker or [])
 
 
 @ray_app.command("down", help="Stop Ray on pods over SSH (`ray stop` on each worker, then the head). "
@@ -201,19 +117,14 @@ def export_slurm(
 
     Each task runs the shard runner's per-row code path (lock, run table, trainer, summary)."""
     from sweepctl.backends import slurm_export as slurm
+    from sweepctl.cli.render.cluster import render_export
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir)
     options = slurm.SlurmOptions(name=name, gpus_per_task=gpus_per_task, concurrency=concurrency,
                                  max_retries=max_retries, retry_failed=retry_failed, no_wandb=no_wandb)
     exported = slurm.export(csv_path, options, settings, output)
-    for w in [*exported.preview.sweep.warnings, *exported.warnings]:
-        err_console.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"wrote {exported.script}: {exported.rows} array tasks (--array={exported.array}, "
-                  f"--gres=gpu:{exported.preview.options.gpus_per_task}); manifest in {exported.preview.sweep_dir}", highlight=False, soft_wrap=True)
-    console.print(f"submit: sbatch {exported.script}", highlight=False, soft_wrap=True)
-    console.print(f"status: sweepctl status --out-root {exported.preview.out_root} --sweep {exported.preview.sweep.name}",
-                  highlight=False, soft_wrap=True)
+    render_export(exported)
 
 
 def register(app: typer.Typer) -> None:

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
-from sweepctl.console import console, err_console, make_console
+from sweepctl.cli.render.demo import print_wide, render_checks, render_next_steps, watch_until
+from sweepctl.console import console, err_console
+from sweepctl.demo import DEFAULT_OUT_ROOT
 
-DEFAULT_OUT_ROOT = "sweepctl-demo"
 POLL_S = 1.0
 SETTLE_S = 15.0  # how long to wait for the runners to exit once every run has its summary
 
@@ -89,7 +89,7 @@ def demo(
 
     options = launch.LaunchOptions(shards=n_shards, name=DEMO_NAME, no_wandb=True, retry_failed=keep)
     preview = launch.prepare(csv_path, options, settings)
-    _print_checks(preview.checks)
+    render_checks(preview.checks)
     launch.refuse_if_needed(preview)  # before asking tmux anything: the pre-flight says whether it is there
     tmux = ThreadCappedTmux(settings.tmux_socket, threads)
     busy = [shard_session(s) for s in preview.shards_to_start
@@ -116,7 +116,7 @@ def demo(
         raise typer.Exit(130) from None
     from sweepctl.views import status
 
-    _print_wide(status.render(model))
+    print_wide(status.render(model))
     console.print(f"sweep took {time.monotonic() - t_watch:.0f} s", style="dim", highlight=False, soft_wrap=True)
     _compare(layout.out_root, settings.stale_after_s)
     _next_steps(layout, result.attach, n_shards)
@@ -126,26 +126,6 @@ def demo(
         raise SweepctlError(f"{len(not_ok)} demo run(s) did not finish ok: "
                             + ", ".join(f"{r['run_id']} ({r['state']})" for r in not_ok),
                             hint=f"see why: {_prog()} logs {first} --out-root {shlex.quote(str(layout.out_root))}")
-
-
-def _print_checks(checks: list[Any]) -> None:
-    """launch's pre-flight, one line each (the demo's inputs are ours, so these rarely fail)."""
-    for c in checks:
-        mark = "[green]ok[/]" if c.ok else "[bold red]FAIL[/]"
-        hint = f" — {c.hint}" if c.hint and not c.ok else ""
-        console.print(f"pre-flight {mark} {escape(c.what)}: {escape(c.detail + hint)}", highlight=False, soft_wrap=True)
-
-
-def _print_wide(renderable: Any) -> None:
-    """On a terminal, as wide as the terminal; in a pipe or a log (where Rich assumes 80 columns
-    and would wrap every number), at the table's natural width."""
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    from rich.measure import Measurement
-
-    natural = Measurement.get(console, console.options.update_width(1000), renderable).maximum
-    make_console(width=max(console.width, natural)).print(renderable)
 
 
 def _device() -> tuple[str, int]:
@@ -161,10 +141,7 @@ def _device() -> tuple[str, int]:
 
 
 def _watch(out_root: Path, settings: Any, sessions: set[str], timeout_s: float) -> dict[str, Any]:
-    """`status --watch` until every demo run has finished (or its runners are gone); the last model.
-
-    On a terminal the live table redraws in place and is replaced by the final one; elsewhere
-    (a pipe, CI) one line per change keeps the log readable."""
+    """`status --watch` until every demo run has finished (or its runners are gone); the last model."""
     from sweepctl.demo import DEMO_NAME
     from sweepctl.views import status
 
@@ -185,35 +162,8 @@ def _watch(out_root: Path, settings: Any, sessions: set[str], timeout_s: float) 
         return not alive and not running  # the runners are gone: nothing will change any more
 
     deadline = time.monotonic() + timeout_s
-    start = time.monotonic()
-    m = model()
-    if console.is_terminal:
-        from rich.console import Group
-        from rich.live import Live
-        from rich.text import Text
-
-        def view(m: dict[str, Any]) -> Any:
-            return Group(status.render(m), Text(f"{time.monotonic() - start:.0f} s — Ctrl-C stops watching "
-                                                "(the runs go on)", style="dim"))
-
-        with Live(view(m), console=console, refresh_per_second=2, transient=True) as live:
-            while not finished(m):
-                _check_deadline(deadline, timeout_s, out_root)
-                time.sleep(POLL_S)
-                m = model()
-                live.update(view(m))
-        return m
-    last = ""
-    while True:
-        line = ", ".join(f"{n} {s}" for s, n in m["counts"].items() if n)
-        if line != last:
-            console.print(f"{time.monotonic() - start:5.0f} s  {line}", highlight=False, soft_wrap=True)
-            last = line
-        if finished(m):
-            return m
-        _check_deadline(deadline, timeout_s, out_root)
-        time.sleep(POLL_S)
-        m = model()
+    return watch_until(model, finished, poll_s=POLL_S,
+                       check=lambda: _check_deadline(deadline, timeout_s, out_root))
 
 
 def _check_deadline(deadline: float, timeout_s: float, out_root: Path) -> None:
@@ -226,7 +176,7 @@ def _check_deadline(deadline: float, timeout_s: float, out_root: Path) -> None:
 
 def _compare(out_root: Path, stale_after_s: float) -> None:
     """The report's seed-group table and its comparison against the plain runs."""
-    from sweepctl.cli.report_cmds import render_table
+    from sweepctl.cli.render.report import render_table
     from sweepctl.demo import BASELINE_GROUP, DEMO_NAME
     from sweepctl.errors import SweepctlError
     from sweepctl.views import report
@@ -253,10 +203,7 @@ def _next_steps(layout: Any, attach: str, shards: int) -> None:
         (f"{prog} launch {shlex.quote(str(layout.csv))} --shards {shards} --out-root {root} --data-dir "
          f"{shlex.quote(str(layout.data_dir))}", "after editing the CSV: runs its new rows, skips the ok ones"),
     ]
-    console.print("look further:", highlight=False, soft_wrap=True)
-    width = min(64, max(len(c) for c, _ in steps))  # aligned comments, unless one command is very long
-    for command, what in steps:
-        console.print(f"  {command.ljust(width)}  # {what}", markup=False, highlight=False, soft_wrap=True)
+    render_next_steps(steps)
 
 
 def _prog() -> str:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from sweepctl.cli import remote_opts
 from sweepctl.cli.remote_opts import Pods
-from sweepctl.console import console, err_console
+from sweepctl.cli.render.pod import render_checklist, render_downloaded, render_prepared
+from sweepctl.console import err_console
 from sweepctl.errors import SweepctlError
 
 data_app = typer.Typer(help="FineWeb token shards: download them, or make them from your own text.",
@@ -50,19 +50,7 @@ def fineweb(
     if as_json:
         typer.echo(json.dumps(asdict(report) | {"changed": report.changed}, indent=2))
         return
-    table = Table(title=f"{report.data_dir}{' (staged via local disk)' if report.staged else ''}",
-                  title_justify="left")
-    table.add_column("file")
-    table.add_column("status")
-    for name in report.files:
-        if name in report.refetched:
-            status = f"downloaded again (was: {report.refetched[name]})"
-        else:
-            status = "downloaded" if name in report.downloaded else "present, valid"
-        table.add_row(name, status)
-    console.print(table)
-    if not report.changed:
-        console.print(f"nothing to download: all {len(report.files)} files present and valid")
+    render_downloaded(report)
 
 
 @data_app.command("prepare")
@@ -88,13 +76,7 @@ def prepare(
     if as_json:
         typer.echo(json.dumps(asdict(report), indent=2))
         return
-    table = Table(title=f"{report.out_dir}: {report.documents} documents, {report.tokens:,} tokens",
-                  title_justify="left")
-    table.add_column("shard")
-    table.add_column("tokens", justify="right")
-    for name, n in report.shards:
-        table.add_row(name, f"{n:,}")
-    console.print(table)
+    render_prepared(report)
 
 
 def bootstrap(
@@ -156,25 +138,6 @@ def bootstrap(
         raise SweepctlError(f"bootstrap incomplete: {', '.join(c.name for c in report.failed)}", hint=first.hint)
 
 
-def render_checklist(report: dict) -> None:
-    """The checklist table from a bootstrap report's JSON (local or from a pod, same shape)."""
-    table = Table(title="bootstrap", title_justify="left")
-    table.add_column("check")
-    table.add_column("state")
-    table.add_column("details", overflow="fold")
-    table.add_column("changed", overflow="fold")
-    states = {True: "[green]ok[/]", None: "[yellow]warn[/]", False: "[red]FAIL[/]"}
-    for check in report["checks"]:
-        details = check["detail"] + (f" ({check['hint']})" if check["hint"] and check["ok"] is not True else "")
-        table.add_row(check["name"], states[check["ok"]], details, "; ".join(check["changes"]) or "-")
-    console.print(table)
-    if report["changed"]:
-        n = sum(len(c["changes"]) for c in report["checks"])
-        console.print(f"{n} change(s); project file: {report['project_file']}", markup=False, highlight=False)
-    else:
-        console.print("no changes: everything was already in place", markup=False, highlight=False)
-
-
 def bootstrap_on_pods(pods: Pods, args: list[str], *, venv: Path | None, wheel: Path | None, python: str,
               as_json: bool) -> None:
     """Install this laptop's sweepctl (as a wheel) on each pod, then run its bootstrap there."""
@@ -193,9 +156,7 @@ def bootstrap_on_pods(pods: Pods, args: list[str], *, venv: Path | None, wheel: 
             failed.append(a)
             continue
         if not as_json:
-            if not pods.single:
-                console.rule(a.host, align="left")
-            render_checklist(a.value)
+            render_checklist(a.value, host=None if pods.single else a.host)
         bad = [c["name"] for c in a.value["checks"] if c["ok"] is False]
         if bad or a.value.get("remote_error"):
             hint = next((c["hint"] for c in a.value["checks"] if c["ok"] is False and c["hint"]), None)

@@ -2,7 +2,7 @@
 
     laptop$ sweepctl launch sweeps/fineweb.csv --host pod-a --host pod-b=4 [--reassign [--forget pod-c]]
 
-The other pod-facing commands are one call per pod (`remote_cmds`). A launch is a sequence of
+The other pod-facing commands are one call per pod (`on_pods`). A launch is a sequence of
 steps, most of them a round of calls over the pods, and any step before `start` may stop it with
 nothing started anywhere: survey every pod (its out_root, shard count and record of the sweep),
 check the record (`sweepctl.sweep.hosts`), place the rows, rehearse on every pod (several pods), write
@@ -25,9 +25,8 @@ import typer
 
 from sweepctl.cli import remote_opts
 from sweepctl.cli.remote_opts import Pods
-from sweepctl.console import console, err_console
+from sweepctl.console import err_console
 from sweepctl.errors import RefusedError, RemoteError, SweepctlError
-from sweepctl.pod.tmux import SHARD_PREFIX, shard_session
 from sweepctl.state.manifest import LAYOUT_FILE, PLAN_FILE, UPLOAD_DIR, remote_sweep_dir
 from sweepctl.sweep.hosts import (
     HostPart,
@@ -40,8 +39,6 @@ from sweepctl.sweep.hosts import (
     layout_json,
     place,
     recorded_split,
-    rows_text,
-    some_of,
     subset_csv,
 )
 from sweepctl.sweep.spec import Sweep, read_sweep
@@ -72,6 +69,16 @@ def launch(pods: Pods, csv_path: Path, *, shards: int | None, gpus_per_shard: in
             run.write_layout_to_bystanders()
             run.start()
     run.render(as_json=as_json)
+
+
+def driver_pod_shards(backend: str, hosts: list[str], shards: int | None) -> int:
+    """`launch --host POD --backend ray`: the one pod that runs the driver gets the whole CSV, as
+    a plan of one shard (`--shards 1`, the only count such a launch accepts), and no GPU survey."""
+    if len(hosts) > 1:
+        raise SweepctlError(f"--backend {backend} runs its driver on one pod; got {len(hosts)}: {', '.join(hosts)}",
+                            hint=f"pass the --host of a {backend} node (e.g. the head from `sweepctl ray up`); "
+                                 f"{backend} spreads the rows over every node of its cluster")
+    return 1 if shards is None else shards
 
 
 def _live_shards(record: PodRecord) -> int | None:
@@ -312,53 +319,14 @@ class _RemoteLaunch:
                 "elsewhere": self.placement.elsewhere, "forgotten": self.placement.forgotten}
 
     def _render_text(self) -> None:
-        """Each pod's pre-flight and sessions under a rule naming its rows and sessions (its own
-        sweep-0.., as `attach` and status's shard column number them); when `stopped`, these are
-        the rehearsal's dry-run answers and nothing was started."""
-        from sweepctl.cli import run_views
+        from sweepctl.cli.render.run import PodLaunched, render_pods_launch
 
-        pods, placement, answers = self.pods, self.placement, self.answers
-        moves: dict[tuple[str, str], int] = {}
-        for _run_id, src, dst in placement.moved:
-            if src not in placement.forgotten:
-                moves[src, dst] = moves.get((src, dst), 0) + 1
-        for host in placement.forgotten:
-            lost = [(run_id, dst) for run_id, src, dst in placement.moved if src == host]
-            console.print(f"--forget {host}: {host} is forgotten (lost with its volume); "
-                          + (f"{rows_text(len(lost))} recorded there start over: "
-                             + some_of([f"{run_id} -> {dst}" for run_id, dst in lost], 10) if lost
-                             else "no row recorded there starts over (each is ok on a pod named)"),
-                          highlight=False)
-        if moves:
-            console.print("--reassign moves rows that have not started: "
-                          + ", ".join(f"{src} -> {dst}: {rows_text(n)}" for (src, dst), n in moves.items()),
-                          highlight=False)
-        for host, run_ids in placement.elsewhere.items():
-            shown = ", ".join(run_ids[:5]) + (", ..." if len(run_ids) > 5 else "")
-            console.print(f"{host} keeps {rows_text(len(run_ids))} started there ({shown}): launched nowhere now; "
-                          f"add --host {host} to launch them there", highlight=False)
-        for a in answers:
-            part = self.by_host[a.host]
-            model = a.value.model if a.value else None
-            if not pods.single:
-                n = (model or {}).get("shard_count") or part.shards  # the pod's sessions: x its --runs-per-gpu
-                sessions = shard_session(0) + (f"..{shard_session(n - 1)}" if n > 1 else "")
-                console.rule(f"{a.host}: {rows_text(len(part.row_indices))} on {sessions}", align="left")
-            if model is None:
-                continue
-            model = dict(model, warnings=[])  # the laptop printed the CSV's warnings once already
-            run_views.render_launch_preview(model, detailed=self.dry_run)
-            if a.value and a.value.error is None and not self.stopped:
-                first = model["started"][0]["session"] if model["started"] else shard_session(0)
-                status = remote_opts.hint("status")  # every --host, and the --out-root given
-                run_views.render_launch_outcome(
-                    model, attach=f"sweepctl attach --host {a.host} {_attach_target(first)}",
-                    status=status, show_status=a is answers[-1], prefix="" if pods.single else f"{a.host}: ")
-        for host in self.idle:
-            console.print(f"{host}: no rows; nothing launched there", highlight=False)
-        if self.stopped:
-            console.print("nothing started on any host: every pod must pass its pre-flight first.", style="red",
-                          highlight=False)
+        launched = [PodLaunched(a.host, a.value.model if a.value else None,
+                                bool(a.value) and a.value.error is None and not self.stopped,
+                                len(self.by_host[a.host].row_indices), self.by_host[a.host].shards)
+                    for a in self.answers]
+        render_pods_launch(self.placement, launched, self.idle, single=self.pods.single, dry_run=self.dry_run,
+                           stopped=self.stopped, status=remote_opts.hint("status"))
 
 
 def _launched_from(t: Transport, args: list[str], result: Result, remote_bin: str) -> _Launched:
@@ -379,13 +347,6 @@ def _launched_from(t: Transport, args: list[str], result: Result, remote_bin: st
 def _as_answer(a: remote_opts.Answer[_Launched]) -> remote_opts.Answer[Any]:
     error = a.error or (a.value.error if a.value else None)
     return remote_opts.Answer(a.host, value=a.value, error=error, connected=a.connected)
-
-
-def _attach_target(session: str) -> str:
-    """`sweep-3` -> `3` (attach's shard shorthand); other sessions (`sweep-ray`) by their full name,
-    since a bare word is read as a run_id (`rerun-<run_id>`)."""
-    rest = session.removeprefix(SHARD_PREFIX)
-    return rest if rest.isdigit() else session
 
 
 def _upload_dir(out_root: str, sweep: str) -> str:

@@ -5,7 +5,7 @@ A command that acts on a pod adds the three options and two lines:
     def stop(..., host: list[str] | None = remote_opts.HOST, remote_bin: str | None = remote_opts.REMOTE_BIN,
              accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY) -> None:
         if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-            return remote_cmds.stop(pods, remote_opts.forwarded())
+            return on_pods.stop(pods, remote_opts.forwarded())
 
 `resolve` returns None when no host is given (flag, SWEEPCTL_HOST, or the project file's `host` /
 `hosts`), and the command runs here. Otherwise `forwarded()` rebuilds the command's own flags from
@@ -141,26 +141,6 @@ def parse_json(transport: Transport, args: list[str], text: str) -> Any:
     except ValueError:
         raise RemoteError(f"`sweepctl {' '.join(args[:2])}` printed no JSON", where=transport.host,
                           hint=f"run `sweepctl bootstrap --host {transport.host}` to install this version") from None
-
-
-def show_answers(pods: Pods, answers: list[Answer[Any]], *, as_json: bool,
-                 render: Callable[[Any, str], None]) -> None:
-    """Every pod's answer: as JSON (one pod's value, or {host: value or {"error"}}), or each value
-    rendered with a `host: ` prefix when there are several, and a pod that did not answer in red.
-    The failures are raised afterwards, by raise_if_failed."""
-    if as_json:
-        out = answers[0].value if pods.single else {a.host: a.value if a.error is None else {"error": str(a.error)}
-                                                     for a in answers}
-        if out is not None:
-            typer.echo(json.dumps(out, indent=2))
-        return
-    from sweepctl.console import console
-
-    for a in answers:
-        if a.value is not None:
-            render(a.value, "" if pods.single else f"{a.host}: ")
-        elif not pods.single:
-            console.print(f"{a.host}: {a.describe()}", style="red", markup=False, highlight=False)
 
 
 def raise_if_failed(answers: list[Answer[Any]]) -> None:

@@ -50,8 +50,9 @@ def launch(
                                       help="End a run whose iteration has not advanced for S seconds (0: never)."),
     run_timeout: float | None = typer.Option(None, "--run-timeout", help="End a run after S seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print the pre-flight, run table and sessions started as JSON."),
-    backend: str = typer.Option("tmux", "--backend",
-                                help="tmux (a session per shard on this machine) or ray (a Ray task per row)."),
+    backend: str = typer.Option(backends.DEFAULT, "--backend",
+                                help="How the rows run: tmux (a session per shard), ray (a Ray task per row), slurm "
+                                     "(an sbatch job array to submit), or a backend a package registers."),
     ray_address: str | None = typer.Option(None, "--ray-address", metavar="ADDR",
                                            help="Ray cluster for --backend ray, HEAD_IP:6379 \\[default: RAY_ADDRESS, "
                                                 "else the cluster started on this machine]."),
@@ -68,84 +69,61 @@ def launch(
     placed_on: str | None = typer.Option(None, "--placed-on", hidden=True,
                                          help="Set by `launch --host` on each pod: its name in the sweep's layout."),
 ) -> None:
-    """Validate, pre-flight, and start one tmux session per shard; returns at once."""
-    if forget and not reassign:
-        from sweepctl.errors import SweepctlError
+    """Validate, pre-flight, and start the rows (one tmux session per shard by default); returns at once."""
+    from sweepctl.errors import RefusedError, SweepctlError
 
+    if forget and not reassign:
         raise SweepctlError(f"--forget {forget[0]}: only with --reassign (and --host), which moves {forget[0]}'s rows "
                             "to the pods named",
                             hint=f"add --reassign: sweepctl launch SWEEP.csv --host POD --reassign --forget {forget[0]}")
     if reassign and not host:
-        from sweepctl.errors import SweepctlError
-
         raise SweepctlError("--reassign moves rows between pods: it needs --host",
-                        hint="name the pods, e.g. sweepctl launch SWEEP.csv --host pod1 --host pod2 --reassign")
+                            hint="name the pods, e.g. sweepctl launch SWEEP.csv --host pod1 --host pod2 --reassign")
+    engine = backends.get(backend)  # the one place a backend is chosen
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
         from sweepctl.cli import remote_launch
 
-        if backends.get(backend).places_rows:  # one pod runs the driver; Ray spreads the rows over its cluster
-            from sweepctl.cli.cluster_cmds import driver_pod_shards
-
-            shards = driver_pod_shards(pods.hosts, shards)
+        if engine.places_rows:  # one pod runs the driver; the engine spreads the rows over its nodes
+            shards = remote_launch.driver_pod_shards(engine.name, pods.hosts, shards)
         return remote_launch.launch(pods, csv_path, shards=shards, gpus_per_shard=gpus_per_shard, name=name,
                                     dry_run=dry_run, as_json=as_json, reassign=reassign, forget=forget,
                                     forwarded=remote_opts.forwarded(exclude=("shards", "name", "dry_run", "as_json",
                                                                              "reassign", "forget", "placed_on")))
-    from sweepctl.cli import run_views
-    from sweepctl.errors import RefusedError, SweepctlError
-    from sweepctl.launch import LaunchOptions, execute, live_shard_count, prepare, refuse_if_needed
+    from sweepctl.cli.render import run as views
     from sweepctl.settings import load_settings
 
     settings = load_settings(out_root=out_root, data_dir=data_dir, notify_url=notify, runs_per_gpu=runs_per_gpu)
-    if backends.get(backend).places_rows:  # the engine, not shards, places the rows: no shard options
-        from sweepctl.cli import cluster_cmds
-
-        return cluster_cmds.launch_on_backend(
-            backend, csv_path, settings, ray_address=ray_address, as_json=as_json,
-            shard_flags={"--shards": shards not in (None, 1), "--schedule": schedule not in (None, "static"),
-                         "--gpus-per-shard": gpus_per_shard != 1, "--fail-fast": fail_fast,
-                         "--runs-per-gpu": runs_per_gpu not in (None, 1)},
-            name=name, no_wandb=no_wandb, dry_run=dry_run, force=force, retry_failed=retry_failed,
-            skip_failed=skip_failed, max_retries=max_retries, stall_after_s=stall_after or None,
-            run_timeout_s=run_timeout, include_cancelled=include_cancelled, placed_on=placed_on)
-    if shards is None:
-        shards = live_shard_count(csv_path, name, settings)  # rows joining a live sweep keep its shards
-    if shards is None:
-        from sweepctl.pod.gpus import query_gpus
-        from sweepctl.sweep.hosts import default_shards
-
-        found = query_gpus()
-        shards = default_shards(len(found.gpus), gpus_per_shard, where="this machine", problem=found.problem)
-    # slots claim rows: K > 1 means the dynamic schedule unless static was asked for (make_plan refuses that)
-    schedule = schedule or ("dynamic" if settings.runs_per_gpu > 1 else "static")
-    options = LaunchOptions(shards=shards, schedule=schedule, gpus_per_shard=gpus_per_shard,  # type: ignore[arg-type]
-                            runs_per_gpu=settings.runs_per_gpu,
-                            name=name, no_wandb=no_wandb, dry_run=dry_run, force=force,
-                            retry_failed=retry_failed, skip_failed=skip_failed, fail_fast=fail_fast,
-                            max_retries=max_retries, stall_after_s=stall_after or None,
-                            run_timeout_s=run_timeout, include_cancelled=include_cancelled,
-                            placed_on=placed_on)
-    preview = prepare(csv_path, options, settings)
-    model = run_views.launch_model(preview)
+    request = backends.LaunchRequest(
+        csv_path, settings,
+        common={"name": name, "no_wandb": no_wandb, "dry_run": dry_run, "force": force, "retry_failed": retry_failed,
+                "skip_failed": skip_failed, "max_retries": max_retries, "stall_after_s": stall_after or None,
+                "run_timeout_s": run_timeout, "include_cancelled": include_cancelled, "placed_on": placed_on},
+        shard_flags={"--shards": shards, "--schedule": schedule, "--gpus-per-shard": gpus_per_shard,
+                     "--runs-per-gpu": runs_per_gpu, "--fail-fast": fail_fast},
+        engine_flags={"--ray-address": ray_address})
+    backends.check_request(engine, request)
+    preview = engine.preflight(csv_path, engine.options(request), settings)
+    sessions = engine.sessions(preview)
+    model = views.launch_model(preview, sessions)
     if not as_json:
-        run_views.render_launch_preview(model, detailed=dry_run)
+        views.render_launch_preview(model, detailed=dry_run)
     try:
         if dry_run:
-            refuse_if_needed(preview)
-            result = None
+            engine.refuse(preview)
+            started = None
         else:
-            result = execute(preview)
+            started = engine.start(preview)
     except SweepctlError:
         if as_json:  # the pre-flight and run table say why; the error line follows on stderr
             typer.echo(json.dumps(model, indent=2))
         raise
-    model = run_views.launch_model(preview, result)
+    model = views.launch_model(preview, sessions, started)
     if as_json:
         typer.echo(json.dumps(model, indent=2))
     else:
-        run_views.render_launch_outcome(model)
-    if result is not None and result.refused_sessions:
-        raise RefusedError(f"not started, their tmux sessions are still running: {', '.join(result.refused_sessions)}",
+        views.render_launch_outcome(model)
+    if started is not None and started.refused_sessions:
+        raise RefusedError(f"not started, their tmux sessions are still running: {', '.join(started.refused_sessions)}",
                            hint="a live session is never killed; launch again when it has finished")
 
 
@@ -175,9 +153,9 @@ def status(
     if state is not None and state not in STATES:
         raise SweepctlError(f"--state must be one of {', '.join(STATES)}, got {state!r}")
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
+        from sweepctl.cli import on_pods
 
-        return remote_cmds.status(pods, remote_opts.forwarded(exclude=("as_json", "watch", "interval", "show_all")),
+        return on_pods.status(pods, remote_opts.forwarded(exclude=("as_json", "watch", "interval", "show_all")),
                                   as_json=as_json, watch=watch, interval=interval, show_all=show_all)
     settings = load_settings(out_root=out_root, gpu_hour_price=gpu_hour_price)
 
@@ -200,8 +178,8 @@ def status(
             for line in _no_runs(Path(m["out_root"]), out_root):
                 console.print(line, markup=False, highlight=False, soft_wrap=True)
         return
-    from sweepctl.cli.status_watch import polled
-    from sweepctl.cli.status_watch import watch as watch_status
+    from sweepctl.cli.render.watch import polled
+    from sweepctl.cli.render.watch import watch as watch_status
 
     watch_status(polled(model, interval), interval=interval, render=render)
 
@@ -209,8 +187,8 @@ def status(
 def _no_runs(where: Path, flag: str | None) -> list[str]:
     """The lines of an empty status: the demo's folder, the project file's out_root and the
     default are looked at too, and named when they hold runs."""
-    from sweepctl.cli.demo_cmd import DEFAULT_OUT_ROOT
-    from sweepctl.cli.run_views import no_runs_lines
+    from sweepctl.cli.render.run import no_runs_lines
+    from sweepctl.demo import DEFAULT_OUT_ROOT
     from sweepctl.settings import explain_settings, project_file_value
     from sweepctl.state import runs
 
@@ -245,9 +223,9 @@ def logs(
 
     check_run_id(run_id)
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
+        from sweepctl.cli import on_pods
 
-        return remote_cmds.logs(pods, run_id, remote_opts.forwarded())
+        return on_pods.logs(pods, run_id, remote_opts.forwarded())
     settings = load_settings(out_root=out_root)
     path = control.log_path(Path(settings.out_root), run_id, follow=follow)
     directory = path.parent
@@ -279,22 +257,22 @@ def stop(
 ) -> None:
     """SIGINT to the runners: each trainer writes `interrupted`, no new row starts, sessions stay."""
     from sweepctl import control
-    from sweepctl.cli import run_views
+    from sweepctl.cli.render import run as views
     from sweepctl.errors import SweepctlError
     from sweepctl.settings import load_settings
 
     if (shard is None) == (not all_shards):
         raise SweepctlError("pass --shard I or --all")
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
+        from sweepctl.cli import on_pods
 
-        return remote_cmds.stop(pods, remote_opts.forwarded(exclude=("as_json",)), shard=shard, as_json=as_json)
+        return on_pods.stop(pods, remote_opts.forwarded(exclude=("as_json",)), shard=shard, as_json=as_json)
     settings = load_settings(out_root=out_root)
-    model = run_views.stop_model(control.stop(Path(settings.out_root), sweep=sweep, shard=shard), shard)
+    model = views.stop_model(control.stop(Path(settings.out_root), sweep=sweep, shard=shard), shard)
     if as_json:
         typer.echo(json.dumps(model, indent=2))
     else:
-        run_views.render_stop(model)
+        views.render_stop(model)
 
 
 def rerun(
@@ -311,20 +289,20 @@ def rerun(
     from dataclasses import asdict
 
     from sweepctl import control
-    from sweepctl.cli import run_views
+    from sweepctl.cli.render import run as views
     from sweepctl.settings import load_settings
 
     check_run_id(run_id)
     if pods := remote_opts.resolve(host, remote_bin, accept_new_host_key):
-        from sweepctl.cli import remote_cmds
+        from sweepctl.cli import on_pods
 
-        return remote_cmds.rerun(pods, run_id, remote_opts.forwarded(exclude=("as_json",)), as_json=as_json)
+        return on_pods.rerun(pods, run_id, remote_opts.forwarded(exclude=("as_json",)), as_json=as_json)
     settings = load_settings(out_root=out_root)
     r = control.rerun(Path(settings.out_root), run_id, settings=settings, force=force, gpu=gpu)
     if as_json:
         typer.echo(json.dumps(asdict(r), indent=2))
     else:
-        run_views.render_rerun(asdict(r), logs=remote_opts.hint("logs", run_id, "-f"))
+        views.render_rerun(asdict(r), logs=remote_opts.hint("logs", run_id, "-f"))
 
 
 def runner(

@@ -7,9 +7,8 @@ import shlex
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from sweepctl.console import console, err_console
+from sweepctl.console import err_console
 
 CSV_ARG = typer.Argument(..., metavar="CSV", help="Sweep CSV: run_id,config,seed,overrides,notes[,gpus].", show_default=False)
 
@@ -28,7 +27,7 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print the summary, the groups and every row as JSON."),
 ) -> None:
     """Check every row of a sweep CSV; report every problem as CSVFILE:LINE: message."""
-    from sweepctl.cli.sweep_views import render_validate, validate_model
+    from sweepctl.cli.render.sweep import render_validate, validate_model
     from sweepctl.sweep.spec import read_sweep
 
     sweep = read_sweep(csv_path)
@@ -52,7 +51,7 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Show which shard runs which row, on which GPUs, with which trainer command, and each shard's share."""
-    from sweepctl.cli.sweep_views import plan_model, render_plan
+    from sweepctl.cli.render.sweep import plan_model, render_plan
     from sweepctl.errors import SweepctlError
     from sweepctl.launch import all_rows_on_cpu
     from sweepctl.settings import load_settings
@@ -102,24 +101,14 @@ def presets(
     as_json: bool = typer.Option(False, "--json", help="Print every preset's settings and description as JSON."),
 ) -> None:
     """List the built-in presets usable in the CSV `config` column."""
+    from sweepctl.cli.render.sweep import render_presets
     from sweepctl.train.config import PRESET_NOTES, PRESETS
 
     if as_json:
         typer.echo(json.dumps({name: {"what": PRESET_NOTES[name.removesuffix("_48l")], "settings": values}
                                for name, values in PRESETS.items()}, indent=2))
         return
-    table = Table(title="built-in presets", title_justify="left")
-    for col in ("name", "layers", "n_embd", "heads", "batch", "accum", "iters", "streams", "what"):
-        table.add_column(col, no_wrap=col == "name")
-    for name, values in PRESETS.items():
-        base = name.removesuffix("_48l")
-        streams = str(values.get("hc_num_streams", 1)) if not values.get("hc_disable", True) else "-"
-        table.add_row(name, str(values["n_layer"]), str(values["n_embd"]), str(values["n_head"]),
-                      str(values["batch_size"]), str(values["gradient_accumulation_steps"]),
-                      str(values["max_iters"]), streams, PRESET_NOTES[base])
-    console.print(table)
-    console.print("All: block 1024, lr 6e-4 cosine to 6e-5 after 200 warmup steps, bf16. "
-                  "See every value with `sweepctl plan CSV --shards 1 --json`.")
+    render_presets(PRESETS, PRESET_NOTES)
 
 
 def config(
@@ -130,6 +119,7 @@ def config(
                                  "out_root/data_dir as JSON (what `launch --host` asks the pod)."),
 ) -> None:
     """Print each effective setting and where it came from (flag > env > project file > default)."""
+    from sweepctl.cli.render.settings import render_settings
     from sweepctl.settings import Settings, explain_settings
 
     if as_json:
@@ -141,13 +131,8 @@ def config(
         typer.echo(json.dumps({"settings": values, "sources": {name: src for name, _, src in rows},
                                "paths": paths}, indent=2))
         return
-    table = Table(title="settings (flags > environment > project file > defaults)", title_justify="left")
-    for col in ("setting", "value", "from", "meaning"):
-        table.add_column(col, overflow="fold")
-    for name, value, source in explain_settings(out_root=out_root, data_dir=data_dir, host=host):
-        table.add_row(name, "" if value is None else str(value), source,
-                      Settings.model_fields[name].description or "")
-    console.print(table)
+    render_settings([(name, value, source, Settings.model_fields[name].description or "")
+                     for name, value, source in explain_settings(out_root=out_root, data_dir=data_dir, host=host)])
 
 
 def register(app: typer.Typer) -> None:

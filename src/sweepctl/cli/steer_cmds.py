@@ -13,7 +13,8 @@ from typing import Any
 import typer
 
 from sweepctl.cli import remote_opts
-from sweepctl.console import console
+from sweepctl.cli.render.answers import show_answers
+from sweepctl.cli.render.steer import render_steered
 from sweepctl.errors import SweepctlError
 
 ROWS_ARG = typer.Argument(..., metavar="RUN_ID...", show_default=False,
@@ -23,9 +24,6 @@ OUT_ROOT = typer.Option(None, "--out-root", help="Where run directories live (de
 AS_JSON = typer.Option(False, "--json", help="Print what was done to each row as JSON.")
 UNMATCHED_OK = typer.Option(False, "--unmatched-ok", hidden=True,
                             help="Set by --host with several pods: each holds a part of the sweep's rows.")
-
-VERB = {"cancelled": "cancelled", "ending": "cancelling", "left": "left", "prioritized": "prioritized"}
-
 
 def cancel(
     rows: list[str] = ROWS_ARG,
@@ -74,13 +72,11 @@ def prioritize(
     _show([s.to_json() for s in done], as_json=as_json)
 
 
-def _show(model: list[dict[str, Any]], *, as_json: bool, prefix: str = "") -> None:
+def _show(model: list[dict[str, Any]], *, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(model, indent=2))
-        return
-    for s in model:
-        console.print(f"{prefix}{VERB.get(s['action'], s['action'])} {s['run_id']} ({s['state']}): {s['detail']}",
-                      highlight=False, markup=False)
+    else:
+        render_steered(model)
 
 
 def _remote(pods: remote_opts.Pods, command: str, rows: list[str], *, as_json: bool) -> None:
@@ -88,8 +84,7 @@ def _remote(pods: remote_opts.Pods, command: str, rows: list[str], *, as_json: b
     if not pods.single:  # each pod holds its part of the rows; the patterns are checked against them all
         args.append("--unmatched-ok")
     answers = pods.each(lambda h, t: pods.sweepctl_json(t, args))
-    remote_opts.show_answers(pods, answers, as_json=as_json,
-                             render=lambda value, prefix: _show(value, as_json=False, prefix=prefix))
+    show_answers(pods, answers, as_json=as_json, render=lambda value, prefix: render_steered(value, prefix=prefix))
     remote_opts.raise_if_failed(answers)
     seen = [s["run_id"] for a in answers for s in a.value or []]
     unmatched = [p for p in rows if not any(fnmatch.fnmatchcase(i, p) for i in seen)]

@@ -32,9 +32,12 @@ def rerun_session(run_id: str) -> str:
     return RERUN_PREFIX + re.sub(r"[.:]", "_", run_id)
 
 
+def attach_argv(name: str, socket: str | None) -> list[str]:
+    return ["tmux", *(["-S", socket] if socket else []), "attach", "-t", name]
+
+
 def attach_command(name: str, socket: str | None) -> str:
-    argv = ["tmux", *(["-S", socket] if socket else []), "attach", "-t", name]
-    return shlex.join(argv)
+    return shlex.join(attach_argv(name, socket))
 
 
 @dataclass(frozen=True)

@@ -194,3 +194,22 @@ def _print_rows(title: str, rows: list[dict[str, Any]], prefix: str, *, claim: b
         cells = [str(r["row"]), r["run_id"], f"{r['share']:.1%}", prefix + shlex.join(r["argv"])]
         table.add_row(*([str(n)] if claim else []), *cells)
     console.print(table)
+
+
+# --- presets ----------------------------------------------------------------------------------------
+
+
+def render_presets(presets: dict[str, dict[str, Any]], notes: dict[str, str]) -> None:
+    """The built-in presets a CSV's config column may name, one row each."""
+    table = Table(title="built-in presets", title_justify="left")
+    for col in ("name", "layers", "n_embd", "heads", "batch", "accum", "iters", "streams", "what"):
+        table.add_column(col, no_wrap=col == "name")
+    for name, values in presets.items():
+        base = name.removesuffix("_48l")
+        streams = str(values.get("hc_num_streams", 1)) if not values.get("hc_disable", True) else "-"
+        table.add_row(name, str(values["n_layer"]), str(values["n_embd"]), str(values["n_head"]),
+                      str(values["batch_size"]), str(values["gradient_accumulation_steps"]),
+                      str(values["max_iters"]), streams, notes[base])
+    console.print(table)
+    console.print("All: block 1024, lr 6e-4 cosine to 6e-5 after 200 warmup steps, bf16. "
+                  "See every value with `sweepctl plan CSV --shards 1 --json`.")
