@@ -40,6 +40,7 @@ VARIANTS = {
     "base": ["base"],
     "hc": ["hc"],
     "hc-static": ["hc", "hc_static_only=True"],
+    "hc-rms": ["hc", "hc_dynamic_norm='rms'"],
     "mhc": ["mhc"],
     "mhc-static": ["mhc", "hc_static_only=True"],
     "mhc-ortho": ["mhc", "mhc_h_res_proj='orthostochastic'"],
@@ -121,7 +122,9 @@ def ref_connection(conn: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, sub
     if isinstance(conn, HyperConnection):
         pre, res, post = conn.static_pre, conn.static_res, conn.static_post
         if conn.dynamic:
-            d = torch.tanh(ref_rms_norm(x) @ conn.dyn_proj)  # (B, T, n, n + 2): row i from stream i
+            normed = (F.layer_norm(x, x.shape[-1:], eps=hyper.RMS_EPS) if cfg.hc_dynamic_norm == "layer"
+                      else ref_rms_norm(x))  # per stream
+            d = torch.tanh(normed @ conn.dyn_proj)  # (B, T, n, n + 2): row i from stream i
             pre = pre + conn.dyn_gate_alpha * d[..., 0]
             res = res + conn.dyn_gate_alpha * d[..., 1:n + 1].transpose(-1, -2)
             post = post + conn.dyn_gate_beta * d[..., n + 1]

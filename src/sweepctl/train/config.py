@@ -104,7 +104,9 @@ class TrainConfig(BaseModel):
     hc_num_fracs: int = Field(1, ge=1)  # frac-connections; only 1 is implemented
     hc_disable: bool = True  # True: plain residual
     hc_static_only: bool = False  # drop the input-dependent (dynamic) part of the HC weights
-    hc_dynamic_norm: Literal["rms", "layer"] = "rms"  # HC's norm before its dynamic branch (see docs/trainer.md)
+    hc_dynamic_norm: Literal["layer", "rms"] = "layer"  # HC's norm before its dynamic branch (paper: LayerNorm)
+    # c_proj init std with n streams: GPT-2's 0.02 / sqrt(2 n_layer), divided by sqrt(n) (HC paper) or not
+    hc_out_proj_init: Literal["sqrt_n", "gpt2"] = "sqrt_n"
     # --- manifold-constrained HC (mHC, arXiv 2512.24880) ---
     mhc: bool = False  # project H_res onto doubly stochastic matrices
     sinkhorn_iters: int = Field(20, gt=0)  # Sinkhorn-Knopp iterations (paper: 20)

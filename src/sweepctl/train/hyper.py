@@ -546,7 +546,9 @@ class HyperConnection(nn.Module):
 
     Static init reproduces a pre-norm residual: sub-layer k reads stream k mod n (A_m = e_k),
     streams are kept (A_r = I) and every stream receives the output (B = 1). The dynamic part,
-    s * tanh(norm(x_i) W) per stream i, starts at zero (W = 0) with gate s = 0.01.
+    s * tanh(norm(x_i) W) per stream i, starts at zero (W = 0) with gate s = 0.01. norm is the
+    paper's LayerNorm (eq. 10; `LayerNorm(dim)` in Algorithm 2), here without its affine weight,
+    which W absorbs (hc_dynamic_norm='rms': the public reference's RMSNorm).
     """
 
     def __init__(self, cfg: TrainConfig, index: int):
@@ -570,9 +572,9 @@ class HyperConnection(nn.Module):
     def read(self, x: torch.Tensor, maps: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         pre, res, post = self.static_pre, self.static_res, self.static_post  # (n,), (n, n), (n,)
         if self.dynamic:
-            if self.layer_norm:  # LayerNorm without affine: centre each stream first
-                x = x - x.float().mean(-1, keepdim=True)
-            d = torch.tanh(normed_projection(x, self.dyn_proj))  # (B, T, n, n + 2), row i from stream i
+            # LayerNorm without affine centres each stream first; the sub-layer still reads x itself
+            src = x - x.float().mean(-1, keepdim=True) if self.layer_norm else x
+            d = torch.tanh(normed_projection(src, self.dyn_proj))  # (B, T, n, n + 2), row i from stream i
             pre = pre + self.dyn_gate_alpha * d[..., 0]  # (B, T, n)
             # d[..., i, 1 + j] is stream i's weight into stream j; as res[j, i] so that x' = res @ x
             res = res + self.dyn_gate_alpha * d[..., 1:self.n + 1].mT  # (B, T, n, n)
