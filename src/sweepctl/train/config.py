@@ -116,7 +116,7 @@ class TrainConfig(BaseModel):
     ns_eps: float = Field(1e-7, gt=0)  # added to the norm before Newton-Schulz
     ns_coeffs: NSTriple | tuple[NSTriple, ...] = (3.0, -3.2, 1.2)  # one (a,b,c) or one per step
     ns_polish_steps: int = Field(3, ge=0)  # cubic Newton-Schulz steps after those, onto the manifold
-    mhc_h_res_balance: bool = True  # finish either projection with exact row and column sums (paper: no)
+    mhc_h_res_balance: bool = True  # finish either projection: sums exact, entries >= 0 (paper: no)
     mhc_residual_identity_mix: bool = False  # H_res = (1-a) I + a S with a learned a
     mhc_residual_alpha: float = Field(0.01, gt=0, lt=1)  # initial a = sigmoid(logit) of the identity mix
     # --- residual-map diagnostics (logged at each eval for HC/mHC, see diagnostics.py) ---
