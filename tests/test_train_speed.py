@@ -122,8 +122,10 @@ def ref_connection(conn: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, sub
     if isinstance(conn, HyperConnection):
         pre, res, post = conn.static_pre, conn.static_res, conn.static_post
         if conn.dynamic:
-            normed = (F.layer_norm(x, x.shape[-1:], eps=hyper.RMS_EPS) if cfg.hc_dynamic_norm == "layer"
-                      else ref_rms_norm(x))  # per stream
+            if cfg.hc_dynamic_norm == "layer":  # the HC paper's LayerNorm(dim), per stream
+                normed = F.layer_norm(x, x.shape[-1:], conn.dyn_norm_weight, conn.dyn_norm_bias, eps=hyper.RMS_EPS)
+            else:
+                normed = ref_rms_norm(x)
             d = torch.tanh(normed @ conn.dyn_proj)  # (B, T, n, n + 2): row i from stream i
             pre = pre + conn.dyn_gate_alpha * d[..., 0]
             res = res + conn.dyn_gate_alpha * d[..., 1:n + 1].transpose(-1, -2)

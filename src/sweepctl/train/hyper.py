@@ -547,8 +547,9 @@ class HyperConnection(nn.Module):
     Static init reproduces a pre-norm residual: sub-layer k reads stream k mod n (A_m = e_k),
     streams are kept (A_r = I) and every stream receives the output (B = 1). The dynamic part,
     s * tanh(norm(x_i) W) per stream i, starts at zero (W = 0) with gate s = 0.01. norm is the
-    paper's LayerNorm (eq. 10; `LayerNorm(dim)` in Algorithm 2), here without its affine weight,
-    which W absorbs (hc_dynamic_norm='rms': the public reference's RMSNorm).
+    paper's LayerNorm with its affine weight and bias (eq. 10; `LayerNorm(dim)` in Algorithm 2),
+    one per connection, shared by the streams; hc_dynamic_norm='rms' is an RMSNorm without
+    weight (the public reference uses an RMSNorm).
     """
 
     def __init__(self, cfg: TrainConfig, index: int):
@@ -568,13 +569,24 @@ class HyperConnection(nn.Module):
             self.dyn_proj = nn.Parameter(torch.zeros(c, n + 2))
             self.dyn_gate_alpha = nn.Parameter(torch.tensor(DYNAMIC_GATE_INIT))  # s_alpha
             self.dyn_gate_beta = nn.Parameter(torch.tensor(DYNAMIC_GATE_INIT))  # s_beta
+            if self.layer_norm:  # LayerNorm(dim)'s affine, as nn.LayerNorm starts it
+                self.dyn_norm_weight = nn.Parameter(torch.ones(c))  # (C,)
+                self.dyn_norm_bias = nn.Parameter(torch.zeros(c))  # (C,)
 
     def read(self, x: torch.Tensor, maps: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         pre, res, post = self.static_pre, self.static_res, self.static_post  # (n,), (n, n), (n,)
         if self.dynamic:
-            # LayerNorm without affine centres each stream first; the sub-layer still reads x itself
-            src = x - x.float().mean(-1, keepdim=True) if self.layer_norm else x
-            d = torch.tanh(normed_projection(src, self.dyn_proj))  # (B, T, n, n + 2), row i from stream i
+            if self.layer_norm:
+                # LayerNorm(x) W = ((x - mean) / rms(x - mean) * g + b) W
+                #                = (x - mean) (g * W) / rms(x - mean) + b W:
+                # the affine folded into the (C, n + 2) projection, so no normalised copy of the
+                # state is written (normed_projection); the sub-layer still reads x itself
+                centred = x - x.float().mean(-1, keepdim=True)  # (B, T, n, C)
+                scaled = self.dyn_norm_weight.float().unsqueeze(-1) * self.dyn_proj.float()  # (C, n + 2)
+                shift = self.dyn_norm_bias.float() @ self.dyn_proj.float()  # (n + 2,)
+                d = torch.tanh(normed_projection(centred, scaled) + shift)  # (B, T, n, n + 2)
+            else:
+                d = torch.tanh(normed_projection(x, self.dyn_proj))  # (B, T, n, n + 2), row i from stream i
             pre = pre + self.dyn_gate_alpha * d[..., 0]  # (B, T, n)
             # d[..., i, 1 + j] is stream i's weight into stream j; as res[j, i] so that x' = res @ x
             res = res + self.dyn_gate_alpha * d[..., 1:self.n + 1].mT  # (B, T, n, n)
