@@ -94,7 +94,7 @@ def balance_rows(p: torch.Tensor) -> torch.Tensor:
 
     Two exact corrections, blended per matrix (sums are linear, so any blend of exact corrections
     is exact):
-      * `spread_rows`: each row's error spread evenly, p + (1 - r) 1^T / n. Linear in p, so its
+      * the spread: each row's error spread evenly, p + (1 - r) 1^T / n. Linear in p, so its
         gradient does not depend on rounding — but an entry below (r_i - 1) / n goes below 0;
       * `move_mass`: rows above 1 give their excess to rows below 1. Never below 0, but
         piecewise: which rows give is the sign of r_i - 1, and how much each column gets back is
@@ -102,8 +102,10 @@ def balance_rows(p: torch.Tensor) -> torch.Tensor:
         projection, the init) its gradient is rounding's choice.
     The spread is used wherever it keeps every entry at least half of what it was (the init, and
     most maps), the moving wherever the spread would take an entry below 0 (trained maps with
-    tiny entries), with a smooth step between: non-negative everywhere, and rounding-robust
-    gradients wherever the entries are not themselves at rounding level.
+    tiny entries), with a smooth step between. Non-negative everywhere: below the top of the
+    step the spread itself takes every entry down by at most half the smallest one, and the moved
+    matrix is >= 0. Rounding-robust gradients wherever the entries are not themselves at rounding
+    level (tests/test_train_speed.py compares float32 with float64 at a converged projection).
 
     Why not more Sinkhorn steps: during training, 20 steps leave rows 4e-2 (tau 1) to 0.45 (tau
     0.05) off, and 5000 steps did not reach 1e-4 (`python bench/manifold.py --projections`).
