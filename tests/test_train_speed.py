@@ -40,6 +40,7 @@ VARIANTS = {
     "base": ["base"],
     "hc": ["hc"],
     "hc-static": ["hc", "hc_static_only=True"],
+    "hc-rms": ["hc", "hc_dynamic_norm='rms'"],
     "mhc": ["mhc"],
     "mhc-static": ["mhc", "hc_static_only=True"],
     "mhc-ortho": ["mhc", "mhc_h_res_proj='orthostochastic'"],
@@ -80,8 +81,25 @@ def ref_sinkhorn(logits: torch.Tensor, iters: int, tau: float, balance: bool) ->
 
 
 def ref_balance(m: torch.Tensor) -> torch.Tensor:
-    """Each row's shortfall from 1 spread evenly over its entries."""
-    return m + (1 - m.sum(-1, keepdim=True)) / m.shape[-1]
+    """Two ways to make the rows exact, blended by how close the first would take the smallest
+    entry to 0 (hyper.balance_rows): spread each row's error evenly; or scale the rows above 1
+    down to 1 and give what that took out of each column to the rows below 1, each getting its
+    shortfall in proportion to what the columns lost."""
+    n = m.shape[-1]
+    r = m.sum(-1, keepdim=True)
+    spread = m + (1 - r) / n
+    above = r > 1
+    scaled = torch.where(above, m / r, m)
+    lost = (m - scaled).sum(-2, keepdim=True)  # (..., 1, n)
+    shortfall = torch.where(above, torch.zeros_like(r), 1 - r)
+    total = shortfall.sum(-2, keepdim=True)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    moved = scaled + torch.where(total > 0, shortfall * lost / safe, torch.zeros_like(scaled))
+    # the fraction of the smallest entry the spread takes away: blend from 1/2 (all spread) to 1 (all moved)
+    frac = (r - 1).amax((-2, -1), keepdim=True).clamp(min=0) / n / m.amin((-2, -1), keepdim=True)
+    t = (2 * frac - 1).clamp(0, 1)
+    w = 3 * t ** 2 - 2 * t ** 3
+    return (1 - w) * spread + w * moved
 
 
 def ref_orthostochastic(logits: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -104,7 +122,11 @@ def ref_connection(conn: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, sub
     if isinstance(conn, HyperConnection):
         pre, res, post = conn.static_pre, conn.static_res, conn.static_post
         if conn.dynamic:
-            d = torch.tanh(ref_rms_norm(x) @ conn.dyn_proj)  # (B, T, n, n + 2): row i from stream i
+            if cfg.hc_dynamic_norm == "layer":  # the HC paper's LayerNorm(dim), per stream
+                normed = F.layer_norm(x, x.shape[-1:], conn.dyn_norm_weight, conn.dyn_norm_bias, eps=hyper.RMS_EPS)
+            else:
+                normed = ref_rms_norm(x)
+            d = torch.tanh(normed @ conn.dyn_proj)  # (B, T, n, n + 2): row i from stream i
             pre = pre + conn.dyn_gate_alpha * d[..., 0]
             res = res + conn.dyn_gate_alpha * d[..., 1:n + 1].transpose(-1, -2)
             post = post + conn.dyn_gate_beta * d[..., n + 1]
@@ -256,8 +278,9 @@ def test_sinkhorn_backward_from_the_saved_scalings_matches_autograd(shape, iters
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "traced-op"])
 def test_sinkhorn_with_balance_is_on_the_manifold_and_differentiable(compiled):
     """Sharp logits (tau 0.05, as the public reference) that 20 steps leave off the manifold: the
-    balanced result has both sums within float32 rounding, and its gradient (through the op's
-    own backward when traced) is the float64 reference's."""
+    balanced result has both sums within float32 rounding and no entry below 0 (spreading the
+    error evenly had some), and its gradient (through the op's own backward when traced) is the
+    float64 reference's."""
     g = torch.Generator().manual_seed(5)
     logits = 0.15 * torch.randn(64, 4, 4, generator=g)
     grad_out = torch.randn(64, 4, 4, generator=g)
@@ -270,6 +293,7 @@ def test_sinkhorn_with_balance_is_on_the_manifold_and_differentiable(compiled):
     (got_grad,) = torch.autograd.grad(got, x, grad_out)
     bound = tol(torch.float32, 4)  # a sum of 4 entries in [0, 1]
     assert (got.sum(-1) - 1).abs().max() <= bound and (got.sum(-2) - 1).abs().max() <= bound
+    assert got.min() >= 0 and ref_spread(hyper.sinkhorn(logits, 20, 0.05)).min() < 0  # the spread alone would not be
     x64 = logits.double().requires_grad_()
     want = ref_sinkhorn(x64, 20, 0.05, balance=True)
     (want_grad,) = torch.autograd.grad(want, x64, grad_out.double())
@@ -277,6 +301,44 @@ def test_sinkhorn_with_balance_is_on_the_manifold_and_differentiable(compiled):
     torch.testing.assert_close(got.double(), want, atol=tol(torch.float32, 2 * 4 * 20, 20.0), rtol=0)
     torch.testing.assert_close(got_grad.double(), want_grad,
                                atol=tol(torch.float32, 2 * 4 * 20, 20.0 * float(want_grad.abs().max())), rtol=0)
+
+
+def ref_spread(m: torch.Tensor) -> torch.Tensor:
+    """Each row's error spread evenly over its entries (exact sums, but not always >= 0)."""
+    return m + (1 - m.sum(-1, keepdim=True)) / m.shape[-1]
+
+
+def test_balance_moves_mass_from_rows_above_one_to_rows_below():
+    """By hand: rows 1.85 and 0.15 (columns exact). Spreading the error evenly would give
+    0.05 - 0.425 < 0; instead row 0 is scaled by 1 / 1.85 and what it lost goes to row 1."""
+    p = torch.tensor([[0.9, 0.95], [0.1, 0.05]])
+    want = torch.tensor([[0.9 / 1.85, 0.95 / 1.85], [1 - 0.9 / 1.85, 1 - 0.95 / 1.85]])
+    torch.testing.assert_close(hyper.balance_rows(p), want, atol=tol(torch.float32, 4), rtol=0)
+    near = torch.tensor([[0.52, 0.5], [0.48, 0.5]])  # spreading takes 0.01 of 0.48: used as is
+    torch.testing.assert_close(hyper.balance_rows(near), ref_spread(near), atol=tol(torch.float32, 4), rtol=0)
+
+
+def test_balance_gradient_at_a_converged_projection_does_not_depend_on_rounding():
+    """At the init (and wherever Sinkhorn has converged) the row errors are float32 rounding, so
+    which rows are 'above 1' is rounding's choice. Moving mass between them has a gradient that
+    follows that choice; the balance spreads instead wherever the entries are not tiny, so float32
+    and float64 agree (and eager and compiled, which round differently)."""
+    g = torch.Generator().manual_seed(6)
+    p = hyper.sinkhorn_eager(0.3 * torch.randn(256, 4, 4, generator=g).double(), 200, 1.0).float()
+    grad_out = torch.randn(256, 4, 4, generator=g)
+    off = (p.sum(-1) - 1).abs().max()
+    assert 0 < off <= tol(torch.float32, 4) and p.min() > 1e-3  # rounding-level errors, no tiny entries
+
+    def grad_of(fn, x):
+        x = x.clone().requires_grad_()
+        return torch.autograd.grad(fn(x), x, grad_out.to(x.dtype))[0].double()
+
+    want = grad_of(ref_balance, p.double())
+    torch.testing.assert_close(grad_of(hyper.balance_rows, p), want, atol=tol(torch.float32, 4 * 4, float(grad_out.abs().max())), rtol=0)
+    # the test can fail: moving mass alone has a gradient set by the rounding of the errors
+    moved = grad_of(lambda x: x + hyper.move_mass(x, x.sum(-1, keepdim=True) - 1), p)
+    moved64 = grad_of(lambda x: x + hyper.move_mass(x, x.sum(-1, keepdim=True) - 1), p.double())
+    assert (moved - moved64).abs().max() > 0.1
 
 
 TRITON_CHECK = """

@@ -104,7 +104,9 @@ class TrainConfig(BaseModel):
     hc_num_fracs: int = Field(1, ge=1)  # frac-connections; only 1 is implemented
     hc_disable: bool = True  # True: plain residual
     hc_static_only: bool = False  # drop the input-dependent (dynamic) part of the HC weights
-    hc_dynamic_norm: Literal["rms", "layer"] = "rms"  # HC's norm before its dynamic branch (see docs/trainer.md)
+    hc_dynamic_norm: Literal["layer", "rms"] = "layer"  # HC's norm before its dynamic branch (paper: LayerNorm)
+    # c_proj init std with n streams: GPT-2's 0.02 / sqrt(2 n_layer), divided by sqrt(n) (HC paper) or not
+    hc_out_proj_init: Literal["sqrt_n", "gpt2"] = "sqrt_n"
     # --- manifold-constrained HC (mHC, arXiv 2512.24880) ---
     mhc: bool = False  # project H_res onto doubly stochastic matrices
     sinkhorn_iters: int = Field(20, gt=0)  # Sinkhorn-Knopp iterations (paper: 20)
@@ -114,7 +116,7 @@ class TrainConfig(BaseModel):
     ns_eps: float = Field(1e-7, gt=0)  # added to the norm before Newton-Schulz
     ns_coeffs: NSTriple | tuple[NSTriple, ...] = (3.0, -3.2, 1.2)  # one (a,b,c) or one per step
     ns_polish_steps: int = Field(3, ge=0)  # cubic Newton-Schulz steps after those, onto the manifold
-    mhc_h_res_balance: bool = True  # finish either projection with exact row and column sums (paper: no)
+    mhc_h_res_balance: bool = True  # finish either projection: sums exact, entries >= 0 (paper: no)
     mhc_residual_identity_mix: bool = False  # H_res = (1-a) I + a S with a learned a
     mhc_residual_alpha: float = Field(0.01, gt=0, lt=1)  # initial a = sigmoid(logit) of the identity mix
     # --- residual-map diagnostics (logged at each eval for HC/mHC, see diagnostics.py) ---

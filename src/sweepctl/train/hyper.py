@@ -71,8 +71,8 @@ def sinkhorn(logits: torch.Tensor, iters: int, tau: float, balance: bool = False
     Computed in log space (exp(x / 0.05) overflows float32 once x > 4.4) and in float32. The last
     step normalises columns, so column sums are exact and row sums converge with `iters` — slowly
     where the matrix is near the identity with tiny off-diagonal entries, which is where training
-    takes it (rows 2e-3 off after 400 steps). With `balance`, `balance_rows` then makes the rows
-    exact too, keeping the columns (see there).
+    takes it (rows 4e-2 off within 300 steps of a tiny mHC). With `balance`, `balance_rows` then
+    makes the rows exact too, keeping the columns and every entry >= 0 (see there).
 
     Under torch.compile the iteration is one opaque op (`sweepctl::sinkhorn`, see `SinkhornOp`)
     instead of 20 unrolled steps in the graph of every sub-layer: its forward and its backward
@@ -89,24 +89,57 @@ def sinkhorn(logits: torch.Tensor, iters: int, tau: float, balance: bool = False
 
 
 def balance_rows(p: torch.Tensor) -> torch.Tensor:
-    """(..., n, n) p with column sums 1 and row sums r -> p + (1 - r) 1^T / n: rows and columns exact.
+    """(..., n, n) p >= 0 with column sums 1 and row sums r -> a doubly stochastic matrix: row and
+    column sums exact, every entry still >= 0.
 
-    Why both sums hold: each row i gets (1 - r_i) / n in every entry, so it sums to
-    r_i + (1 - r_i) = 1; column j gets sum_i (1 - r_i) / n = (n - sum_i r_i) / n = 0, because
-    sum_i r_i is the sum of all entries, which is the sum of the column sums, n. It is linear in p
-    (smooth: no case split whose side rounding could decide, so float32, float64, eager and
-    compiled get the same gradients), moves p by at most max |1 - r| / n, and is exactly the
-    identity where the projection has already converged (at the init, say). The price: an entry
-    smaller than (r_i - 1) / n goes up to that far below 0, so the result has exact sums but is
-    not always non-negative: bench/manifold.py measured a smallest entry of -7.7e-3 over 300
-    training steps of a tiny mHC. The gains the paper measures (absolute row and column sums of
-    the composite) stay exactly 1 regardless; a non-negative exact projection needs a case split
-    (a kink at r_i = 1 whose side float rounding decides) or many more Sinkhorn steps.
+    Two exact corrections, blended per matrix (sums are linear, so any blend of exact corrections
+    is exact):
+      * the spread: each row's error spread evenly, p + (1 - r) 1^T / n. Linear in p, so its
+        gradient does not depend on rounding — but an entry below (r_i - 1) / n goes below 0;
+      * `move_mass`: rows above 1 give their excess to rows below 1. Never below 0, but
+        piecewise: which rows give is the sign of r_i - 1, and how much each column gets back is
+        the ratio of the errors, so where the errors are float32 rounding (a converged
+        projection, the init) its gradient is rounding's choice.
+    The spread is used wherever it keeps every entry at least half of what it was (the init, and
+    most maps), the moving wherever the spread would take an entry below 0 (trained maps with
+    tiny entries), with a smooth step between. Non-negative everywhere: below the top of the
+    step the spread itself takes every entry down by at most half the smallest one, and the moved
+    matrix is >= 0. Rounding-robust gradients wherever the entries are not themselves at rounding
+    level (tests/test_train_speed.py compares float32 with float64 at a converged projection).
+
+    Why not more Sinkhorn steps: during training, 20 steps leave rows 4e-2 (tau 1) to 0.45 (tau
+    0.05) off, and 5000 steps did not reach 1e-4 (`python bench/manifold.py --projections`).
+    The spread alone went down to -7.5e-3 (tau 1) and -9.7e-2 (tau 0.05) there.
     """
     with _no_autocast(p.device):
         p = p.float()
-        r = p.sum(-1, keepdim=True)  # (..., n, 1) row sums
-        return p + (1 - r) / p.shape[-1]
+        n = p.shape[-1]
+        off = p.sum(-1, keepdim=True) - 1  # (..., n, 1) row sum - 1
+        # how much of the smallest entry the spread would take away: >= 1 takes it to or below 0
+        worst = off.amax((-2, -1), keepdim=True).clamp(min=0) / n  # (..., 1, 1)
+        # 1e-12: a ratio's gradient squares its denominator, and 1e-24 is still a normal float32
+        taken = worst / p.amin((-2, -1), keepdim=True).clamp(min=1e-12)
+        w = (2 * taken - 1).clamp(0, 1)
+        w = w * w * (3 - 2 * w)  # (..., 1, 1): 0 up to half the smallest entry, 1 from all of it
+        return p - off / n + w * (move_mass(p, off) + off / n)
+
+
+def move_mass(p: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    """The correction that makes p (columns exact, row sums 1 + off) doubly stochastic by moving
+    mass (see `balance_rows`): (..., n, n), with rows summing to -off and columns to 0.
+
+    Each row with r_i > 1 is scaled by 1 / r_i, which takes p_ij (1 - 1 / r_i) out of column j;
+    each row with r_i < 1 gets its shortfall 1 - r_i, spread over the columns in proportion to
+    what they lost. Why that is exact: the columns sum to 1, so the rows sum to n and the total
+    excess (what was taken) equals the total shortfall; each column gets back what it lost.
+    """
+    excess, shortfall = off.clamp(min=0), (-off).clamp(min=0)  # (..., n, 1) each
+    taken = p * (excess / (1 + excess))  # (..., n, n): p_ij (1 - 1 / r_i) from the rows above 1
+    lost = taken.sum(-2, keepdim=True)  # (..., 1, n) taken out of each column
+    # share of the lost mass for each row below 1; the total is 0 only when no row is off (and
+    # nothing was taken). 1e-12 is below the smallest |r - 1| float32 holds near 1 (6e-8).
+    share = shortfall / shortfall.sum(-2, keepdim=True).clamp(min=1e-12)  # (..., n, 1)
+    return share * lost - taken
 
 
 def sinkhorn_eager(logits: torch.Tensor, iters: int, tau: float) -> torch.Tensor:
@@ -515,7 +548,10 @@ class HyperConnection(nn.Module):
 
     Static init reproduces a pre-norm residual: sub-layer k reads stream k mod n (A_m = e_k),
     streams are kept (A_r = I) and every stream receives the output (B = 1). The dynamic part,
-    s * tanh(norm(x_i) W) per stream i, starts at zero (W = 0) with gate s = 0.01.
+    s * tanh(norm(x_i) W) per stream i, starts at zero (W = 0) with gate s = 0.01. norm is the
+    paper's LayerNorm with its affine weight and bias (eq. 10; `LayerNorm(dim)` in Algorithm 2),
+    one per connection, shared by the streams; hc_dynamic_norm='rms' is an RMSNorm without
+    weight (the public reference uses an RMSNorm).
     """
 
     def __init__(self, cfg: TrainConfig, index: int):
@@ -535,13 +571,24 @@ class HyperConnection(nn.Module):
             self.dyn_proj = nn.Parameter(torch.zeros(c, n + 2))
             self.dyn_gate_alpha = nn.Parameter(torch.tensor(DYNAMIC_GATE_INIT))  # s_alpha
             self.dyn_gate_beta = nn.Parameter(torch.tensor(DYNAMIC_GATE_INIT))  # s_beta
+            if self.layer_norm:  # LayerNorm(dim)'s affine, as nn.LayerNorm starts it
+                self.dyn_norm_weight = nn.Parameter(torch.ones(c))  # (C,)
+                self.dyn_norm_bias = nn.Parameter(torch.zeros(c))  # (C,)
 
     def read(self, x: torch.Tensor, maps: tuple | None = None) -> tuple[torch.Tensor, tuple]:
         pre, res, post = self.static_pre, self.static_res, self.static_post  # (n,), (n, n), (n,)
         if self.dynamic:
-            if self.layer_norm:  # LayerNorm without affine: centre each stream first
-                x = x - x.float().mean(-1, keepdim=True)
-            d = torch.tanh(normed_projection(x, self.dyn_proj))  # (B, T, n, n + 2), row i from stream i
+            if self.layer_norm:
+                # LayerNorm(x) W = ((x - mean) / rms(x - mean) * g + b) W
+                #                = (x - mean) (g * W) / rms(x - mean) + b W:
+                # the affine folded into the (C, n + 2) projection, so no normalised copy of the
+                # state is written (normed_projection); the sub-layer still reads x itself
+                centred = x - x.float().mean(-1, keepdim=True)  # (B, T, n, C)
+                scaled = self.dyn_norm_weight.float().unsqueeze(-1) * self.dyn_proj.float()  # (C, n + 2)
+                shift = self.dyn_norm_bias.float() @ self.dyn_proj.float()  # (n + 2,)
+                d = torch.tanh(normed_projection(centred, scaled) + shift)  # (B, T, n, n + 2)
+            else:
+                d = torch.tanh(normed_projection(x, self.dyn_proj))  # (B, T, n, n + 2), row i from stream i
             pre = pre + self.dyn_gate_alpha * d[..., 0]  # (B, T, n)
             # d[..., i, 1 + j] is stream i's weight into stream j; as res[j, i] so that x' = res @ x
             res = res + self.dyn_gate_alpha * d[..., 1:self.n + 1].mT  # (B, T, n, n)

@@ -107,6 +107,19 @@ class Block(nn.Module):
         return x, v1
 
 
+def out_proj_std(cfg: TrainConfig) -> float:
+    """Init std of every sub-layer's output projection (attention's and the MLP's c_proj).
+
+    GPT-2 scales it by depth, 0.02 / sqrt(2 n_layer). With n residual streams the HC paper
+    (arXiv 2409.19606, §4 "Implementation") also scales it by sqrt(n), so that the std of the
+    streams' sum before the final norm stays the original's; `hc_out_proj_init='gpt2'` keeps
+    GPT-2's (the public mHC reference's choice)."""
+    std = 0.02 / math.sqrt(2 * cfg.n_layer)
+    if not cfg.hc_disable and cfg.hc_out_proj_init == "sqrt_n":
+        std /= math.sqrt(cfg.hc_num_streams)
+    return std
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: TrainConfig):
         super().__init__()
@@ -124,7 +137,7 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(p, mean=0.0, std=out_proj_std(cfg))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
