@@ -1,0 +1,61 @@
+"""`sweepctl export slurm` against a real Slurm (tests/slurm_cluster.py): `sbatch` of the exported
+script runs the rows as an array on gres GPUs, and `sweepctl status` reads the sweep back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from cli import run_cli
+from sweep_helpers import Workspace
+from sweepctl import runs
+from sweepctl.train import contract
+
+if TYPE_CHECKING:  # imported by pytest as a plugin: importing it here first would skip its assert rewriting
+    from slurm_cluster import SlurmCluster
+
+pytest_plugins = ["sweep_fixtures", "slurm_cluster"]
+
+
+def test_sbatch_runs_the_rows_as_an_array_and_status_reads_them_finished(
+        workspace: Workspace, slurm_cluster: SlurmCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = workspace
+    # "long" trains twice as long: task 0 runs it (rows longest first)
+    csv = ws.csv([("a", ""), ("long", "max_iters=40 lr_decay_iters=40"), ("c", "")], name="grid")
+    r = run_cli(capsys, "export", "slurm", str(csv), "--concurrency", "2", "--no-wandb")
+    assert r.code == 0, r.err
+    sweep_dir = ws.out_root / ".sweeps" / "grid"
+    script = sweep_dir / "grid.sbatch"
+
+    job = slurm_cluster.sbatch(script)
+    states = slurm_cluster.wait_finished(job)
+    assert states == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED"}, _explain(sweep_dir, job)
+
+    r = run_cli(capsys, "status", "--json", "--sweep", "grid")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["counts"] == {"pending": 0, "running": 0, "ok": 3, "failed": 0, "stale": 0,
+                                           "cancelled": 0}
+    devices = []
+    for task, (run_id, row) in enumerate([("long", 1), ("a", 0), ("c", 2)]):
+        d = ws.run_dir(run_id)
+        assert [f for f in contract.COMPLETE_FILES if not (d / f).exists()] == [], run_id
+        meta = json.loads((d / runs.METADATA).read_text())
+        assert (meta["sweep"]["name"], meta["sweep"]["row_index"], meta["attempt"]) == ("grid", row, 1)
+        assert runs.read_json(d / runs.OWNER)["session"] == f"slurm-{row}"
+        devices.append(meta["cuda_visible_devices"])
+        log = sweep_dir / "slurm" / f"{job}_{task}.out"
+        assert f"{run_id}: ok" in log.read_text(), log.read_text()[-2000:]
+    # Slurm gave each task one of the node's two gres GPUs (tasks 0 and 1 started together: not the
+    # same one), and the runner passed it on to the trainer
+    assert sorted(devices[:2]) == ["0", "1"] and devices[2] in ("0", "1"), devices
+    assert sorted(p.name for p in ws.out_root.iterdir()) == [".cache", ".sweeps", "a", "c", "long"]
+
+
+def _explain(sweep_dir: Path, job: str) -> str:
+    """Every task's Slurm output, to explain a task that did not complete."""
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                     for p in sorted((sweep_dir / "slurm").glob(f"{job}_*.out")))
