@@ -5,6 +5,7 @@ script runs the rows as an array on gres GPUs, and `sweepctl status` reads the s
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,11 @@ pytest_plugins = ["sweep_fixtures", "slurm_cluster"]
 
 
 def test_sbatch_runs_the_rows_as_an_array_and_status_reads_them_finished(
-        workspace: Workspace, slurm_cluster: SlurmCluster, capsys: pytest.CaptureFixture[str]) -> None:
-    ws = workspace
+        workspace: Workspace, slurm_cluster: SlurmCluster, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # an out-root with a space and a %: #SBATCH lines are read by sbatch, not bash, and --output by its patterns
+    ws = replace(workspace, out_root=workspace.root / "out 5% dir")
+    monkeypatch.setenv("SWEEPCTL_OUT_ROOT", str(ws.out_root))
     # "long" trains twice as long: task 0 runs it (rows longest first)
     csv = ws.csv([("a", ""), ("long", "max_iters=40 lr_decay_iters=40"), ("c", "")], name="grid")
     r = run_cli(capsys, "export", "slurm", str(csv), "--concurrency", "2", "--no-wandb")
