@@ -5,14 +5,15 @@ script runs the rows as an array on gres GPUs, and `sweepctl status` reads the s
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from cli import run_cli
-from sweep_helpers import Workspace
+from sweep_helpers import Workspace, wait_until
 from sweepctl import runs
 from sweepctl.train import contract
 
@@ -63,3 +64,69 @@ def _explain(sweep_dir: Path, job: str) -> str:
     """Every task's Slurm output, to explain a task that did not complete."""
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                      for p in sorted((sweep_dir / "slurm").glob(f"{job}_*.out")))
+
+
+def test_scancel_interrupts_the_running_rows_and_the_retry_failed_export_resumes_them(
+        workspace: Workspace, slurm_cluster: SlurmCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = workspace
+    long = "max_iters=100000 lr_decay_iters=100000 eval_interval=50000"  # scancel always comes first
+    csv = ws.csv([("a", long), ("b", long), ("c", long)], name="grid")
+    r = run_cli(capsys, "export", "slurm", str(csv), "--no-wandb")
+    assert r.code == 0, r.err
+    sweep_dir = ws.out_root / ".sweeps" / "grid"
+    script = sweep_dir / "grid.sbatch"
+    job = slurm_cluster.sbatch(script)
+
+    def status() -> dict[str, Any]:
+        r = run_cli(capsys, "status", "--json", "--sweep", "grid")
+        assert r.code == 0, r.err
+        return json.loads(r.out)
+
+    def training(attempt: int) -> list[str]:
+        """The rows whose trainer of this attempt has written a heartbeat after its first step."""
+        out = []
+        for row in status()["runs"]:
+            d = ws.run_dir(row["run_id"])
+            meta = runs.read_json(d / runs.METADATA) or {}
+            beat = runs.read_json(d / runs.HEARTBEAT) or {}
+            if row["state"] == "running" and meta.get("attempt") == attempt and beat.get("pid") == meta.get("pid") \
+                    and (beat.get("iter") or 0) > (meta.get("resumed_from_iter") or 0):
+                out.append(row["run_id"])
+        return out
+
+    # two GPUs: rows a and b train, c waits for a GPU
+    wait_until(lambda: training(1) == ["a", "b"], timeout=120, what="rows a and b training",
+               explain=lambda: f"{slurm_cluster.tasks(job)}\n{_explain(sweep_dir, job)}")
+    slurm_cluster.run("scancel", job)
+    assert slurm_cluster.wait_finished(job) == {"0": "CANCELLED", "1": "CANCELLED", "2": "CANCELLED"}
+
+    # Slurm's SIGTERM reached each trainer, which wrote its summary and a checkpoint before KillWait
+    model = status()
+    assert model["counts"] == {"pending": 1, "running": 0, "ok": 0, "failed": 2, "stale": 0, "cancelled": 0}
+    stopped_at = {}
+    for run_id in ("a", "b"):
+        summary = runs.read_json(ws.run_dir(run_id) / runs.SUMMARY) or {}
+        assert (summary["status"], summary["error_class"]) == ("interrupted", "signal"), summary
+        assert summary["error"] == f"interrupted by SIGTERM at iter {summary['iter_num']}"
+        assert (ws.run_dir(run_id) / runs.CHECKPOINT).is_file()
+        stopped_at[run_id] = summary["iter_num"]
+    assert not ws.run_dir("c").exists()
+
+    # The same script skips interrupted rows; it names the export that resumes them. Paste it.
+    command = next(line.removeprefix("#   ") for line in script.read_text().splitlines()
+                   if line.startswith("#   sweepctl export slurm") and "--retry-failed" in line)
+    argv = shlex.split(command)
+    assert argv[:3] == ["sweepctl", "export", "slurm"] and argv[-2:] == ["-o", str(script)]
+    r = run_cli(capsys, *argv[1:])
+    assert r.code == 0, r.err
+    assert "Submitting this again runs every row that is not ok, resuming from checkpoints." in script.read_text()
+
+    job = slurm_cluster.sbatch(script)
+    wait_until(lambda: training(2) == ["a", "b"], timeout=120, what="rows a and b training again",
+               explain=lambda: f"{slurm_cluster.tasks(job)}\n{_explain(sweep_dir, job)}")
+    for task, run_id in enumerate(("a", "b")):
+        meta = json.loads((ws.run_dir(run_id) / runs.METADATA).read_text())
+        assert (meta["attempt"], meta["resume"], meta["resumed_from_iter"]) == (2, True, stopped_at[run_id]), meta
+        log = (sweep_dir / "slurm" / f"{job}_{task}.out").read_text()
+        assert (f"{run_id}: attempt 2, resume (retrying a failed run (signal: interrupted by SIGTERM at iter "
+                f"{stopped_at[run_id]}); resuming from {runs.CHECKPOINT})") in log, log
