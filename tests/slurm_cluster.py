@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -204,6 +205,14 @@ class SlurmCluster:
     def sbatch(self, script: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
         """Submit; the job id."""
         return self.run("sbatch", "--parsable", *args, str(script), env=env).stdout.strip().split(";")[0]
+
+    def submit_pasted(self, command: str) -> str:
+        """Run `command` (an `sbatch ...` line as a user would paste it) in bash; the job id."""
+        proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30, env=self.env)
+        found = re.fullmatch(r"Submitted batch job (\d+)\n", proc.stdout)
+        if proc.returncode != 0 or not found:
+            raise AssertionError(f"{command} exited {proc.returncode}: {proc.stdout}{proc.stderr}\n{self.logs()}")
+        return found.group(1)
 
     def tasks(self, job: str) -> dict[str, str]:
         """Array task index -> Slurm state, one entry per task (pending ones too)."""

@@ -35,8 +35,11 @@ def test_sbatch_runs_the_rows_as_an_array_and_status_reads_them_finished(
     assert r.code == 0, r.err
     sweep_dir = ws.out_root / ".sweeps" / "grid"
     script = sweep_dir / "grid.sbatch"
+    assert r.out == (f"wrote {script}: 3 array tasks (--array=0-2%2, --gres=gpu:1); manifest in {sweep_dir}\n"
+                     f"submit: sbatch '{script}'\n"
+                     f"status: sweepctl status --out-root '{ws.out_root}' --sweep grid\n")
 
-    job = slurm_cluster.sbatch(script)
+    job = slurm_cluster.submit_pasted(r.out.splitlines()[1].removeprefix("submit: "))
     states = slurm_cluster.wait_finished(job)
     assert states == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED"}, _explain(sweep_dir, job)
 
