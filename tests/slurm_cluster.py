@@ -206,9 +206,10 @@ class SlurmCluster:
         """Submit; the job id."""
         return self.run("sbatch", "--parsable", *args, str(script), env=env).stdout.strip().split(";")[0]
 
-    def submit_pasted(self, command: str) -> str:
+    def submit_pasted(self, command: str, env: Mapping[str, str] | None = None) -> str:
         """Run `command` (an `sbatch ...` line as a user would paste it) in bash; the job id."""
-        proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30, env=self.env)
+        proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
+                              env={**self.env, **(env or {})})
         found = re.fullmatch(r"Submitted batch job (\d+)\n", proc.stdout)
         if proc.returncode != 0 or not found:
             raise AssertionError(f"{command} exited {proc.returncode}: {proc.stdout}{proc.stderr}\n{self.logs()}")

@@ -39,7 +39,9 @@ def test_sbatch_runs_the_rows_as_an_array_and_status_reads_them_finished(
                      f"submit: sbatch '{script}'\n"
                      f"status: sweepctl status --out-root '{ws.out_root}' --sweep grid\n")
 
-    job = slurm_cluster.submit_pasted(r.out.splitlines()[1].removeprefix("submit: "))
+    # SBATCH_EXPORT=NONE: the tasks get none of this shell's environment (no SWEEPCTL_* settings, no
+    # venv on PATH), as on sites that set it: the script alone must find the sweep, the data and Python
+    job = slurm_cluster.submit_pasted(r.out.splitlines()[1].removeprefix("submit: "), env={"SBATCH_EXPORT": "NONE"})
     states = slurm_cluster.wait_finished(job)
     assert states == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED"}, _explain(sweep_dir, job)
 
