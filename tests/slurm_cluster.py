@@ -23,8 +23,8 @@ What it takes here (root in a container, no systemd, no cgroup delegation), foun
   key is 0400 and random. The socket path must fit a Unix socket (~100 bytes): the directory is a
   short one under /tmp, not pytest's tmp_path.
 - `ProctrackType=proctrack/linuxproc` and `TaskPlugin=task/none`: no cgroup plugin is loaded, so
-  slurmd starts without a cgroup hierarchy of its own. `SlurmUser=root` / `SlurmdUser=root`: no
-  `slurm` user is needed. `JobAcctGatherType=jobacct_gather/none` and
+  slurmd starts without a cgroup hierarchy of its own. `SlurmUser` and `SlurmdUser` are the user
+  running the tests (root here, the only way it was tried): no `slurm` user is needed. `JobAcctGatherType=jobacct_gather/none` and
   `AccountingStorageType=accounting_storage/none`: no slurmdbd. `MailProg=/bin/true`: Debian's
   default mail program is not installed.
 - `SlurmctldHost` must be this machine's short hostname (`hostname -s`) or slurmctld refuses to
@@ -34,6 +34,8 @@ What it takes here (root in a container, no systemd, no cgroup delegation), foun
   a valid character or block device" (it still counts them). Without permission to mknod (not
   root) the fixture uses plain files and says so in `gres_note`.
 - The node's `CPUs` is this machine's CPU count: a count above it drains the node.
+- Ports are picked free, and a start whose port was taken meanwhile is tried again on others:
+  slurmd exits at once on a taken port, slurmctld only after about 10 s of retrying its bind.
 - Startup to an idle node takes about half a second here; `MinJobAge=600` keeps finished jobs in
   `squeue -t all` (there is no accounting database to ask), and `KillWait` is how long a
   cancelled job's processes get between SIGTERM and SIGKILL.
@@ -48,6 +50,7 @@ installs slurmctld, slurmd, slurm-client and munge).
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import re
 import shutil
@@ -55,21 +58,27 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from sshd import free_port
-
 BINARIES = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
 SBIN = ("/usr/sbin", "/usr/bin")  # munged and the daemons live in sbin, which a user's PATH may lack
 READY_TIMEOUT_S = 20.0  # idle within ~0.5 s here; a loaded CI box gets room
 STOP_TIMEOUT_S = 20.0  # slurmctld saves its state before it exits: a few seconds
+PORT_ATTEMPTS = 3
 KILL_WAIT_S = 10  # a cancelled job's runner and trainer write their summaries within this
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
                       "BOOT_FAIL", "DEADLINE"})
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def binary(name: str) -> str | None:
@@ -96,6 +105,7 @@ class SlurmCluster:
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     gres_note: str = ""
+    pick_port: Callable[[], int] = free_port  # slurmctld's and slurmd's ports, two per start attempt
 
     @property
     def conf(self) -> Path:
@@ -121,8 +131,6 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         self._make_devices()
-        ctld_port, d_port = free_port(), free_port()
-        self.conf.write_text(self._slurm_conf(ctld_port, d_port))
         # slurmd reads gres.conf from slurm.conf's directory
         (self.root / "gres.conf").write_text(
             f"NodeName={self.node} Name=gpu File={self.root / 'dev'}/nvidia[0-{self.gpus - 1}]\n")
@@ -131,10 +139,19 @@ class SlurmCluster:
                                f"--log-file={self.root / 'log' / 'munged.log'}",
                                f"--seed-file={self.root / 'munged.seed'}"])
         self._wait(lambda: self.munge_socket.exists(), "munged's socket")
-        self._spawn("slurmctld", [binary("slurmctld") or "slurmctld", "-D", "-f", str(self.conf)])
-        self._spawn("slurmd", [binary("slurmd") or "slurmd", "-D", "-f", str(self.conf), "-N", self.node])
-        self._wait(lambda: self.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.strip() == "idle",
-                   "the node to be idle")
+        for attempt in range(PORT_ATTEMPTS):
+            # a free port can be taken by someone else before slurmctld binds it: try others
+            self.conf.write_text(self._slurm_conf(self.pick_port(), self.pick_port()))
+            self._spawn("slurmctld", [binary("slurmctld") or "slurmctld", "-D", "-f", str(self.conf)])
+            self._spawn("slurmd", [binary("slurmd") or "slurmd", "-D", "-f", str(self.conf), "-N", self.node])
+            try:
+                self._wait(lambda: self.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.strip() == "idle",
+                           "the node to be idle")
+                return
+            except RuntimeError:
+                if attempt == PORT_ATTEMPTS - 1 or "Address already in use" not in self.logs():
+                    raise
+                self._stop("slurmd", "slurmctld")
 
     def _make_devices(self) -> None:
         for i in range(self.gpus):
@@ -155,8 +172,8 @@ class SlurmCluster:
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={self.munge_socket}",
-            "SlurmUser=root",
-            "SlurmdUser=root",
+            f"SlurmUser={getpass.getuser()}",  # root here; no `slurm` user needed
+            f"SlurmdUser={getpass.getuser()}",
             f"StateSaveLocation={r / 'state'}",
             f"SlurmdSpoolDir={r / 'spool'}",
             f"SlurmctldPidFile={r / 'slurmctld.pid'}",
@@ -246,16 +263,19 @@ class SlurmCluster:
             if all(p.poll() is None for p in self.procs.values()) and self.procs:
                 self._cancel_all()
         finally:
-            for name in ("slurmd", "slurmctld", "munged"):
-                proc = self.procs.pop(name, None)
-                if proc is None or proc.poll() is not None:
-                    continue
-                proc.terminate()
-                try:
-                    proc.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            self._stop("slurmd", "slurmctld", "munged")
+
+    def _stop(self, *names: str) -> None:
+        for name in names:
+            proc = self.procs.pop(name, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def _cancel_all(self) -> None:
         jobs = self.run("squeue", "-h", "-o", "%A", check=False).stdout.split()

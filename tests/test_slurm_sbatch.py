@@ -5,7 +5,11 @@ script runs the rows as an array on gres GPUs, and `sweepctl status` reads the s
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import shutil
+import socket
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +19,7 @@ import pytest
 from cli import run_cli
 from sweep_helpers import Workspace, wait_until
 from sweepctl import runs
+from sweepctl.runs import pid_alive
 from sweepctl.train import contract
 
 if TYPE_CHECKING:  # imported by pytest as a plugin: importing it here first would skip its assert rewriting
@@ -39,9 +44,11 @@ def test_sbatch_runs_the_rows_as_an_array_and_status_reads_them_finished(
                      f"submit: sbatch '{script}'\n"
                      f"status: sweepctl status --out-root '{ws.out_root}' --sweep grid\n")
 
-    # SBATCH_EXPORT=NONE: the tasks get none of this shell's environment (no SWEEPCTL_* settings, no
-    # venv on PATH), as on sites that set it: the script alone must find the sweep, the data and Python
-    job = slurm_cluster.submit_pasted(r.out.splitlines()[1].removeprefix("submit: "), env={"SBATCH_EXPORT": "NONE"})
+    # SBATCH_EXPORT=OMP_NUM_THREADS=1: the tasks get that one variable (two trainers on two cores) and
+    # none of the rest of this shell's environment (no SWEEPCTL_* settings, no venv on PATH), as on
+    # sites that set SBATCH_EXPORT=NONE: the script alone must find the sweep, the data and Python
+    job = slurm_cluster.submit_pasted(r.out.splitlines()[1].removeprefix("submit: "),
+                                      env={"SBATCH_EXPORT": "OMP_NUM_THREADS=1"})
     states = slurm_cluster.wait_finished(job)
     assert states == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED"}, _explain(sweep_dir, job)
 
@@ -63,6 +70,38 @@ def test_sbatch_runs_the_rows_as_an_array_and_status_reads_them_finished(
     # same one), and the runner passed it on to the trainer
     assert sorted(devices[:2]) == ["0", "1"] and devices[2] in ("0", "1"), devices
     assert sorted(p.name for p in ws.out_root.iterdir()) == [".cache", ".sweeps", "a", "c", "long"]
+
+
+def test_the_cluster_starts_past_a_taken_port_keeps_to_its_directory_and_stops_what_it_started() -> None:
+    from slurm_cluster import SlurmCluster, free_port, need_slurm  # after pytest registered it as a plugin
+
+    need_slurm()
+    root = Path(tempfile.mkdtemp(prefix="swslurm", dir="/tmp"))
+    root.chmod(0o711)
+    with socket.socket() as taken:  # slurmd's first port is someone else's
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        second = free_port(), free_port()
+        ports = iter([free_port(), taken.getsockname()[1], *second])
+        cluster = SlurmCluster(root, pick_port=lambda: next(ports))
+        try:
+            cluster.start()
+            pids = [p.pid for p in cluster.procs.values()]
+            node = cluster.run("sinfo", "-h", "-N", "-o", "%N %T %G").stdout
+            conf = cluster.conf.read_text()
+            paths = re.findall(r"=(/[^\s(]*)", conf + (root / "gres.conf").read_text())
+            first_try = (root / "log" / "slurmd.log").read_text()
+        finally:
+            cluster.stop()
+            shutil.rmtree(root)
+    assert "Address already in use" in first_try
+    assert f"\nSlurmctldPort={second[0]}\nSlurmdPort={second[1]}\n" in conf
+    assert node == f"{cluster.node} idle gpu:2\n"
+    assert len(pids) == 3 and not any(pid_alive(pid) for pid in pids)
+    # every path the daemons use is the cluster's own (MailProg aside): never /etc/slurm or the system munge
+    assert sorted(p.replace(f"{root}/", "<root>/") for p in paths) == [
+        "/bin/true", "<root>/dev/nvidia[0-1]", "<root>/log/slurmctld.log", "<root>/log/slurmd.log",
+        "<root>/munge.sock", "<root>/slurmctld.pid", "<root>/slurmd.pid", "<root>/spool", "<root>/state"]
 
 
 def _explain(sweep_dir: Path, job: str) -> str:
