@@ -52,7 +52,9 @@ def test_sbatch_runs_the_rows_as_an_array_and_status_reads_them_finished(
     states = slurm_cluster.wait_finished(job)
     assert states == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED"}, _explain(sweep_dir, job)
 
-    r = run_cli(capsys, "status", "--json", "--sweep", "grid")
+    watch = shlex.split(r.out.splitlines()[2].removeprefix("status: "))  # the status line export printed
+    monkeypatch.delenv("SWEEPCTL_OUT_ROOT")
+    r = run_cli(capsys, *watch[1:], "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["counts"] == {"pending": 0, "running": 0, "ok": 3, "failed": 0, "stale": 0,
                                            "cancelled": 0}
