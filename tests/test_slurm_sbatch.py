@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from cli import run_cli
-from sweep_helpers import Workspace, wait_until
+from sweep_helpers import Workspace, tiny, wait_until
 from sweepctl import runs
 from sweepctl.runs import pid_alive
 from sweepctl.train import contract
@@ -72,6 +72,31 @@ def test_sbatch_runs_the_rows_as_an_array_and_status_reads_them_finished(
     # same one), and the runner passed it on to the trainer
     assert sorted(devices[:2]) == ["0", "1"] and devices[2] in ("0", "1"), devices
     assert sorted(p.name for p in ws.out_root.iterdir()) == [".cache", ".sweeps", "a", "c", "long"]
+
+
+def test_a_task_of_k_gpus_gets_k_gres_gpus_as_its_devices_and_sweepctl_python_through_export(
+        workspace: Workspace, slurm_cluster: SlurmCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = workspace
+    csv = ws.root / "wide.csv"
+    csv.write_text("run_id,config,seed,overrides,notes,gpus\n"
+                   + "".join(f'{r},base,{i},"{tiny()}",,2\n' for i, r in enumerate(("one", "two"))))
+    r = run_cli(capsys, "export", "slurm", str(csv), "--no-wandb")
+    assert r.code == 0, r.err
+    script = ws.out_root / ".sweeps" / "wide" / "wide.sbatch"
+    # a stand-in interpreter that records what each task would run, and trains nothing
+    record = ws.root / "record"
+    record.write_text('#!/bin/sh\nprintf "%s\\n" "$@" "cvd=$CUDA_VISIBLE_DEVICES" > '
+                      f'{shlex.quote(str(ws.root))}/task-$SLURM_ARRAY_TASK_ID.argv\n')
+    record.chmod(0o755)
+
+    # the way the script's own comment says to choose another interpreter
+    job = slurm_cluster.sbatch(script, f"--export=ALL,SWEEPCTL_PYTHON={record}")
+    assert slurm_cluster.wait_finished(job) == {"0": "COMPLETED", "1": "COMPLETED"}
+    for task in ("0", "1"):
+        argv = (ws.root / f"task-{task}.argv").read_text().splitlines()
+        assert argv[-9:-1] == ["--row-index", task, "--devices", "0,1", "--session", f"slurm-{task}",
+                               "--launched-at", argv[-2]]  # equal rows: task I runs row I
+        assert argv[-2].isdigit() and argv[-1] == "cvd=0,1"  # both of the node's GPUs, as Slurm numbers them for the task
 
 
 def test_the_cluster_starts_past_a_taken_port_keeps_to_its_directory_and_stops_what_it_started() -> None:
