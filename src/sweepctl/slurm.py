@@ -11,7 +11,14 @@ on the GPUs Slurm gave it (CUDA_VISIBLE_DEVICES). Tasks take the rows longest fi
 (`plan.claim_order`, as dynamic shards claim them): Slurm starts array tasks in index order, so a
 long row does not start last and hold the sweep's end. The script lists the row of each task.
 The array spans every row, and a row that is already ok is skipped in a second, so submitting
-the script again finishes what is left.
+the script again runs what was not started and resumes stale rows. A row that `scancel` or a time
+limit interrupted is failed to the run table (as after `sweepctl stop`): the script names the
+`export slurm ... --retry-failed` that writes it again to resume those rows.
+
+The script needs nothing from the submitting shell (sites with SBATCH_EXPORT=NONE): the sweep
+directory and the interpreter are absolute paths in it. #SBATCH lines are read by sbatch, not bash,
+so a path in them is quoted the way sbatch reads quotes. tests/test_slurm_sbatch.py submits it to a
+one-node Slurm.
 """
 
 from __future__ import annotations
