@@ -32,8 +32,9 @@ What it takes here (root in a container, no systemd, no cgroup delegation), foun
   started with `-N` so it never guesses.
 - gres.conf's `File=` must name character or block devices: with plain files slurmd logs "is not
   a valid character or block device" (it still counts them). Without permission to mknod (not
-  root) the fixture uses plain files and says so in `gres_note`.
-- The node's `CPUs` is this machine's CPU count: a count above it drains the node.
+  root) the fixture uses plain files and says so in `gres_note`, which `logs()` shows first.
+- The node's `CPUs` is the number this process may run on (its affinity, which a container's cpuset
+  limits): a count above what slurmd finds drains the node.
 - Ports are picked free, and a start whose port was taken meanwhile is tried again on others:
   slurmd exits at once on a taken port, slurmctld only after about 10 s of retrying its bind.
 - Startup to an idle node takes about half a second here; `MinJobAge=600` keeps finished jobs in
@@ -102,7 +103,7 @@ class SlurmCluster:
     root: Path
     gpus: int = 2
     node: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
-    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # the CPUs this process may use
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     gres_note: str = ""
     pick_port: Callable[[], int] = free_port  # slurmctld's and slurmd's ports, two per start attempt
@@ -250,7 +251,7 @@ class SlurmCluster:
 
     def logs(self, lines: int = 15) -> str:
         """The tail of every daemon's log, to explain a failure."""
-        out = []
+        out = [self.gres_note] if self.gres_note else []
         for path in sorted((self.root / "log").glob("*")):
             text = path.read_text(errors="replace").strip().splitlines()[-lines:]
             out.append(f"--- {path.name}\n" + "\n".join(text))
