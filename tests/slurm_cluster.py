@@ -70,7 +70,7 @@ SBIN = ("/usr/sbin", "/usr/bin")  # munged and the daemons live in sbin, which a
 READY_TIMEOUT_S = 20.0  # idle within ~0.5 s here; a loaded CI box gets room
 STOP_TIMEOUT_S = 20.0  # slurmctld saves its state before it exits: a few seconds
 PORT_ATTEMPTS = 3
-KILL_WAIT_S = 10  # a cancelled job's runner and trainer write their summaries within this
+KILL_WAIT_S = 20  # a cancelled job's runner and trainer write their summaries within this
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
                       "BOOT_FAIL", "DEADLINE"})
 

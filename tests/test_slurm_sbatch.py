@@ -58,19 +58,22 @@ def test_sbatch_runs_the_rows_as_an_array_and_status_reads_them_finished(
     assert r.code == 0, r.err
     assert json.loads(r.out)["counts"] == {"pending": 0, "running": 0, "ok": 3, "failed": 0, "stale": 0,
                                            "cancelled": 0}
-    devices = []
+    held: list[tuple[str, float, float]] = []  # (GPU, runner took the row, trainer ended) of each task
     for task, (run_id, row) in enumerate([("long", 1), ("a", 0), ("c", 2)]):
         d = ws.run_dir(run_id)
         assert [f for f in contract.COMPLETE_FILES if not (d / f).exists()] == [], run_id
         meta = json.loads((d / runs.METADATA).read_text())
         assert (meta["sweep"]["name"], meta["sweep"]["row_index"], meta["attempt"]) == ("grid", row, 1)
-        assert runs.read_json(d / runs.OWNER)["session"] == f"slurm-{row}"
-        devices.append(meta["cuda_visible_devices"])
+        owner = runs.read_json(d / runs.OWNER) or {}
+        assert owner["session"] == f"slurm-{row}"
+        held.append((meta["cuda_visible_devices"], owner["started"], (runs.read_json(d / runs.SUMMARY) or {})["end_time"]))
         log = sweep_dir / "slurm" / f"{job}_{task}.out"
         assert f"{run_id}: ok" in log.read_text(), log.read_text()[-2000:]
-    # Slurm gave each task one of the node's two gres GPUs (tasks 0 and 1 started together: not the
-    # same one), and the runner passed it on to the trainer
-    assert sorted(devices[:2]) == ["0", "1"] and devices[2] in ("0", "1"), devices
+    # Slurm gave each task one of the node's two gres GPUs, never one a running task held, and the
+    # runner passed it on to the trainer. --array=...%2: two tasks ran at once.
+    together = [(a, b) for i, a in enumerate(held) for b in held[i + 1:] if a[1] < b[2] and b[1] < a[2]]
+    assert {gpu for gpu, _, _ in held} <= {"0", "1"} and together, held
+    assert all(a[0] != b[0] for a, b in together), held
     assert sorted(p.name for p in ws.out_root.iterdir()) == [".cache", ".sweeps", "a", "c", "long"]
 
 
