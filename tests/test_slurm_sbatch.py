@@ -5,6 +5,7 @@ script runs the rows as an array on gres GPUs, and `sweepctl status` reads the s
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -18,9 +19,7 @@ import pytest
 
 from cli import run_cli
 from sweep_helpers import Workspace, tiny, wait_until
-from sweepctl import runs
-from sweepctl.runs import pid_alive
-from sweepctl.train import contract
+from sweepctl.train import contract  # the run directory's file names, wherever the reading side lives
 
 if TYPE_CHECKING:  # imported by pytest as a plugin: importing it here first would skip its assert rewriting
     from slurm_cluster import SlurmCluster
@@ -62,11 +61,11 @@ def test_sbatch_runs_the_rows_as_an_array_and_status_reads_them_finished(
     for task, (run_id, row) in enumerate([("long", 1), ("a", 0), ("c", 2)]):
         d = ws.run_dir(run_id)
         assert [f for f in contract.COMPLETE_FILES if not (d / f).exists()] == [], run_id
-        meta = json.loads((d / runs.METADATA).read_text())
+        meta = json.loads((d / contract.METADATA).read_text())
         assert (meta["sweep"]["name"], meta["sweep"]["row_index"], meta["attempt"]) == ("grid", row, 1)
-        owner = runs.read_json(d / runs.OWNER) or {}
+        owner = read_json(d / contract.OWNER)
         assert owner["session"] == f"slurm-{row}"
-        held.append((meta["cuda_visible_devices"], owner["started"], (runs.read_json(d / runs.SUMMARY) or {})["end_time"]))
+        held.append((meta["cuda_visible_devices"], owner["started"], (read_json(d / contract.SUMMARY))["end_time"]))
         log = sweep_dir / "slurm" / f"{job}_{task}.out"
         assert f"{run_id}: ok" in log.read_text(), log.read_text()[-2000:]
     # Slurm gave each task one of the node's two gres GPUs, never one a running task held, and the
@@ -127,11 +126,26 @@ def test_the_cluster_starts_past_a_taken_port_keeps_to_its_directory_and_stops_w
     assert "Address already in use" in first_try
     assert f"\nSlurmctldPort={second[0]}\nSlurmdPort={second[1]}\n" in conf
     assert node == f"{cluster.node} idle gpu:2\n"
-    assert len(pids) == 3 and not any(pid_alive(pid) for pid in pids)
+    assert len(pids) == 3 and not any(alive(pid) for pid in pids)
     # every path the daemons use is the cluster's own (MailProg aside): never /etc/slurm or the system munge
     assert sorted(p.replace(f"{root}/", "<root>/") for p in paths) == [
         "/bin/true", "<root>/dev/nvidia[0-1]", "<root>/log/slurmctld.log", "<root>/log/slurmd.log",
         "<root>/munge.sock", "<root>/slurmctld.pid", "<root>/slurmd.pid", "<root>/spool", "<root>/state"]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A run file as the trainer or runner wrote it; {} before it exists."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: only whether the pid exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _explain(sweep_dir: Path, job: str) -> str:
@@ -161,8 +175,8 @@ def test_scancel_interrupts_the_running_rows_and_the_retry_failed_export_resumes
         out = []
         for row in status()["runs"]:
             d = ws.run_dir(row["run_id"])
-            meta = runs.read_json(d / runs.METADATA) or {}
-            beat = runs.read_json(d / runs.HEARTBEAT) or {}
+            meta = read_json(d / contract.METADATA)
+            beat = read_json(d / contract.HEARTBEAT)
             if row["state"] == "running" and meta.get("attempt") == attempt and beat.get("pid") == meta.get("pid") \
                     and (beat.get("iter") or 0) > (meta.get("resumed_from_iter") or 0):
                 out.append(row["run_id"])
@@ -179,10 +193,10 @@ def test_scancel_interrupts_the_running_rows_and_the_retry_failed_export_resumes
     assert model["counts"] == {"pending": 1, "running": 0, "ok": 0, "failed": 2, "stale": 0, "cancelled": 0}
     stopped_at = {}
     for run_id in ("a", "b"):
-        summary = runs.read_json(ws.run_dir(run_id) / runs.SUMMARY) or {}
+        summary = read_json(ws.run_dir(run_id) / contract.SUMMARY)
         assert (summary["status"], summary["error_class"]) == ("interrupted", "signal"), summary
         assert summary["error"] == f"interrupted by SIGTERM at iter {summary['iter_num']}"
-        assert (ws.run_dir(run_id) / runs.CHECKPOINT).is_file()
+        assert (ws.run_dir(run_id) / contract.CHECKPOINT).is_file()
         stopped_at[run_id] = summary["iter_num"]
     assert not ws.run_dir("c").exists()
 
@@ -199,8 +213,8 @@ def test_scancel_interrupts_the_running_rows_and_the_retry_failed_export_resumes
     wait_until(lambda: training(2) == ["a", "b"], timeout=120, what="rows a and b training again",
                explain=lambda: f"{slurm_cluster.tasks(job)}\n{_explain(sweep_dir, job)}")
     for task, run_id in enumerate(("a", "b")):
-        meta = json.loads((ws.run_dir(run_id) / runs.METADATA).read_text())
+        meta = json.loads((ws.run_dir(run_id) / contract.METADATA).read_text())
         assert (meta["attempt"], meta["resume"], meta["resumed_from_iter"]) == (2, True, stopped_at[run_id]), meta
         log = (sweep_dir / "slurm" / f"{job}_{task}.out").read_text()
         assert (f"{run_id}: attempt 2, resume (retrying a failed run (signal: interrupted by SIGTERM at iter "
-                f"{stopped_at[run_id]}); resuming from {runs.CHECKPOINT})") in log, log
+                f"{stopped_at[run_id]}); resuming from {contract.CHECKPOINT})") in log, log
