@@ -43,9 +43,11 @@ What it takes here (root in a container, no systemd, no cgroup delegation), foun
 - Messages about PMIx ("can not load PMIx library") are Slurm scanning its MPI plugins; harmless.
 
 Teardown (also when the test failed): cancel every job of this cluster and wait until none is
-left, then SIGTERM slurmd, slurmctld and munged by their own pids (never by name), and remove the
-directory. Skipped with the reason when the binaries are absent (`scripts/setup-env --test`
-installs slurmctld, slurmd, slurm-client and munge).
+left, then SIGTERM slurmd, slurmctld and munged by their own pids (never by name); a job step that
+is still there (slurmstepd outlives slurmd by design) is found by the slurmd.log it holds open and
+SIGKILLed with the processes under it; then the directory is removed. Skipped with the reason
+when the binaries are absent (`scripts/setup-env --test` installs slurmctld, slurmd, slurm-client
+and munge).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ import getpass
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -258,13 +261,27 @@ class SlurmCluster:
         return "\n".join(out)
 
     # stop --------------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Cancel this cluster's jobs and wait for them to end, then stop each daemon by its pid."""
+    def stop(self, *, cancel: bool = True) -> None:
+        """Cancel this cluster's jobs and wait for them to end, then stop each daemon by its pid, and
+        kill any job step that outlived them. `cancel=False` skips straight to the kill."""
         try:
-            if all(p.poll() is None for p in self.procs.values()) and self.procs:
+            if cancel and self.procs and all(p.poll() is None for p in self.procs.values()):
                 self._cancel_all()
         finally:
             self._stop("slurmd", "slurmctld", "munged")
+            self._kill_leftover_steps()
+
+    def _kill_leftover_steps(self) -> None:
+        """A job step lives on without slurmd (slurmstepd is a daemon of its own, and ignores SIGTERM):
+        one whose cancel did not finish in time, or that ran when slurmctld died, is found by the
+        file only this cluster's steps hold open, its slurmd.log, and SIGKILLed after every process
+        under it (its runner, its trainer)."""
+        log = str(self.root / "log" / "slurmd.log")
+        table = _process_table()
+        for step in [pid for pid in table if _holds_open(pid, log)]:
+            for pid in [*_descendants(step, table), step]:  # the job first: it must not outlive its step
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _stop(self, *names: str) -> None:
         for name in names:
@@ -286,6 +303,30 @@ class SlurmCluster:
         deadline = time.monotonic() + KILL_WAIT_S + 30
         while self.run("squeue", "-h", "-o", "%A", check=False).stdout.strip() and time.monotonic() < deadline:
             time.sleep(0.2)  # a poll interval inside a deadline loop
+
+
+def _process_table() -> dict[int, int]:
+    """pid -> parent pid, from /proc."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            table[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    return table
+
+
+def _descendants(pid: int, table: dict[int, int]) -> list[int]:
+    """Every process under `pid`, deepest first."""
+    children = [c for c, parent in table.items() if parent == pid]
+    return [d for c in children for d in [*_descendants(c, table), c]]
+
+
+def _holds_open(pid: int, path: str) -> bool:
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd).startswith(path):  # " (deleted)" follows once the file is removed
+                    return True
+    return False
 
 
 @pytest.fixture

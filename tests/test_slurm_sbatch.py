@@ -5,7 +5,6 @@ script runs the rows as an array on gres GPUs, and `sweepctl status` reads the s
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -101,7 +100,7 @@ def test_a_task_of_k_gpus_gets_k_gres_gpus_as_its_devices_and_sweepctl_python_th
         assert argv[-2].isdigit() and argv[-1] == "cvd=0,1"  # both of the node's GPUs, as Slurm numbers them for the task
 
 
-def test_the_cluster_starts_past_a_taken_port_keeps_to_its_directory_and_stops_what_it_started() -> None:
+def test_the_cluster_starts_past_a_taken_port_keeps_to_its_directory_and_stops_its_jobs_and_daemons() -> None:
     from slurm_cluster import SlurmCluster, free_port, need_slurm  # after pytest registered it as a plugin
 
     need_slurm()
@@ -120,9 +119,11 @@ def test_the_cluster_starts_past_a_taken_port_keeps_to_its_directory_and_stops_w
             conf = cluster.conf.read_text()
             paths = re.findall(r"=(/[^\s(]*)", conf + (root / "gres.conf").read_text())
             first_try = (root / "log" / "slurmd.log").read_text()
+            sleeper = start_sleeper(cluster)  # a job still running when the test ends: stop() cancels it
         finally:
             cluster.stop()
             shutil.rmtree(root)
+    assert not alive(sleeper)
     assert "Address already in use" in first_try
     assert f"\nSlurmctldPort={second[0]}\nSlurmdPort={second[1]}\n" in conf
     assert node == f"{cluster.node} idle gpu:2\n"
@@ -133,19 +134,46 @@ def test_the_cluster_starts_past_a_taken_port_keeps_to_its_directory_and_stops_w
         "<root>/munge.sock", "<root>/slurmctld.pid", "<root>/slurmd.pid", "<root>/spool", "<root>/state"]
 
 
+def test_a_job_step_that_outlives_the_daemons_is_killed_by_the_log_file_it_holds() -> None:
+    from slurm_cluster import SlurmCluster, need_slurm
+
+    need_slurm()
+    root = Path(tempfile.mkdtemp(prefix="swslurm", dir="/tmp"))
+    root.chmod(0o711)
+    cluster = SlurmCluster(root)
+    try:
+        cluster.start()
+        sleeper = start_sleeper(cluster)
+    finally:
+        cluster.stop(cancel=False)  # as when slurmctld died, or the cancel ran out of time
+        shutil.rmtree(root)
+    assert not alive(sleeper)
+
+
+def start_sleeper(cluster: SlurmCluster) -> int:
+    """Submit a job that sleeps for ten minutes; its pid once it runs."""
+    root = cluster.root
+    script = root / "sleeper.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH --output={root}/sleeper.out\necho $$ > {root}/sleeper.pid\n"
+                      "exec sleep 600\n")
+    job = cluster.sbatch(script)
+    wait_until(lambda: (root / "sleeper.pid").exists() and cluster.tasks(job) == {"N/A": "RUNNING"},
+               timeout=60, what="the sleeper job running", explain=cluster.logs)
+    return int((root / "sleeper.pid").read_text())
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A run file as the trainer or runner wrote it; {} before it exists."""
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, which only waits for its parent to reap it, does not)."""
     try:
-        os.kill(pid, 0)  # no signal: only whether the pid exists
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state field follows the command name
 
 
 def _explain(sweep_dir: Path, job: str) -> str:
