@@ -1,5 +1,10 @@
 """`sweepctl export slurm` against a real Slurm (tests/slurm_cluster.py): `sbatch` of the exported
-script runs the rows as an array on gres GPUs, and `sweepctl status` reads the sweep back.
+script runs the rows as an array on gres GPUs, and `sweepctl status` reads the sweep back; `scancel`
+interrupts the running rows and the `--retry-failed` export the script names resumes them; the
+fixture itself starts past a taken port, keeps to its directory and leaves no job behind.
+
+The trainers are the tiny CPU model; only the GPUs are stand-ins (character devices Slurm hands
+out as gres). About 90 s in all on 2 busy cores, most of it torch's import in each task.
 """
 
 from __future__ import annotations
