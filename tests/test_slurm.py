@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,39 @@ def test_script_defaults_gpu_count_and_refusals(workspace: Workspace, capsys: py
     past_end = run_task(script, "7", timeout=60)
     assert past_end.returncode == 1 and "no such task: the --array range must match the plan" in past_end.stderr
     assert sorted(p.name for p in ws.out_root.iterdir()) == [".sweeps"]
+
+
+def test_the_script_execs_the_exporting_python_or_sweepctl_python_even_from_a_path_with_a_space(
+        workspace: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = workspace
+    csv = ws.csv([("a", ""), ("b", "")], name="grid")
+    stand_ins = ws.root / "py dir"
+    stand_ins.mkdir()
+    for name in ("python", "other python"):  # each records the argv it was given, and runs nothing
+        path = stand_ins / name
+        path.write_text(f'#!/bin/sh\nprintf "%s\\n" "$0" "$@" > {shlex.quote(str(stand_ins))}/argv\n')
+        path.chmod(0o755)
+    with monkeypatch.context() as m:
+        m.setattr(sys, "executable", str(stand_ins / "python"))
+        r = run_cli(capsys, "export", "slurm", str(csv), "--no-wandb")
+    assert r.code == 0, r.err
+    sweep_dir = ws.out_root / ".sweeps" / "grid"
+    script = sweep_dir / "grid.sbatch"
+
+    done = run_task(script, "1", timeout=30)
+    assert done.returncode == 0, done.stderr
+    argv = (stand_ins / "argv").read_text().splitlines()
+    launched_at = argv[-1]
+    assert argv == [str(stand_ins / "python"), "-m", "sweepctl", "runner", str(sweep_dir), "--max-retries", "0",
+                    "--stale-after", "120.0", "--stall-after", "1800.0", "--row-index", "1", "--devices", "",
+                    "--session", "slurm-1", "--launched-at", launched_at]
+    assert launched_at.isdigit()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    other = subprocess.run(["bash", str(script)], env={**env, "SLURM_ARRAY_TASK_ID": "0", "CUDA_VISIBLE_DEVICES": "3",
+                                                       "SWEEPCTL_PYTHON": str(stand_ins / "other python")},
+                           capture_output=True, text=True, timeout=30)
+    assert other.returncode == 0, other.stderr
+    argv = (stand_ins / "argv").read_text().splitlines()
+    assert argv[0] == str(stand_ins / "other python")
+    assert argv[-8:-2] == ["--row-index", "0", "--devices", "3", "--session", "slurm-0"]

@@ -11,7 +11,14 @@ on the GPUs Slurm gave it (CUDA_VISIBLE_DEVICES). Tasks take the rows longest fi
 (`plan.claim_order`, as dynamic shards claim them): Slurm starts array tasks in index order, so a
 long row does not start last and hold the sweep's end. The script lists the row of each task.
 The array spans every row, and a row that is already ok is skipped in a second, so submitting
-the script again finishes what is left.
+the script again runs what was not started and resumes stale rows. A row that `scancel` or a time
+limit interrupted is failed to the run table (as after `sweepctl stop`): the script names the
+`export slurm ... --retry-failed` that writes it again to resume those rows.
+
+The script needs nothing from the submitting shell (sites with SBATCH_EXPORT=NONE): the sweep
+directory and the interpreter are absolute paths in it. #SBATCH lines are read by sbatch, not bash,
+so a path in them is quoted the way sbatch reads quotes. tests/test_slurm_sbatch.py submits it to a
+one-node Slurm.
 """
 
 from __future__ import annotations
@@ -98,9 +105,9 @@ def write(preview: launch.LaunchPreview, output: Path | None = None) -> SlurmExp
     preview.options = options = replace(options, script=str(script))
     launched_at = time.time()
     launch_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(launched_at)) + f"-{os.getpid()}"
+    text = render(preview, options)  # first: a path no #SBATCH line can hold leaves nothing half written
     launch.write_manifest(preview, launch_id=launch_id, launched_at=launched_at, shards=[])
     (preview.sweep_dir / SLURM_LOG_DIR).mkdir(parents=True, exist_ok=True)
-    text = render(preview, options)
     write_text_atomic(script, text, mode=0o755)
     return SlurmExport(preview, script, len(preview.plan.runs), array_spec(len(preview.plan.runs), options.concurrency),
                        warnings)
@@ -123,31 +130,69 @@ def render(preview: launch.LaunchPreview, options: SlurmOptions) -> str:
     logs = preview.sweep_dir / SLURM_LOG_DIR
     q = shlex.quote
     order = task_rows(preview.plan)
+    script = q(str(options.script))
+    if options.retry_failed:
+        resubmit = "Submitting this again runs every row that is not ok, resuming from checkpoints."
+    else:
+        resubmit = ("Submitting this again runs the rows not started and resumes stale ones; it skips failed rows,\n"
+                    "# and rows that scancel or a time limit interrupted. To resume those too, write it again with:\n"
+                    f"#   {export_command(preview, options, retry_failed=True)}")
     return f"""#!/bin/bash
-#SBATCH --job-name={q(name)}
+#SBATCH --job-name={name}
 #SBATCH --array={array_spec(rows, options.concurrency)}
 #SBATCH --gres=gpu:{options.gpus_per_task}
-#SBATCH --output={logs}/%A_%a.out
+#SBATCH --output={directive_value(output_pattern(logs), options.script)}
 #
 # Sweep {name}: {rows} rows. Array task I runs row ${{rows_by_task[I]}} (0-based, CSV order): the
 # rows longest first, since Slurm starts tasks in index order. Each task runs the shard runner's
 # per-row code path: run lock, run table (ok rows are skipped, stale ones resumed), trainer,
-# stdout.log, summary.json. Submitting this again runs only what is not ok yet.
+# stdout.log, summary.json. {resubmit}
 # Written by `sweepctl export slurm` (sweepctl {__version__}) from {preview.sweep.csv_path.absolute()}.
-#   submit: sbatch {options.script}
-#   watch:  sweepctl status --out-root {preview.out_root} --sweep {name}
-#   one task here, without Slurm: SLURM_ARRAY_TASK_ID=0 bash {options.script}
+#   submit: sbatch {script}
+#   watch:  sweepctl status --out-root {q(str(preview.out_root))} --sweep {name}
+#   one task here, without Slurm: SLURM_ARRAY_TASK_ID=0 bash {script}
 set -euo pipefail
 rows_by_task=({" ".join(str(i) for i in order)})
 task="${{SLURM_ARRAY_TASK_ID:?set by sbatch --array: the task index}}"
 row="${{rows_by_task[$task]:?no such task: the --array range must match the plan; export the script again}}"
 # The interpreter that has sweepctl; override with SWEEPCTL_PYTHON=... (e.g. sbatch --export=ALL,SWEEPCTL_PYTHON=...).
-python="${{SWEEPCTL_PYTHON:-{q(sys.executable)}}}"
+# (A default inside "${{...:-...}}" would keep its quotes: a path with a space needs its own word.)
+exporting_python={q(sys.executable)}
+python="${{SWEEPCTL_PYTHON:-$exporting_python}}"
 # Slurm sets CUDA_VISIBLE_DEVICES for --gres=gpu; the runner passes it on and the trainer records it.
 devices="${{CUDA_VISIBLE_DEVICES:-${{SLURM_JOB_GPUS:-}}}}"
 exec "$python" {shlex.join(runner_words(preview, options))} \\
     --row-index "$row" --devices "$devices" --session "slurm-$row" --launched-at "$(date +%s)"
 """
+
+
+def export_command(preview: launch.LaunchPreview, options: SlurmOptions, *, retry_failed: bool) -> str:
+    """The `sweepctl export slurm` that writes this script again (the same plan, array and path)."""
+    words = ["sweepctl", "export", "slurm", str(preview.sweep.csv_path.absolute()), "--name", preview.sweep.name,
+             "--out-root", str(preview.out_root), "--data-dir", str(Path(preview.settings.data_dir).absolute()),
+             "--gpus-per-task", str(options.gpus_per_task)]
+    words += ["--concurrency", str(options.concurrency)] if options.concurrency else []
+    words += ["--max-retries", str(options.max_retries)] if options.max_retries else []
+    words += ["--no-wandb"] if options.no_wandb else []
+    words += ["--retry-failed"] if retry_failed else []
+    return shlex.join([*words, "-o", str(options.script)])
+
+
+def output_pattern(logs: Path) -> str:
+    """--output's value: one file per task, `<job>_<task>.out`. sbatch reads `%` in it as a pattern
+    character, so a `%` in the folder's name is written `%%`."""
+    return str(logs).replace("%", "%%") + "/%A_%a.out"
+
+
+def directive_value(value: str, script: str | None) -> str:
+    """`value` as an #SBATCH line holds it. sbatch (not bash) reads these lines: it splits them at
+    whitespace unless the value is in quotes, and reads no escapes inside them (tried on Slurm 22.05)."""
+    if not any(c.isspace() or c in "'\"" for c in value):
+        return value
+    if '"' in value or "\n" in value:
+        raise SweepctlError(f"an #SBATCH line cannot hold the path {value!r} (a double quote or a newline in it)",
+                            where=script, hint="choose an --out-root without them")
+    return f'"{value}"'
 
 
 def task_rows(plan: Plan) -> list[int]:

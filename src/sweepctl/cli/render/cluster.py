@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from sweepctl.console import console, err_console
@@ -24,6 +25,7 @@ def render_export(exported: Any) -> None:
         err_console.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {exported.script}: {exported.rows} array tasks (--array={exported.array}, "
                   f"--gres=gpu:{exported.preview.options.gpus_per_task}); manifest in {exported.preview.sweep_dir}", highlight=False, soft_wrap=True)
-    console.print(f"submit: sbatch {exported.script}", highlight=False, soft_wrap=True)
-    console.print(f"status: sweepctl status --out-root {exported.preview.out_root} --sweep {exported.preview.sweep.name}",
-                  highlight=False, soft_wrap=True)
+    # commands to paste: an out-root may hold a space
+    console.print(f"submit: sbatch {shlex.quote(str(exported.script))}", highlight=False, soft_wrap=True)
+    console.print(f"status: sweepctl status --out-root {shlex.quote(str(exported.preview.out_root))} "
+                  f"--sweep {exported.preview.sweep.name}", highlight=False, soft_wrap=True)
