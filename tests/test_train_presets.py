@@ -55,8 +55,8 @@ def test_the_reference_48_layer_mhc_setting_runs_from_the_csv_config_column(tmp_
     # everything else is the mhc_48l preset's
     preset = resolve_config("mhc_48l")
     differs = {f for f in TrainConfig.model_fields if getattr(cfg, f) != getattr(preset, f)}
-    assert differs == {"batch_size", "max_iters", "lr_decay_iters", "eval_batch_size", "sinkhorn_tau",
-                       "mhc_h_res_balance"}  # the reference's own Sinkhorn (docs/trainer.md: deviations)
+    assert differs == {"batch_size", "max_iters", "lr_decay_iters", "eval_batch_size", "sinkhorn_tau", "sinkhorn_iters",
+                       "mhc_h_res_balance", "hc_dynamic_norm", "hc_out_proj_init"}  # docs/trainer.md: deviations
 
     csv = tmp_path / "sweep.csv"
     csv.write_text("run_id,config,seed,overrides,notes\n"
