@@ -27,6 +27,8 @@ from sweepctl.plan import Plan, longest_first, run_cost
 from sweepctl.runs import RunView
 from sweepctl.slots import memory_key
 
+# States with nothing left to run: a cancelled row ends as the researcher asked and is never claimed.
+FINISHED = ("ok", "failed", "cancelled")
 # every config field that memory_key, tokens_of or run_cost reads
 _SHAPE_FIELDS = ("hc_disable", "hc_num_streams", "mhc", "v_residual", "n_layer", "n_embd", "n_head", "batch_size",
                  "block_size", "vocab_size", "dtype", "compile_model", "max_iters", "gradient_accumulation_steps")
@@ -99,7 +101,7 @@ def estimate(plan: Plan, views: Mapping[str, RunView], *, now: float, slots: int
         if shape not in shapes:
             shapes[shape] = (memory_key(r.config), tokens_of(r.config), run_cost(r.config), tokens_per_iter(r.config))
         keys[r.run_id], tokens[r.run_id], costs[r.run_id], tpis[r.run_id] = shapes[shape]
-    done = running = left = 0
+    done = running = left = cancelled = 0
     used = 0.0
     seen: dict[str, list[float]] = {}  # shape -> [tokens, seconds]
     for run in plan.runs:
@@ -108,6 +110,8 @@ def estimate(plan: Plan, views: Mapping[str, RunView], *, now: float, slots: int
             continue
         if view.state in ("ok", "failed"):
             done += 1
+        elif view.state == "cancelled":
+            cancelled += 1
         elif view.state == "running":
             running += 1
         else:
@@ -129,7 +133,7 @@ def estimate(plan: Plan, views: Mapping[str, RunView], *, now: float, slots: int
     unknown = 0
     for run in plan.runs:
         view = views.get(run.run_id)
-        if view is None or view.state in ("ok", "failed"):
+        if view is None or view.state in FINISHED:
             continue
         key = keys[run.run_id]
         todo_tokens = float(tokens[run.run_id])
@@ -150,7 +154,7 @@ def estimate(plan: Plan, views: Mapping[str, RunView], *, now: float, slots: int
     hours_left = None if unknown else sum(s * f for _, s, f in remaining) / 3600.0
     eta = None if unknown or (remaining and slots < 1) else _makespan(plan, views, remaining, slots, costs)
     out: dict[str, Any] = {
-        "runs_done": done, "runs_running": running, "runs_left": left, "slots": slots,
+        "runs_done": done, "runs_running": running, "runs_left": left, "runs_cancelled": cancelled, "slots": slots,
         "gpu_hours_used": round(used, 4),
         "gpu_hours_left": None if hours_left is None else round(hours_left, 4),
         "eta_s": None if eta is None else round(eta, 1),

@@ -371,7 +371,8 @@ def render_slots_and_eta(model: dict[str, Any]) -> list[Any]:
         return parts
     left = (f"{e['gpu_hours_left']:,.2f} left" if e["gpu_hours_left"] is not None
             else f"left unknown ({e['not_estimated']} run(s) of shapes not observed yet)")
-    line = (f"sweep: {e['runs_done']} done, {e['runs_running']} running, {e['runs_left']} left; "
+    cancelled = f", {e['runs_cancelled']} cancelled" if e.get("runs_cancelled") else ""
+    line = (f"sweep: {e['runs_done']} done, {e['runs_running']} running, {e['runs_left']} left{cancelled}; "
             f"GPU-hours {e['gpu_hours_used']:,.2f} used, {left}")
     if e["runs_running"] or e["runs_left"]:
         line += (f"; ETA {duration(e['eta_s'])} on {e['slots']} slot(s)" if e["eta_s"] is not None
