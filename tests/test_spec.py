@@ -364,3 +364,46 @@ def test_help_is_instant_and_imports_no_heavy_library():
             "print('HEAVY', heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_rows_that_share_a_template_validate_as_each_row_alone(sweep_dir, capsys, monkeypatch):
+    """read_sweep validates a row field by field against an earlier row with the same keys
+    (spec._Configs): every config, and every message, is what validating the row whole gives."""
+    from sweepctl import spec
+    from sweepctl.train.config import resolve_config
+
+    assert spec._fast_path() is not None  # TrainConfig's schema still allows it (else every row is slow)
+    write(sweep_dir / "c.py", "n_layer = 2\nNS = (1.0, 2.0, 3.0)\nns_coeffs = NS\nns_steps = 1\n")
+    good = HEADER + "".join([
+        "a-s1,base,1,learning_rate=1e-3,\n", "a-s2,base,2,learning_rate=2e-3,\n", "a-s3,base,3,learning_rate=1,\n",
+        "a-s4,base,4,\"learning_rate=2e-3 dropout=-0.0\",\n", "a-s5,base,5,\"learning_rate=2e-3 dropout=0.0\",\n",
+        "b-s1,c.py,1,\"ns_coeffs=NS device='cpu'\",\n", "b-s2,c.py,2,\"ns_coeffs='(1, 2, 3)' device=cpu\",\n",
+        "b-s3,c.py,3,\"ns_coeffs=NS device=None\",\n",
+        "m-s1,mhc,1,\"wandb_group=g-1 mhc_h_res_proj='orthostochastic'\",\n",
+        "m-s2,mhc,2,\"wandb_group=g-2 mhc_h_res_proj=sinkhorn\",\n"])
+    write(sweep_dir / "good.csv", good)
+    for run in read_sweep(sweep_dir / "good.csv").runs:
+        whole = resolve_config(str(sweep_dir / "c.py") if run.config_ref == "c.py" else run.config_ref,
+                               [f"seed={run.seed}", *run.override_words])
+        assert run.config == whole and run.config.model_fields_set == whole.model_fields_set, run.run_id
+        assert [type(v) for v in run.config.__dict__.values()] == [type(v) for v in whole.__dict__.values()]
+        assert run.config.model_dump_json() == whole.model_dump_json(), run.run_id  # -0.0 stays -0.0
+    bad = HEADER + "".join([
+        "a-s1,base,1,learning_rate=1e-3,\n", "a-s2,base,2,learning_rate=1e-6,\n", "a-s3,base,3,learning_rate=-1,\n",
+        "a-s4,base,4,learning_rate=True,\n", "a-s5,base,5,\"learning_rate=2e-3 dropout=0.5\",\n",
+        "a-s6,base,6,\"learning_rate=2e-3 dropout=1.0\",\n", "h-s1,hc,1,n_head=4,\n", "h-s2,hc,2,n_head=5,\n",
+        "d-s1,base,1,device=cpu,\n", "d-s2,base,2,device=tpu,\n"])
+    write(sweep_dir / "bad.csv", bad)
+    expected = [
+        "error: bad.csv:3: min_lr (6e-05) must be <= learning_rate (1e-06)",
+        "error: bad.csv:4: learning_rate: Input should be greater than 0 (got -1)",
+        "error: bad.csv:5: learning_rate: Input should be a valid number (got True)",
+        "error: bad.csv:7: dropout: Input should be less than 1 (got 1.0)",
+        "error: bad.csv:9: n_embd (288) must be divisible by n_head (5)",
+        "error: bad.csv:11: device must be cpu, mps, cuda or cuda:N, got 'tpu'",
+        "6 problem(s); nothing was started.",
+    ]
+    result = run_cli(capsys, "validate", "bad.csv")
+    assert (result.code, result.out, result.err.splitlines()) == (1, "", expected)
+    monkeypatch.setattr(spec, "_fast_path", lambda: None)  # every row validated whole
+    assert run_cli(capsys, "validate", "bad.csv").err.splitlines() == expected
