@@ -407,3 +407,57 @@ def test_rows_that_share_a_template_validate_as_each_row_alone(sweep_dir, capsys
     assert (result.code, result.out, result.err.splitlines()) == (1, "", expected)
     monkeypatch.setattr(spec, "_fast_path", lambda: None)  # every row validated whole
     assert run_cli(capsys, "validate", "bad.csv").err.splitlines() == expected
+
+
+def test_plan_json_holds_each_rows_trainer_config_and_reads_back_byte_for_byte(sweep_dir, tmp_path):
+    """A plan row's config is a TrainConfig in memory and, in plan.json, exactly the settings the
+    trainer resolves from the row's own command; reading plan.json back and writing it again
+    changes no byte (a live queue's rows are rewritten this way)."""
+    from sweepctl import manifest
+    from sweepctl.plan import make_plan
+    from sweepctl.train.config import resolve_config
+
+    write(sweep_dir / "c.py", "n_layer = 2\nhc_disable = False\nhc_num_streams = 2\nmhc = True\n")
+    write(sweep_dir / "sweep.csv", HEADER + "a-s1,base,1,\"learning_rate=1 dropout=-0.0 wandb_run_name=x\",\n"
+          "b-s1,c.py,1,\"ns_coeffs=NS_COEFFS ns_steps=8 mhc_h_res_proj='orthostochastic'\",\nc-s1,hc_48l,2,,\n")
+    plan = make_plan(read_sweep(sweep_dir / "sweep.csv"), shards=2, out_root="/o", data_dir="/d", no_wandb=True)
+    assert all(isinstance(r.config, TrainConfig) for r in plan.runs)
+    d = tmp_path / "m"
+    manifest.write_plan(d, plan)
+    text = (d / "plan.json").read_text()
+    on_disk = json.loads(text)
+    for row, run in zip(on_disk["runs"], plan.runs, strict=True):
+        trainer = resolve_config(run.argv[3], run.argv[4:], base_dir=sweep_dir)
+        assert row["config"] == trainer.model_dump(mode="json") == json.loads(trainer.model_dump_json())
+        assert list(row["config"]) == list(TrainConfig.model_fields)
+    assert on_disk["runs"][0]["config"]["dropout"] == -0.0 and on_disk["runs"][0]["config"]["wandb_run_name"] == "x"
+    again = manifest.read_plan(d)
+    assert again == plan
+    manifest.save_plan(d, again)
+    assert (d / "plan.json").read_text() == text
+
+
+def test_a_plan_json_from_another_version_reads_or_says_what_to_do(sweep_dir, capsys):
+    """A setting this version lacks is left out (the row's command, which the trainer checks, is
+    what runs); one it cannot read names the file and the command that relaunches the sweep."""
+    from sweepctl import manifest, runs
+    from sweepctl.plan import make_plan
+
+    write(sweep_dir / "sweep.csv", HEADER + "a-s1,base,1,,\n")
+    out = sweep_dir / "out"
+    d = manifest.sweep_dir(out, "sweep")
+    manifest.write_plan(d, make_plan(read_sweep(sweep_dir / "sweep.csv"), shards=1, out_root=out))
+    runs.write_json_atomic(d / "launch.json", {"ts": 1.0})
+    data = json.loads((d / "plan.json").read_text())
+    data["runs"][0]["config"]["a_setting_from_the_future"] = 3
+    (d / "plan.json").write_text(json.dumps(data))
+    plan, _ = manifest.load_manifest(out, "sweep")
+    assert plan.runs[0].config.out_dir == str(out / "a-s1")
+    data["runs"][0]["config"]["n_layer"] = "six"
+    (d / "plan.json").write_text(json.dumps(data))
+    result = run_cli(capsys, "status", "--out-root", str(out))
+    assert (result.code, result.out) == (1, "")
+    assert result.err == (
+        f"error: {d / 'plan.json'}: sweep 'sweep': plan.json does not read as a plan (runs.0.config.n_layer; "
+        f"Input should be a valid integer [type=int_type, input_value='six', input_type=str]) — use the sweepctl "
+        f"version that launched it, or relaunch its CSV: sweepctl launch {d / 'sweep.csv'} --out-root {out}\n")

@@ -268,7 +268,7 @@ def _config_copies(sweep: Sweep, sweep_dir: Path) -> dict[Path, Path]:
 
 
 def all_rows_on_cpu(plan: Plan) -> bool:
-    return all(r.config.get("device") == "cpu" for r in plan.runs)
+    return all(r.config.device == "cpu" for r in plan.runs)
 
 
 def preflight(plan: Plan, gpus: GpuQuery, out_root: Path) -> list[Check]:
@@ -291,7 +291,7 @@ def preflight(plan: Plan, gpus: GpuQuery, out_root: Path) -> list[Check]:
         checks.append(Check("GPUs", True, f"{seen}; shards use {', '.join(map(str, needed))}"))
     if plan.runs_per_gpu > 1:
         checks.append(_slots_check(plan, gpus))
-    for data_dir in sorted({str(r.config.get("data_dir")) for r in plan.runs}):
+    for data_dir in sorted({str(r.config.data_dir) for r in plan.runs}):
         checks.append(_data_check(Path(data_dir)))
     checks.append(_out_root_check(out_root))
     version = tmux_version()
@@ -308,7 +308,7 @@ def _slots_check(plan: Plan, gpus: GpuQuery) -> Check:
     what = f"{k} runs per GPU"
     used = {d for s in plan.shards for d in s.devices}
     totals = [g.memory_total_mib for g in gpus.gpus if g.index in used and g.memory_total_mib]
-    packed = [r.config for r in plan.runs if r.gpus == 1 and r.config.get("device") != "cpu"]
+    packed = [r.config for r in plan.runs if r.gpus == 1 and r.config.device != "cpu"]
     if not packed:
         return Check(what, True, "no single-GPU GPU rows to pack")
     gpu_mib, estimates = (min(totals) if totals else None), load_estimates()

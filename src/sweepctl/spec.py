@@ -10,14 +10,12 @@ with Python-literal values. Nothing here executes user text or touches the disk 
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import gc
 import operator
 import os
 import re
 import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,24 +131,23 @@ def read_sweep(csv_path: Path, *, name: str | None = None) -> Sweep:
     secrets = _secret_env()
     warnings: list[tuple[int, str]] = []
     configs = _Configs()
-    with _collector_paused():
-        for row_index, (line, values) in enumerate(data):
-            if len(values) > len(columns):
-                problems.append((line, f"{len(values)} fields but the header has {len(columns)} "
-                                       "(quote fields with commas)"))
-                continue
-            cells = dict(zip(columns, (v.strip() for v in values), strict=False))
-            problems.extend((line, e) for e in _control_characters(cells, shown))
-            warnings.extend((line, w) for w in _secrets_in(cells, secrets))
-            run, errs = _read_row(cells, line, row_index, loader, configs)
-            problems.extend((line, e) for e in errs)
-            run_id = cells.get("run_id", "")
-            if run_id and run_id in seen:
-                problems.append((line, f"duplicate run_id {run_id!r} (first at line {seen[run_id]})"))
-                continue
-            seen.setdefault(run_id, line)
-            if run is not None:
-                runs.append(run)
+    for row_index, (line, values) in enumerate(data):
+        if len(values) > len(columns):
+            problems.append((line, f"{len(values)} fields but the header has {len(columns)} "
+                                   "(quote fields with commas)"))
+            continue
+        cells = dict(zip(columns, map(str.strip, values), strict=False))
+        problems.extend((line, e) for e in _control_characters(cells, shown))
+        warnings.extend((line, w) for w in _secrets_in(cells, secrets))
+        run, errs = _read_row(cells, line, row_index, loader, configs)
+        problems.extend((line, e) for e in errs)
+        run_id = cells.get("run_id", "")
+        if run_id and run_id in seen:
+            problems.append((line, f"duplicate run_id {run_id!r} (first at line {seen[run_id]})"))
+            continue
+        seen.setdefault(run_id, line)
+        if run is not None:
+            runs.append(run)
     if problems:
         raise SpecError(_format(shown, problems))
     return Sweep(name=name or sweep_name_of(csv_path), csv_path=csv_path, runs=tuple(runs),
@@ -205,8 +202,8 @@ def _records(text: str, shown: str, problems: list[tuple[int, str]]) -> list[tup
         for fields in reader:
             start = prev_end + 1
             prev_end = reader.line_num
-            if not fields or all(not f.strip() for f in fields):
-                continue  # blank lines (trailing ones included) are not rows
+            if not "".join(fields).strip():
+                continue  # blank lines (trailing ones included) are not rows: every field is whitespace
             out.append((start, fields))
     except csv.Error as e:
         problems.append((prev_end + 1, f"malformed CSV: {e} (unbalanced quote?)"))
@@ -223,6 +220,7 @@ class _ConfigLoader:
     def __init__(self, csv_dir: Path):
         self.csv_dir = csv_dir
         self.cache: dict[Path, Namespace | ConfigError] = {}
+        self.settings: dict[Path, dict[str, Any]] = {}  # one dict per file, shared by its rows (see _Configs)
 
     def locate(self, ref: str) -> Path | None:
         p = Path(ref).expanduser()
@@ -242,6 +240,8 @@ class _ConfigLoader:
         got = self.cache[path]
         if isinstance(got, ConfigError):
             raise got
+        if path not in self.settings:
+            self.settings[path] = settings_of(got)
         return got
 
 
@@ -282,7 +282,8 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
             errs.append(f"priority {raw_priority!r} is not an integer (higher is claimed first)")
 
     ref = cells.get("config", "")
-    values: dict[str, Any] = {}
+    base: dict[str, Any] = {}  # the preset's or the config file's settings: one dict for all its rows
+    values: dict[str, Any] = {}  # the row's own: overrides, then the seed
     names: dict[str, Any] = {}
     lines: dict[str, int] = {}
     config_path: Path | None = None
@@ -291,7 +292,7 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
         errs.append(f"empty config (a preset: {', '.join(PRESETS)}; or a config file path)")
         config_ok = False
     elif ref in PRESETS:
-        values.update(PRESETS[ref])
+        base = PRESETS[ref]
     else:
         config_path = loader.locate(ref)
         if config_path is None:
@@ -302,7 +303,7 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
         else:
             try:
                 ns = loader.load(config_path)
-                values.update(settings_of(ns))
+                base = loader.settings[config_path]
                 names, lines = ns.values, ns.lines
             except ConfigError as e:
                 errs.append(f"config {ref!r}: {e}")
@@ -341,7 +342,7 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
     if errs or not config_ok:
         return None, errs
     try:
-        config = configs.build(ref, values, lines)
+        config = configs.build(ref, base, values, lines)
     except ConfigError as e:
         where = f" ({config_path}:{e.line})" if config_path and e.line else ""
         return None, [f"{e.message}{where}"]
@@ -350,57 +351,41 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
                    notes=cells.get("notes", ""), gpus=gpus, priority=priority, config=config), []
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while rows are read: every object made here is kept (the
-    specs), so its passes over them find nothing, and cost a sixth of a big sweep's time."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 class _Configs:
-    """Each row's TrainConfig, equal to what `build_config(values)` returns, without validating
-    every field of every row: a 10,000-row sweep names a few presets, and its rows differ from
-    each other in a few overrides and the seed.
+    """Each row's TrainConfig, equal to what `build_config({**base, **values})` returns, without
+    validating every field of every row: a 10,000-row sweep names a few presets or config files
+    (`base`, one dict object each), and its rows differ in a few overrides and the seed (`values`).
 
-    The first row of each (config, set of keys) is validated whole and kept as the template. A
-    later row with the same keys reuses the template's validated value for every input that is
-    the same object as the template's (the preset's and the config file's values are shared,
-    not copied, and validating one object gives one result), validates each other input with
-    pydantic's own validator for that field, then runs the model's after-validators (the
-    cross-field rules) on the result. That is pydantic's order: fields one by one, then the
+    The first row of each (base, set of row keys) is validated whole and kept as the template. A
+    later row with the same base object and the same row keys has the same inputs as the template
+    except its row values: each is validated with pydantic's own validator for that field, the
+    template's validated values stand for every other field, and the model's after-validators (the
+    cross-field rules) run on the result. That is pydantic's order: fields one by one, then the
     model. It holds only while no field validator reads other fields and the model has no
     before- or wrap-validator: `_fast_path` checks this once and leaves the full validation
     alone otherwise. Any failure on the fast path is validated again in full, so every error
     message is pydantic's own."""
 
     def __init__(self) -> None:
-        self.templates: dict[tuple[str, frozenset[str]], tuple[dict[str, Any], TrainConfig]] = {}
+        self.templates: dict[tuple[str, tuple[str, ...]], tuple[dict[str, Any], TrainConfig]] = {}
         self.fast = _fast_path()
 
-    def build(self, ref: str, values: dict[str, Any], lines: dict[str, int]) -> TrainConfig:
-        key = (ref, frozenset(values))
+    def build(self, ref: str, base: dict[str, Any], values: dict[str, Any], lines: dict[str, int]) -> TrainConfig:
+        key = (ref, tuple(values))
         known = self.templates.get(key) if self.fast is not None else None
-        if known is not None:
-            config = self._from_template(*known, values)
+        if known is not None and known[0] is base:
+            config = self._from_template(known[1], values)
             if config is not None:
                 return config
-        config = shared_fields_set(build_config(values, lines=lines))
-        self.templates.setdefault(key, (values, config))
+        config = shared_fields_set(build_config({**base, **values}, lines=lines))
+        self.templates.setdefault(key, (base, config))
         return config
 
-    def _from_template(self, inputs: dict[str, Any], template: TrainConfig, values: dict[str, Any]
-                       ) -> TrainConfig | None:
+    def _from_template(self, template: TrainConfig, values: dict[str, Any]) -> TrainConfig | None:
         assert self.fast is not None
         fields, after = self.fast
         try:
-            changed = {k: fields[k](v) for k, v in values.items() if v is not inputs[k]}
-            config = _copy_with(template, changed)
+            config = with_settings(template, {k: fields[k](v) for k, v in values.items()})
             for check in after:
                 config = check(config)
         except Exception:  # any failure is validated again in full, for pydantic's own message
@@ -408,17 +393,37 @@ class _Configs:
         return config
 
 
-def _copy_with(template: TrainConfig, changed: dict[str, Any]) -> TrainConfig:
-    """`template.model_copy(update=changed)` for fields `template` already has set, sharing its
-    set of set fields (as `shared_fields_set` does) instead of copying it, and its extras and
-    private values (TrainConfig has none) instead of copying them: a third of the cost."""
-    config = TrainConfig.__new__(TrainConfig)
-    values = template.__dict__.copy()
-    values.update(changed)
-    object.__setattr__(config, "__dict__", values)
-    for name in ("__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__"):
-        object.__setattr__(config, name, getattr(template, name))
-    return config
+def with_settings(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """`config.model_copy(update=changes)` for values already checked (by a field's validator, or
+    sweepctl's own launch settings), without its three `copy.copy` calls: its set of set fields
+    is shared as `shared_fields_set` shares it, and TrainConfig has no extras or private values."""
+    new = TrainConfig.__new__(TrainConfig)
+    values = config.__dict__.copy()
+    values.update(changes)
+    object.__setattr__(new, "__dict__", values)
+    object.__setattr__(new, "__pydantic_fields_set__", _fields_set_with(config.__pydantic_fields_set__, changes))
+    object.__setattr__(new, "__pydantic_extra__", config.__pydantic_extra__)
+    object.__setattr__(new, "__pydantic_private__", config.__pydantic_private__)
+    return new
+
+
+# (id of a set of set fields, names added) -> (that set, the shared set with them): a plan adds
+# the same launch settings to every row's config. The set is kept in the value so its id stays its.
+_UNIONS: dict[tuple[int, tuple[str, ...]], tuple[set[str], set[str]]] = {}
+
+
+def _fields_set_with(fields_set: set[str], names: dict[str, Any]) -> set[str]:
+    """The shared set of set fields with `names` added (`fields_set` itself when it has them)."""
+    key = (id(fields_set), tuple(names))
+    known = _UNIONS.get(key)
+    if known is not None and known[0] is fields_set:
+        return known[1]
+    if fields_set.issuperset(names):
+        union = fields_set
+    else:
+        union = _FIELDS_SETS.setdefault(frozen := frozenset(fields_set.union(names)), set(frozen))
+    _UNIONS[key] = (fields_set, union)
+    return union
 
 
 def _fast_path() -> tuple[dict[str, Callable[[Any], Any]], list[Callable[[Any], Any]]] | None:
