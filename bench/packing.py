@@ -190,11 +190,14 @@ def main() -> int:
             print(f"{preset:<8}  {first:>14}  {second:>14}")
     if args.write_estimates:
         from sweepctl.state.slots import memory_key
+        from sweepctl.train.config import TrainConfig
 
         table = json.loads(ESTIMATES.read_text())
         for r in results:
             if r["k"] == 1:
-                table[memory_key(r["config"])] = {"peak_mib": round(r["peak_mib"], 1), "gpu": r["gpu"],
+                # config_effective.json: every setting, and what the trainer derived from them
+                config = TrainConfig(**{k: v for k, v in r["config"].items() if k in TrainConfig.model_fields})
+                table[memory_key(config)] = {"peak_mib": round(r["peak_mib"], 1), "gpu": r["gpu"],
                                                    "source": f"bench/packing.py {time.strftime('%Y-%m-%d')}"}
         ESTIMATES.write_text(json.dumps(table, indent=2) + "\n")
         print(f"\nwrote {ESTIMATES.relative_to(ROOT)}")

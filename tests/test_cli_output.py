@@ -207,25 +207,49 @@ def test_status_of_many_runs_summarises_by_state_and_group_then_lists_what_needs
     assert sum(line.startswith("│ grp") for line in lines_of(every.out)) == 250
 
 
+def watch_model(states: list[tuple[str, int]], eta: dict | None) -> dict:
+    """A status dict as `status.collect` gives it: rows, counts, and the sweep's estimate (or none)."""
+    runs = [{"run_id": f"r{i}", "state": s, "iter": it, "max_iters": 100, "eta_s": 1.0}
+            for i, (s, it) in enumerate(states)]
+    model = {"runs": runs, "counts": {s: sum(r["state"] == s for r in runs)
+                                      for s in ("pending", "running", "ok", "failed", "stale", "cancelled")}}
+    return model if eta is None else {**model, "eta": eta}
+
+
 def test_watch_without_a_terminal_prints_a_line_per_change(capsys: pytest.CaptureFixture[str]) -> None:
     from sweepctl.cli.render.watch import watch
 
-    def model(states: list[tuple[str, int, float | None]]) -> dict:
-        runs = [{"run_id": f"r{i}", "state": s, "iter": it, "max_iters": 100, "eta_s": eta}
-                for i, (s, it, eta) in enumerate(states)]
-        return {"runs": runs, "counts": {s: sum(r["state"] == s for r in runs)
-                                         for s in ("pending", "running", "ok", "failed", "stale")}}
-
-    start = model([("running", 50, 100.0), ("pending", 0, None)])
-    models = [start, start, model([("ok", 100, None), ("running", 20, 160.0)]), model([("ok", 100, None)] * 2)]
+    # The ETA is the sweep's (eta.estimate), not one from the rows' own eta_s (1 s each here).
+    start = watch_model([("running", 50), ("pending", 0)], {"eta_s": 300.0, "slots": 2, "not_estimated": 0})
+    later = watch_model([("ok", 100), ("running", 20)], {"eta_s": 160.0, "slots": 2, "not_estimated": 0})
+    end = watch_model([("ok", 100)] * 2, {"eta_s": 0.0, "slots": 2, "not_estimated": 0})
     clock = iter([0.0, 60.0, 120.0]).__next__
-    watch(iter(models), interval=2, render=lambda m: "", clock=clock)
+    watch(iter([start, start, later, end]), interval=2, render=lambda m: "", clock=clock)
     stamp = [time.strftime("%H:%M:%S", time.localtime(t)) for t in (0.0, 60.0, 120.0)]
     assert capsys.readouterr().out.splitlines() == [
         f"{stamp[0]}  1 pending, 1 running — 0/2 runs finished, 25% of iterations, ETA 5m",
         f"{stamp[1]}  1 running, 1 ok — 1/2 runs finished, 60% of iterations, ETA 2m",
         f"{stamp[2]}  2 ok — 2/2 runs finished, 100% of iterations, ETA 0s",
     ]
+
+
+def test_watch_counts_cancelled_rows_as_over_and_says_why_an_eta_is_unknown() -> None:
+    from sweepctl.cli.render.watch import change_line
+
+    known = {"eta_s": None, "slots": 2, "not_estimated": 0}
+    # a cancelled row is over: the bar reaches 100% without it, and its iterations are not owed
+    assert change_line(watch_model([("ok", 100), ("cancelled", 0)], known)) == \
+        "1 ok, 1 cancelled — 2/2 runs finished, 100% of iterations, ETA 0s"
+    assert change_line(watch_model([("cancelled", 0)], known)) == \
+        "1 cancelled — 1/1 runs finished, 100% of iterations, ETA 0s"
+    assert change_line(watch_model([("running", 30), ("cancelled", 10)], {**known, "eta_s": 7200.0})) == \
+        "1 running, 1 cancelled — 1/2 runs finished, 30% of iterations, ETA 2h00m"
+    assert change_line(watch_model([("pending", 0)], {**known, "slots": 0})) == \
+        "1 pending — 0/1 runs finished, 0% of iterations, ETA unknown (no slot alive)"
+    assert change_line(watch_model([("pending", 0)], {**known, "not_estimated": 1})) == \
+        "1 pending — 0/1 runs finished, 0% of iterations, ETA unknown (1 run(s) of shapes not observed yet)"
+    assert change_line(watch_model([("running", 10)], None)) == \
+        "1 running — 0/1 runs finished, 10% of iterations, ETA unknown (no launched sweep lists these runs)"
 
 
 def test_watch_on_a_terminal_shows_progress_the_refresh_time_and_how_to_quit() -> None:
@@ -235,8 +259,7 @@ def test_watch_on_a_terminal_shows_progress_the_refresh_time_and_how_to_quit() -
 
     from sweepctl.cli.render.watch import _view
 
-    m = {"runs": [{"run_id": "r0", "state": "running", "iter": 25, "max_iters": 100, "eta_s": 150.0}],
-         "counts": {"running": 1}}
+    m = watch_model([("running", 25)], {"eta_s": 150.0, "slots": 1, "not_estimated": 0})
     buf = StringIO()
     Console(file=buf, width=160, color_system=None).print(_view(m, lambda _: "TABLE", 5.0, 0.0))
     stamp = time.strftime("%H:%M:%S", time.localtime(0.0))
@@ -256,7 +279,8 @@ def test_status_watch_in_a_pipe_prints_when_a_run_finishes(here: Path) -> None:
                             env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
     try:
         first = proc.stdout.readline()  # type: ignore[union-attr]
-        assert first.endswith("1 ok, 1 stale — 1/2 runs finished, 55% of iterations, ETA unknown (nothing running)\n")
+        assert first.endswith("1 ok, 1 stale — 1/2 runs finished, 55% of iterations, "
+                              "ETA unknown (no launched sweep lists these runs)\n")
         (out / "grp1-s1" / "summary.json").write_text(json.dumps({"ok": True, "iter_num": 100, "max_iters": 100}))
         second = proc.stdout.readline()  # type: ignore[union-attr]  # blocks until the change (the test's timeout bounds it)
         assert second.endswith("2 ok — 2/2 runs finished, 100% of iterations, ETA 0s\n")

@@ -160,10 +160,37 @@ def test_a_running_packed_run_counts_its_progress_its_share_and_its_slot(tmp_pat
         "r2": RunView("r2", tmp_path, "pending"),
     }
     e = estimate(plan, views, now=now, slots=2, price=None)
-    assert e == {"runs_done": 1, "runs_running": 1, "runs_left": 1, "slots": 2,
+    assert e == {"runs_done": 1, "runs_running": 1, "runs_left": 1, "runs_cancelled": 0, "slots": 2,
                  "gpu_hours_used": round((10.0 + 5.0) / 2 / 3600, 4),  # each held half its GPU
                  "gpu_hours_left": round((5.0 + 10.0) / 2 / 3600, 4),  # r1: 10 steps left, r2: all 20
                  "eta_s": 10.0,  # r2 starts now on the free slot while r1 ends at 5 s
                  "basis": {SHAPE_A: "observed 256 tok/s per run"}, "not_estimated": 0, "gpu_hour_price": None,
                  "cost_used": None, "cost_left": None}
     assert estimate(plan, views, now=now, slots=0)["eta_s"] is None  # no live slot, no ETA
+
+
+def test_a_cancelled_row_is_not_work_left(tmp_path: Path) -> None:
+    """A cancelled row is never claimed again: it adds nothing to the hours left or the ETA."""
+    from sweepctl.views.eta import estimate
+
+    csv = tmp_path / "c.csv"
+    csv.write_text("run_id,config,seed,overrides,notes\n" + "".join(f'a-s{i},base,{i},"{TINY}",\n' for i in (1, 2, 3)))
+    plan = make_plan(read_sweep(csv), shards=1, schedule="dynamic", out_root=tmp_path / "out")
+    finished = {"ok": True, "iter_num": 20, "elapsed_s": 100.0}  # 20 x 4 x 32 tokens in 100 s: 25.6 tok/s
+    views = {"a-s1": runs.RunView("a-s1", tmp_path / "a-s1", "ok", summary=finished),
+             "a-s2": runs.RunView("a-s2", tmp_path / "a-s2", "pending"),
+             "a-s3": runs.RunView("a-s3", tmp_path / "a-s3", "cancelled")}
+    e = estimate(plan, views, now=0.0, slots=1)
+    assert (e["runs_done"], e["runs_left"], e["runs_cancelled"]) == (1, 1, 1)
+    assert e["eta_s"] == 100.0 and e["gpu_hours_left"] == round(100.0 / 3600, 4)  # a-s2 alone
+    views["a-s3"] = runs.RunView("a-s3", tmp_path / "a-s3", "pending")
+    assert estimate(plan, views, now=0.0, slots=1)["eta_s"] == 200.0  # the same row, not cancelled: owed
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    for part in status.render_slots_and_eta({"eta": e}):
+        Console(file=buf, width=300).print(part)
+    assert buf.getvalue().splitlines() == [
+        "sweep: 1 done, 0 running, 1 left, 1 cancelled; GPU-hours 0.03 used, 0.03 left; ETA 100s on 1 slot(s)",
+        f"  {SHAPE_A}: observed 26 tok/s per run"]

@@ -43,7 +43,7 @@ def fake(tmp_path: Path) -> Path:
 
 def on_cpu(plan):
     """The plan with every row on the CPU, so a rerun of it needs no GPU."""
-    return plan.model_copy(update={"runs": [r.model_copy(update={"config": {**r.config, "device": "cpu"}})
+    return plan.model_copy(update={"runs": [r.model_copy(update={"config": r.config.model_copy(update={"device": "cpu"})})
                                             for r in plan.runs]})
 
 

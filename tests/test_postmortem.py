@@ -28,6 +28,6 @@ def test_no_wandb_wins_over_a_row_that_asks_for_wandb_in_the_trainers_own_readin
             argv = run.argv  # python -m sweepctl.train CONFIG words...
             assert argv[:3] == ["python", "-m", "sweepctl.train"]
             cfg = resolve_config(argv[3], argv[4:])
-            assert cfg.wandb_log is expected and run.config["wandb_log"] is expected, (no_wandb, run.run_id)
+            assert cfg.wandb_log is expected and run.config.wandb_log is expected, (no_wandb, run.run_id)
             if no_wandb:
                 assert argv[-1] == "wandb_log=False"  # last word wins; never `false`

@@ -312,14 +312,19 @@ def test_the_cost_estimate_ranks_deep_presets_above_shallow_ones_and_scales_with
     from sweepctl.train.config import resolve_config
 
     def cost(preset: str, *overrides: str) -> float:
-        return run_cost(resolve_config(preset, list(overrides)).model_dump())
+        return run_cost(resolve_config(preset, list(overrides)))
 
     assert cost("base", "max_iters=10000") == 2 * cost("base")  # proportional to tokens
     assert cost("base", "batch_size=64") == 2 * cost("base")
     assert cost("base", "gradient_accumulation_steps=8") == 2 * cost("base")
     for variant in ("base", "hc", "mhc"):
         assert cost(f"{variant}_48l") > 1.3 * cost(variant)
-    assert run_cost({}) == cost("base")  # a field missing from an older plan reads as its default
+    # a field missing from an older plan.json reads as its default
+    from sweepctl.sweep.plan import PlannedRun
+
+    older = PlannedRun.model_validate_json('{"run_id": "r", "line": 2, "row_index": 0, "shard": 0, "seed": 1, '
+                                           '"gpus": 1, "config": {"out_dir": "/o/r"}, "argv": []}')
+    assert run_cost(older.config) == cost("base") and older.config.out_dir == "/o/r"
     assert longest_first([1.0, 3.0, 2.0, 3.0]) == [1, 3, 2, 0]
     # the reference sweep's shape: every 6-layer row first in the CSV, the 48-layer rows last
     rows = [f"s{i},{p},{i},\"device='cpu'\"," for i, p in enumerate(["base", "mhc", "mhc_48l", "hc", "base_48l"])]

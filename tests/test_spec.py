@@ -364,3 +364,100 @@ def test_help_is_instant_and_imports_no_heavy_library():
             "print('HEAVY', heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_rows_that_share_a_template_validate_as_each_row_alone(sweep_dir, capsys, monkeypatch):
+    """read_sweep validates a row field by field against an earlier row with the same keys
+    (spec._Configs): every config, and every message, is what validating the row whole gives."""
+    from sweepctl.sweep import spec
+    from sweepctl.train.config import resolve_config
+
+    assert spec._fast_path() is not None  # TrainConfig's schema still allows it (else every row is slow)
+    write(sweep_dir / "c.py", "n_layer = 2\nNS = (1.0, 2.0, 3.0)\nns_coeffs = NS\nns_steps = 1\n")
+    good = HEADER + "".join([
+        "a-s1,base,1,learning_rate=1e-3,\n", "a-s2,base,2,learning_rate=2e-3,\n", "a-s3,base,3,learning_rate=1,\n",
+        "a-s4,base,4,\"learning_rate=2e-3 dropout=-0.0\",\n", "a-s5,base,5,\"learning_rate=2e-3 dropout=0.0\",\n",
+        "b-s1,c.py,1,\"ns_coeffs=NS device='cpu'\",\n", "b-s2,c.py,2,\"ns_coeffs='(1, 2, 3)' device=cpu\",\n",
+        "b-s3,c.py,3,\"ns_coeffs=NS device=None\",\n",
+        "m-s1,mhc,1,\"wandb_group=g-1 mhc_h_res_proj='orthostochastic'\",\n",
+        "m-s2,mhc,2,\"wandb_group=g-2 mhc_h_res_proj=sinkhorn\",\n"])
+    write(sweep_dir / "good.csv", good)
+    for run in read_sweep(sweep_dir / "good.csv").runs:
+        whole = resolve_config(str(sweep_dir / "c.py") if run.config_ref == "c.py" else run.config_ref,
+                               [f"seed={run.seed}", *run.override_words])
+        assert run.config == whole and run.config.model_fields_set == whole.model_fields_set, run.run_id
+        assert [type(v) for v in run.config.__dict__.values()] == [type(v) for v in whole.__dict__.values()]
+        assert run.config.model_dump_json() == whole.model_dump_json(), run.run_id  # -0.0 stays -0.0
+    bad = HEADER + "".join([
+        "a-s1,base,1,learning_rate=1e-3,\n", "a-s2,base,2,learning_rate=1e-6,\n", "a-s3,base,3,learning_rate=-1,\n",
+        "a-s4,base,4,learning_rate=True,\n", "a-s5,base,5,\"learning_rate=2e-3 dropout=0.5\",\n",
+        "a-s6,base,6,\"learning_rate=2e-3 dropout=1.0\",\n", "h-s1,hc,1,n_head=4,\n", "h-s2,hc,2,n_head=5,\n",
+        "d-s1,base,1,device=cpu,\n", "d-s2,base,2,device=tpu,\n"])
+    write(sweep_dir / "bad.csv", bad)
+    expected = [
+        "error: bad.csv:3: min_lr (6e-05) must be <= learning_rate (1e-06)",
+        "error: bad.csv:4: learning_rate: Input should be greater than 0 (got -1)",
+        "error: bad.csv:5: learning_rate: Input should be a valid number (got True)",
+        "error: bad.csv:7: dropout: Input should be less than 1 (got 1.0)",
+        "error: bad.csv:9: n_embd (288) must be divisible by n_head (5)",
+        "error: bad.csv:11: device must be cpu, mps, cuda or cuda:N, got 'tpu'",
+        "6 problem(s); nothing was started.",
+    ]
+    result = run_cli(capsys, "validate", "bad.csv")
+    assert (result.code, result.out, result.err.splitlines()) == (1, "", expected)
+    monkeypatch.setattr(spec, "_fast_path", lambda: None)  # every row validated whole
+    assert run_cli(capsys, "validate", "bad.csv").err.splitlines() == expected
+
+
+def test_plan_json_holds_each_rows_trainer_config_and_reads_back_byte_for_byte(sweep_dir, tmp_path):
+    """A plan row's config is a TrainConfig in memory and, in plan.json, exactly the settings the
+    trainer resolves from the row's own command; reading plan.json back and writing it again
+    changes no byte (a live queue's rows are rewritten this way)."""
+    from sweepctl.state import manifest
+    from sweepctl.sweep.plan import make_plan
+    from sweepctl.train.config import resolve_config
+
+    write(sweep_dir / "c.py", "n_layer = 2\nhc_disable = False\nhc_num_streams = 2\nmhc = True\n")
+    write(sweep_dir / "sweep.csv", HEADER + "a-s1,base,1,\"learning_rate=1 dropout=-0.0 wandb_run_name=x\",\n"
+          "b-s1,c.py,1,\"ns_coeffs=NS_COEFFS ns_steps=8 mhc_h_res_proj='orthostochastic'\",\nc-s1,hc_48l,2,,\n")
+    plan = make_plan(read_sweep(sweep_dir / "sweep.csv"), shards=2, out_root="/o", data_dir="/d", no_wandb=True)
+    assert all(isinstance(r.config, TrainConfig) for r in plan.runs)
+    d = tmp_path / "m"
+    manifest.write_plan(d, plan)
+    text = (d / "plan.json").read_text()
+    on_disk = json.loads(text)
+    for row, run in zip(on_disk["runs"], plan.runs, strict=True):
+        trainer = resolve_config(run.argv[3], run.argv[4:], base_dir=sweep_dir)
+        assert row["config"] == trainer.model_dump(mode="json") == json.loads(trainer.model_dump_json())
+        assert list(row["config"]) == list(TrainConfig.model_fields)
+    assert on_disk["runs"][0]["config"]["dropout"] == -0.0 and on_disk["runs"][0]["config"]["wandb_run_name"] == "x"
+    again = manifest.read_plan(d)
+    assert again == plan
+    manifest.save_plan(d, again)
+    assert (d / "plan.json").read_text() == text
+
+
+def test_a_plan_json_from_another_version_reads_or_says_what_to_do(sweep_dir, capsys):
+    """A setting this version lacks is left out (the row's command, which the trainer checks, is
+    what runs); one it cannot read names the file and the command that relaunches the sweep."""
+    from sweepctl.state import manifest, runs
+    from sweepctl.sweep.plan import make_plan
+
+    write(sweep_dir / "sweep.csv", HEADER + "a-s1,base,1,,\n")
+    out = sweep_dir / "out"
+    d = manifest.sweep_dir(out, "sweep")
+    manifest.write_plan(d, make_plan(read_sweep(sweep_dir / "sweep.csv"), shards=1, out_root=out))
+    runs.write_json_atomic(d / "launch.json", {"ts": 1.0})
+    data = json.loads((d / "plan.json").read_text())
+    data["runs"][0]["config"]["a_setting_from_the_future"] = 3
+    (d / "plan.json").write_text(json.dumps(data))
+    plan, _ = manifest.load_manifest(out, "sweep")
+    assert plan.runs[0].config.out_dir == str(out / "a-s1")
+    data["runs"][0]["config"]["n_layer"] = "six"
+    (d / "plan.json").write_text(json.dumps(data))
+    result = run_cli(capsys, "status", "--out-root", str(out))
+    assert (result.code, result.out) == (1, "")
+    assert result.err == (
+        f"error: {d / 'plan.json'}: sweep 'sweep': plan.json does not read as a plan (runs.0.config.n_layer; "
+        f"Input should be a valid integer [type=int_type, input_value='six', input_type=str]) — use the sweepctl "
+        f"version that launched it, or relaunch its CSV: sweepctl launch {d / 'sweep.csv'} --out-root {out}\n")

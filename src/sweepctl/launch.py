@@ -283,7 +283,7 @@ def _config_copies(sweep: Sweep, sweep_dir: Path) -> dict[Path, Path]:
 
 
 def all_rows_on_cpu(plan: Plan) -> bool:
-    return all(r.config.get("device") == "cpu" for r in plan.runs)
+    return all(r.config.device == "cpu" for r in plan.runs)
 
 
 def preflight(plan: Plan, gpus: GpuQuery, out_root: Path) -> list[Check]:
@@ -316,7 +316,7 @@ def gpu_checks(plan: Plan, gpus: GpuQuery) -> list[Check]:
 
 def storage_checks(plan: Plan, out_root: Path) -> list[Check]:
     """The data shards every row reads, and room in the out-root: whichever backend runs the rows."""
-    return [*(_data_check(Path(d)) for d in sorted({str(r.config.get("data_dir")) for r in plan.runs})),
+    return [*(_data_check(Path(d)) for d in sorted({str(r.config.data_dir) for r in plan.runs})),
             _out_root_check(out_root)]
 
 
@@ -334,7 +334,7 @@ def _slots_check(plan: Plan, gpus: GpuQuery) -> Check:
     what = f"{k} runs per GPU"
     used = {d for s in plan.shards for d in s.devices}
     totals = [g.memory_total_mib for g in gpus.gpus if g.index in used and g.memory_total_mib]
-    packed = [r.config for r in plan.runs if r.gpus == 1 and r.config.get("device") != "cpu"]
+    packed = [r.config for r in plan.runs if r.gpus == 1 and r.config.device != "cpu"]
     if not packed:
         return Check(what, True, "no single-GPU GPU rows to pack")
     gpu_mib, estimates = (min(totals) if totals else None), load_estimates()

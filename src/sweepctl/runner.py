@@ -103,7 +103,7 @@ def claim(claims_dir: Path, run_id: str, shard: int | None) -> bool:
 
 def cancel_requested(planned: PlannedRun) -> bool:
     """`sweepctl cancel` marked the row: a claimer passes it by, a runner ends its trainer."""
-    return (Path(planned.config["out_dir"]) / runs.CANCEL).exists()
+    return (Path(planned.config.out_dir) / runs.CANCEL).exists()
 
 
 def claimed_rows(run_ids: list[str], claims_dir: Path, shard: int | None) -> Iterator[str]:
@@ -333,7 +333,7 @@ class ShardRunner:
     def _notify_failed(self, planned: PlannedRun) -> None:
         if self.notifier is None:
             return
-        directory = Path(planned.config["out_dir"])
+        directory = Path(planned.config.out_dir)
         summary = runs.read_json(directory / runs.SUMMARY) or {}
         attempt = (runs.read_json(directory / runs.OWNER) or {}).get("attempt") or 0
         text = notify.failed_text(self.plan.sweep, planned.run_id, summary, host=runs.HOST, session=self.options.session)
@@ -344,7 +344,7 @@ class ShardRunner:
         tells the webhook, with the counts and the best groups; rows added later make a new event."""
         assert self.notifier is not None
         self._reload_plan()
-        views = [runs.read_run(Path(r.config["out_dir"]), stale_after_s=self.options.stale_after_s, run_id=r.run_id)
+        views = [runs.read_run(Path(r.config.out_dir), stale_after_s=self.options.stale_after_s, run_id=r.run_id)
                  for r in self.plan.runs]
         if any(v.state not in FINAL_STATES for v in views):
             return  # another runner is still at work; the last one to end sends it
@@ -379,7 +379,7 @@ class ShardRunner:
         return None
 
     def run_row(self, planned: PlannedRun) -> Outcome:
-        directory = Path(planned.config["out_dir"])
+        directory = Path(planned.config.out_dir)
         if refusal := runs.symlink_problem(directory):  # never lock, back up or write through a link
             self.say(f"{planned.run_id}: {refusal}; not run")
             return Outcome(planned.run_id, "failed", refusal)
@@ -658,7 +658,7 @@ class ShardRunner:
             "error": error, "error_class": error_class, "exit_code": rc,
             "start_time": started, "end_time": end, "elapsed_s": round(end - started, 3),
             "iter_num": hb.get("iter") if (hb.get("ts") or 0) >= started - 1 else None,
-            "max_iters": planned.config.get("max_iters"), "last_eval": last_eval,
+            "max_iters": planned.config.max_iters, "last_eval": last_eval,
             "last_eval_iter": tail.eval.get("iter") if tail.eval else None,
             "written_by": "sweepctl runner",
         })

@@ -290,7 +290,7 @@ def run_row_task(payload: TaskPayload, run_id: str) -> dict[str, Any]:
     planned = plan.run(run_id)
     session = task_session(options.launch_id, run_id)
     (sweep_dir / session).parent.mkdir(parents=True, exist_ok=True)
-    directory = Path(planned.config["out_dir"])
+    directory = Path(planned.config.out_dir)
     previous = runs.read_json(directory / runs.OWNER) or {}
     retry = previous.get("session") == session
     devices = ",".join(str(g) for g in ray.get_gpu_ids())

@@ -60,7 +60,7 @@ class TmuxBackend:
     def rerun(self, plan: Plan, run_id: str, *, sweep_dir: Path, launched: dict[str, Any], session: str,
               settings: Settings, force: bool, gpu: int | None) -> RerunCommand:
         planned = plan.run(run_id)
-        devices = rerun_devices(plan, run_id, planned.gpus, planned.config.get("device"), gpu)
+        devices = rerun_devices(plan, run_id, planned.gpus, planned.config.device, gpu)
         argv = [sys.executable, "-m", "sweepctl", "runner", str(sweep_dir), "--only", run_id,
                 "--devices", devices, "--session", session, "--launched-at", repr(time.time()), "--force",
                 "--stale-after", repr(settings.stale_after_s)]

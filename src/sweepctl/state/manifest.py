@@ -31,12 +31,15 @@ import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweepctl.errors import SweepctlError
 from sweepctl.state import runs
 from sweepctl.sweep.plan import Plan
 from sweepctl.train.contract import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from sweepctl.sweep.plan import Plan
 
 SWEEPS_DIR = ".sweeps"
 PLAN_FILE = "plan.json"
@@ -134,6 +137,8 @@ def record_launch(directory: Path, record: dict[str, Any]) -> None:
 
 def read_plan(directory: Path) -> Plan:
     """plan.json of a sweep folder (FileNotFoundError when the sweep was never launched there)."""
+    from sweepctl.sweep.plan import Plan  # here: the plan's models (pydantic) only for a sweep that has one
+
     return Plan.model_validate_json((directory / PLAN_FILE).read_text())
 
 
@@ -162,6 +167,13 @@ def load_manifest(out_root: Path, name: str) -> tuple[Plan, dict[str, Any]]:
         raise SweepctlError(f"no sweep {name!r} under {out_root}", where=str(d),
                             hint=f"see `sweepctl status --out-root {shlex.quote(str(out_root))}` for the sweeps "
                                  "there") from None
+    except ValueError as e:  # pydantic's ValidationError: a plan.json this version cannot read
+        first = [line.strip() for line in str(e).splitlines()[1:3]]
+        raise SweepctlError(f"sweep {name!r}: {PLAN_FILE} does not read as a plan ({'; '.join(first)})",
+                            where=str(d / PLAN_FILE),
+                            hint=f"use the sweepctl version that launched it, or relaunch its CSV: sweepctl launch "
+                                 f"{shlex.quote(str(d / (name + '.csv')))} --out-root "
+                                 f"{shlex.quote(str(out_root))}") from None
     return plan, read_launch(d)
 
 
@@ -170,7 +182,7 @@ def plans(out_root: Path) -> dict[str, Plan]:
     found = {}
     for plan_file in sorted(sweeps_root(out_root).glob(f"*/{PLAN_FILE}")):
         try:
-            found[plan_file.parent.name] = Plan.model_validate_json(plan_file.read_text())
+            found[plan_file.parent.name] = read_plan(plan_file.parent)
         except (OSError, ValueError):
             continue
     return found

@@ -112,7 +112,7 @@ def read_table(plan: Plan, policy: Policy, *, stale_after_s: float, only: list[s
                now: float | None = None) -> list[Decision]:
     """`decide` for every row of the plan (or the rows in `only`), each read from its planned out_dir."""
     rows = [r for r in plan.runs if only is None or r.run_id in only]
-    return [decide(runs.read_run(Path(r.config["out_dir"]), stale_after_s=stale_after_s, now=now, run_id=r.run_id),
+    return [decide(runs.read_run(Path(r.config.out_dir), stale_after_s=stale_after_s, now=now, run_id=r.run_id),
                    policy) for r in rows]
 
 

@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sweepctl.train.config import TrainConfig
 
 POLL_S = 0.2
 # Above what the runs need: the CUDA context (~500 MiB per process on an H100/H200) and fragmentation.
@@ -87,26 +89,15 @@ def _wait_lock(fd: int, how: int, stopped: Callable[[], bool]) -> bool:
 
 # --- memory ------------------------------------------------------------------------------------------
 
-_KEY_FIELDS = ("hc_disable", "hc_num_streams", "mhc", "v_residual", "n_layer", "n_embd", "n_head", "batch_size",
-               "block_size", "vocab_size", "dtype", "compile_model")
-
-
-@functools.cache
-def _key_defaults() -> dict[str, Any]:
-    from sweepctl.train.config import TrainConfig
-
-    return {k: TrainConfig.model_fields[k].default for k in _KEY_FIELDS}
-
-
-def memory_key(config: Mapping[str, Any]) -> str:
+def memory_key(config: TrainConfig) -> str:
     """The shape of a run that decides its memory (and its speed): residual variant, size, batch,
     dtype, compile."""
-    v = {k: config.get(k, d) for k, d in _key_defaults().items()}
-    variant = "base" if v["hc_disable"] else f"{'mhc' if v['mhc'] else 'hc'}{v['hc_num_streams']}"
-    if v["v_residual"]:
+    c = config
+    variant = "base" if c.hc_disable else f"{'mhc' if c.mhc else 'hc'}{c.hc_num_streams}"
+    if c.v_residual:
         variant += "+vres"
-    return (f"{variant} L{v['n_layer']} C{v['n_embd']} H{v['n_head']} B{v['batch_size']}x{v['block_size']} "
-            f"V{v['vocab_size']} {v['dtype']}{' compiled' if v['compile_model'] else ''}")
+    return (f"{variant} L{c.n_layer} C{c.n_embd} H{c.n_head} B{c.batch_size}x{c.block_size} "
+            f"V{c.vocab_size} {c.dtype}{' compiled' if c.compile_model else ''}")
 
 
 def load_estimates() -> dict[str, dict[str, Any]]:
@@ -115,7 +106,7 @@ def load_estimates() -> dict[str, dict[str, Any]]:
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
-def fit_problem(configs: list[Mapping[str, Any]], runs_per_gpu: int, gpu_mib: float | None,
+def fit_problem(configs: list[TrainConfig], runs_per_gpu: int, gpu_mib: float | None,
                 estimates: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, str]:
     """(why K runs per GPU cannot fit, or None; what was known) for the rows of a sweep.
 

@@ -16,17 +16,18 @@ runs that slow each other down.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from sweepctl.errors import RefusedError, SpecError
-from sweepctl.sweep.spec import RunSpec, Sweep, shared_fields_set
+from sweepctl.sweep.spec import RunSpec, Sweep, with_settings
 from sweepctl.train.config import TrainConfig, format_override
 
 Schedule = Literal["static", "dynamic"]
+_FIELD_NAMES = frozenset(TrainConfig.model_fields)
 TRAINER_MODULE = "sweepctl.train"
 
 
@@ -44,8 +45,18 @@ class PlannedRun(BaseModel):
     seed: int
     gpus: int
     priority: int = 0  # dynamic schedule: claimed before every row of a lower priority
-    config: dict[str, Any]  # every TrainConfig field after preset, config file, overrides, launch settings
+    config: TrainConfig  # the row's settings after preset, config file, overrides and launch settings
     argv: list[str]  # the trainer command; "python" is replaced by the runner's interpreter
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _known_settings(cls, v: Any) -> Any:
+        # plan.json written by another sweepctl version may name a setting this one lacks (the
+        # trainer refuses it on the row's command line, which is what runs); a missing one reads
+        # as its default.
+        if isinstance(v, dict) and not _FIELD_NAMES.issuperset(v):
+            return {k: x for k, x in v.items() if k in _FIELD_NAMES}
+        return v
 
 
 class Plan(BaseModel):
@@ -73,12 +84,13 @@ class Plan(BaseModel):
         return [r for r in self.runs if r.shard == shard]
 
 
-def launch_values(run: RunSpec, *, out_root: str | Path, data_dir: str | Path | None,
+def launch_values(run: RunSpec, *, run_dirs: str, data_dir: str | Path | None,
                   no_wandb: bool = False, wandb_project: str | None = None,
                   wandb_group: str | None = None) -> dict[str, str | bool]:
-    """Settings sweepctl owns for every run: its run directory, its data, and W&B naming."""
-    values: dict[str, str | bool] = {"out_dir": str(Path(out_root) / run.run_id)}
-    if data_dir is not None and "data_dir" not in _override_keys(run):
+    """Settings sweepctl owns for every run: its run directory, its data, and W&B naming.
+    `run_dirs` is `run_dir_prefix(out_root)`."""
+    values: dict[str, str | bool] = {"out_dir": run_dirs + run.run_id}
+    if data_dir is not None and not any(w.startswith("data_dir=") for w in run.overrides):
         values["data_dir"] = str(data_dir)
     if run.config.wandb_run_name is None:
         values["wandb_run_name"] = run.run_id
@@ -91,8 +103,10 @@ def launch_values(run: RunSpec, *, out_root: str | Path, data_dir: str | Path | 
     return values
 
 
-def _override_keys(run: RunSpec) -> set[str]:
-    return {w.split("=", 1)[0] for w in run.overrides}
+def run_dir_prefix(out_root: str | Path) -> str:
+    """`str(Path(out_root) / run_id)` is this + run_id for every run_id (a safe name: no "/", not
+    "." or ".."), as pathlib spells it ("" for ".", "/o/" for "/o/" or "/o"), without a Path per row."""
+    return str(Path(out_root) / "x")[:-1]
 
 
 def trainer_argv(run: RunSpec, extra: dict[str, Any], config_ref: str | None = None) -> list[str]:
@@ -132,21 +146,37 @@ def make_plan(sweep: Sweep, *, shards: int, schedule: Schedule = "static", gpus_
     shard_plans = [ShardPlan(index=i, devices=list(range((i // k) * gpus_per_shard, (i // k + 1) * gpus_per_shard)),
                              run_ids=[]) for i in range(shards * k)]
     runs = []
+    prefix = run_dir_prefix(out_root)
     for r in sweep.runs:
         shard = r.row_index % shards if schedule == "static" else None
-        extra = launch_values(r, out_root=out_root, data_dir=data_dir, no_wandb=no_wandb,
+        extra = launch_values(r, run_dirs=prefix, data_dir=data_dir, no_wandb=no_wandb,
                               wandb_project=wandb_project, wandb_group=wandb_group)
-        config = r.config.model_copy(update=extra)
         ref = (config_refs or {}).get(r.config_path) if r.config_path else None
-        # Built from checked values: a validated PlannedRun would copy its 50-key config dict again.
-        runs.append(shared_fields_set(PlannedRun.model_construct(
-            run_id=r.run_id, line=r.line, row_index=r.row_index, shard=shard, seed=r.seed, gpus=r.gpus, priority=r.priority,
-            config=config.model_dump(mode="json"), argv=trainer_argv(r, extra, ref))))
+        # Built from checked values (the row's config was validated, the launch settings are
+        # ours): validating a PlannedRun would validate its config's 55 fields again.
+        runs.append(_planned_run(
+            run_id=r.run_id, line=r.line, row_index=r.row_index, shard=shard, seed=r.seed, gpus=r.gpus,
+            priority=r.priority, config=with_settings(r.config, extra), argv=trainer_argv(r, extra, ref)))
         if shard is not None:
             shard_plans[shard].run_ids.append(r.run_id)
     return Plan(sweep=sweep.name, shard_count=shards * k, schedule=schedule, gpus_per_shard=gpus_per_shard,
                 shards=shard_plans, runs=runs, runs_per_gpu=k,
                 compile_cache=str(compile_cache) if compile_cache is not None else None)
+
+
+_EVERY_FIELD = set(PlannedRun.model_fields)
+
+
+def _planned_run(**values: Any) -> PlannedRun:
+    """`PlannedRun.model_construct(**values)` for values of every field, in field order: the
+    instance pydantic's own would build (its __dict__, every field set, no extras or private
+    values), without its per-field loop, the largest part of planning a big sweep."""
+    run = PlannedRun.__new__(PlannedRun)
+    object.__setattr__(run, "__dict__", values)
+    object.__setattr__(run, "__pydantic_fields_set__", _EVERY_FIELD)  # shared: it never changes, all are set
+    object.__setattr__(run, "__pydantic_extra__", None)
+    object.__setattr__(run, "__pydantic_private__", None)
+    return run
 
 
 def cuda_visible_devices(plan: Plan, shard: int) -> str:
@@ -155,12 +185,7 @@ def cuda_visible_devices(plan: Plan, shard: int) -> str:
 
 # --- claim order (dynamic schedule) ----------------------------------------------------------------
 
-_COST_FIELDS = ("max_iters", "batch_size", "block_size", "gradient_accumulation_steps", "n_layer", "n_embd",
-                "vocab_size")
-_COST_DEFAULTS = {k: TrainConfig.model_fields[k].default for k in _COST_FIELDS}
-
-
-def run_cost(config: Mapping[str, Any]) -> float:
+def run_cost(config: TrainConfig) -> float:
     """Training FLOPs of a run from its resolved settings (a plan row's `config`): tokens seen x
     (6 N + 12 L C T) per token, N = 12 L C^2 + V C — the estimate nanoGPT's MFU uses. Torch-free.
 
@@ -168,11 +193,10 @@ def run_cost(config: Mapping[str, Any]) -> float:
     6-layer one), but it underrates deep narrow models and mHC: they are bound by memory traffic
     and kernel count, not FLOPs (~1.5x the FLOPs of a 6-layer run, ~8x its time on an H200).
     A resumed run is costed whole."""
-    v = {k: config.get(k, _COST_DEFAULTS[k]) for k in _COST_FIELDS}
-    tokens = v["max_iters"] * v["gradient_accumulation_steps"] * v["batch_size"] * v["block_size"]
-    layers, width = v["n_layer"], v["n_embd"]
-    params = 12 * layers * width * width + v["vocab_size"] * width
-    return float(tokens) * (6 * params + 12 * layers * width * v["block_size"])
+    tokens = config.max_iters * config.tokens_per_iter
+    layers, width = config.n_layer, config.n_embd
+    params = 12 * layers * width * width + config.vocab_size * width
+    return float(tokens) * (6 * params + 12 * layers * width * config.block_size)
 
 
 def longest_first(costs: Sequence[float]) -> list[int]:
@@ -227,9 +251,8 @@ def merge_plans(live: Plan, wanted: Plan, started: set[str], where: str) -> tupl
 
 def describe_difference(old: PlannedRun, new: PlannedRun, shown: int = 4) -> list[str]:
     """`key: old -> new` for each setting that differs, then the trainer command if only it does."""
-    keys = sorted(set(old.config) | set(new.config))
-    out = [f"{k}: {old.config.get(k)!r} -> {new.config.get(k)!r}" for k in keys
-           if old.config.get(k) != new.config.get(k)]
+    was, now = old.config.model_dump(mode="json"), new.config.model_dump(mode="json")  # as plan.json shows them
+    out = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in sorted(was) if was[k] != now[k]]
     if old.gpus != new.gpus:
         out.append(f"gpus: {old.gpus} -> {new.gpus}")
     if not out and old.argv != new.argv:

@@ -15,10 +15,12 @@ import operator
 import os
 import re
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from sweepctl.errors import SpecError
 from sweepctl.train.config import (
@@ -54,10 +56,11 @@ RESERVED_KEYS = {
 }
 
 
-class RunSpec(BaseModel):
-    """One validated CSV row. `config` is its effective trainer config before launch settings."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSpec:
+    """One validated CSV row. `config` is its effective trainer config before launch settings.
+    Built only by `read_sweep` from checked values (a plain slotted record: 10,000 of them are a
+    big sweep, and nothing here is read back from outside)."""
 
     run_id: str
     line: int  # CSV line of the row (header is line 1)
@@ -73,9 +76,8 @@ class RunSpec(BaseModel):
     config: TrainConfig
 
 
-class Sweep(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+@dataclass(frozen=True)
+class Sweep:
     name: str
     csv_path: Path
     runs: tuple[RunSpec, ...]
@@ -128,14 +130,16 @@ def read_sweep(csv_path: Path, *, name: str | None = None) -> Sweep:
     seen: dict[str, int] = {}
     secrets = _secret_env()
     warnings: list[tuple[int, str]] = []
+    configs = _Configs()
     for row_index, (line, values) in enumerate(data):
         if len(values) > len(columns):
-            problems.append((line, f"{len(values)} fields but the header has {len(columns)} (quote fields with commas)"))
+            problems.append((line, f"{len(values)} fields but the header has {len(columns)} "
+                                   "(quote fields with commas)"))
             continue
-        cells = dict(zip(columns, (v.strip() for v in values), strict=False))
+        cells = dict(zip(columns, map(str.strip, values), strict=False))
         problems.extend((line, e) for e in _control_characters(cells, shown))
         warnings.extend((line, w) for w in _secrets_in(cells, secrets))
-        run, errs = _read_row(cells, line, row_index, loader)
+        run, errs = _read_row(cells, line, row_index, loader, configs)
         problems.extend((line, e) for e in errs)
         run_id = cells.get("run_id", "")
         if run_id and run_id in seen:
@@ -152,6 +156,8 @@ def read_sweep(csv_path: Path, *, name: str | None = None) -> Sweep:
 
 def _control_characters(cells: dict[str, str], shown: str) -> list[str]:
     """One problem per cell holding a byte that cannot reach a command line (by position, not echoed)."""
+    if CONTROL_RE.search("".join(cells.values())) is None:
+        return []  # the common case, in one search instead of one per cell
     out = []
     for column, value in cells.items():
         found = CONTROL_RE.search(value)
@@ -168,15 +174,18 @@ def _control_characters(cells: dict[str, str], shown: str) -> list[str]:
     return out
 
 
-def _secret_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if SECRET_ENV_NAME.search(k) and len(v) >= SECRET_MIN_LEN}
+def _secret_env() -> list[tuple[str, str]]:
+    """(name, value) of each environment variable that holds a secret, by name."""
+    return sorted((k, v) for k, v in os.environ.items() if SECRET_ENV_NAME.search(k) and len(v) >= SECRET_MIN_LEN)
 
 
-def _secrets_in(cells: dict[str, str], secrets: dict[str, str]) -> list[str]:
+def _secrets_in(cells: dict[str, str], secrets: list[tuple[str, str]]) -> list[str]:
     """A warning (never the value) per cell that holds a secret environment variable's value."""
+    if not secrets:
+        return []
     out = []
     for column, value in cells.items():
-        for name, secret in sorted(secrets.items()):
+        for name, secret in secrets:
             if secret in value:
                 out.append(f"warning: column {column!r} holds the value of ${name}; plan.json and runner.json "
                            f"would keep it. Pass it through the environment instead of the CSV")
@@ -193,8 +202,8 @@ def _records(text: str, shown: str, problems: list[tuple[int, str]]) -> list[tup
         for fields in reader:
             start = prev_end + 1
             prev_end = reader.line_num
-            if not fields or all(not f.strip() for f in fields):
-                continue  # blank lines (trailing ones included) are not rows
+            if not "".join(fields).strip():
+                continue  # blank lines (trailing ones included) are not rows: every field is whitespace
             out.append((start, fields))
     except csv.Error as e:
         problems.append((prev_end + 1, f"malformed CSV: {e} (unbalanced quote?)"))
@@ -211,6 +220,7 @@ class _ConfigLoader:
     def __init__(self, csv_dir: Path):
         self.csv_dir = csv_dir
         self.cache: dict[Path, Namespace | ConfigError] = {}
+        self.settings: dict[Path, dict[str, Any]] = {}  # one dict per file, shared by its rows (see _Configs)
 
     def locate(self, ref: str) -> Path | None:
         p = Path(ref).expanduser()
@@ -230,10 +240,12 @@ class _ConfigLoader:
         got = self.cache[path]
         if isinstance(got, ConfigError):
             raise got
+        if path not in self.settings:
+            self.settings[path] = settings_of(got)
         return got
 
 
-def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigLoader
+def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigLoader, configs: _Configs
               ) -> tuple[RunSpec | None, list[str]]:
     errs: list[str] = []
     run_id = cells.get("run_id", "")
@@ -270,7 +282,8 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
             errs.append(f"priority {raw_priority!r} is not an integer (higher is claimed first)")
 
     ref = cells.get("config", "")
-    values: dict[str, Any] = {}
+    base: dict[str, Any] = {}  # the preset's or the config file's settings: one dict for all its rows
+    values: dict[str, Any] = {}  # the row's own: overrides, then the seed
     names: dict[str, Any] = {}
     lines: dict[str, int] = {}
     config_path: Path | None = None
@@ -279,7 +292,7 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
         errs.append(f"empty config (a preset: {', '.join(PRESETS)}; or a config file path)")
         config_ok = False
     elif ref in PRESETS:
-        values.update(PRESETS[ref])
+        base = PRESETS[ref]
     else:
         config_path = loader.locate(ref)
         if config_path is None:
@@ -290,7 +303,7 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
         else:
             try:
                 ns = loader.load(config_path)
-                values.update(settings_of(ns))
+                base = loader.settings[config_path]
                 names, lines = ns.values, ns.lines
             except ConfigError as e:
                 errs.append(f"config {ref!r}: {e}")
@@ -329,15 +342,126 @@ def _read_row(cells: dict[str, str], line: int, row_index: int, loader: _ConfigL
     if errs or not config_ok:
         return None, errs
     try:
-        config = shared_fields_set(build_config(values, lines=lines))
+        config = configs.build(ref, base, values, lines)
     except ConfigError as e:
         where = f" ({config_path}:{e.line})" if config_path and e.line else ""
         return None, [f"{e.message}{where}"]
-    # Every field was checked above; constructing without a second validation halves a big sweep's cost.
-    return shared_fields_set(RunSpec.model_construct(
-        run_id=run_id, line=line, row_index=row_index, config_ref=ref, config_path=config_path, seed=config.seed,
-        overrides=tuple(canonical), override_words=tuple(words), notes=cells.get("notes", ""), gpus=gpus,
-        priority=priority, config=config)), []
+    return RunSpec(run_id=run_id, line=line, row_index=row_index, config_ref=ref, config_path=config_path,
+                   seed=config.seed, overrides=tuple(canonical), override_words=tuple(words),
+                   notes=cells.get("notes", ""), gpus=gpus, priority=priority, config=config), []
+
+
+class _Configs:
+    """Each row's TrainConfig, equal to what `build_config({**base, **values})` returns, without
+    validating every field of every row: a 10,000-row sweep names a few presets or config files
+    (`base`, one dict object each), and its rows differ in a few overrides and the seed (`values`).
+
+    The first row of each (base, set of row keys) is validated whole and kept as the template. A
+    later row with the same base object and the same row keys has the same inputs as the template
+    except its row values: each is validated with pydantic's own validator for that field, the
+    template's validated values stand for every other field, and the model's after-validators (the
+    cross-field rules) run on the result. That is pydantic's order: fields one by one, then the
+    model. It holds only while no field validator reads other fields and the model has no
+    before- or wrap-validator: `_fast_path` checks this once and leaves the full validation
+    alone otherwise. Any failure on the fast path is validated again in full, so every error
+    message is pydantic's own."""
+
+    def __init__(self) -> None:
+        self.templates: dict[tuple[str, tuple[str, ...]], tuple[dict[str, Any], TrainConfig]] = {}
+        self.fast = _fast_path()
+
+    def build(self, ref: str, base: dict[str, Any], values: dict[str, Any], lines: dict[str, int]) -> TrainConfig:
+        key = (ref, tuple(values))
+        known = self.templates.get(key) if self.fast is not None else None
+        if known is not None and known[0] is base:
+            config = self._from_template(known[1], values)
+            if config is not None:
+                return config
+        config = shared_fields_set(build_config({**base, **values}, lines=lines))
+        self.templates.setdefault(key, (base, config))
+        return config
+
+    def _from_template(self, template: TrainConfig, values: dict[str, Any]) -> TrainConfig | None:
+        assert self.fast is not None
+        fields, after = self.fast
+        try:
+            config = with_settings(template, {k: fields[k](v) for k, v in values.items()})
+            for check in after:
+                config = check(config)
+        except Exception:  # any failure is validated again in full, for pydantic's own message
+            return None
+        return config
+
+
+def with_settings(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """`config.model_copy(update=changes)` for values already checked (by a field's validator, or
+    sweepctl's own launch settings), without its three `copy.copy` calls: its set of set fields
+    is shared as `shared_fields_set` shares it, and TrainConfig has no extras or private values."""
+    new = TrainConfig.__new__(TrainConfig)
+    values = config.__dict__.copy()
+    values.update(changes)
+    object.__setattr__(new, "__dict__", values)
+    object.__setattr__(new, "__pydantic_fields_set__", _fields_set_with(config.__pydantic_fields_set__, changes))
+    object.__setattr__(new, "__pydantic_extra__", config.__pydantic_extra__)
+    object.__setattr__(new, "__pydantic_private__", config.__pydantic_private__)
+    return new
+
+
+# (id of a set of set fields, names added) -> (that set, the shared set with them): a plan adds
+# the same launch settings to every row's config. The set is kept in the value so its id stays its.
+_UNIONS: dict[tuple[int, tuple[str, ...]], tuple[set[str], set[str]]] = {}
+
+
+def _fields_set_with(fields_set: set[str], names: dict[str, Any]) -> set[str]:
+    """The shared set of set fields with `names` added (`fields_set` itself when it has them)."""
+    key = (id(fields_set), tuple(names))
+    known = _UNIONS.get(key)
+    if known is not None and known[0] is fields_set:
+        return known[1]
+    if fields_set.issuperset(names):
+        union = fields_set
+    else:
+        union = _FIELDS_SETS.setdefault(frozen := frozenset(fields_set.union(names)), set(frozen))
+    _UNIONS[key] = (fields_set, union)
+    return union
+
+
+def _fast_path() -> tuple[dict[str, Callable[[Any], Any]], list[Callable[[Any], Any]]] | None:
+    """(a validator per TrainConfig field, the model's after-validators) taken from the model's
+    own core schema, or None when its shape allows no field-by-field validation (see _Configs)."""
+    from pydantic_core import SchemaValidator
+
+    schema: Any = TrainConfig.__pydantic_core_schema__
+    after = []
+    while schema.get("type") == "function-after":
+        if schema["function"].get("type") != "no-info":
+            return None
+        after.insert(0, schema["function"]["function"])  # the innermost runs first
+        schema = schema["schema"]
+    if schema.get("type") != "model" or schema.get("schema", {}).get("type") != "model-fields":
+        return None
+    config = schema.get("config") or {}
+    fields = {}
+    for name, spec in schema["schema"]["fields"].items():
+        if spec.get("type") != "model-field" or not _self_contained(spec["schema"]):
+            return None
+        fields[name] = SchemaValidator(spec["schema"], config).validate_python
+    return fields, after
+
+
+def _self_contained(schema: Any) -> bool:
+    """No validator in a field's schema reads anything but its own input (no `info`: other fields),
+    and no part refers to a definition elsewhere."""
+    if isinstance(schema, dict):
+        if schema.get("type") in ("definition-ref", "definitions"):
+            return False
+        function = schema.get("function")
+        if isinstance(function, dict) and function.get("type") != "no-info":
+            return False
+        return all(_self_contained(v) for k, v in schema.items() if k not in ("function", "default", "metadata"))
+    if isinstance(schema, (list, tuple)):
+        return all(_self_contained(v) for v in schema)
+    return True
 
 
 _FIELDS_SETS: dict[frozenset[str], set[str]] = {}

@@ -18,18 +18,22 @@ The ETA replays the claim order (longest first) over the live slots.
 
 from __future__ import annotations
 
-import functools
 import heapq
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sweepctl.state.runs import RunView
 from sweepctl.state.slots import memory_key
 from sweepctl.sweep.plan import Plan, longest_first, run_cost
+from sweepctl.train.config import TrainConfig
 
+# States with nothing left to run: a cancelled row ends as the researcher asked and is never claimed.
+FINISHED = ("ok", "failed", "cancelled")
 # every config field that memory_key, tokens_of or run_cost reads
-_SHAPE_FIELDS = ("hc_disable", "hc_num_streams", "mhc", "v_residual", "n_layer", "n_embd", "n_head", "batch_size",
-                 "block_size", "vocab_size", "dtype", "compile_model", "max_iters", "gradient_accumulation_steps")
+shape_of = operator.attrgetter("hc_disable", "hc_num_streams", "mhc", "v_residual", "n_layer", "n_embd", "n_head",
+                               "batch_size", "block_size", "vocab_size", "dtype", "compile_model", "max_iters",
+                               "gradient_accumulation_steps")
 
 
 def share(owner: Mapping[str, Any] | None) -> int:
@@ -54,23 +58,9 @@ def attempt_gpu_hours(summary: Mapping[str, Any] | None, owner: Mapping[str, Any
     return seconds * gpus / share(owner) / 3600.0
 
 
-def tokens_of(config: Mapping[str, Any]) -> int:
+def tokens_of(config: TrainConfig) -> int:
     """Tokens a whole run trains on (every rank together)."""
-    return int(config.get("max_iters") or 0) * tokens_per_iter(config)
-
-
-def tokens_per_iter(config: Mapping[str, Any]) -> int:
-    d = _token_defaults()
-    return int(config.get("batch_size") or d[0]) * int(config.get("block_size") or d[1]) \
-        * int(config.get("gradient_accumulation_steps") or d[2])
-
-
-@functools.cache
-def _token_defaults() -> tuple[int, int, int]:
-    from sweepctl.train.config import TrainConfig
-
-    f = TrainConfig.model_fields
-    return f["batch_size"].default, f["block_size"].default, f["gradient_accumulation_steps"].default
+    return config.max_iters * config.tokens_per_iter
 
 
 def _observed(view: RunView, tpi: int, now: float) -> tuple[float, float] | None:
@@ -95,11 +85,11 @@ def estimate(plan: Plan, views: Mapping[str, RunView], *, now: float, slots: int
     keys, tokens, costs, tpis = {}, {}, {}, {}
     shapes: dict[tuple[Any, ...], tuple[str, int, float, int]] = {}
     for r in plan.runs:
-        shape = tuple(map(r.config.get, _SHAPE_FIELDS))
+        shape = shape_of(r.config)
         if shape not in shapes:
-            shapes[shape] = (memory_key(r.config), tokens_of(r.config), run_cost(r.config), tokens_per_iter(r.config))
+            shapes[shape] = (memory_key(r.config), tokens_of(r.config), run_cost(r.config), r.config.tokens_per_iter)
         keys[r.run_id], tokens[r.run_id], costs[r.run_id], tpis[r.run_id] = shapes[shape]
-    done = running = left = 0
+    done = running = left = cancelled = 0
     used = 0.0
     seen: dict[str, list[float]] = {}  # shape -> [tokens, seconds]
     for run in plan.runs:
@@ -108,6 +98,8 @@ def estimate(plan: Plan, views: Mapping[str, RunView], *, now: float, slots: int
             continue
         if view.state in ("ok", "failed"):
             done += 1
+        elif view.state == "cancelled":
+            cancelled += 1
         elif view.state == "running":
             running += 1
         else:
@@ -129,7 +121,7 @@ def estimate(plan: Plan, views: Mapping[str, RunView], *, now: float, slots: int
     unknown = 0
     for run in plan.runs:
         view = views.get(run.run_id)
-        if view is None or view.state in ("ok", "failed"):
+        if view is None or view.state in FINISHED:
             continue
         key = keys[run.run_id]
         todo_tokens = float(tokens[run.run_id])
@@ -150,7 +142,7 @@ def estimate(plan: Plan, views: Mapping[str, RunView], *, now: float, slots: int
     hours_left = None if unknown else sum(s * f for _, s, f in remaining) / 3600.0
     eta = None if unknown or (remaining and slots < 1) else _makespan(plan, views, remaining, slots, costs)
     out: dict[str, Any] = {
-        "runs_done": done, "runs_running": running, "runs_left": left, "slots": slots,
+        "runs_done": done, "runs_running": running, "runs_left": left, "runs_cancelled": cancelled, "slots": slots,
         "gpu_hours_used": round(used, 4),
         "gpu_hours_left": None if hours_left is None else round(hours_left, 4),
         "eta_s": None if eta is None else round(eta, 1),

@@ -293,7 +293,7 @@ def _select_runs(out_root: Path, sweep: str | None) -> list[tuple[Path, dict[str
     for name, plan in plans.items():
         if sweep is None or name == sweep:
             for r in plan.runs:
-                planned.setdefault(r.run_id, r.config)
+                planned.setdefault(r.run_id, r.config.model_dump(mode="json"))  # as config_effective.json spells it
     dirs = {d.name: d for d in runs.list_run_dirs(out_root)}
     if sweep is not None:
         in_sweep = set(planned)

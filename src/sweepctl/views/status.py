@@ -18,13 +18,16 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweepctl.pod.gpus import query_gpus
 from sweepctl.pod.tmux import shard_session
 from sweepctl.state import runs
 from sweepctl.state.manifest import latest_sweep, load_manifest
 from sweepctl.sweep.plan import Plan, cuda_visible_devices
+
+if TYPE_CHECKING:
+    from sweepctl.sweep.plan import Plan
 
 # A volume this full is said in yellow: a checkpoint of a 48-layer model is hundreds of MB, and a
 # run that cannot write one fails at its next eval.
@@ -40,6 +43,9 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
             with_sessions: bool = True, now: float | None = None, gpu_hour_price: float | None = None
             ) -> dict[str, Any]:
     """The whole status of `sweep` (default: the latest launched; none: every run directory)."""
+    # Imported here, not above: a laptop drawing a pod's status, or a status of run directories
+    # that no sweep lists, needs neither the plan's models nor pydantic (a tenth of a second).
+
     out_root = Path(out_root).expanduser().absolute()
     now = time.time() if now is None else now
     name = sweep or latest_sweep(out_root)
@@ -47,9 +53,9 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
     launch: dict[str, Any] = {}
     if name is not None:
         plan, launch = load_manifest(out_root, name)
-        entries = [(r.run_id, r.shard, r.config.get("max_iters")) for r in plan.runs]
+        entries = [(r.run_id, r.shard, r.config.max_iters) for r in plan.runs]
     else:
-        entries = [(d.name, None, None) for d in runs.list_run_dirs(out_root)]
+        entries = [(name, None, None) for name in runs.run_dir_names(out_root)]
     rows = []
     views: dict[str, runs.RunView] = {}
     root = os.fspath(out_root)
@@ -91,6 +97,7 @@ def collect(out_root: Path, *, sweep: str | None = None, stale_after_s: float = 
 
 def slots_per_gpu(plan: Plan, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """[{devices, sessions, alive}]: the shard sessions (slots) of each GPU group and which are alive."""
+
     alive = {s["name"] for s in found if s.get("alive")}
     groups: dict[str, list[str]] = {}
     for i in range(plan.shard_count):
@@ -185,7 +192,9 @@ def sessions(socket: str | None, plan: Plan | None) -> list[dict[str, Any]]:
         if plan is not None and info.name.startswith(SHARD_PREFIX) and suffix.isdigit() \
                 and int(suffix) < plan.shard_count:
             # A CPU-only sweep pins no GPU: say so rather than show a GPU index nobody uses.
-            cpu = all(r.config.get("device") == "cpu" for r in plan.runs)
+            from sweepctl.sweep.plan import cuda_visible_devices
+
+            cpu = all(r.config.device == "cpu" for r in plan.runs)
             entry["devices"] = "cpu" if cpu else cuda_visible_devices(plan, int(suffix))
         out.append(entry)
     return out
@@ -371,7 +380,8 @@ def render_slots_and_eta(model: dict[str, Any]) -> list[Any]:
         return parts
     left = (f"{e['gpu_hours_left']:,.2f} left" if e["gpu_hours_left"] is not None
             else f"left unknown ({e['not_estimated']} run(s) of shapes not observed yet)")
-    line = (f"sweep: {e['runs_done']} done, {e['runs_running']} running, {e['runs_left']} left; "
+    cancelled = f", {e['runs_cancelled']} cancelled" if e.get("runs_cancelled") else ""
+    line = (f"sweep: {e['runs_done']} done, {e['runs_running']} running, {e['runs_left']} left{cancelled}; "
             f"GPU-hours {e['gpu_hours_used']:,.2f} used, {left}")
     if e["runs_running"] or e["runs_left"]:
         line += (f"; ETA {duration(e['eta_s'])} on {e['slots']} slot(s)" if e["eta_s"] is not None

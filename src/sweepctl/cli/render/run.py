@@ -35,7 +35,7 @@ def launch_model(preview: Any, sessions: list[str], started: Any | None = None) 
         "shard_count": preview.plan.shard_count,
         # a machine without GPUs, every row on the CPU (device='cpu'): shards are CPU slots, whatever
         # CUDA_VISIBLE_DEVICES says. With GPUs, the devices a shard is given are still what it holds.
-        "cpu": not preview.gpus.gpus and all(r.config.get("device") == "cpu" for r in preview.plan.runs),
+        "cpu": not preview.gpus.gpus and all(r.config.device == "cpu" for r in preview.plan.runs),
         "schedule": preview.plan.schedule,
         "runs_per_gpu": preview.plan.runs_per_gpu,
         "shards_to_start": list(preview.shards_to_start),

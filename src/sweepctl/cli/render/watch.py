@@ -1,7 +1,8 @@
 """`status --watch`: the status redrawn in place on a terminal, one line per change elsewhere.
 
 Both say how far the whole sweep is (iterations done of all planned, a bar on a terminal) and
-when it should end; the terminal view also says when it last refreshed and how to quit.
+when it should end (the ETA status prints, `eta.estimate`); the terminal view also says when it
+last refreshed and how to quit.
 """
 
 from __future__ import annotations
@@ -11,38 +12,48 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from sweepctl.console import console
-
-FINISHED = ("ok", "failed")
+from sweepctl.views.eta import FINISHED  # cancelled included: a cancelled row never runs, so it is over
 
 
 def progress(model: dict[str, Any]) -> dict[str, Any]:
-    """Iterations done of all planned, and an ETA for the whole sweep.
+    """Iterations done of all planned, and when the sweep should end.
 
-    A finished run counts as complete; a pending one as none done. The ETA divides the iterations
-    left by the rate of the running runs together (each run's own rate is iterations left over
-    its ETA), so it assumes the runs still to start go as fast as those running now."""
+    A finished run counts as complete; a pending one as none done; a cancelled one is over and
+    its iterations are out of both sides (they will not be trained). The ETA is the sweep's one
+    ETA, `eta.estimate`'s, the figure under status's table (observed throughput per model shape,
+    the claim order replayed over the live slots); a watch of run directories that no launched
+    sweep lists has none."""
     done = total = 0
-    rate = 0.0
     for r in model["runs"]:
         mx = r.get("max_iters")
-        if not isinstance(mx, int) or mx <= 0:
+        if not isinstance(mx, int) or mx <= 0 or r["state"] == "cancelled":
             continue
         it = mx if r["state"] in FINISHED else min(r.get("iter") or 0, mx)
         done, total = done + it, total + mx
-        eta = r.get("eta_s")
-        if r["state"] == "running" and isinstance(eta, (int, float)) and eta > 0:
-            rate += (mx - it) / eta
     finished = sum(1 for r in model["runs"] if r["state"] in FINISHED)
-    eta_s = (total - done) / rate if rate > 0 else (0.0 if total and done == total else None)
+    estimate = model.get("eta")
+    why = None
+    if model["runs"] and finished == len(model["runs"]):
+        eta_s: float | None = 0.0
+    elif estimate:
+        eta_s = estimate.get("eta_s")
+        if eta_s is None:
+            why = ("no slot alive" if estimate.get("slots") == 0 else
+                   f"{estimate.get('not_estimated')} run(s) of shapes not observed yet")
+    else:
+        eta_s, why = None, "no launched sweep lists these runs"
     return {"done_iters": done, "total_iters": total, "finished_runs": finished, "runs": len(model["runs"]),
-            "eta_s": eta_s}
+            "eta_s": eta_s, "eta_unknown_because": why}
 
 
 def progress_text(p: dict[str, Any]) -> str:
     from sweepctl.views.status import duration
 
-    share = f"{p['done_iters'] / p['total_iters']:.0%}" if p["total_iters"] else "?%"
-    eta = f"ETA {duration(p['eta_s'])}" if p["eta_s"] is not None else "ETA unknown (nothing running)"
+    if p["total_iters"]:
+        share = f"{p['done_iters'] / p['total_iters']:.0%}"
+    else:
+        share = "100%" if p["runs"] and p["finished_runs"] == p["runs"] else "?%"
+    eta = f"ETA {duration(p['eta_s'])}" if p["eta_s"] is not None else f"ETA unknown ({p['eta_unknown_because']})"
     return f"{p['finished_runs']}/{p['runs']} runs finished, {share} of iterations, {eta}"
 
 
