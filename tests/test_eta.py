@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sweep_helpers import TINY, tiny, write_tiny_data
+from sweepctl.cli.render import status as status_view
 from sweepctl.state import manifest, runs
 from sweepctl.sweep.plan import make_plan, run_cost
 from sweepctl.sweep.spec import read_sweep
@@ -77,11 +78,11 @@ def test_status_gives_gpu_hours_eta_and_cost_from_observed_throughput(sweep: tup
     from rich.console import Console
 
     buf = io.StringIO()
-    Console(file=buf, width=300).print(status.render(model))
+    Console(file=buf, width=300).print(status_view.render(model))
     text = buf.getvalue()
     line = next(x for x in text.splitlines() if x.startswith("sweep: "))
     assert line == (f"sweep: 2 done, 0 running, 2 left; GPU-hours {e['gpu_hours_used']:,.2f} used, "
-                    f"{e['gpu_hours_left']:,.2f} left; ETA {status.duration(e['eta_s'])} on 2 slot(s); "
+                    f"{e['gpu_hours_left']:,.2f} left; ETA {status_view.duration(e['eta_s'])} on 2 slot(s); "
                     f"cost {e['cost_used']:,.2f} so far + {e['cost_left']:,.2f} left = "
                     f"{e['cost_used'] + e['cost_left']:,.2f} at 2.5/GPU-hour")
     assert f"  {SHAPE_A}: observed {rate:,.0f} tok/s per run" in text
@@ -117,7 +118,7 @@ def test_nothing_observed_means_no_estimate_and_says_so(tmp_path: Path) -> None:
     buf = io.StringIO()
     from rich.console import Console
 
-    Console(file=buf, width=300).print(status.render(model))
+    Console(file=buf, width=300).print(status_view.render(model))
     assert ("sweep: 0 done, 0 running, 1 left; GPU-hours 0.00 used, left unknown (1 run(s) of shapes not "
             "observed yet); ETA unknown") in buf.getvalue()
 
@@ -189,7 +190,7 @@ def test_a_cancelled_row_is_not_work_left(tmp_path: Path) -> None:
     from rich.console import Console
 
     buf = io.StringIO()
-    for part in status.render_slots_and_eta({"eta": e}):
+    for part in status_view.render_slots_and_eta({"eta": e}):
         Console(file=buf, width=300).print(part)
     assert buf.getvalue().splitlines() == [
         "sweep: 1 done, 0 running, 1 left, 1 cancelled; GPU-hours 0.03 used, 0.03 left; ETA 100s on 1 slot(s)",

@@ -23,6 +23,7 @@ import pytest
 
 from cli import run_cli
 from sweep_helpers import Workspace, kill_tmux_server, panes, wait_until
+from sweepctl.cli.render import status as status_view
 from sweepctl.runner import RunnerOptions, ShardRunner
 from sweepctl.state import runs
 from sweepctl.views import status
@@ -162,7 +163,7 @@ def render_text(model: dict) -> str:
     from rich.console import Console
 
     out = io.StringIO()
-    Console(file=out, width=400, color_system=None).print(status.render(model))
+    Console(file=out, width=400, color_system=None).print(status_view.render(model))
     return out.getvalue()
 
 

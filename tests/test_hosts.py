@@ -105,7 +105,7 @@ def _model(out_root: str, run_ids: list[str], state: str = "ok") -> dict:
 def test_merged_status_has_a_host_column_and_names_the_host_that_did_not_answer() -> None:
     from rich.console import Console
 
-    from sweepctl.views.status import render
+    from sweepctl.cli.render.status import render
 
     on_b = _model("/out/b", ["r1"])
     on_b["sessions"][0]["devices"] = "3"  # b's sweep-0 is pinned elsewhere than a's sweep-0
@@ -133,7 +133,7 @@ def test_merged_status_has_a_host_column_and_names_the_host_that_did_not_answer(
 def test_one_host_renders_exactly_as_on_the_pod() -> None:
     from rich.console import Console
 
-    from sweepctl.views.status import render
+    from sweepctl.cli.render.status import render
 
     def text(model: dict) -> str:
         console = Console(width=200, record=True)

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from cli import run_cli
 from sweep_helpers import Workspace, gpu_row, panes, wait_until
+from sweepctl.cli.render import status as status_view
 from sweepctl.pod.tmux import Tmux
 from sweepctl.state import runs, slots
 from sweepctl.state.slots import GpuGate
@@ -80,7 +81,7 @@ def test_two_runs_per_gpu_on_two_gpus_start_four_slots_sharing_each_gpu(
     assert model["slots"] == [{"devices": "0", "sessions": ["sweep-0", "sweep-1"], "alive": []},
                               {"devices": "1", "sessions": ["sweep-2", "sweep-3"], "alive": []}]
     buf = io.StringIO()
-    Console(file=buf, width=300).print(status.render(model))
+    Console(file=buf, width=300).print(status_view.render(model))
     text = buf.getvalue()
     assert "slots: GPU 0: sweep-0, sweep-1 (0 of 2 alive); GPU 1: sweep-2, sweep-3 (0 of 2 alive)" in text
     used = model["eta"]["gpu_hours_used"]

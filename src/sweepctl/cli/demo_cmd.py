@@ -114,9 +114,9 @@ def demo(
                           f"{_prog()} status --watch --out-root {shlex.quote(str(layout.out_root))}",
                           markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    from sweepctl.views import status
+    from sweepctl.cli.render import status as status_view
 
-    print_wide(status.render(model))
+    print_wide(status_view.render(model))
     console.print(f"sweep took {time.monotonic() - t_watch:.0f} s", style="dim", highlight=False, soft_wrap=True)
     _compare(layout.out_root, settings.stale_after_s)
     _next_steps(layout, result.attach, n_shards)

@@ -35,7 +35,7 @@ WATCH_INTERVAL_S = 2.0  # the local `status --watch` redraws every 2 s too
 def status(pods: Pods, args: list[str], *, as_json: bool, watch: bool, interval: float = WATCH_INTERVAL_S,
            show_all: bool = False) -> None:
     """One `status --json` per pod (one round trip each), drawn as one table."""
-    from sweepctl.views.status import render as render_status
+    from sweepctl.cli.render.status import render as render_status
 
     again = remote_opts.command_line("status", "--all", drop=("--watch", "--interval"))
 

@@ -144,11 +144,11 @@ def status(
     accept_new_host_key: bool = remote_opts.ACCEPT_NEW_HOST_KEY,
 ) -> None:
     """Every run (state, progress, losses, ETA), every GPU, every sweep session."""
+    from sweepctl.cli.render.status import render as render_status
     from sweepctl.errors import SweepctlError
     from sweepctl.settings import load_settings
     from sweepctl.state.runs import STATES
     from sweepctl.views.status import collect
-    from sweepctl.views.status import render as render_status
 
     if state is not None and state not in STATES:
         raise SweepctlError(f"--state must be one of {', '.join(STATES)}, got {state!r}")

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 from sweepctl.errors import SweepctlError
 from sweepctl.state import runs
-from sweepctl.sweep.plan import Plan
 from sweepctl.train.contract import write_bytes_atomic
 
 if TYPE_CHECKING:

@@ -354,7 +354,7 @@ class HostAnswer:
 
 
 def merge_status(answers: list[HostAnswer], *, host_column: bool = True) -> dict[str, Any]:
-    """One status dict (the shape `sweepctl.views.status.render` draws) out of several hosts' dicts.
+    """One status dict (the shape `sweepctl.cli.render.status.render` draws) out of several hosts' dicts.
 
     Runs, GPUs, sessions and disks get a `host` key (unless `host_column` is False: one host, drawn
     exactly as on the pod); `hosts` lists every host with its error, so a host that did not

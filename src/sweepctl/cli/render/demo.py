@@ -38,7 +38,7 @@ def watch_until(model: Callable[[], dict[str, Any]], finished: Callable[[dict[st
 
     On a terminal the live table redraws in place and is replaced by the final one; elsewhere
     (a pipe, CI) one line per change keeps the log readable."""
-    from sweepctl.views import status
+    from sweepctl.cli.render import status as status_view
 
     start = time.monotonic()
     m = model()
@@ -48,7 +48,7 @@ def watch_until(model: Callable[[], dict[str, Any]], finished: Callable[[dict[st
         from rich.text import Text
 
         def view(m: dict[str, Any]) -> Any:
-            return Group(status.render(m), Text(f"{time.monotonic() - start:.0f} s — Ctrl-C stops watching "
+            return Group(status_view.render(m), Text(f"{time.monotonic() - start:.0f} s — Ctrl-C stops watching "
                                                 "(the runs go on)", style="dim"))
 
         with Live(view(m), console=console, refresh_per_second=2, transient=True) as live:

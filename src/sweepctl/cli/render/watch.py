@@ -47,7 +47,7 @@ def progress(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def progress_text(p: dict[str, Any]) -> str:
-    from sweepctl.views.status import duration
+    from sweepctl.cli.render.status import duration
 
     if p["total_iters"]:
         share = f"{p['done_iters'] / p['total_iters']:.0%}"
