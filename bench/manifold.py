@@ -98,16 +98,20 @@ def logged_gain(model: GPT, idx: torch.Tensor) -> float:
     return float(diagnostics.residual_diagnostics(h)[diagnostics.GAIN_FWD])
 
 
-def run(preset: str, extra: list[str], args) -> dict[str, float]:
+def tiny_model(preset: str, extra: list[str], args):
+    """(cfg, model, optimizer, training batches, a fixed probe batch) of a tiny `preset` on CPU."""
     cfg = resolve_config(preset, [f"n_layer={args.layers}", "n_embd=32", "n_head=2", f"block_size={args.block}",
                                   "vocab_size=64", f"batch_size={args.batch}", f"learning_rate={args.lr}",
                                   "warmup_iters=10", f"lr_decay_iters={args.steps}", f"min_lr={args.lr / 10}",
                                   "dtype='float32'", *extra])
     torch.manual_seed(0)
     model = GPT(cfg)
-    opt = model.configure_optimizer("cpu")
-    batches = markov_batches(64, args.batch, args.block, seed=1)
     probe, _ = next(markov_batches(64, 4, args.block, seed=2))
+    return cfg, model, model.configure_optimizer("cpu"), markov_batches(64, args.batch, args.block, seed=1), probe
+
+
+def run(preset: str, extra: list[str], args) -> dict[str, float]:
+    _, model, opt, batches, probe = tiny_model(preset, extra, args)
     row_err = col_err = 0.0
     min_entry = float("inf")
     t0 = time.perf_counter()
@@ -166,15 +170,7 @@ def compare_projections(args) -> None:
     from sweepctl.train import hyper
 
     for name, extra in [("mhc (preset, tau 1)", []), ("mhc tau=0.05 (reference)", ["sinkhorn_tau=0.05"])]:
-        cfg = resolve_config("mhc", [f"n_layer={args.layers}", "n_embd=32", "n_head=2", f"block_size={args.block}",
-                                     "vocab_size=64", f"batch_size={args.batch}", f"learning_rate={args.lr}",
-                                     "warmup_iters=10", f"lr_decay_iters={args.steps}", f"min_lr={args.lr / 10}",
-                                     "dtype='float32'", *extra])
-        torch.manual_seed(0)
-        model = GPT(cfg)
-        opt = model.configure_optimizer("cpu")
-        batches = markov_batches(64, args.batch, args.block, seed=1)
-        probe, _ = next(markov_batches(64, 4, args.block, seed=2))
+        cfg, model, opt, batches, probe = tiny_model("mhc", extra, args)
         seen: list[torch.Tensor] = []
         original = hyper.project_h_res
 
