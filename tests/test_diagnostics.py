@@ -120,6 +120,9 @@ def hand_model(cfg: TrainConfig) -> GPT:
                 c.static_res.copy_(torch.eye(n) + 0.4 * torch.rand(n, n, generator=g))
                 c.dyn_proj.copy_(torch.randn(c.dyn_proj.shape, generator=g))
                 c.dyn_gate_alpha.fill_(0.5)
+                if cfg.hc_dynamic_norm == "layer":  # the norm's affine too, away from its identity init
+                    c.dyn_norm_weight.copy_(1 + 0.3 * torch.randn(c.dyn_norm_weight.shape, generator=g))
+                    c.dyn_norm_bias.copy_(0.2 * torch.randn(c.dyn_norm_bias.shape, generator=g))
     return model
 
 
@@ -159,7 +162,12 @@ def hand_maps(model: GPT, idx: torch.Tensor) -> torch.Tensor:
                     logits = p64[pre + "static_res"] + p64[pre + "dyn_gate"][2] * d[2 * n:].reshape(n, n)
                     h = sinkhorn_then_balance(logits / cfg.sinkhorn_tau, cfg.sinkhorn_iters)
                 else:
-                    normed = x / torch.sqrt(x.square().mean(-1, keepdim=True) + 1e-6)  # per stream
+                    if cfg.hc_dynamic_norm == "layer":  # LayerNorm with its affine (HC eq. 10), per stream
+                        c = x - x.mean(-1, keepdim=True)
+                        normed = (c / torch.sqrt(c.square().mean(-1, keepdim=True) + 1e-6) * p64[pre + "dyn_norm_weight"]
+                                  + p64[pre + "dyn_norm_bias"])
+                    else:  # RMSNorm without weight, per stream
+                        normed = x / torch.sqrt(x.square().mean(-1, keepdim=True) + 1e-6)
                     d = torch.tanh(normed @ p64[pre + "dyn_proj"])  # (n, n + 2)
                     # stream j's row weights how much of it goes into stream i: res[i, j] = d[j, 1 + i]
                     h = p64[pre + "static_res"] + p64[pre + "dyn_gate_alpha"] * d[:, 1:n + 1].T
@@ -169,9 +177,10 @@ def hand_maps(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).unflatten(0, tuple(idx.shape)).movedim(2, 0)  # (L, B, T, n, n)
 
 
-@pytest.mark.parametrize("preset", ["hc", "mhc"])
-def test_logged_gains_are_those_of_the_maps_the_model_applied(preset) -> None:
-    cfg = resolve_config(preset, HAND)
+@pytest.mark.parametrize(("preset", "extra"), [("hc", []), ("hc", ["hc_dynamic_norm='rms'"]), ("mhc", [])],
+                         ids=["hc", "hc-rms", "mhc"])
+def test_logged_gains_are_those_of_the_maps_the_model_applied(preset, extra) -> None:
+    cfg = resolve_config(preset, [*HAND, *extra])
     model = hand_model(cfg)
     idx = torch.randint(0, 16, (2, 6), generator=torch.Generator().manual_seed(2))
     want = hand_maps(model, idx)
