@@ -315,8 +315,12 @@ def test_ctrl_c_exits_130(here: Path) -> None:
 
     out = here / "o"
     make_runs(out, 1, failed=range(0), stale=range(0))
+    # Started as a terminal's foreground job starts it, with Ctrl-C at its default: a suite run as
+    # a background job (`cmd &` in a shell without job control) ignores SIGINT, every child inherits
+    # that, and a Python started with SIGINT ignored keeps ignoring it (this test then hung for 60 s).
     proc = subprocess.Popen([SWEEPCTL, "status", "--out-root", str(out), "--watch", "--interval", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().endswith("1 ok — 1/1 runs finished, 100% of iterations, ETA 0s\n")  # type: ignore[union-attr]
         proc.send_signal(signal.SIGINT)
