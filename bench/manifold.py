@@ -110,6 +110,22 @@ def tiny_model(preset: str, extra: list[str], args):
     return cfg, model, model.configure_optimizer("cpu"), markov_batches(64, args.batch, args.block, seed=1), probe
 
 
+def train_step(model, opt, batches) -> torch.Tensor:
+    """One optimiser step on the next batch (grad norm clipped at 1); its loss."""
+    x, y = next(batches)
+    _, loss = model(x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def manifold_errors(maps: torch.Tensor) -> tuple[float, float, float]:
+    """(max |row sum - 1|, max |column sum - 1|, smallest entry) of (..., n, n) maps."""
+    return (float((maps.sum(-1) - 1).abs().max()), float((maps.sum(-2) - 1).abs().max()), float(maps.min()))
+
+
 def run(preset: str, extra: list[str], args) -> dict[str, float]:
     _, model, opt, batches, probe = tiny_model(preset, extra, args)
     row_err = col_err = 0.0
@@ -118,17 +134,11 @@ def run(preset: str, extra: list[str], args) -> dict[str, float]:
     for step in range(args.steps + 1):
         if step % args.every == 0 or step == args.steps:
             maps = applied_maps(model, probe)
-            row_err = max(row_err, float((maps.sum(-1) - 1).abs().max()))
-            col_err = max(col_err, float((maps.sum(-2) - 1).abs().max()))
-            min_entry = min(min_entry, float(maps.min()))
+            row, col, low = manifold_errors(maps)
+            row_err, col_err, min_entry = max(row_err, row), max(col_err, col), min(min_entry, low)
         if step == args.steps:
             break
-        x, y = next(batches)
-        _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = train_step(model, opt, batches)
     return {"row_err": row_err, "col_err": col_err, "min": min_entry, "logged": logged_gain(model, probe),
             "applied": full_depth_gain(applied_maps(model, probe)), "loss": loss.item(), "s": time.perf_counter() - t0}
 
@@ -191,17 +201,12 @@ def compare_projections(args) -> None:
                     hyper.project_h_res = original
                     model.train()
                 for cand, (p, steps) in projection_candidates(torch.cat(seen), cfg.sinkhorn_tau, args.cap).items():
-                    row, col = float((p.sum(-1) - 1).abs().max()), float((p.sum(-2) - 1).abs().max())
+                    row, col, low = manifold_errors(p)
                     w = worst.setdefault(cand, [0.0, 0.0, float("inf"), 0])
-                    worst[cand] = [max(w[0], row), max(w[1], col), min(w[2], float(p.min())), max(w[3], steps)]
+                    worst[cand] = [max(w[0], row), max(w[1], col), min(w[2], low), max(w[3], steps)]
             if step == args.steps:
                 break
-            x, y = next(batches)
-            _, loss = model(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            train_step(model, opt, batches)
         print(f"\n{name}")
         print(f"{'projection':<26} {'row err':>9} {'col err':>9} {'min entry':>10} {'steps':>6}")
         for cand, (row, col, low, steps) in worst.items():
