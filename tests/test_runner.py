@@ -28,7 +28,7 @@ FAKE_TRAINER = textwrap.dedent('''
     os.makedirs(out, exist_ok=True)
 
     def write(name, obj):
-        tmp = os.path.join(out, "." + name + ".tmp")
+        tmp = os.path.join(out, f".{name}.{os.getpid()}.tmp")  # one per process: a 2-GPU row runs two
         with open(tmp, "w") as f:
             json.dump(obj, f)
         os.replace(tmp, os.path.join(out, name))
